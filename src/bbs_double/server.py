@@ -1,0 +1,743 @@
+"""An in-memory Diego BBS that speaks the real BBS wire protocol, for tests and demos.
+
+Transport is HTTPS with mutual TLS: the server requires a client certificate signed by the given
+CA, TLS 1.2 or newer (TLS 1.2 restricted to ECDHE-RSA-AES-GCM, as BBS does). Every call is a POST
+with a protobuf body; answers are HTTP 200 with a protobuf response whose `error` field carries
+failures, and 404 for unknown paths.
+
+The event stream `/v1/events/lrp_instances.r1` is written the way BBS writes it after hijacking
+the connection: the response declares `Transfer-Encoding: chunked` and the server frames every
+chunk itself as `"%x;\\r\\n"` (hex size, `;`, an empty chunk extension), the payload, `"\\r\\n"`;
+each chunk carries one server-sent event `id: <n>\\nevent: <type>\\ndata: <base64>\\n\\n` with ids
+counting from 0 per stream; closing writes `0\\r\\n\\r\\n`. There are no heartbeats and no initial
+snapshot. A non-empty `cell_id` filters the actual-LRP events to that cell (desired-LRP events
+always pass), as BBS does.
+
+State changes are made through `BBSDouble` methods that mirror what Diego cells and the Cloud
+Controller bridge do (desire an LRP, start / crash / evacuate / remove an instance); each emits the
+events BBS would. Modification tags carry a per-record epoch and an index bumped on every change;
+`since` is unix nanoseconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import queue
+import socket
+import socketserver
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import DecodeError, Message
+
+from copilot.protos import bbs_pb2 as bbs
+
+__all__ = ["BBSDouble", "EVENTS_PATH"]
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/v1/events/lrp_instances.r1"
+_PROTOBUF = "application/x-protobuf"
+_TLS12_CIPHERS = "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384"
+_HANDSHAKE_TIMEOUT = 5.0
+_STREAM_DRAIN_TIMEOUT = 2.0
+
+ORDINARY = bbs.ActualLRP.ORDINARY
+EVACUATING = bbs.ActualLRP.EVACUATING
+
+_ActualKey = tuple[str, int, int]  # (process_guid, index, presence)
+
+
+@dataclass
+class _Event:
+    """One event for the stream; `cell_id` None means it is not filtered by cell."""
+
+    event_type: str
+    data: bytes
+    cell_id: str | None = None
+
+
+@dataclass
+class _Subscriber:
+    """One open event stream: its cell filter and the queue its handler thread drains."""
+
+    cell_id: str
+    events: queue.SimpleQueue[_Event | None] = field(default_factory=queue.SimpleQueue)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def wants(self, event: _Event) -> bool:
+        return not self.cell_id or event.cell_id is None or event.cell_id == self.cell_id
+
+
+def _parse(message: Message, body: bytes) -> str | None:
+    """Parse `body` into `message`; return an error description, or None on success."""
+    try:
+        message.ParseFromString(body)
+    except (DecodeError, ValueError) as err:  # ValueError: e.g. invalid UTF-8 in a string field
+        return f"failed to parse {type(message).__name__}: {err}"
+    return None
+
+
+def _invalid_protobuf(detail: str) -> bbs.Error:
+    return bbs.Error(type=bbs.Error.InvalidProtobufMessage, message=detail)
+
+
+def _copy(message: Any) -> Any:
+    clone = type(message)()
+    clone.CopyFrom(message)
+    return clone
+
+
+def _info(lrp: bbs.ActualLRP) -> bbs.ActualLRPInfo:
+    """The ActualLRPInfo half of an ActualLRP, as carried by changed events."""
+    info = bbs.ActualLRPInfo(
+        crash_count=lrp.crash_count,
+        crash_reason=lrp.crash_reason,
+        state=lrp.state,
+        placement_error=lrp.placement_error,
+        since=lrp.since,
+        presence=lrp.presence,
+        availability_zone=lrp.availability_zone,
+    )
+    info.actual_lrp_net_info.CopyFrom(lrp.actual_lrp_net_info)
+    info.modification_tag.CopyFrom(lrp.modification_tag)
+    if lrp.HasField("routable"):
+        info.Routable = lrp.routable
+    return info
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Dispatches one connection's requests to the owning BBSDouble."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "bbs-double"
+    server: _TLSServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base-class signature
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def do_POST(self) -> None:
+        body = self._read_body()
+        if body is None:
+            return
+        path = self.path.split("?", 1)[0]
+        double = self.server.double
+        if path == EVENTS_PATH:
+            self._stream_events(body)
+            return
+        route = double._routes().get(path)
+        if route is None:
+            self._not_found()
+            return
+        try:
+            response = route(body)
+        except Exception as err:  # a bug in the double: answer like BBS would, and keep serving
+            log.exception("handler for %s failed", path)
+            response = bbs.Error(type=bbs.Error.UnknownError, message=str(err))
+            self._send(500, response)
+            return
+        self._send(200, response)
+
+    def do_GET(self) -> None:
+        self._not_found()
+
+    def do_PUT(self) -> None:
+        self._not_found()
+
+    def do_DELETE(self) -> None:
+        self._not_found()
+
+    def _not_found(self) -> None:
+        self._discard_body()
+        payload = b"404 page not found\n"
+        self.send_response(404)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _discard_body(self) -> None:
+        if self.command not in ("POST", "PUT"):
+            return
+        if self.headers.get("Content-Length") or "chunked" in self.headers.get("Transfer-Encoding", ""):
+            self._read_body()
+
+    def _read_body(self) -> bytes | None:
+        """The request body (Content-Length or chunked); None after answering a malformed one."""
+        try:
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                parts = []
+                while True:
+                    size = int(self.rfile.readline().split(b";", 1)[0].strip(), 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass
+                        return b"".join(parts)
+                    parts.append(self.rfile.read(size))
+                    self.rfile.readline()
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length > 0 else b""
+        except ValueError:
+            self.close_connection = True
+            self.send_error(400, "malformed request body framing")
+            return None
+
+    def _send(self, status: int, message: Message) -> None:
+        payload = message.SerializeToString()
+        self.send_response(status)
+        self.send_header("Content-Type", _PROTOBUF)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _stream_events(self, body: bytes) -> None:
+        request = bbs.EventsByCellId()
+        problem = _parse(request, body)
+        if problem is not None:
+            self.close_connection = True
+            self._send(500, _invalid_protobuf(problem))
+            return
+        # Subscribe before the headers go out: anything emitted after a client has seen the
+        # response headers is guaranteed to reach it.
+        subscriber = self.server.double._subscribe(request.cell_id)
+        self.close_connection = True
+        if subscriber is None:  # the double is stopping
+            self.send_error(503, "shutting down")
+            return
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-cache, no-store, must-revalidate")
+            self.send_header("Connection", "keep-alive")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            event_id = 0
+            while True:
+                event = subscriber.events.get()
+                if event is None:
+                    self.wfile.write(b"0\r\n\r\n")
+                    return
+                payload = b"id: %d\nevent: %s\ndata: %s\n\n" % (
+                    event_id,
+                    event.event_type.encode(),
+                    base64.standard_b64encode(event.data),
+                )
+                self.wfile.write(b"%x;\r\n%s\r\n" % (len(payload), payload))
+                event_id += 1
+        except OSError as err:
+            log.debug("event stream to %s ended: %s", self.address_string(), err)
+        finally:
+            self.server.double._unsubscribe(subscriber)
+            subscriber.done.set()
+
+
+class _TLSServer(ThreadingHTTPServer):
+    """A threading HTTP server that does the TLS handshake in each connection's own thread and
+    keeps track of live connections so that stopping can cut idle keep-alive ones."""
+
+    allow_reuse_address = True
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], double: BBSDouble, context: ssl.SSLContext) -> None:
+        self.double = double
+        self.context = context
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the FQDN of the address, which can stall on a box
+        # without working reverse DNS; the name is unused here.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            request.settimeout(_HANDSHAKE_TIMEOUT)
+            conn = self.context.wrap_socket(request, server_side=True)
+            conn.settimeout(None)
+        except (OSError, ssl.SSLError) as err:
+            log.debug("TLS handshake with %s failed: %s", client_address, err)
+            return
+        with self._connections_lock:
+            self._connections.add(conn)
+        try:
+            self.RequestHandlerClass(conn, client_address, self)
+        except OSError as err:
+            log.debug("connection from %s failed: %s", client_address, err)
+        finally:
+            with self._connections_lock:
+                self._connections.discard(conn)
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("error serving %s", client_address, exc_info=True)
+
+    def cut_connections(self) -> None:
+        """Shut down every live connection; their handler threads then see EOF and end."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class BBSDouble:
+    """An in-memory Diego BBS served over mutual-TLS HTTPS; all methods are thread-safe.
+
+    Desired LRPs are keyed by process guid, actual LRPs by (process guid, index, presence).
+    Methods that change state emit the events BBS would on the lrp_instances stream; those that
+    name a record which does not exist raise KeyError.
+    """
+
+    def __init__(
+        self,
+        *,
+        ca_cert: Path,
+        server_cert: Path,
+        server_key: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self._ca_cert = Path(ca_cert)
+        self._server_cert = Path(server_cert)
+        self._server_key = Path(server_key)
+        self._host = host
+        self._port = port
+        self._lock = threading.Lock()
+        self._desired: dict[str, bbs.DesiredLRP] = {}
+        self._actual: dict[_ActualKey, bbs.ActualLRP] = {}
+        self._subscribers: list[_Subscriber] = []
+        self._server: _TLSServer | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(_TLS12_CIPHERS)  # TLS 1.3 suites are unaffected
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=str(self._ca_cert))
+        context.load_cert_chain(certfile=str(self._server_cert), keyfile=str(self._server_key))
+        return context
+
+    def start(self) -> None:
+        """Bind and serve in a background thread. After a stop(), binds the same port again."""
+        if self._server is not None:
+            raise RuntimeError("BBSDouble is already running")
+        server = _TLSServer((self._host, self._port), self, self._ssl_context())
+        self._port = server.server_port
+        with self._lock:
+            self._stopping = False
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"bbs-double:{self._port}",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("BBS double listening on %s", self.url)
+
+    def stop(self) -> None:
+        """End every event stream with `0\\r\\n\\r\\n`, cut other connections and stop listening.
+
+        State (desired and actual LRPs) is kept, so start() serves it again."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        with self._lock:
+            self._stopping = True
+            subscribers = list(self._subscribers)
+        self.close_event_streams()
+        server.shutdown()
+        server.server_close()
+        deadline = time.monotonic() + _STREAM_DRAIN_TIMEOUT
+        for subscriber in subscribers:
+            subscriber.done.wait(max(0.0, deadline - time.monotonic()))
+        server.cut_connections()
+        if thread is not None:
+            thread.join(timeout=_STREAM_DRAIN_TIMEOUT)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> BBSDouble:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (the requested port before that)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"https://{host}:{self._port}"
+
+    # ------------------------------------------------------------------ events plumbing
+
+    def _subscribe(self, cell_id: str) -> _Subscriber | None:
+        with self._lock:
+            if self._stopping:
+                return None
+            subscriber = _Subscriber(cell_id=cell_id)
+            self._subscribers.append(subscriber)
+            return subscriber
+
+    def _unsubscribe(self, subscriber: _Subscriber) -> None:
+        with self._lock:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+
+    def _emit(self, event_type: str, message: Message, cell_id: str | None = None) -> None:
+        """Queue an event to every matching subscriber; call with the lock held."""
+        event = _Event(event_type, message.SerializeToString(), cell_id)
+        for subscriber in self._subscribers:
+            if subscriber.wants(event):
+                subscriber.events.put(event)
+
+    def inject_raw_event(self, event_type: str, data: bytes) -> None:
+        """Send every subscriber an event whose data is base64(`data`), unparsed and unfiltered."""
+        with self._lock:
+            event = _Event(event_type, bytes(data))
+            for subscriber in self._subscribers:
+                subscriber.events.put(event)
+
+    def close_event_streams(self) -> None:
+        """End the current subscribers' streams cleanly (`0\\r\\n\\r\\n`); clients may reconnect."""
+        with self._lock:
+            subscribers, self._subscribers = self._subscribers, []
+        for subscriber in subscribers:
+            subscriber.events.put(None)
+
+    def subscriber_count(self) -> int:
+        """How many event streams are open."""
+        with self._lock:
+            return len(self._subscribers)
+
+    # ------------------------------------------------------------------ HTTP endpoints
+
+    def _routes(self) -> dict[str, Callable[[bytes], Message]]:
+        return {
+            "/v1/ping": self._ping,
+            "/v1/actual_lrps/list": self._list_actual_lrps,
+            "/v1/actual_lrps/list_by_process_guids": self._list_actual_lrps_by_process_guids,
+            "/v1/desired_lrp_routing_infos/list": self._list_desired_lrp_routing_infos,
+            "/v1/desired_lrps/list.r3": self._list_desired_lrps,
+        }
+
+    def _ping(self, body: bytes) -> Message:
+        return bbs.PingResponse(available=True)
+
+    def _list_actual_lrps(self, body: bytes) -> Message:
+        request = bbs.ActualLRPsRequest()
+        problem = _parse(request, body)
+        if problem is not None:
+            return bbs.ActualLRPsResponse(error=_invalid_protobuf(problem))
+        index = request.index if request.HasField("index") else None
+
+        def matches(lrp: bbs.ActualLRP) -> bool:
+            key = lrp.actual_lrp_key
+            return (
+                (not request.domain or key.domain == request.domain)
+                and (not request.cell_id or lrp.actual_lrp_instance_key.cell_id == request.cell_id)
+                and (not request.process_guid or key.process_guid == request.process_guid)
+                and (index is None or key.index == index)
+            )
+
+        return bbs.ActualLRPsResponse(actual_lrps=[lrp for lrp in self.actual_lrps() if matches(lrp)])
+
+    def _list_actual_lrps_by_process_guids(self, body: bytes) -> Message:
+        request = bbs.ActualLRPsByProcessGuidsRequest()
+        problem = _parse(request, body)
+        if problem is not None:
+            return bbs.ActualLRPsResponse(error=_invalid_protobuf(problem))
+        wanted = set(request.process_guids)
+        return bbs.ActualLRPsResponse(
+            actual_lrps=[lrp for lrp in self.actual_lrps() if not wanted or lrp.actual_lrp_key.process_guid in wanted]
+        )
+
+    def _filtered_desired(self, body: bytes) -> tuple[list[bbs.DesiredLRP], bbs.Error | None]:
+        request = bbs.DesiredLRPsRequest()
+        problem = _parse(request, body)
+        if problem is not None:
+            return [], _invalid_protobuf(problem)
+        wanted = set(request.process_guids)
+        return [
+            lrp
+            for lrp in self.desired_lrps()
+            if (not wanted or lrp.process_guid in wanted) and (not request.domain or lrp.domain == request.domain)
+        ], None
+
+    def _list_desired_lrps(self, body: bytes) -> Message:
+        lrps, error = self._filtered_desired(body)
+        if error is not None:
+            return bbs.DesiredLRPsResponse(error=error)
+        return bbs.DesiredLRPsResponse(desired_lrps=lrps)
+
+    def _list_desired_lrp_routing_infos(self, body: bytes) -> Message:
+        lrps, error = self._filtered_desired(body)
+        if error is not None:
+            return bbs.DesiredLRPsResponse(error=error)
+        # Routing info is the key (process guid, domain, log guid), instances, routes and tag.
+        infos = []
+        for lrp in lrps:
+            info = bbs.DesiredLRP(
+                process_guid=lrp.process_guid, domain=lrp.domain, log_guid=lrp.log_guid, instances=lrp.instances
+            )
+            info.routes.CopyFrom(lrp.routes)
+            info.modification_tag.CopyFrom(lrp.modification_tag)
+            infos.append(info)
+        return bbs.DesiredLRPsResponse(desired_lrps=infos)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def desired_lrps(self) -> list[bbs.DesiredLRP]:
+        """Copies of the desired LRPs, ordered by process guid."""
+        with self._lock:
+            return [_copy(self._desired[guid]) for guid in sorted(self._desired)]
+
+    def actual_lrps(self) -> list[bbs.ActualLRP]:
+        """Copies of the actual LRPs, ordered by (process guid, index, presence)."""
+        with self._lock:
+            return [_copy(self._actual[key]) for key in sorted(self._actual)]
+
+    # ------------------------------------------------------------------ desired LRPs
+
+    def desire_lrp(
+        self,
+        process_guid: str,
+        *,
+        http_routes: list[dict[str, Any]] | None = None,
+        tcp_routes: list[dict[str, Any]] | None = None,
+        internal_routes: list[dict[str, Any]] | None = None,
+        instances: int = 1,
+        domain: str = "cf-apps",
+        ports: list[int] | None = None,
+        raw_routes: dict[str, bytes] | None = None,
+    ) -> None:
+        """Create or replace a desired LRP (desired_lrp_created, or desired_lrp_changed).
+
+        Routes are stored as BBS stores them: JSON under "cf-router", "tcp-router" and
+        "internal-router" (a key is absent when its argument is None); `raw_routes` adds or
+        overrides entries with raw bytes. `ports` defaults to [8080]."""
+        routes = bbs.ProtoRoutes()
+        for router, value in (
+            ("cf-router", http_routes),
+            ("tcp-router", tcp_routes),
+            ("internal-router", internal_routes),
+        ):
+            if value is not None:
+                routes.routes[router] = json.dumps(value).encode()
+        for router, raw in (raw_routes or {}).items():
+            routes.routes[router] = bytes(raw)
+        lrp = bbs.DesiredLRP(
+            process_guid=process_guid,
+            domain=domain,
+            instances=instances,
+            ports=[8080] if ports is None else ports,
+            log_guid=process_guid,
+        )
+        lrp.routes.CopyFrom(routes)
+        with self._lock:
+            before = self._desired.get(process_guid)
+            if before is None:
+                lrp.modification_tag.CopyFrom(bbs.ModificationTag(epoch=uuid.uuid4().hex, index=0))
+                self._desired[process_guid] = lrp
+                self._emit("desired_lrp_created", bbs.DesiredLRPCreatedEvent(desired_lrp=lrp))
+            else:
+                lrp.modification_tag.CopyFrom(
+                    bbs.ModificationTag(epoch=before.modification_tag.epoch, index=before.modification_tag.index + 1)
+                )
+                self._desired[process_guid] = lrp
+                self._emit("desired_lrp_changed", bbs.DesiredLRPChangedEvent(before=before, after=lrp))
+
+    def remove_desired_lrp(self, process_guid: str) -> None:
+        """Delete a desired LRP (desired_lrp_removed); its actual LRPs are left to the caller."""
+        with self._lock:
+            lrp = self._desired.pop(process_guid)
+            self._emit("desired_lrp_removed", bbs.DesiredLRPRemovedEvent(desired_lrp=lrp))
+
+    # ------------------------------------------------------------------ actual LRPs
+
+    def _get_actual(self, process_guid: str, index: int, presence: int = ORDINARY) -> bbs.ActualLRP:
+        try:
+            return self._actual[(process_guid, index, presence)]
+        except KeyError:
+            name = bbs.ActualLRP.Presence.Name(presence)
+            raise KeyError(f"no {name} actual LRP {process_guid!r} index {index}") from None
+
+    def _emit_changed(self, before: bbs.ActualLRP, after: bbs.ActualLRP) -> None:
+        """actual_lrp_instance_changed: the instance key is after's, or before's if after has none."""
+        instance_key = after.actual_lrp_instance_key
+        if not instance_key.instance_guid and not instance_key.cell_id:
+            instance_key = before.actual_lrp_instance_key
+        event = bbs.ActualLRPInstanceChangedEvent(
+            actual_lrp_key=after.actual_lrp_key,
+            actual_lrp_instance_key=instance_key,
+            before=_info(before),
+            after=_info(after),
+        )
+        self._emit("actual_lrp_instance_changed", event, instance_key.cell_id)
+
+    @staticmethod
+    def _bump(lrp: bbs.ActualLRP) -> None:
+        lrp.modification_tag.index += 1
+        lrp.since = time.time_ns()
+
+    def start_instance(
+        self,
+        process_guid: str,
+        index: int,
+        *,
+        address: str = "127.0.0.1",
+        host_port: int,
+        container_port: int = 8080,
+        instance_guid: str | None = None,
+        instance_address: str = "",
+        preferred_address: str = "HOST",
+        host_tls_proxy_port: int = 0,
+        container_tls_proxy_port: int = 0,
+        extra_ports: list[tuple[int, int]] | None = None,
+        availability_zone: str = "z1",
+        routable: bool | None = None,
+        cell_id: str = "cell-1",
+    ) -> str:
+        """Make the ORDINARY instance at `index` RUNNING; return its instance guid.
+
+        Creates it (actual_lrp_instance_created) or changes an existing one
+        (actual_lrp_instance_changed). An existing instance keeps its guid unless it has none
+        (after a crash) or `instance_guid` is given. `extra_ports` are (container, host) pairs,
+        e.g. (2222, 61002) for SSH. `routable` None leaves the field unset (routable)."""
+        net_info = bbs.ActualLRPNetInfo(
+            address=address,
+            instance_address=instance_address,
+            preferred_address=bbs.ActualLRPNetInfo.PreferredAddress.Value(preferred_address),
+            ports=[
+                bbs.PortMapping(
+                    container_port=container_port,
+                    host_port=host_port,
+                    container_tls_proxy_port=container_tls_proxy_port,
+                    host_tls_proxy_port=host_tls_proxy_port,
+                )
+            ]
+            + [bbs.PortMapping(container_port=c, host_port=h) for c, h in extra_ports or []],
+        )
+        with self._lock:
+            key = (process_guid, index, ORDINARY)
+            before = self._actual.get(key)
+            desired = self._desired.get(process_guid)
+            domain = desired.domain if desired is not None else "cf-apps"
+            if before is not None and instance_guid is None:
+                instance_guid = before.actual_lrp_instance_key.instance_guid or None
+            guid = instance_guid or str(uuid.uuid4())
+            lrp = bbs.ActualLRP(
+                state="RUNNING",
+                presence=ORDINARY,
+                availability_zone=availability_zone,
+                crash_count=before.crash_count if before is not None else 0,
+                crash_reason=before.crash_reason if before is not None else "",
+            )
+            lrp.actual_lrp_key.CopyFrom(bbs.ActualLRPKey(process_guid=process_guid, index=index, domain=domain))
+            lrp.actual_lrp_instance_key.CopyFrom(bbs.ActualLRPInstanceKey(instance_guid=guid, cell_id=cell_id))
+            lrp.actual_lrp_net_info.CopyFrom(net_info)
+            if routable is not None:
+                lrp.routable = routable
+            if before is None:
+                lrp.modification_tag.CopyFrom(bbs.ModificationTag(epoch=uuid.uuid4().hex, index=0))
+                lrp.since = time.time_ns()
+                self._actual[key] = lrp
+                self._emit("actual_lrp_instance_created", bbs.ActualLRPInstanceCreatedEvent(actual_lrp=lrp), cell_id)
+            else:
+                lrp.modification_tag.CopyFrom(before.modification_tag)
+                self._bump(lrp)
+                self._actual[key] = lrp
+                self._emit_changed(before, lrp)
+            return guid
+
+    def set_routable(self, process_guid: str, index: int, routable: bool | None) -> None:
+        """Set (or with None, unset) the ORDINARY instance's `routable` (a changed event)."""
+        with self._lock:
+            current = self._get_actual(process_guid, index)
+            before = _copy(current)
+            if routable is None:
+                current.ClearField("routable")
+            else:
+                current.routable = routable
+            self._bump(current)
+            self._emit_changed(before, current)
+
+    def crash_instance(self, process_guid: str, index: int) -> None:
+        """Crash the ORDINARY instance: CRASHED, no net info, no instance key, crash_count + 1.
+
+        Emits actual_lrp_crashed, then actual_lrp_instance_changed (whose instance key is the
+        crashed instance's, as BBS fills it from `before`)."""
+        with self._lock:
+            current = self._get_actual(process_guid, index)
+            before = _copy(current)
+            current.state = "CRASHED"
+            current.crash_count += 1
+            current.crash_reason = "APP/PROC/WEB: Exited with status 1 (bbs-double crash_instance)"
+            current.ClearField("actual_lrp_net_info")
+            current.ClearField("actual_lrp_instance_key")
+            self._bump(current)
+            crashed = bbs.ActualLRPCrashedEvent(
+                actual_lrp_key=current.actual_lrp_key,
+                actual_lrp_instance_key=before.actual_lrp_instance_key,
+                crash_count=current.crash_count,
+                crash_reason=current.crash_reason,
+                since=current.since,
+            )
+            self._emit("actual_lrp_crashed", crashed, before.actual_lrp_instance_key.cell_id)
+            self._emit_changed(before, current)
+
+    def evacuate_instance(self, process_guid: str, index: int) -> None:
+        """Turn the ORDINARY instance into the EVACUATING one (a changed event, same guid).
+
+        No new ORDINARY instance appears; start_instance() at the index creates one."""
+        with self._lock:
+            if (process_guid, index, EVACUATING) in self._actual:
+                raise ValueError(f"actual LRP {process_guid!r} index {index} is already evacuating")
+            current = self._actual.pop((process_guid, index, ORDINARY), None)
+            if current is None:
+                raise KeyError(f"no ORDINARY actual LRP {process_guid!r} index {index}")
+            before = _copy(current)
+            current.presence = EVACUATING
+            self._bump(current)
+            self._actual[(process_guid, index, EVACUATING)] = current
+            self._emit_changed(before, current)
+
+    def remove_instance(self, process_guid: str, index: int, *, evacuating: bool = False) -> None:
+        """Delete the ORDINARY (or EVACUATING) instance (actual_lrp_instance_removed)."""
+        presence = EVACUATING if evacuating else ORDINARY
+        with self._lock:
+            lrp = self._get_actual(process_guid, index, presence)
+            del self._actual[(process_guid, index, presence)]
+            self._emit(
+                "actual_lrp_instance_removed",
+                bbs.ActualLRPInstanceRemovedEvent(actual_lrp=lrp),
+                lrp.actual_lrp_instance_key.cell_id,
+            )

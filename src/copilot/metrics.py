@@ -1,0 +1,32 @@
+"""Copilot's Prometheus metrics, in one registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+
+ROUTES = Gauge("copilot_routes", "HTTP routes known to Copilot", registry=REGISTRY)
+BACKENDS = Gauge("copilot_backends", "Serving app instances known to Copilot", registry=REGISTRY)
+HOSTS_REJECTED = Counter("copilot_hosts_rejected_total", "Host rebuilds skipped because of invalid input", registry=REGISTRY)
+PUSHES = Counter("copilot_pushes_total", "Responses sent to istiod", ["type_url"], registry=REGISTRY)
+PUSH_LATENCY = Histogram(
+    "copilot_push_latency_seconds",
+    "From a change in the snapshot to the response carrying it",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+PUBLISH_SECONDS = Histogram(
+    "copilot_publish_seconds",
+    "Time to rebuild the Istio objects of changed hosts",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5),
+    registry=REGISTRY,
+)
+BBS_EVENTS = Counter("copilot_bbs_events_total", "BBS events applied", ["type"], registry=REGISTRY)
+BBS_ERRORS = Counter(
+    "copilot_bbs_errors_total", "BBS failures (connect, list, stream, malformed payload)", ["kind"], registry=REGISTRY
+)
+BBS_STALENESS = Gauge(
+    "copilot_bbs_staleness_seconds", "Seconds since BBS last confirmed Copilot's state (0 while subscribed)", registry=REGISTRY
+)
+BBS_SYNCS = Counter("copilot_bbs_syncs_total", "Full listings of BBS applied", registry=REGISTRY)

@@ -1,0 +1,194 @@
+"""The route model: the one source of truth for what a route, a backend and a weight are, and how they are validated."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+SSH_PORT = 2222
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"^(?:\*\.)?{_LABEL}(?:\.{_LABEL})*$")
+_PATH_SEGMENT_RE = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@%]+$")
+PROTOCOLS = ("http1", "http2")
+
+
+class InvalidRoute(ValueError):
+    """A route that cannot be served; the message names the offending field."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"{field_name}: {problem}")
+        self.field = field_name
+
+
+def normalize_hostname(value: object, field_name: str = "hostname") -> str:
+    """Lower-cases and checks an RFC 1123 hostname (an optional leading `*.` wildcard is allowed)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidRoute(field_name, "must be a non-empty string")
+    host = value.strip().lower().rstrip(".")
+    if len(host) > 253 or not _HOSTNAME_RE.match(host):
+        raise InvalidRoute(field_name, f"{value!r} is not a valid hostname")
+    return host
+
+
+def normalize_path(value: object, field_name: str = "path") -> str:
+    """Returns "" for no path, else `/seg/seg` without a trailing slash; rejects queries, fragments and dot segments."""
+    if value is None or value == "" or value == "/":
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRoute(field_name, "must be a string")
+    if not value.startswith("/"):
+        raise InvalidRoute(field_name, f"{value!r} must start with '/'")
+    segments = value.rstrip("/").split("/")[1:]
+    for segment in segments:
+        if segment in ("", ".", "..") or not _PATH_SEGMENT_RE.match(segment):
+            raise InvalidRoute(field_name, f"{value!r} is not a valid context path")
+    return "/" + "/".join(segments)
+
+
+def split_route_hostname(value: object, field_name: str = "hostnames") -> tuple[str, str]:
+    """Splits a Diego `cf-router` hostname, which may carry a context path (`host/path`), into (host, path)."""
+    if not isinstance(value, str):
+        raise InvalidRoute(field_name, "must be a string")
+    host, sep, path = value.partition("/")
+    return normalize_hostname(host, field_name), normalize_path(sep + path if sep else "", field_name)
+
+
+def validate_port(value: object, field_name: str) -> int:
+    """A TCP port 1..65535 that is not Diego's SSH port."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise InvalidRoute(field_name, f"{value!r} is not a port number")
+    if value == SSH_PORT:
+        raise InvalidRoute(field_name, "port 2222 is Diego's SSH port and is never routed")
+    return value
+
+
+@dataclass(frozen=True, order=True)
+class HttpRoute:
+    """An HTTP route a process asks for: requests for host[/path] go to the process's container port."""
+
+    host: str
+    path: str
+    container_port: int
+    protocol: str = "http1"
+    route_service_url: str = ""
+
+
+@dataclass(frozen=True, order=True)
+class TcpRoute:
+    """A TCP route: connections to the router's external port go to the process's container port."""
+
+    external_port: int
+    container_port: int
+    router_group_guid: str = ""
+
+
+@dataclass(frozen=True, order=True)
+class InternalRoute:
+    """A container-to-container route (e.g. app.apps.internal)."""
+
+    host: str
+
+
+@dataclass(frozen=True)
+class ProcessRoutes:
+    """Every route one Diego process (DesiredLRP) asks for."""
+
+    http: tuple[HttpRoute, ...] = ()
+    tcp: tuple[TcpRoute, ...] = ()
+    internal: tuple[InternalRoute, ...] = ()
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    """One reachable instance of a process on one container port."""
+
+    address: str
+    port: int
+    tls_port: int = 0
+    instance_guid: str = ""
+    index: int = 0
+    availability_zone: str = ""
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    container_port: int
+    host_port: int
+    container_tls_proxy_port: int = 0
+    host_tls_proxy_port: int = 0
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What Copilot keeps of a Diego ActualLRP: enough to decide whether and where to route."""
+
+    process_guid: str
+    index: int
+    instance_guid: str
+    state: str
+    routable: bool
+    address: str
+    instance_address: str
+    prefer_instance_address: bool
+    ports: tuple[PortMapping, ...] = ()
+    availability_zone: str = ""
+
+    @property
+    def serving(self) -> bool:
+        return self.state == "RUNNING" and self.routable
+
+    def backend_for(self, container_port: int) -> Backend | None:
+        """The backend for a container port, honouring the preferred address; None if not exposed."""
+        if not self.serving or container_port == SSH_PORT:
+            return None
+        for mapping in self.ports:
+            if mapping.container_port != container_port:
+                continue
+            if self.prefer_instance_address and self.instance_address:
+                address, port, tls = self.instance_address, mapping.container_port, mapping.container_tls_proxy_port
+            else:
+                address, port, tls = self.address, mapping.host_port, mapping.host_tls_proxy_port
+            if not address or not port:
+                return None
+            return Backend(address, port, tls, self.instance_guid, self.index, self.availability_zone)
+        return None
+
+
+@dataclass
+class Destination:
+    """A weighted target of a route: a process on one of its container ports."""
+
+    process_guid: str
+    container_port: int
+    weight: int = 1
+    protocol: str = "http1"
+    backends: list[Backend] = field(default_factory=list)
+
+
+def normalize_weights(weights: list[int]) -> list[int]:
+    """Scales positive weights to integers summing to exactly 100 (largest remainder, ties in the given order).
+
+    With more than 100 destinations some would round to 0; every destination keeps at least 1, so the
+    sum is then the number of destinations.
+    """
+    if not weights:
+        return []
+    if any(w <= 0 for w in weights):
+        raise ValueError("weights must be positive")
+    total = sum(weights)
+    if len(weights) >= 100:
+        return [1] * len(weights)
+    exact = [w * 100 / total for w in weights]
+    result = [max(1, int(x)) for x in exact]
+    shortfall = 100 - sum(result)
+    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - int(exact[i])), i))
+    i = 0
+    while shortfall > 0:
+        result[order[i % len(order)]] += 1
+        shortfall -= 1
+        i += 1
+    while shortfall < 0:
+        j = max(range(len(result)), key=lambda k: (result[k], -k))
+        result[j] -= 1
+        shortfall += 1
+    return result

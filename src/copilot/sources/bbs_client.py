@@ -1,0 +1,136 @@
+"""A Diego BBS client over HTTPS with mutual TLS: protobuf requests and responses, and the event stream."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from google.protobuf.message import DecodeError, Message
+
+from copilot.protos import bbs_pb2
+from copilot.sources.sse import parse_events
+
+EVENT_TYPES: dict[str, type[Message]] = {
+    "desired_lrp_created": bbs_pb2.DesiredLRPCreatedEvent,
+    "desired_lrp_changed": bbs_pb2.DesiredLRPChangedEvent,
+    "desired_lrp_removed": bbs_pb2.DesiredLRPRemovedEvent,
+    "actual_lrp_instance_created": bbs_pb2.ActualLRPInstanceCreatedEvent,
+    "actual_lrp_instance_changed": bbs_pb2.ActualLRPInstanceChangedEvent,
+    "actual_lrp_instance_removed": bbs_pb2.ActualLRPInstanceRemovedEvent,
+    "actual_lrp_crashed": bbs_pb2.ActualLRPCrashedEvent,
+}
+
+
+class BBSError(Exception):
+    """BBS could not be reached, or answered with an error."""
+
+
+class MalformedEvent(BBSError):
+    """One event on the stream could not be decoded; the stream itself is fine."""
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    ca_cert: Path
+    client_cert: Path
+    client_key: Path
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    type: str
+    message: Message
+
+
+class BBSClient:
+    def __init__(self, url: str, tls: TLSFiles, timeout: float = 10.0) -> None:
+        self._url = url.rstrip("/")
+        self._timeout = timeout
+        self._session = requests.Session()
+        self._session.cert = (str(tls.client_cert), str(tls.client_key))
+        self._session.verify = str(tls.ca_cert)
+
+    def ping(self) -> bool:
+        return bool(self._call("/v1/ping", None, bbs_pb2.PingResponse).available)
+
+    def desired_lrp_routing_infos(self) -> list[bbs_pb2.DesiredLRP]:
+        response = self._call("/v1/desired_lrp_routing_infos/list", bbs_pb2.DesiredLRPsRequest(), bbs_pb2.DesiredLRPsResponse)
+        return list(response.desired_lrps)
+
+    def actual_lrps(self) -> list[bbs_pb2.ActualLRP]:
+        response = self._call("/v1/actual_lrps/list", bbs_pb2.ActualLRPsRequest(), bbs_pb2.ActualLRPsResponse)
+        return list(response.actual_lrps)
+
+    def open_events(self) -> EventStream:
+        """Subscribes to /v1/events/lrp_instances.r1 for every cell; returns once the server has answered."""
+        try:
+            response = self._session.post(
+                self._url + "/v1/events/lrp_instances.r1",
+                data=bbs_pb2.EventsByCellId(cell_id="").SerializeToString(),
+                headers={"Content-Type": "application/x-protobuf"},
+                stream=True,
+                timeout=(self._timeout, None),
+            )
+        except requests.RequestException as error:
+            raise BBSError(f"cannot subscribe to BBS events: {error}") from error
+        if response.status_code != 200:
+            response.close()
+            raise BBSError(f"BBS events subscription answered HTTP {response.status_code}")
+        return EventStream(response)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _call(self, path: str, request: Message | None, response_type: type[Message]) -> Message:
+        body = request.SerializeToString() if request is not None else b""
+        try:
+            http = self._session.post(
+                self._url + path, data=body, headers={"Content-Type": "application/x-protobuf"}, timeout=self._timeout
+            )
+        except requests.RequestException as error:
+            raise BBSError(f"BBS {path}: {error}") from error
+        if http.status_code != 200:
+            raise BBSError(f"BBS {path}: HTTP {http.status_code}")
+        response = response_type()
+        try:
+            response.ParseFromString(http.content)
+        except DecodeError as error:
+            raise BBSError(f"BBS {path}: response is not a {response_type.__name__}") from error
+        if response.DESCRIPTOR.fields_by_name.get("error") and response.HasField("error"):
+            raise BBSError(f"BBS {path}: {bbs_pb2.Error.Type.Name(response.error.type)}: {response.error.message}")
+        return response
+
+
+class EventStream:
+    """The open event stream; iterate for events, `close()` from any thread to end it."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self._response = response
+
+    def __iter__(self) -> Iterator[Event | MalformedEvent]:
+        try:
+            for sse in parse_events(self._response.iter_content(chunk_size=None)):
+                yield decode_event(sse.id, sse.event, sse.data)
+        except (requests.RequestException, OSError, AttributeError) as error:
+            if not self._response.raw or self._response.raw.closed:
+                return
+            raise BBSError(f"BBS event stream broke: {error}") from error
+
+    def close(self) -> None:
+        self._response.close()
+
+
+def decode_event(event_id: str, event_type: str, data: str) -> Event | MalformedEvent:
+    """Decodes one SSE event into its protobuf message; a bad payload becomes a MalformedEvent value."""
+    message_type = EVENT_TYPES.get(event_type)
+    if message_type is None:
+        return MalformedEvent(f"event {event_id}: unknown type {event_type!r}")
+    try:
+        message = message_type.FromString(base64.b64decode(data, validate=True))
+    except (ValueError, DecodeError) as error:
+        return MalformedEvent(f"event {event_id} ({event_type}): undecodable payload: {error}")
+    return Event(event_id, event_type, message)

@@ -1,0 +1,132 @@
+"""Diego's records -> the route model, with route-emitter's rules; every payload is validated here."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from copilot.model import (
+    PROTOCOLS,
+    HttpRoute,
+    Instance,
+    InternalRoute,
+    InvalidRoute,
+    PortMapping,
+    ProcessRoutes,
+    TcpRoute,
+    normalize_hostname,
+    split_route_hostname,
+    validate_port,
+)
+from copilot.protos import bbs_pb2
+
+log = logging.getLogger(__name__)
+
+
+def process_routes(desired: bbs_pb2.DesiredLRP) -> ProcessRoutes:
+    """The routes a DesiredLRP asks for. Bad entries are logged and skipped; the rest are kept."""
+    raw = desired.routes.routes
+    http: list[HttpRoute] = []
+    tcp: list[TcpRoute] = []
+    internal: list[InternalRoute] = []
+    for entry in _entries(desired.process_guid, raw, "cf-router"):
+        hostnames = entry.get("hostnames")
+        if not isinstance(hostnames, list):
+            _skip(desired.process_guid, "cf-router", InvalidRoute("cf-router.hostnames", "must be a list"))
+            continue
+        try:
+            port = validate_port(entry.get("port"), "cf-router.port")
+            protocol = entry.get("protocol") or "http1"
+            if protocol not in PROTOCOLS:
+                raise InvalidRoute("cf-router.protocol", f"{protocol!r} is not one of {', '.join(PROTOCOLS)}")
+            service = entry.get("route_service_url") or ""
+            if not isinstance(service, str):
+                raise InvalidRoute("cf-router.route_service_url", "must be a string")
+        except InvalidRoute as error:
+            _skip(desired.process_guid, "cf-router", error)
+            continue
+        for hostname in hostnames:
+            try:
+                host, path = split_route_hostname(hostname, "cf-router.hostnames")
+            except InvalidRoute as error:
+                _skip(desired.process_guid, "cf-router", error)
+                continue
+            http.append(HttpRoute(host, path, port, protocol, service))
+    for entry in _entries(desired.process_guid, raw, "tcp-router"):
+        try:
+            tcp.append(
+                TcpRoute(
+                    validate_port(entry.get("external_port"), "tcp-router.external_port"),
+                    validate_port(entry.get("container_port"), "tcp-router.container_port"),
+                    str(entry.get("router_group_guid") or ""),
+                )
+            )
+        except InvalidRoute as error:
+            _skip(desired.process_guid, "tcp-router", error)
+    for entry in _entries(desired.process_guid, raw, "internal-router"):
+        try:
+            internal.append(InternalRoute(normalize_hostname(entry.get("hostname"), "internal-router.hostname")))
+        except InvalidRoute as error:
+            _skip(desired.process_guid, "internal-router", error)
+    return ProcessRoutes(tuple(sorted(set(http))), tuple(sorted(set(tcp))), tuple(sorted(set(internal))))
+
+
+def instance(actual: bbs_pb2.ActualLRP) -> Instance:
+    return _instance(
+        actual.actual_lrp_key,
+        actual.actual_lrp_instance_key,
+        actual.actual_lrp_net_info,
+        actual.state,
+        not actual.HasField("routable") or actual.routable,
+        actual.availability_zone,
+    )
+
+
+def instance_from_info(
+    key: bbs_pb2.ActualLRPKey, instance_key: bbs_pb2.ActualLRPInstanceKey, info: bbs_pb2.ActualLRPInfo
+) -> Instance:
+    return _instance(
+        key,
+        instance_key,
+        info.actual_lrp_net_info,
+        info.state,
+        not info.HasField("Routable") or info.Routable,
+        info.availability_zone,
+    )
+
+
+def _instance(key, instance_key, net, state: str, routable: bool, az: str) -> Instance:
+    return Instance(
+        process_guid=key.process_guid,
+        index=key.index,
+        instance_guid=instance_key.instance_guid,
+        state=state,
+        routable=routable,
+        address=net.address,
+        instance_address=net.instance_address,
+        prefer_instance_address=net.preferred_address == bbs_pb2.ActualLRPNetInfo.INSTANCE,
+        ports=tuple(
+            PortMapping(p.container_port, p.host_port, p.container_tls_proxy_port, p.host_tls_proxy_port) for p in net.ports
+        ),
+        availability_zone=az,
+    )
+
+
+def _entries(process_guid: str, raw: dict, router: str) -> list[dict]:
+    if router not in raw:
+        return []
+    try:
+        value = json.loads(raw[router])
+    except (ValueError, UnicodeDecodeError) as error:
+        _skip(process_guid, router, InvalidRoute(router, f"not JSON: {error}"))
+        return []
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
+        _skip(process_guid, router, InvalidRoute(router, "must be a JSON list of objects"))
+        return []
+    return value
+
+
+def _skip(process_guid: str, router: str, error: Exception) -> None:
+    log.warning("route skipped", extra={"process_guid": process_guid, "router": router, "error": str(error)})

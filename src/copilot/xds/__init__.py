@@ -1,0 +1,1 @@
+"""The xDS side: versioned resource snapshots and the ADS server istiod reads them from. Knows nothing of Cloud Foundry."""

@@ -1,0 +1,1 @@
+"""Developer and test tooling for Copilot: throwaway PKI and other helpers that never ship."""
