@@ -31,7 +31,6 @@ class Copilot:
         self.table = RoutingTable()
         self.snapshot = Snapshot()
         self.publisher = Publisher(self.table, self.snapshot, config.gateway)
-        self.mcp = McpServer(self.snapshot, on_push=_record_push)
         self.watcher: BBSWatcher | None = None
         if config.bbs is not None:
             client = BBSClient(config.bbs.url, TLSFiles(config.bbs.ca_cert, config.bbs.client_cert, config.bbs.client_key))
@@ -42,6 +41,7 @@ class Copilot:
                 reconcile_interval=config.bbs.reconcile_interval_seconds,
                 max_backoff=config.bbs.max_backoff_seconds,
             )
+        self.mcp = McpServer(self.snapshot, on_push=_record_push, ready=self.watcher.synced if self.watcher else None)
         self.health = HealthServer(config.health_listen, self.status, self.refresh_metrics)
 
     def publish(self) -> None:

@@ -53,6 +53,7 @@ class BBSClient:
         self._session = requests.Session()
         self._session.cert = (str(tls.client_cert), str(tls.client_key))
         self._session.verify = str(tls.ca_cert)
+        self._session.trust_env = False  # REQUESTS_CA_BUNDLE and proxy variables must not override BBS mutual TLS
 
     def ping(self) -> bool:
         return bool(self._call("/v1/ping", None, bbs_pb2.PingResponse).available)

@@ -55,9 +55,12 @@ class _Stream:
 class McpServer:
     """Serves a Snapshot over ADS. `start()` binds; `stop()` ends every stream."""
 
-    def __init__(self, snapshot: Snapshot, on_push: PushObserver | None = None) -> None:
+    def __init__(self, snapshot: Snapshot, on_push: PushObserver | None = None, ready: threading.Event | None = None) -> None:
+        """`ready`, when given, holds every answer until it is set: a restarted Copilot must not tell istiod
+        that the world is empty before its sources have been read."""
         self._snapshot = snapshot
         self._on_push = on_push
+        self._ready = ready
         self._server: grpc.Server | None = None
         self._streams: set[_Stream] = set()
         self._lock = threading.Lock()
@@ -125,6 +128,11 @@ class McpServer:
 
         threading.Thread(target=read, name="mcp-reader", daemon=True).start()
         try:
+            if self._ready is not None and not self._ready.is_set():
+                log.info("holding istiod's requests until the first sync", extra={"peer": stream.peer})
+                while not self._ready.wait(1.0):
+                    if not context.is_active():
+                        return
             while True:
                 item = stream.inbox.get()
                 if item is _CLOSE:
