@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,14 @@ class EventStream:
             raise BBSError(f"BBS event stream broke: {error}") from error
 
     def close(self) -> None:
+        """Ends the stream, unblocking a reader in another thread (closing alone does not interrupt a read)."""
+        connection = getattr(self._response.raw, "_connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self._response.close()
 
 

@@ -1,0 +1,41 @@
+"""Sample app instances: small HTTP servers on loopback that answer with their instance guid (and the
+request headers, as JSON on /headers), standing in for what Diego would run in containers."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class AppInstance:
+    def __init__(self, instance_guid: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        guid = instance_guid
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if self.path.endswith("/headers"):
+                    body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+                else:
+                    body = f"{guid}\n".encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("X-Instance-Guid", guid)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.instance_guid = instance_guid
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port: int = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, name=f"app-{guid}", daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,114 @@
+"""The whole routing tier on one machine for tests and benchmarks: a BBS test double standing in for
+Diego, Copilot (its real `copilot` command), a real istiod and a real Envoy router, all on loopback."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+import yaml
+
+from bbs_double.server import BBSDouble
+from devtools.certs import make_ca
+from devtools.envoy import Envoy, start_envoy
+from devtools.istiod import Istiod, start_istiod, wait_ready
+from devtools.ports import free_port, wait_for_port
+from devtools.processes import ManagedProcess
+
+
+@dataclass
+class Tier:
+    workdir: Path
+    bbs: BBSDouble
+    copilot: ManagedProcess
+    istiod: Istiod
+    envoy: Envoy
+    http_port: int
+    mcp_port: int
+    health_port: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def router_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, host: str, path: str = "/", timeout: float = 5.0) -> requests.Response:
+        return requests.get(self.router_url + path, headers={"Host": host}, timeout=timeout)
+
+    def restart_copilot(self) -> None:
+        self.copilot.stop()
+        self.copilot.start()
+        if not wait_for_port(self.mcp_port, timeout=30):
+            raise RuntimeError(f"copilot did not come back:\n{self.copilot.log_tail()}")
+
+    def copilot_health(self) -> dict:
+        return requests.get(f"http://127.0.0.1:{self.health_port}/health", timeout=5).json()
+
+    def metrics(self) -> str:
+        return requests.get(f"http://127.0.0.1:{self.health_port}/metrics", timeout=5).text
+
+    def stop(self) -> None:
+        for stopper in (self.envoy.process.stop, self.istiod.process.stop, self.copilot.stop, self.bbs.stop):
+            try:
+                stopper()
+            except Exception:  # noqa: BLE001 - best effort teardown
+                pass
+
+
+def start_tier(workdir: Path, *, reconcile_interval: float = 30.0, debounce_after: str = "10ms") -> Tier:
+    workdir.mkdir(parents=True, exist_ok=True)
+    pki = workdir / "pki"
+    diego_ca = make_ca(pki, "diego-ca")
+    bbs_server = diego_ca.issue("bbs-server", pki, dns_names=["localhost"], ip_addresses=["127.0.0.1"], client=False)
+    bbs_client = diego_ca.issue("bbs-client", pki, server=False)
+    bbs = BBSDouble(ca_cert=diego_ca.cert_path, server_cert=bbs_server.cert_path, server_key=bbs_server.key_path)
+    bbs.start()
+
+    mcp_port, health_port, http_port = free_port(), free_port(), free_port()
+    config = {
+        "bbs": {
+            "url": bbs.url,
+            "ca_cert": str(diego_ca.cert_path),
+            "client_cert": str(bbs_client.cert_path),
+            "client_key": str(bbs_client.key_path),
+            "reconcile_interval_seconds": reconcile_interval,
+            "max_backoff_seconds": 1,
+        },
+        "mcp": {"listen": f"127.0.0.1:{mcp_port}"},
+        "health": {"listen": f"127.0.0.1:{health_port}"},
+        "gateway": {"http_port": http_port},
+        "log_level": "info",
+    }
+    config_path = workdir / "copilot.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    copilot = ManagedProcess(
+        "copilot", [sys.executable, "-m", "copilot.main", "--config", str(config_path)], workdir / "copilot.log",
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    ).start()
+    if not wait_for_port(mcp_port, timeout=30):
+        raise RuntimeError(f"copilot did not start:\n{copilot.log_tail()}")
+    istiod = start_istiod(workdir / "istiod", f"127.0.0.1:{mcp_port}", debounce_after=debounce_after)
+    wait_ready(istiod)
+    envoy = start_envoy(workdir / "envoy", istiod.grpc_port)
+    tier = Tier(workdir, bbs, copilot, istiod, envoy, http_port, mcp_port, health_port)
+    if not wait_for_port(http_port, timeout=30):
+        tier.stop()
+        raise RuntimeError(f"the router never opened its HTTP listener:\n{envoy.process.log_tail()}\n{istiod.process.log_tail()}")
+    return tier
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, message: str = "condition") -> None:
+    """Polls `predicate` until it returns truthy; raises AssertionError with `message` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except (requests.RequestException, OSError) as error:
+            last_error = error
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}" + (f" (last error: {last_error})" if last_error else ""))
