@@ -39,6 +39,8 @@ def normalize_path(value: object, field_name: str = "path") -> str:
     if not value.startswith("/"):
         raise InvalidRoute(field_name, f"{value!r} must start with '/'")
     segments = value.rstrip("/").split("/")[1:]
+    if not segments:
+        return ""  # only slashes: the root, like "/"
     for segment in segments:
         if segment in ("", ".", "..") or not _PATH_SEGMENT_RE.match(segment):
             raise InvalidRoute(field_name, f"{value!r} is not a valid context path")
@@ -62,7 +64,7 @@ def validate_port(value: object, field_name: str) -> int:
     return value
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class HttpRoute:
     """An HTTP route a process asks for: requests for host[/path] go to the process's container port."""
 
@@ -73,7 +75,7 @@ class HttpRoute:
     route_service_url: str = ""
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class TcpRoute:
     """A TCP route: connections to the router's external port go to the process's container port."""
 
@@ -82,7 +84,7 @@ class TcpRoute:
     router_group_guid: str = ""
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class InternalRoute:
     """A container-to-container route (e.g. app.apps.internal)."""
 
@@ -98,7 +100,7 @@ class ProcessRoutes:
     internal: tuple[InternalRoute, ...] = ()
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Backend:
     """One reachable instance of a process on one container port."""
 
@@ -110,7 +112,7 @@ class Backend:
     availability_zone: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PortMapping:
     container_port: int
     host_port: int
@@ -118,7 +120,7 @@ class PortMapping:
     host_tls_proxy_port: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Instance:
     """What Copilot keeps of a Diego ActualLRP: enough to decide whether and where to route."""
 
@@ -175,20 +177,21 @@ def normalize_weights(weights: list[int]) -> list[int]:
         return []
     if any(w <= 0 for w in weights):
         raise ValueError("weights must be positive")
-    total = sum(weights)
     if len(weights) >= 100:
         return [1] * len(weights)
-    exact = [w * 100 / total for w in weights]
-    result = [max(1, int(x)) for x in exact]
+    # Shares below 1 are raised to 1 and the others split what is left, until no share falls below 1.
+    floored: set[int] = set()
+    while True:
+        budget = 100 - len(floored)
+        total = sum(w for i, w in enumerate(weights) if i not in floored)
+        exact = {i: w * budget / total for i, w in enumerate(weights) if i not in floored}
+        low = {i for i, x in exact.items() if x < 1}
+        if not low:
+            break
+        floored |= low
+    result = [1 if i in floored else int(exact[i]) for i in range(len(weights))]
+    # Largest remainder over the shares that were not floored; ties go to the earlier destination.
     shortfall = 100 - sum(result)
-    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - int(exact[i])), i))
-    i = 0
-    while shortfall > 0:
-        result[order[i % len(order)]] += 1
-        shortfall -= 1
-        i += 1
-    while shortfall < 0:
-        j = max(range(len(result)), key=lambda k: (result[k], -k))
-        result[j] -= 1
-        shortfall += 1
+    for i in sorted(exact, key=lambda i: (-(exact[i] - int(exact[i])), i))[:shortfall]:
+        result[i] += 1
     return result

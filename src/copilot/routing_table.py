@@ -44,11 +44,14 @@ class RoutingTable:
             self._unindex(process_guid, old)
             self._desired[process_guid] = routes
             self._index(process_guid, routes)
+            # Only the hosts whose routes to this process changed need rebuilding.
+            self._dirty.update(route.host for route in set(old.http if old else ()) ^ set(routes.http))
 
     def remove_process(self, process_guid: str) -> None:
         with self._lock:
             old = self._desired.pop(process_guid, None)
             self._unindex(process_guid, old)
+            self._touch(old)
             self._instances.pop(process_guid, None)
 
     def upsert_instance(self, presence: int, instance: Instance) -> None:
@@ -68,9 +71,7 @@ class RoutingTable:
                 if not per_process:
                     del self._instances[process_guid]
 
-    def replace_bbs_state(
-        self, processes: dict[str, ProcessRoutes], instances: dict[str, dict[InstanceKey, Instance]]
-    ) -> None:
+    def replace_bbs_state(self, processes: dict[str, ProcessRoutes], instances: dict[str, dict[InstanceKey, Instance]]) -> None:
         """Makes the BBS slice exactly what a full listing says; only what differs becomes dirty."""
         with self._lock:
             for guid in list(self._desired):
@@ -133,7 +134,6 @@ class RoutingTable:
     def _index(self, guid: str, routes: ProcessRoutes | None) -> None:
         for route in routes.http if routes else ():
             self._hosts[route.host].add(guid)
-            self._dirty.add(route.host)
 
     def _unindex(self, guid: str, routes: ProcessRoutes | None) -> None:
         for route in routes.http if routes else ():
@@ -142,9 +142,10 @@ class RoutingTable:
                 guids.discard(guid)
                 if not guids:
                     del self._hosts[route.host]
-            self._dirty.add(route.host)
 
     def _touch_process(self, guid: str) -> None:
-        routes = self._desired.get(guid)
+        self._touch(self._desired.get(guid))
+
+    def _touch(self, routes: ProcessRoutes | None) -> None:
         for route in routes.http if routes else ():
             self._dirty.add(route.host)

@@ -48,7 +48,11 @@ def router_bootstrap(*, router_ip: str, istiod_port: int, admin_port: int, label
                         "endpoints": [
                             {
                                 "lb_endpoints": [
-                                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": istiod_port}}}}
+                                    {
+                                        "endpoint": {
+                                            "address": {"socket_address": {"address": "127.0.0.1", "port_value": istiod_port}}
+                                        }
+                                    }
                                 ]
                             }
                         ],
@@ -77,22 +81,42 @@ class Envoy:
         return requests.get(f"http://127.0.0.1:{self.admin_port}/listeners", timeout=5).text
 
 
-def start_envoy(workdir: Path, istiod_port: int, *, router_ip: str = "127.0.0.2", labels: dict[str, str] | None = None,
-                namespace: str = "istio-system") -> Envoy:
+def start_envoy(
+    workdir: Path,
+    istiod_port: int,
+    *,
+    router_ip: str = "127.0.0.2",
+    labels: dict[str, str] | None = None,
+    namespace: str = "istio-system",
+) -> Envoy:
     workdir.mkdir(parents=True, exist_ok=True)
     admin_port = free_port()
     bootstrap = workdir / "envoy.json"
     bootstrap.write_text(
         json.dumps(
             router_bootstrap(
-                router_ip=router_ip, istiod_port=istiod_port, admin_port=admin_port,
-                labels=labels or {"app": "istio-router"}, namespace=namespace,
+                router_ip=router_ip,
+                istiod_port=istiod_port,
+                admin_port=admin_port,
+                labels=labels or {"app": "istio-router"},
+                namespace=namespace,
             ),
             indent=1,
         )
     )
-    argv = [str(peers.envoy()), "-c", str(bootstrap), "--base-id", str(admin_port), "--log-level", "warning",
-            "--drain-time-s", "1", "--parent-shutdown-time-s", "2"]
+    argv = [
+        str(peers.envoy()),
+        "-c",
+        str(bootstrap),
+        "--base-id",
+        str(admin_port),
+        "--log-level",
+        "warning",
+        "--drain-time-s",
+        "1",
+        "--parent-shutdown-time-s",
+        "2",
+    ]
     process = ManagedProcess("envoy", argv, workdir / "envoy.log").start()
     if not wait_for_port(admin_port, timeout=30):
         raise RuntimeError(f"envoy admin did not come up:\n{process.log_tail()}")

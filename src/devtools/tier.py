@@ -3,8 +3,10 @@ Diego, Copilot (its real `copilot` command), a real istiod and a real Envoy rout
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,13 +54,18 @@ class Tier:
 
     def stop(self) -> None:
         for stopper in (self.envoy.process.stop, self.istiod.process.stop, self.copilot.stop, self.bbs.stop):
-            try:
+            with contextlib.suppress(Exception):  # best-effort teardown
                 stopper()
-            except Exception:  # noqa: BLE001 - best effort teardown
-                pass
 
 
-def start_tier(workdir: Path, *, reconcile_interval: float = 30.0, debounce_after: str = "10ms") -> Tier:
+def start_tier(
+    workdir: Path,
+    *,
+    reconcile_interval: float = 30.0,
+    debounce_after: str = "10ms",
+    preload: Callable[[BBSDouble], None] | None = None,
+) -> Tier:
+    """Starts everything on loopback; `preload` fills the BBS double before Copilot first lists it."""
     workdir.mkdir(parents=True, exist_ok=True)
     pki = workdir / "pki"
     diego_ca = make_ca(pki, "diego-ca")
@@ -66,6 +73,8 @@ def start_tier(workdir: Path, *, reconcile_interval: float = 30.0, debounce_afte
     bbs_client = diego_ca.issue("bbs-client", pki, server=False)
     bbs = BBSDouble(ca_cert=diego_ca.cert_path, server_cert=bbs_server.cert_path, server_key=bbs_server.key_path)
     bbs.start()
+    if preload is not None:
+        preload(bbs)
 
     mcp_port, health_port, http_port = free_port(), free_port(), free_port()
     config = {
@@ -85,7 +94,9 @@ def start_tier(workdir: Path, *, reconcile_interval: float = 30.0, debounce_afte
     config_path = workdir / "copilot.yml"
     config_path.write_text(yaml.safe_dump(config))
     copilot = ManagedProcess(
-        "copilot", [sys.executable, "-m", "copilot.main", "--config", str(config_path)], workdir / "copilot.log",
+        "copilot",
+        [sys.executable, "-m", "copilot.main", "--config", str(config_path)],
+        workdir / "copilot.log",
         env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     ).start()
     if not wait_for_port(mcp_port, timeout=30):
@@ -111,4 +122,6 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, message
         except (requests.RequestException, OSError) as error:
             last_error = error
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}" + (f" (last error: {last_error})" if last_error else ""))
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {message}" + (f" (last error: {last_error})" if last_error else "")
+    )

@@ -6,9 +6,10 @@ Names are derived from the host, so two Copilots fed the same state emit identic
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import ipaddress
 import re
+import socket
 from dataclasses import dataclass, field
 
 from copilot.istio.kinds import DESTINATION_RULE, GATEWAY, SERVICE_ENTRY, VIRTUAL_SERVICE, IstioObject
@@ -35,6 +36,7 @@ class GatewaySettings:
         return f"{self.namespace}/{self.name}"
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def object_name(host: str) -> str:
     """A DNS-1123 name for a host's objects: readable prefix plus a hash so distinct hosts never collide."""
     readable = re.sub(r"[^a-z0-9.-]", "-", host.replace("*", "wildcard"))[:200].strip(".-")
@@ -48,6 +50,7 @@ def service_host(host: str) -> str:
     return host
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def subset_name(process_guid: str, container_port: int) -> str:
     return "p-" + hashlib.sha256(f"{process_guid}:{container_port}".encode()).hexdigest()[:16]
 
@@ -128,6 +131,6 @@ def _unique_destinations(routes: HostRoutes) -> list[Destination]:
 
 def _check_address(address: str) -> None:
     try:
-        ipaddress.ip_address(address)
-    except ValueError:
+        socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+    except OSError:
         raise ValueError(f"backend address {address!r} is not an IP address") from None

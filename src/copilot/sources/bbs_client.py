@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -127,10 +128,8 @@ class EventStream:
         connection = getattr(self._response.raw, "_connection", None)
         sock = getattr(connection, "sock", None)
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self._response.close()
 
 

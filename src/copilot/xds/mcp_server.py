@@ -76,9 +76,7 @@ class McpServer:
             request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
             response_serializer=lambda raw: raw,
         )
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {"StreamAggregatedResources": handler}),)
-        )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"StreamAggregatedResources": handler}),))
         if credentials is None:
             self.port = server.add_insecure_port(address)
         else:
@@ -142,7 +140,22 @@ class McpServer:
                     if response is not None:
                         yield response
                 else:
-                    for type_url in sorted(item):  # a change: push every subscribed type that moved
+                    # A change. Fold in every change already queued, then push each moved type once:
+                    # bursts coalesce by themselves, with no fixed delay.
+                    changed = set(item)
+                    pending: list[object] = []
+                    while True:
+                        try:
+                            queued = stream.inbox.get_nowait()
+                        except queue.Empty:
+                            break
+                        if isinstance(queued, set):
+                            changed |= queued
+                        else:
+                            pending.append(queued)
+                    for queued in pending:
+                        stream.inbox.put(queued)
+                    for type_url in sorted(changed):  # push every subscribed type that moved
                         if type_url in stream.sent_version and self._snapshot.version(type_url) != stream.sent_version[type_url]:
                             yield self._response(stream, type_url)
         finally:

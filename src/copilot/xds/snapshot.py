@@ -8,20 +8,20 @@ DiscoveryResponse `resources` fields, so a full-state response is a byte join, n
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from copilot.protos import istio_mcp_pb2 as mcp
 from copilot.xds.wire import length_delimited
 
 MCP_RESOURCE_TYPE = "type.googleapis.com/istio.mcp.v1alpha1.Resource"
 RESOURCES_FIELD = 2  # DiscoveryResponse.resources
+_MCP_TYPE_FIELD = length_delimited(1, MCP_RESOURCE_TYPE.encode())
 
 
 @dataclass(frozen=True)
@@ -31,16 +31,25 @@ class Entry:
 
 
 def encode_resource(name: str, body: Message) -> Entry:
-    """Wraps a spec in an MCP Resource whose metadata.version is its content digest."""
+    """Wraps a spec in an MCP Resource whose metadata.version is its content digest.
+
+    The envelope (Any{Resource{Metadata, Any{spec}}}) is written field by field: it is the hot path of
+    a full rebuild, and building four messages only to serialize them costs more than the spec itself.
+    """
     body_bytes = body.SerializeToString(deterministic=True)
-    full_name = body.DESCRIPTOR.full_name
-    digest = hashlib.blake2b(name.encode() + b"\0" + full_name.encode() + b"\0" + body_bytes, digest_size=16)
-    resource = mcp.Resource(
-        metadata=mcp.Metadata(name=name, version=digest.hexdigest()),
-        body=any_pb2.Any(type_url=f"type.googleapis.com/{full_name}", value=body_bytes),
-    )
-    wrapped = any_pb2.Any(type_url=MCP_RESOURCE_TYPE, value=resource.SerializeToString(deterministic=True))
-    return Entry(int.from_bytes(digest.digest(), "big"), length_delimited(RESOURCES_FIELD, wrapped.SerializeToString()))
+    type_field, full_name = _spec_type_field(body.DESCRIPTOR.full_name)
+    name_bytes = name.encode()
+    digest = hashlib.blake2b(name_bytes + b"\0" + full_name + b"\0" + body_bytes, digest_size=16)
+    metadata = length_delimited(1, name_bytes) + length_delimited(3, digest.hexdigest().encode())  # Metadata{name, version}
+    spec = type_field + length_delimited(2, body_bytes)  # Any{type_url, value}
+    resource = length_delimited(1, metadata) + length_delimited(2, spec)  # Resource{metadata, body}
+    wrapped = _MCP_TYPE_FIELD + length_delimited(2, resource)  # Any{type_url, value}
+    return Entry(int.from_bytes(digest.digest(), "big"), length_delimited(RESOURCES_FIELD, wrapped))
+
+
+@functools.cache
+def _spec_type_field(full_name: str) -> tuple[bytes, bytes]:
+    return length_delimited(1, f"type.googleapis.com/{full_name}".encode()), full_name.encode()
 
 
 class _TypeState:
@@ -129,4 +138,3 @@ class Snapshot:
                     self._listeners.remove(listener)
 
         return unsubscribe
-

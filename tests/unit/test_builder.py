@@ -1,0 +1,179 @@
+"""The Istio builder: routing state in, Gateway / VirtualService / DestinationRule / ServiceEntry out."""
+
+from __future__ import annotations
+
+import pytest
+
+from copilot.istio import kinds
+from copilot.istio.builder import (
+    SERVICE_PORT,
+    SERVICE_PORT_NAME,
+    SUBSET_LABEL,
+    GatewaySettings,
+    build_gateway,
+    build_host,
+    host_object_names,
+    object_name,
+    service_host,
+    subset_name,
+)
+from copilot.model import Backend, Destination
+from copilot.protos import istio_networking_pb2 as pb
+from copilot.routing_table import HostRoutes
+
+SETTINGS = GatewaySettings(namespace="cf", name="ingress", selector={"istio": "router"}, http_port=8000)
+
+
+def dest(guid: str, port: int = 8080, weight: int = 100, *backends: Backend) -> Destination:
+    return Destination(guid, port, weight, "http1", list(backends))
+
+
+def build(routes: HostRoutes) -> tuple[pb.VirtualService, pb.DestinationRule, pb.ServiceEntry]:
+    objects = build_host(SETTINGS, routes)
+    assert [o.kind for o in objects] == [kinds.VIRTUAL_SERVICE, kinds.DESTINATION_RULE, kinds.SERVICE_ENTRY]
+    assert len({o.name for o in objects}) == 1
+    vs, dr, se = (o.spec for o in objects)
+    return vs, dr, se  # type: ignore[return-value]
+
+
+def sample() -> HostRoutes:
+    return HostRoutes(
+        "app.example.com",
+        {
+            "": [
+                dest("web", 8080, 67, Backend("10.0.0.1", 61001, 0, "w0", 0, "z1"), Backend("10.0.0.2", 61002, 0, "w1", 1, "z2")),
+                dest("canary", 8080, 33, Backend("10.0.0.3", 61003, 0, "c0", 0, "z1")),
+            ],
+            "/api": [dest("api", 9000, 100, Backend("10.0.1.1", 62001))],
+            "/api/v2": [dest("api2", 9000, 100, Backend("10.0.1.2", 62002))],
+            "/z": [dest("web", 8080, 100)],
+        },
+    )
+
+
+def test_gateway() -> None:
+    obj = build_gateway(SETTINGS)
+    assert (obj.kind, obj.name) == (kinds.GATEWAY, "cf/ingress")
+    gateway = obj.spec
+    assert dict(gateway.selector) == {"istio": "router"}
+    [server] = gateway.servers
+    assert (server.port.number, server.port.protocol, list(server.hosts)) == (8000, "HTTP", ["*"])
+
+
+def test_virtual_service_orders_paths_longest_first_root_last() -> None:
+    vs, _, _ = build(sample())
+    assert list(vs.hosts) == ["app.example.com"]
+    assert list(vs.gateways) == ["cf/ingress"]
+    assert [r.name for r in vs.http] == ["/api/v2", "/api", "/z", "/"]
+    api_v2 = vs.http[0]
+    assert [(m.uri.exact, m.uri.prefix) for m in api_v2.match] == [("/api/v2", ""), ("", "/api/v2/")]
+    assert [m.uri.WhichOneof("match_type") for m in api_v2.match] == ["exact", "prefix"]
+    root = vs.http[-1]
+    assert list(root.match) == []  # the root matches everything
+
+
+def test_virtual_service_destinations_and_weights() -> None:
+    vs, _, _ = build(sample())
+    root = vs.http[-1]
+    assert [(d.destination.host, d.destination.subset, d.destination.port.number, d.weight) for d in root.route] == [
+        ("app.example.com", subset_name("web", 8080), SERVICE_PORT, 67),
+        ("app.example.com", subset_name("canary", 8080), SERVICE_PORT, 33),
+    ]
+    # a single destination carries no weight (Istio's default of 100)
+    [single] = vs.http[1].route
+    assert (single.destination.subset, single.weight) == (subset_name("api", 9000), 0)
+
+
+def test_destination_rule_has_a_subset_per_process_and_port() -> None:
+    routes = sample()
+    routes.paths["/metrics"] = [dest("web", 9100, 100)]
+    _, dr, _ = build(routes)
+    assert dr.host == "app.example.com"
+    names = [s.name for s in dr.subsets]
+    assert sorted(names) == sorted(
+        {subset_name("web", 8080), subset_name("canary", 8080), subset_name("api", 9000), subset_name("api2", 9000), subset_name("web", 9100)}
+    )
+    assert len(names) == len(set(names))  # "web":8080 serves two paths but is one subset
+    assert all(dict(s.labels) == {SUBSET_LABEL: s.name} for s in dr.subsets)
+
+
+def test_subset_names_are_distinct_per_process_and_port() -> None:
+    assert subset_name("web", 8080) != subset_name("web", 8081)
+    assert subset_name("web", 8080) != subset_name("web2", 8080)
+    assert subset_name("web", 8080) == subset_name("web", 8080)
+
+
+def test_service_entry_has_static_endpoints_with_subset_labels() -> None:
+    _, _, se = build(sample())
+    assert list(se.hosts) == ["app.example.com"]
+    assert se.resolution == pb.ServiceEntry.STATIC
+    assert se.location == pb.ServiceEntry.MESH_INTERNAL
+    assert [(p.number, p.protocol, p.name) for p in se.ports] == [(SERVICE_PORT, "HTTP", SERVICE_PORT_NAME)]
+    endpoints = sorted((e.address, dict(e.ports), dict(e.labels), e.locality) for e in se.endpoints)
+    assert endpoints == [
+        ("10.0.0.1", {"http": 61001}, {SUBSET_LABEL: subset_name("web", 8080)}, "z1"),
+        ("10.0.0.2", {"http": 61002}, {SUBSET_LABEL: subset_name("web", 8080)}, "z2"),
+        ("10.0.0.3", {"http": 61003}, {SUBSET_LABEL: subset_name("canary", 8080)}, "z1"),
+        ("10.0.1.1", {"http": 62001}, {SUBSET_LABEL: subset_name("api", 9000)}, ""),
+        ("10.0.1.2", {"http": 62002}, {SUBSET_LABEL: subset_name("api2", 9000)}, ""),
+    ]
+
+
+def test_ipv6_backend_is_accepted() -> None:
+    _, _, se = build(HostRoutes("v6.example.com", {"": [dest("p", 8080, 100, Backend("fd00::1", 61000))]}))
+    assert [e.address for e in se.endpoints] == ["fd00::1"]
+
+
+def test_wildcard_host_gets_a_synthetic_service_host() -> None:
+    vs, dr, se = build(HostRoutes("*.example.com", {"": [dest("p", 8080, 100, Backend("10.0.0.9", 61000))]}))
+    svc = service_host("*.example.com")
+    assert svc != "*.example.com" and "*" not in svc
+    assert svc.endswith(".copilot.internal")
+    assert list(vs.hosts) == ["*.example.com"]
+    assert vs.http[0].route[0].destination.host == svc
+    assert dr.host == svc
+    assert list(se.hosts) == [svc]
+    assert service_host("*.other.com") != svc
+
+
+def test_object_names_are_dns_labels_and_distinct() -> None:
+    names = {object_name(h) for h in ("a.example.com", "A.example.com".lower(), "a-example.com", "*.example.com", "wildcard.example.com")}
+    assert len(names) == 4
+    for name in names:
+        assert name == name.lower() and "*" not in name and not name.startswith(("-", "."))
+    assert len(object_name("x" * 63 + "." + "y" * 63 + "." + "z" * 63 + ".example.com")) <= 253
+
+
+def test_build_host_normalises_and_names_objects() -> None:
+    objects = build_host(SETTINGS, HostRoutes("App.Example.com", {"": [dest("p")]}))
+    assert {o.name for o in objects} == {f"cf/{object_name('app.example.com')}"}
+    assert [o.name for o in host_object_names(SETTINGS, "app.example.com")] == [o.name for o in objects]
+    assert [o.kind for o in host_object_names(SETTINGS, "app.example.com")] == [o.kind for o in objects]
+
+
+def test_same_input_gives_identical_bytes() -> None:
+    first = [o.spec.SerializeToString(deterministic=True) for o in build_host(SETTINGS, sample())]
+    second = [o.spec.SerializeToString(deterministic=True) for o in build_host(SETTINGS, sample())]
+    assert first == second
+    # insertion order of the paths does not matter either
+    shuffled = sample()
+    shuffled.paths = dict(reversed(list(shuffled.paths.items())))
+    assert [o.spec.SerializeToString(deterministic=True) for o in build_host(SETTINGS, shuffled)] == first
+
+
+def test_changed_input_gives_different_bytes() -> None:
+    changed = sample()
+    changed.paths[""][0].backends.pop()
+    assert build_host(SETTINGS, changed)[2].spec != build_host(SETTINGS, sample())[2].spec
+
+
+@pytest.mark.parametrize("address", ["", "not-an-ip", "10.0.0", "10.0.0.256", "example.com", "fd00::zz"])
+def test_bad_backend_address_raises_value_error(address: str) -> None:
+    routes = HostRoutes("bad.example.com", {"": [dest("p", 8080, 100, Backend(address, 61000))]})
+    with pytest.raises(ValueError, match="not an IP address"):
+        build_host(SETTINGS, routes)
+
+
+def test_bad_host_raises_value_error() -> None:
+    with pytest.raises(ValueError, match="host"):
+        build_host(SETTINGS, HostRoutes("bad_host", {"": [dest("p")]}))
