@@ -34,6 +34,17 @@ class BBSConfig:
 
 
 @dataclass(frozen=True)
+class CCConfig:
+    """The Cloud Controller API (api.CloudControllerCopilot): mutual TLS, clients signed by client_ca."""
+
+    listen: str
+    cert: Path
+    key: Path
+    client_ca: Path
+    bulk_sync_hold_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     bbs: BBSConfig | None
     mcp_listen: str = "127.0.0.1:15030"
@@ -41,6 +52,7 @@ class Config:
     health_listen: str = "127.0.0.1:8787"
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     log_level: str = "info"
+    cc: CCConfig | None = None
 
 
 def load(path: str | Path) -> Config:
@@ -89,11 +101,22 @@ def parse(data: object) -> Config:
         http_port=int(gw.number("http_port", defaults.http_port, minimum=1, maximum=65535, integer=True)),
     )
     gw.done()
+    cc = None
+    if root.has("cc"):
+        section = root.section("cc")
+        cc = CCConfig(
+            listen=section.address("listen", "127.0.0.1:9000"),
+            cert=section.file("cert"),
+            key=section.file("key"),
+            client_ca=section.file("client_ca"),
+            bulk_sync_hold_seconds=section.number("bulk_sync_hold_seconds", 60.0, minimum=0),
+        )
+        section.done()
     log_level = root.string("log_level", "info")
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     root.done()
-    return Config(bbs, mcp_listen, mcp_tls, health_listen, gateway, log_level)
+    return Config(bbs, mcp_listen, mcp_tls, health_listen, gateway, log_level, cc)
 
 
 class _Section:

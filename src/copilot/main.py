@@ -17,6 +17,8 @@ from copilot.publisher import Publisher
 from copilot.routing_table import RoutingTable
 from copilot.sources.bbs_client import BBSClient, TLSFiles
 from copilot.sources.bbs_watcher import BBSWatcher
+from copilot.sources.cc_api import CloudControllerCopilot
+from copilot.sources.cc_api import serve as serve_cc_api
 from copilot.xds.mcp_server import McpServer
 from copilot.xds.snapshot import Snapshot
 
@@ -41,7 +43,12 @@ class Copilot:
                 reconcile_interval=config.bbs.reconcile_interval_seconds,
                 max_backoff=config.bbs.max_backoff_seconds,
             )
-        self.mcp = McpServer(self.snapshot, on_push=_record_push, ready=self.watcher.synced if self.watcher else None)
+        self.cc_api = CloudControllerCopilot(self.table, self.publish) if config.cc is not None else None
+        self._cc_server = None
+        # istiod gets no answer until the sources have been read: BBS listed, and (with CC) the first
+        # BulkSync applied or bulk_sync_hold_seconds passed. A restart never announces an empty world.
+        self.ready = threading.Event()
+        self.mcp = McpServer(self.snapshot, on_push=_record_push, ready=self.ready)
         self.health = HealthServer(config.health_listen, self.status, self.refresh_metrics)
 
     def publish(self) -> None:
@@ -55,12 +62,32 @@ class Copilot:
                 [(self.config.mcp_tls.key.read_bytes(), self.config.mcp_tls.cert.read_bytes())]
             )
         port = self.mcp.start(self.config.mcp_listen, credentials)
+        if self.cc_api is not None:
+            cc = self.config.cc
+            self._cc_server, cc_port = serve_cc_api(
+                self.cc_api, cc.listen, cert=cc.cert.read_bytes(), key=cc.key.read_bytes(), client_ca=cc.client_ca.read_bytes()
+            )
+            log.info("cloud controller api listening", extra={"port": cc_port})
+        threading.Thread(target=self._become_ready, name="ready", daemon=True).start()
         self.health.start()
         if self.watcher is not None:
             self.watcher.start()
         log.info("copilot started", extra={"mcp_port": port, "health_port": self.health.port, "tls": credentials is not None})
 
+    def _become_ready(self) -> None:
+        if self.watcher is not None:
+            self.watcher.synced.wait()
+        if self.cc_api is not None and not self.cc_api.bulk_synced.wait(self.config.cc.bulk_sync_hold_seconds):
+            log.warning(
+                "no BulkSync from Cloud Controller yet; serving BBS routes",
+                extra={"waited": self.config.cc.bulk_sync_hold_seconds},
+            )
+        self.ready.set()
+        log.info("serving istiod")
+
     def stop(self) -> None:
+        if self._cc_server is not None:
+            self._cc_server.stop(0.5).wait()
         if self.watcher is not None:
             self.watcher.stop()
         self.mcp.stop()
@@ -68,11 +95,14 @@ class Copilot:
 
     def status(self) -> tuple[bool, dict]:
         synced = self.watcher is None or self.watcher.synced.is_set()
+        cc_synced = self.cc_api is None or self.cc_api.bulk_synced.is_set()
         staleness = self.watcher.staleness() if self.watcher is not None else 0.0
         routes, backends = self.table.counts()
         return True, {
             "status": "ok",
             "bbs_synced": synced,
+            "cc_bulk_synced": cc_synced,
+            "serving_istiod": self.ready.is_set(),
             "bbs_staleness_seconds": round(staleness, 3),
             "routes": routes,
             "backends": backends,

@@ -101,6 +101,27 @@ class ProcessRoutes:
 
 
 @dataclass(frozen=True, order=True, slots=True)
+class CCRoute:
+    """A route as Cloud Controller knows it: external (host[/path]) or internal (host with a VIP)."""
+
+    guid: str
+    host: str
+    path: str = ""
+    internal: bool = False
+    vip: str = ""
+
+
+@dataclass(frozen=True)
+class CCState:
+    """Cloud Controller's slice: routes by guid, weights by (route guid, CC process guid), and each CC
+    process's Diego process guids (`<process guid>-<version>`)."""
+
+    routes: dict[str, CCRoute] = field(default_factory=dict)
+    mappings: dict[tuple[str, str], int] = field(default_factory=dict)
+    associations: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, order=True, slots=True)
 class Backend:
     """One reachable instance of a process on one container port."""
 
@@ -138,6 +159,22 @@ class Instance:
     @property
     def serving(self) -> bool:
         return self.state == "RUNNING" and self.routable
+
+    def container_backend_for(self, container_port: int) -> Backend | None:
+        """The container address and port, for container-to-container (internal) routes."""
+        if not self.serving or container_port == SSH_PORT or not self.instance_address:
+            return None
+        for mapping in self.ports:
+            if mapping.container_port == container_port:
+                return Backend(
+                    self.instance_address,
+                    container_port,
+                    mapping.container_tls_proxy_port,
+                    self.instance_guid,
+                    self.index,
+                    self.availability_zone,
+                )
+        return None
 
     def backend_for(self, container_port: int) -> Backend | None:
         """The backend for a container port, honouring the preferred address; None if not exposed."""

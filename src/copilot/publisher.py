@@ -6,8 +6,15 @@ import logging
 import threading
 import time
 
-from copilot.istio.builder import GatewaySettings, build_gateway, build_host, host_object_names
-from copilot.istio.kinds import IstioObject
+from copilot.istio.builder import (
+    GatewaySettings,
+    build_gateway,
+    build_host,
+    build_internal,
+    host_object_names,
+    internal_object_name,
+)
+from copilot.istio.kinds import SERVICE_ENTRY, IstioObject
 from copilot.routing_table import RoutingTable
 from copilot.xds.snapshot import Entry, Snapshot, encode_resource
 
@@ -46,6 +53,20 @@ class Publisher:
                     # One bad host never blocks the others; what it had before stays served.
                     self.rejected_hosts += 1
                     log.warning("route skipped", extra={"host": host, "error": str(error)})
+            internal = self._table.take_dirty_internal_hosts()
+            if everything:
+                internal |= set(self._table.internal_hosts())
+            for host in sorted(internal):
+                service = self._table.internal_service(host)
+                if service is None:
+                    name = internal_object_name(self._gateway, host)
+                    deletions.append(IstioObject(SERVICE_ENTRY, name, SERVICE_ENTRY.message()))
+                    continue
+                try:
+                    objects.extend(build_internal(self._gateway, service))
+                except ValueError as error:
+                    self.rejected_hosts += 1
+                    log.warning("internal route skipped", extra={"host": host, "error": str(error)})
             self._apply(objects, deletions)
             self.last_publish_seconds = time.perf_counter() - started
             return len(hosts)

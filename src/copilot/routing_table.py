@@ -6,14 +6,24 @@ is rebuilt only for those ("dirty" hosts), which is what keeps one event cheap a
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
 
-from copilot.model import Destination, HttpRoute, Instance, ProcessRoutes, normalize_weights
+from copilot.model import CCRoute, CCState, Destination, HttpRoute, Instance, ProcessRoutes, normalize_weights
 
 # An ActualLRP is identified by its process, index and presence (ORDINARY=0, EVACUATING=1, SUSPECT=2).
 InstanceKey = tuple[int, int]
+
+
+@dataclass
+class InternalService:
+    """A container-to-container route: a host with its VIP, and the instances behind it (container addresses)."""
+
+    host: str
+    vip: str
+    destinations: list[Destination]
 
 
 @dataclass
@@ -34,6 +44,15 @@ class RoutingTable:
         self._instances: dict[str, dict[InstanceKey, Instance]] = defaultdict(dict)
         self._hosts: dict[str, set[str]] = defaultdict(set)  # host -> process guids routing to it
         self._dirty: set[str] = set()
+        # Cloud Controller slice and its indexes
+        self._cc_routes: dict[str, CCRoute] = {}
+        self._cc_weights: dict[str, dict[str, int]] = defaultdict(dict)  # route guid -> CC process guid -> weight
+        self._cc_associations: dict[str, tuple[str, ...]] = {}  # CC process guid -> Diego process guids
+        self._cc_hosts: dict[str, set[str]] = defaultdict(set)  # external host -> CC route guids
+        self._internal_hosts: dict[str, set[str]] = defaultdict(set)  # internal host -> CC route guids
+        self._routes_by_capi: dict[str, set[str]] = defaultdict(set)
+        self._capi_by_diego: dict[str, set[str]] = defaultdict(set)
+        self._dirty_internal: set[str] = set()
 
     # ---- BBS slice
     def upsert_process(self, process_guid: str, routes: ProcessRoutes) -> None:
@@ -46,6 +65,7 @@ class RoutingTable:
             self._index(process_guid, routes)
             # Only the hosts whose routes to this process changed need rebuilding.
             self._dirty.update(route.host for route in set(old.http if old else ()) ^ set(routes.http))
+            self._touch_cc_of(process_guid)  # CC routes take their container port from these routes
 
     def remove_process(self, process_guid: str) -> None:
         with self._lock:
@@ -88,31 +108,139 @@ class RoutingTable:
                     self._instances[guid] = dict(by_key)
                     self._touch_process(guid)
 
+    # ---- Cloud Controller slice (callers validate; see sources/cc_validation.py)
+    def upsert_cc_route(self, route: CCRoute) -> None:
+        with self._lock:
+            old = self._cc_routes.get(route.guid)
+            if old == route:
+                return
+            if old is not None:
+                self._unindex_cc_route(old)
+            self._cc_routes[route.guid] = route
+            (self._internal_hosts if route.internal else self._cc_hosts)[route.host].add(route.guid)
+            self._touch_cc_route(route.guid)
+
+    def delete_cc_route(self, guid: str) -> None:
+        with self._lock:
+            old = self._cc_routes.pop(guid, None)
+            if old is not None:
+                self._unindex_cc_route(old)
+
+    def map_route(self, route_guid: str, capi_guid: str, weight: int) -> None:
+        with self._lock:
+            if self._cc_weights[route_guid].get(capi_guid) == weight:
+                return
+            self._cc_weights[route_guid][capi_guid] = weight
+            self._routes_by_capi[capi_guid].add(route_guid)
+            self._touch_cc_route(route_guid)
+
+    def unmap_route(self, route_guid: str, capi_guid: str) -> None:
+        with self._lock:
+            weights = self._cc_weights.get(route_guid, {})
+            if weights.pop(capi_guid, None) is None:
+                return
+            if not weights:
+                del self._cc_weights[route_guid]
+            self._routes_by_capi[capi_guid].discard(route_guid)
+            self._touch_cc_route(route_guid)
+
+    def upsert_association(self, capi_guid: str, diego_guids: tuple[str, ...]) -> None:
+        with self._lock:
+            old = self._cc_associations.get(capi_guid, ())
+            if old == diego_guids:
+                return
+            for guid in old:
+                self._capi_by_diego[guid].discard(capi_guid)
+            self._cc_associations[capi_guid] = diego_guids
+            for guid in diego_guids:
+                self._capi_by_diego[guid].add(capi_guid)
+            for route_guid in self._routes_by_capi.get(capi_guid, ()):
+                self._touch_cc_route(route_guid)
+
+    def delete_association(self, capi_guid: str) -> None:
+        with self._lock:
+            for guid in self._cc_associations.pop(capi_guid, ()):
+                self._capi_by_diego[guid].discard(capi_guid)
+            for route_guid in self._routes_by_capi.get(capi_guid, ()):
+                self._touch_cc_route(route_guid)
+
+    def replace_cc_state(self, state: CCState) -> None:
+        """Makes the CC slice exactly `state` (BulkSync), in one step under the lock."""
+        with self._lock:
+            for guid in list(self._cc_routes):
+                if guid not in state.routes:
+                    self.delete_cc_route(guid)
+            for route_guid, capi_guid in [(r, c) for r, ws in self._cc_weights.items() for c in ws]:
+                if (route_guid, capi_guid) not in state.mappings:
+                    self.unmap_route(route_guid, capi_guid)
+            for capi_guid in list(self._cc_associations):
+                if capi_guid not in state.associations:
+                    self.delete_association(capi_guid)
+            for route in state.routes.values():
+                self.upsert_cc_route(route)
+            for (route_guid, capi_guid), weight in state.mappings.items():
+                self.map_route(route_guid, capi_guid, weight)
+            for capi_guid, diego_guids in state.associations.items():
+                self.upsert_association(capi_guid, diego_guids)
+
+    def cc_state(self) -> CCState:
+        with self._lock:
+            return CCState(
+                dict(self._cc_routes),
+                {(r, c): w for r, ws in self._cc_weights.items() for c, w in ws.items()},
+                dict(self._cc_associations),
+            )
+
     # ---- reading
     def take_dirty_hosts(self) -> set[str]:
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             return dirty
 
+    def take_dirty_internal_hosts(self) -> set[str]:
+        with self._lock:
+            dirty, self._dirty_internal = self._dirty_internal, set()
+            return dirty
+
     def hosts(self) -> list[str]:
         with self._lock:
-            return [h for h, guids in self._hosts.items() if guids]
+            return sorted({h for h, guids in self._hosts.items() if guids} | {h for h, g in self._cc_hosts.items() if g})
+
+    def internal_hosts(self) -> list[str]:
+        with self._lock:
+            return sorted(h for h, guids in self._internal_hosts.items() if guids)
+
+    def internal_service(self, host: str) -> InternalService | None:
+        """The VIP and container-address backends of an internal host, or None when it has no route."""
+        with self._lock:
+            guids = self._internal_hosts.get(host)
+            if not guids:
+                return None
+            route = self._cc_routes[min(guids)]
+            destinations = self._cc_destinations(route, container=True)
+            _normalize(destinations)
+            return InternalService(host, route.vip, destinations)
 
     def host_routes(self, host: str) -> HostRoutes | None:
         """The routes of one host with their backends, or None when no process routes to it."""
         with self._lock:
-            guids = self._hosts.get(host)
-            if not guids:
-                return None
             paths: dict[str, list[Destination]] = defaultdict(list)
-            for guid in sorted(guids):
+            for guid in sorted(self._hosts.get(host, ())):
                 for route in self._desired[guid].http:
                     if route.host != host:
                         continue
                     paths[route.path].append(self._destination(guid, route))
+            # Precedence: where Cloud Controller maps a host+path, its mappings (and weights) replace what
+            # DesiredLRPs say for that host+path; elsewhere the DesiredLRP routes stand.
+            for route_guid in sorted(self._cc_hosts.get(host, ())):
+                route = self._cc_routes[route_guid]
+                destinations = self._cc_destinations(route)
+                if destinations:
+                    paths[route.path] = destinations
+            if not paths:
+                return None
             for destinations in paths.values():
-                for dest, weight in zip(destinations, normalize_weights([d.weight for d in destinations]), strict=True):
-                    dest.weight = weight
+                _normalize(destinations)
             return HostRoutes(host, dict(paths))
 
     def counts(self) -> tuple[int, int]:
@@ -123,10 +251,60 @@ class RoutingTable:
             return routes, backends
 
     # ---- internals
-    def _destination(self, guid: str, route: HttpRoute) -> Destination:
+    def _cc_destinations(self, route: CCRoute, *, container: bool = False) -> list[Destination]:
+        """One destination per Diego process of each mapped CC process; a CC process's weight is split
+        evenly between its Diego processes (two during a rolling deploy)."""
+        shares: list[tuple[str, int, int]] = []
+        for capi_guid, weight in sorted(self._cc_weights.get(route.guid, {}).items()):
+            diego_guids = self._cc_associations.get(capi_guid, ())
+            shares.extend((guid, weight, len(diego_guids)) for guid in diego_guids)
+        if not shares:
+            return []
+        common = math.lcm(*(n for _, _, n in shares))
+        destinations = []
+        for diego_guid, weight, count in shares:
+            port, protocol = self._container_port(diego_guid, route)
+            destination = self._destination(diego_guid, HttpRoute(route.host, route.path, port, protocol), container=container)
+            destination.weight = weight * (common // count)
+            destinations.append(destination)
+        return destinations
+
+    def _container_port(self, diego_guid: str, route: CCRoute) -> tuple[int, str]:
+        """The container port (and protocol) a Diego process serves a CC route on: its own route for that
+        host+path if it has one, else its first HTTP route, else 8080."""
+        routes = self._desired.get(diego_guid)
+        http = routes.http if routes else ()
+        for candidate in http:
+            if candidate.host == route.host and candidate.path == route.path:
+                return candidate.container_port, candidate.protocol
+        return (http[0].container_port, http[0].protocol) if http else (8080, "http1")
+
+    def _touch_cc_route(self, route_guid: str) -> None:
+        route = self._cc_routes.get(route_guid)
+        if route is not None:
+            (self._dirty_internal if route.internal else self._dirty).add(route.host)
+
+    def _touch_cc_of(self, diego_guid: str) -> None:
+        for capi_guid in self._capi_by_diego.get(diego_guid, ()):
+            for route_guid in self._routes_by_capi.get(capi_guid, ()):
+                self._touch_cc_route(route_guid)
+
+    def _unindex_cc_route(self, route: CCRoute) -> None:
+        index = self._internal_hosts if route.internal else self._cc_hosts
+        guids = index.get(route.host)
+        if guids is not None:
+            guids.discard(route.guid)
+            if not guids:
+                del index[route.host]
+        (self._dirty_internal if route.internal else self._dirty).add(route.host)
+
+    def _destination(self, guid: str, route: HttpRoute, *, container: bool = False) -> Destination:
         backends = []
         for _, instance in sorted(self._instances.get(guid, {}).items()):
-            backend = instance.backend_for(route.container_port)
+            if container:
+                backend = instance.container_backend_for(route.container_port)
+            else:
+                backend = instance.backend_for(route.container_port)
             if backend is not None:
                 backends.append(backend)
         return Destination(guid, route.container_port, 1, route.protocol, sorted(backends))
@@ -145,7 +323,13 @@ class RoutingTable:
 
     def _touch_process(self, guid: str) -> None:
         self._touch(self._desired.get(guid))
+        self._touch_cc_of(guid)
 
     def _touch(self, routes: ProcessRoutes | None) -> None:
         for route in routes.http if routes else ():
             self._dirty.add(route.host)
+
+
+def _normalize(destinations: list[Destination]) -> None:
+    for dest, weight in zip(destinations, normalize_weights([d.weight for d in destinations]), strict=True):
+        dest.weight = weight

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from copilot.istio.kinds import DESTINATION_RULE, GATEWAY, SERVICE_ENTRY, VIRTUAL_SERVICE, IstioObject
 from copilot.model import Destination, normalize_hostname
 from copilot.protos import istio_networking_pb2 as pb
-from copilot.routing_table import HostRoutes
+from copilot.routing_table import HostRoutes, InternalService
 
 SERVICE_PORT = 8080
 SERVICE_PORT_NAME = "http"
@@ -117,6 +117,36 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         IstioObject(DESTINATION_RULE, name, dr),
         IstioObject(SERVICE_ENTRY, name, se),
     ]
+
+
+def internal_object_name(settings: GatewaySettings, host: str) -> str:
+    return f"{settings.namespace}/internal-{object_name(host)}"
+
+
+def build_internal(settings: GatewaySettings, service: InternalService) -> list[IstioObject]:
+    """A ServiceEntry for a container-to-container route: its VIP, and container address endpoints.
+    It has no VirtualService, so it is never bound to the router's Gateway."""
+    host = normalize_hostname(service.host, "host")
+    _check_address(service.vip)
+    se = pb.ServiceEntry(
+        hosts=[host],
+        addresses=[service.vip],
+        location=pb.ServiceEntry.MESH_INTERNAL,
+        resolution=pb.ServiceEntry.STATIC,
+    )
+    ports = sorted({dest.container_port for dest in service.destinations}) or [SERVICE_PORT]
+    for port in ports:
+        se.ports.add(number=port, protocol="TCP", name=f"tcp-{port}")
+    for dest in service.destinations:
+        for backend in dest.backends:
+            _check_address(backend.address)
+            se.endpoints.add(
+                address=backend.address,
+                ports={f"tcp-{dest.container_port}": backend.port},
+                labels={SUBSET_LABEL: subset_name(dest.process_guid, dest.container_port)},
+                locality=backend.availability_zone,
+            )
+    return [IstioObject(SERVICE_ENTRY, internal_object_name(settings, host), se)]
 
 
 def host_object_names(settings: GatewaySettings, host: str) -> list[IstioObject]:

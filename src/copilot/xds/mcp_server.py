@@ -69,7 +69,11 @@ class McpServer:
     def start(self, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="mcp"),
-            options=[("grpc.max_send_message_length", 1 << 30), ("grpc.max_receive_message_length", 64 << 20)],
+            options=[
+                ("grpc.max_send_message_length", 1 << 30),
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.so_reuseport", 0),  # a second Copilot on the same port must fail, not share istiod's streams
+            ],
         )
         handler = grpc.stream_stream_rpc_method_handler(
             self._stream_aggregated_resources,
@@ -77,10 +81,13 @@ class McpServer:
             response_serializer=lambda raw: raw,
         )
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"StreamAggregatedResources": handler}),))
-        if credentials is None:
-            self.port = server.add_insecure_port(address)
-        else:
-            self.port = server.add_secure_port(address, credentials)
+        try:  # grpcio reports a failed bind as RuntimeError (older releases returned port 0)
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
+        except RuntimeError:
+            self.port = 0
         if not self.port:
             raise OSError(f"cannot listen on {address}")
         server.start()

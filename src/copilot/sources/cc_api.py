@@ -1,0 +1,153 @@
+"""The `api.CloudControllerCopilot` gRPC service Cloud Controller calls (cf-copilot contract), over mutual TLS.
+
+Every request is validated before anything changes: a rejected request (InvalidArgument, naming the
+field) leaves the routing table exactly as it was. BulkSync replaces the whole CC slice atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from copilot.model import CCState, InvalidRoute
+from copilot.protos import cc_copilot_pb2 as api
+from copilot.protos import cc_copilot_pb2_grpc as api_grpc
+from copilot.routing_table import RoutingTable
+from copilot.sources import cc_validation
+
+log = logging.getLogger(__name__)
+
+MAX_BULK_SYNC_BYTES = 512 << 20
+
+
+class CloudControllerCopilot(api_grpc.CloudControllerCopilotServicer):
+    def __init__(self, table: RoutingTable, on_change: Callable[[], None]) -> None:
+        self._table = table
+        self._on_change = on_change
+        self.bulk_synced = threading.Event()
+
+    def Health(self, request: api.HealthRequest, context: grpc.ServicerContext) -> api.HealthResponse:  # noqa: N802
+        return api.HealthResponse(healthy=True)
+
+    def UpsertRoute(self, request: api.UpsertRouteRequest, context: grpc.ServicerContext) -> api.UpsertRouteResponse:  # noqa: N802
+        route = _valid(context, lambda: cc_validation.route(request.route))
+        self._table.upsert_cc_route(route)
+        self._on_change()
+        return api.UpsertRouteResponse()
+
+    def DeleteRoute(self, request: api.DeleteRouteRequest, context: grpc.ServicerContext) -> api.DeleteRouteResponse:  # noqa: N802
+        if not request.guid:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "guid: is required")
+        self._table.delete_cc_route(request.guid)
+        self._on_change()
+        return api.DeleteRouteResponse()
+
+    def MapRoute(self, request: api.MapRouteRequest, context: grpc.ServicerContext) -> api.MapRouteResponse:  # noqa: N802
+        route_guid, capi_guid, weight = _valid(context, lambda: cc_validation.mapping(request.route_mapping))
+        self._table.map_route(route_guid, capi_guid, weight)
+        self._on_change()
+        return api.MapRouteResponse()
+
+    def UnmapRoute(self, request: api.UnmapRouteRequest, context: grpc.ServicerContext) -> api.UnmapRouteResponse:  # noqa: N802
+        route_guid, capi_guid, _ = _valid(context, lambda: cc_validation.mapping(request.route_mapping))
+        self._table.unmap_route(route_guid, capi_guid)
+        self._on_change()
+        return api.UnmapRouteResponse()
+
+    def UpsertCapiDiegoProcessAssociation(self, request, context):  # noqa: N802
+        capi_guid, diego_guids = _valid(context, lambda: cc_validation.association(request.capi_diego_process_association))
+        self._table.upsert_association(capi_guid, diego_guids)
+        self._on_change()
+        return api.UpsertCapiDiegoProcessAssociationResponse()
+
+    def DeleteCapiDiegoProcessAssociation(self, request, context):  # noqa: N802
+        if not request.capi_process_guid:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "capi_process_guid: is required")
+        self._table.delete_association(request.capi_process_guid)
+        self._on_change()
+        return api.DeleteCapiDiegoProcessAssociationResponse()
+
+    def BulkSync(self, request_iterator: Iterator[api.BulkSyncRequestChunk], context: grpc.ServicerContext):  # noqa: N802
+        chunks: list[bytes] = []
+        received = 0
+        for chunk in request_iterator:
+            received += len(chunk.chunk)
+            if received > MAX_BULK_SYNC_BYTES:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"chunk: bulk sync exceeds {MAX_BULK_SYNC_BYTES} bytes")
+            chunks.append(chunk.chunk)
+        try:
+            request = api.BulkSyncRequest.FromString(b"".join(chunks))
+        except DecodeError:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"chunk: the {received} bytes received are not a BulkSyncRequest")
+        state = _valid(context, lambda: bulk_state(request))
+        self._table.replace_cc_state(state)
+        self.bulk_synced.set()
+        self._on_change()
+        log.info("bulk sync applied", extra={"bytes": received, "routes": len(state.routes), "mappings": len(state.mappings)})
+        return api.BulkSyncResponse(total_bytes_received=received)
+
+    def ListCfRoutes(self, request, context):  # noqa: N802
+        return api.ListCfRoutesResponse(routes={guid: route.host for guid, route in self._table.cc_state().routes.items()})
+
+    def ListCfRouteMappings(self, request, context):  # noqa: N802
+        mappings = self._table.cc_state().mappings
+        return api.ListCfRouteMappingsResponse(
+            route_mappings={
+                f"{route_guid}-{capi_guid}": api.RouteMapping(
+                    capi_process_guid=capi_guid, route_guid=route_guid, route_weight=weight
+                )
+                for (route_guid, capi_guid), weight in mappings.items()
+            }
+        )
+
+    def ListCapiDiegoProcessAssociations(self, request, context):  # noqa: N802
+        associations = self._table.cc_state().associations
+        return api.ListCapiDiegoProcessAssociationsResponse(
+            capi_diego_process_associations={
+                capi: api.DiegoProcessGuids(diego_process_guids=list(guids)) for capi, guids in associations.items()
+            }
+        )
+
+
+def bulk_state(request: api.BulkSyncRequest) -> CCState:
+    """Validates a whole BulkSync; the first problem found rejects all of it."""
+    routes = {}
+    for i, message in enumerate(request.routes):
+        route = cc_validation.route(message, f"routes[{i}]")
+        routes[route.guid] = route
+    mappings = {}
+    for i, message in enumerate(request.route_mappings):
+        route_guid, capi_guid, weight = cc_validation.mapping(message, f"route_mappings[{i}]")
+        mappings[(route_guid, capi_guid)] = weight
+    associations = {}
+    for i, message in enumerate(request.capi_diego_process_associations):
+        capi_guid, diego_guids = cc_validation.association(message, f"capi_diego_process_associations[{i}]")
+        associations[capi_guid] = diego_guids
+    return CCState(routes, mappings, associations)
+
+
+def _valid(context: grpc.ServicerContext, check):
+    try:
+        return check()
+    except InvalidRoute as error:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+
+def serve(
+    servicer: CloudControllerCopilot, address: str, *, cert: bytes, key: bytes, client_ca: bytes
+) -> tuple[grpc.Server, int]:
+    """Listens with mutual TLS: a client certificate signed by `client_ca` is required."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="cc-api"),
+        options=[("grpc.max_receive_message_length", 16 << 20), ("grpc.so_reuseport", 0)],
+    )
+    api_grpc.add_CloudControllerCopilotServicer_to_server(servicer, server)
+    credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
+    port = server.add_secure_port(address, credentials)
+    server.start()
+    return server, port

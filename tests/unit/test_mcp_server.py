@@ -1,0 +1,340 @@
+"""The MCP-over-xDS server, driven by a real gRPC ADS client on loopback."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.rpc import status_pb2
+
+from copilot.protos import istio_mcp_pb2 as mcp
+from copilot.protos import istio_networking_pb2 as pb
+from copilot.xds.mcp_server import McpServer, encode_response
+from copilot.xds.snapshot import MCP_RESOURCE_TYPE, Snapshot, encode_resource
+
+pytestmark = pytest.mark.timeout(60)
+
+VS = "networking.istio.io/v1/VirtualService"
+SE = "networking.istio.io/v1/ServiceEntry"
+WAIT = 5.0  # bound on anything that should happen
+QUIET = 0.4  # how long "nothing arrives" is watched for
+
+
+def vs(host: str) -> pb.VirtualService:
+    spec = pb.VirtualService(hosts=[host], gateways=["cf/ingress"])
+    spec.http.add(name="/").route.add(destination=pb.Destination(host=host, subset="s"))
+    return spec
+
+
+def put(snapshot: Snapshot, name: str, host: str, type_url: str = VS) -> None:
+    snapshot.apply([(type_url, name, encode_resource(name, vs(host)))])
+
+
+class AdsClient:
+    """One ADS stream: `send()` requests, `recv()` responses (bounded waits)."""
+
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
+        self._requests: queue.Queue[discovery_pb2.DiscoveryRequest | None] = queue.Queue()
+        self._responses: queue.Queue[discovery_pb2.DiscoveryResponse | Exception] = queue.Queue()
+        self._call = stub.StreamAggregatedResources(self._request_iter())
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _request_iter(self) -> Iterator[discovery_pb2.DiscoveryRequest]:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            yield request
+
+    def _read(self) -> None:
+        try:
+            for response in self._call:
+                self._responses.put(response)
+            self._responses.put(EOFError("the server ended the stream"))
+        except grpc.RpcError as error:
+            self._responses.put(error)
+
+    def send(self, type_url: str, *, nonce: str = "", version: str = "", error: str | None = None) -> None:
+        request = discovery_pb2.DiscoveryRequest(type_url=type_url, response_nonce=nonce, version_info=version)
+        request.node.id = "istiod-test"
+        if error is not None:
+            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+        self._requests.put(request)
+
+    def recv(self, timeout: float = WAIT) -> discovery_pb2.DiscoveryResponse:
+        try:
+            item = self._responses.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no response within {timeout}s") from None
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def assert_quiet(self, within: float = QUIET) -> None:
+        try:
+            item = self._responses.get(timeout=within)
+        except queue.Empty:
+            return
+        raise AssertionError(f"unexpected response: {item}")
+
+    def ack(self, response: discovery_pb2.DiscoveryResponse) -> None:
+        self.send(response.type_url, nonce=response.nonce, version=response.version_info)
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._call.cancel()
+        self.channel.close()
+
+
+def names(response: discovery_pb2.DiscoveryResponse) -> list[str]:
+    return sorted(mcp.Resource.FromString(r.value).metadata.name for r in response.resources)
+
+
+@pytest.fixture
+def snapshot() -> Snapshot:
+    snapshot = Snapshot()
+    put(snapshot, "cf/a", "a.example.com")
+    put(snapshot, "cf/b", "b.example.com")
+    return snapshot
+
+
+@pytest.fixture
+def server(snapshot: Snapshot) -> Iterator[McpServer]:
+    server = McpServer(snapshot)
+    server.start("127.0.0.1:0")
+    yield server
+    server.stop(grace=0)
+
+
+@pytest.fixture
+def client(server: McpServer) -> Iterator[AdsClient]:
+    client = AdsClient(server.port)
+    yield client
+    client.close()
+
+
+def test_first_request_gets_the_full_state_even_with_an_unknown_nonce(client: AdsClient, snapshot: Snapshot) -> None:
+    client.send(VS, nonce="made-up-nonce-42", version="whatever")
+    response = client.recv()
+    assert response.type_url == VS
+    assert response.version_info == snapshot.version(VS)
+    assert response.nonce
+    assert names(response) == ["cf/a", "cf/b"]
+
+
+def test_resources_are_mcp_resources_wrapping_istio_specs(client: AdsClient) -> None:
+    client.send(VS)
+    response = client.recv()
+    by_name = {}
+    for wrapped in response.resources:
+        assert wrapped.type_url == MCP_RESOURCE_TYPE
+        resource = mcp.Resource()
+        assert wrapped.Unpack(resource)
+        spec = pb.VirtualService()
+        assert resource.body.Unpack(spec)
+        assert resource.metadata.version
+        by_name[resource.metadata.name] = spec
+    assert by_name == {"cf/a": vs("a.example.com"), "cf/b": vs("b.example.com")}
+    assert all("/" in name for name in by_name)  # namespace/name
+
+
+def test_unknown_type_gets_an_empty_response(client: AdsClient) -> None:
+    client.send("networking.istio.io/v1/Sidecar")
+    response = client.recv()
+    assert response.type_url == "networking.istio.io/v1/Sidecar"
+    assert list(response.resources) == []
+    assert response.nonce
+
+
+def test_ack_gets_no_new_response(client: AdsClient) -> None:
+    client.send(VS)
+    client.ack(client.recv())
+    client.assert_quiet()
+
+
+def test_change_is_pushed_to_subscribed_types_only(client: AdsClient, snapshot: Snapshot) -> None:
+    client.send(VS)
+    first = client.recv()
+    client.ack(first)
+    put(snapshot, "cf/c", "c.example.com")
+    pushed = client.recv()
+    assert pushed.type_url == VS
+    assert names(pushed) == ["cf/a", "cf/b", "cf/c"]
+    assert pushed.version_info == snapshot.version(VS) != first.version_info
+    assert pushed.nonce != first.nonce
+    client.ack(pushed)
+    # ServiceEntries were never asked for: nothing is pushed for them
+    put(snapshot, "cf/se", "se.example.com", SE)
+    client.assert_quiet()
+
+
+def test_deletion_is_pushed(client: AdsClient, snapshot: Snapshot) -> None:
+    client.send(VS)
+    client.ack(client.recv())
+    snapshot.apply([(VS, "cf/a", None)])
+    assert names(client.recv()) == ["cf/b"]
+
+
+def test_a_snapshot_apply_without_change_pushes_nothing(client: AdsClient, snapshot: Snapshot) -> None:
+    client.send(VS)
+    client.ack(client.recv())
+    put(snapshot, "cf/a", "a.example.com")  # same content
+    client.assert_quiet()
+
+
+def test_a_burst_of_changes_ends_at_the_latest_state(client: AdsClient, snapshot: Snapshot) -> None:
+    client.send(VS)
+    client.ack(client.recv())
+    for i in range(20):
+        put(snapshot, f"cf/burst-{i}", f"burst-{i}.example.com")
+    final = snapshot.version(VS)
+    seen = []
+    while not seen or seen[-1].version_info != final:
+        response = client.recv()
+        client.ack(response)
+        seen.append(response)
+    assert len(seen) <= 20
+    assert len(names(seen[-1])) == 22
+    client.assert_quiet()
+
+
+def test_stale_ack_is_ignored(client: AdsClient, snapshot: Snapshot) -> None:
+    client.send(VS)
+    first = client.recv()
+    put(snapshot, "cf/c", "c.example.com")
+    second = client.recv()
+    client.ack(first)  # ACK of an older response: no answer
+    client.assert_quiet()
+    client.ack(second)
+    client.assert_quiet()
+
+
+def test_request_without_nonce_gets_the_state_again(client: AdsClient) -> None:
+    client.send(VS)
+    first = client.recv()
+    client.ack(first)
+    client.send(VS)  # e.g. istiod re-subscribing
+    again = client.recv()
+    assert again.version_info == first.version_info
+    assert names(again) == names(first)
+
+
+def test_nack_is_logged_and_not_answered(client: AdsClient, snapshot: Snapshot, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="copilot.xds.mcp_server")
+    client.send(VS)
+    response = client.recv()
+    client.send(VS, nonce=response.nonce, version="", error="VirtualService cf/a: invalid host")
+    client.assert_quiet(0.6)  # no resend loop
+    [record] = [r for r in caplog.records if r.getMessage() == "istiod rejected config"]
+    assert record.error == "VirtualService cf/a: invalid host"  # type: ignore[attr-defined]
+    assert record.type_url == VS  # type: ignore[attr-defined]
+    # the next change is still pushed
+    put(snapshot, "cf/c", "c.example.com")
+    assert names(client.recv()) == ["cf/a", "cf/b", "cf/c"]
+
+
+def test_several_types_on_one_stream(client: AdsClient, snapshot: Snapshot) -> None:
+    put(snapshot, "cf/se", "se.example.com", SE)
+    client.send(VS)
+    client.send(SE)
+    responses = {r.type_url: r for r in (client.recv(), client.recv())}
+    assert set(responses) == {VS, SE}
+    assert names(responses[SE]) == ["cf/se"]
+    for response in responses.values():
+        client.ack(response)
+    snapshot.apply([(SE, "cf/se", None), (VS, "cf/d", encode_resource("cf/d", vs("d.example.com")))])
+    pushed = {r.type_url: r for r in (client.recv(), client.recv())}
+    assert names(pushed[SE]) == []
+    assert names(pushed[VS]) == ["cf/a", "cf/b", "cf/d"]
+
+
+def test_every_stream_gets_the_push(server: McpServer, snapshot: Snapshot) -> None:
+    clients = [AdsClient(server.port) for _ in range(3)]
+    try:
+        for c in clients:
+            c.send(VS)
+            c.ack(c.recv())
+        assert server.stream_count() == 3
+        put(snapshot, "cf/c", "c.example.com")
+        for c in clients:
+            assert names(c.recv()) == ["cf/a", "cf/b", "cf/c"]
+    finally:
+        for c in clients:
+            c.close()
+    deadline = threading.Event()
+    for _ in range(50):
+        if server.stream_count() == 0:
+            break
+        deadline.wait(0.1)
+    assert server.stream_count() == 0
+
+
+def test_ready_event_holds_answers_until_set(snapshot: Snapshot) -> None:
+    ready = threading.Event()
+    server = McpServer(snapshot, ready=ready)
+    server.start("127.0.0.1:0")
+    client = AdsClient(server.port)
+    try:
+        client.send(VS)
+        client.assert_quiet(0.6)
+        put(snapshot, "cf/c", "c.example.com")  # changes while held are not pushed on their own
+        client.assert_quiet(0.3)
+        ready.set()
+        response = client.recv()
+        assert names(response) == ["cf/a", "cf/b", "cf/c"]
+        client.ack(response)
+        client.assert_quiet()
+    finally:
+        client.close()
+        server.stop(grace=0)
+
+
+def test_on_push_observer(snapshot: Snapshot) -> None:
+    pushes: list[tuple[str, int, float]] = []
+    server = McpServer(snapshot, on_push=lambda *args: pushes.append(args))
+    server.start("127.0.0.1:0")
+    client = AdsClient(server.port)
+    try:
+        client.send(VS)
+        client.recv()
+        assert pushes[0][:2] == (VS, 2)
+        assert pushes[0][2] >= 0
+    finally:
+        client.close()
+        server.stop(grace=0)
+
+
+def test_stop_ends_open_streams(snapshot: Snapshot) -> None:
+    server = McpServer(snapshot)
+    server.start("127.0.0.1:0")
+    client = AdsClient(server.port)
+    try:
+        client.send(VS)
+        client.recv()
+        server.stop(grace=0)
+        with pytest.raises((grpc.RpcError, EOFError)):
+            client.recv()
+    finally:
+        client.close()
+
+
+def test_start_on_a_taken_port_fails(server: McpServer, snapshot: Snapshot) -> None:
+    other = McpServer(snapshot)
+    with pytest.raises(OSError, match="cannot listen"):  # main() reports OSError as "cannot start"
+        other.start(f"127.0.0.1:{server.port}")
+    with pytest.raises(OSError, match="cannot listen"):
+        other.start("256.1.1.1:5")
+
+
+def test_encode_response_is_a_discovery_response(snapshot: Snapshot) -> None:
+    view = snapshot.view(VS)
+    response = discovery_pb2.DiscoveryResponse.FromString(encode_response(view.version, view.encoded, VS, "7"))
+    assert (response.version_info, response.type_url, response.nonce) == (view.version, VS, "7")
+    assert len(response.resources) == 2

@@ -1,0 +1,117 @@
+"""The publisher: routing-table changes become snapshot updates for the dirty hosts only."""
+
+from __future__ import annotations
+
+import pytest
+
+from copilot.istio import kinds
+from copilot.istio.builder import GatewaySettings, object_name
+from copilot.model import HttpRoute, Instance, PortMapping, ProcessRoutes
+from copilot.protos import istio_mcp_pb2 as mcp
+from copilot.protos import istio_networking_pb2 as pb
+from copilot.publisher import Publisher
+from copilot.routing_table import RoutingTable
+from copilot.xds.snapshot import Snapshot
+
+SETTINGS = GatewaySettings(namespace="cf")
+VS, DR, SE, GW = (k.collection for k in (kinds.VIRTUAL_SERVICE, kinds.DESTINATION_RULE, kinds.SERVICE_ENTRY, kinds.GATEWAY))
+
+
+def process(*hosts: str) -> ProcessRoutes:
+    return ProcessRoutes(http=tuple(HttpRoute(h, "", 8080) for h in hosts))
+
+
+def instance(guid: str, index: int = 0, address: str = "10.0.0.1") -> Instance:
+    return Instance(guid, index, f"{guid}-{index}", "RUNNING", True, address, "", False, (PortMapping(8080, 61000 + index),))
+
+
+def name(host: str) -> str:
+    return f"cf/{object_name(host)}"
+
+
+def endpoints(snapshot: Snapshot, host: str) -> list[str]:
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    response = discovery_pb2.DiscoveryResponse.FromString(b"".join(snapshot.view(SE).encoded))
+    for wrapped in response.resources:
+        resource = mcp.Resource.FromString(wrapped.value)
+        if resource.metadata.name == name(host):
+            se = pb.ServiceEntry()
+            resource.body.Unpack(se)
+            return sorted(f"{e.address}:{e.ports['http']}" for e in se.endpoints)
+    raise AssertionError(f"no ServiceEntry for {host}")
+
+
+@pytest.fixture
+def setup() -> tuple[RoutingTable, Snapshot, Publisher]:
+    table, snapshot = RoutingTable(), Snapshot()
+    return table, snapshot, Publisher(table, snapshot, SETTINGS)
+
+
+def test_gateway_is_published_from_the_start(setup) -> None:
+    _, snapshot, _ = setup
+    assert snapshot.names(GW) == ["cf/cf-ingress"]
+
+
+def test_publish_builds_the_objects_of_dirty_hosts(setup) -> None:
+    table, snapshot, publisher = setup
+    table.upsert_process("p", process("a.example.com", "b.example.com"))
+    table.upsert_instance(0, instance("p"))
+    assert publisher.publish() == 2
+    for type_url in (VS, DR, SE):
+        assert snapshot.names(type_url) == sorted([name("a.example.com"), name("b.example.com")])
+    assert endpoints(snapshot, "a.example.com") == ["10.0.0.1:61000"]
+    assert publisher.publish() == 0  # nothing dirty
+
+
+def test_only_dirty_hosts_are_rebuilt(setup) -> None:
+    table, snapshot, publisher = setup
+    table.upsert_process("p", process("a.example.com"))
+    table.upsert_process("q", process("b.example.com"))
+    publisher.publish()
+    changes: list[set[str]] = []
+    snapshot.subscribe(changes.append)
+    table.upsert_instance(0, instance("q"))
+    assert publisher.publish() == 1
+    assert changes == [{SE}]  # the VirtualService and DestinationRule did not change
+    assert endpoints(snapshot, "b.example.com") == ["10.0.0.1:61000"]
+    assert endpoints(snapshot, "a.example.com") == []
+
+
+def test_removed_host_is_deleted(setup) -> None:
+    table, snapshot, publisher = setup
+    table.upsert_process("p", process("a.example.com", "b.example.com"))
+    publisher.publish()
+    table.upsert_process("p", process("a.example.com"))
+    publisher.publish()
+    for type_url in (VS, DR, SE):
+        assert snapshot.names(type_url) == [name("a.example.com")]
+    table.remove_process("p")
+    publisher.publish()
+    for type_url in (VS, DR, SE):
+        assert snapshot.names(type_url) == []
+    assert snapshot.names(GW) == ["cf/cf-ingress"]
+
+
+def test_a_bad_host_keeps_what_it_had_and_does_not_block_others(setup) -> None:
+    table, snapshot, publisher = setup
+    table.upsert_process("p", process("a.example.com"))
+    table.upsert_process("q", process("b.example.com"))
+    table.upsert_instance(0, instance("p"))
+    publisher.publish()
+    table.upsert_instance(1, instance("p", 1, address="not-an-ip"))
+    table.upsert_instance(0, instance("q"))
+    publisher.publish()
+    assert publisher.rejected_hosts == 1
+    assert endpoints(snapshot, "a.example.com") == ["10.0.0.1:61000"]
+    assert endpoints(snapshot, "b.example.com") == ["10.0.0.1:61000"]
+
+
+def test_publish_everything_rebuilds_every_host(setup) -> None:
+    table, snapshot, publisher = setup
+    table.upsert_process("p", process("a.example.com", "b.example.com", "c.example.com"))
+    publisher.publish()
+    version = snapshot.version(VS)
+    assert publisher.publish(everything=True) == 3
+    assert snapshot.version(VS) == version
+    assert publisher.last_publish_seconds >= 0
