@@ -181,4 +181,7 @@ def render_job(job_dir: Path, properties: dict | None, *, spec_overrides: dict |
     if result.returncode != 0:
         message = result.stderr.strip().removeprefix("error: ") or f"ruby exited with {result.returncode}"
         raise RenderError(message)
+    for destination, path in rendered.items():
+        if destination.startswith("bin/"):  # BOSH makes a job's bin/ files executable
+            path.chmod(0o755)
     return rendered

@@ -174,6 +174,10 @@ module BoshRender
         warn "error: #{template['name']}: #{e.message}"
         exit 1
       rescue StandardError, ScriptError => e
+        if e.instance_of?(RuntimeError) # a template's own `raise "message"`: shown as written
+          warn "error: #{template['name']}: #{e.message}"
+          exit 1
+        end
         location = e.backtrace&.find { |line| line.start_with?(template["name"]) }
         warn "error: #{template['name']}: #{e.class}: #{e.message}#{location ? " (at #{location})" : ''}"
         exit 1

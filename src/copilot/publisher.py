@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 
+from copilot import metrics
 from copilot.istio.builder import (
     GatewaySettings,
     build_gateway,
@@ -52,6 +53,7 @@ class Publisher:
                 except ValueError as error:
                     # One bad host never blocks the others; what it had before stays served.
                     self.rejected_hosts += 1
+                    metrics.HOSTS_REJECTED.inc()
                     log.warning("route skipped", extra={"host": host, "error": str(error)})
             internal = self._table.take_dirty_internal_hosts()
             if everything:
@@ -66,6 +68,7 @@ class Publisher:
                     objects.extend(build_internal(self._gateway, service))
                 except ValueError as error:
                     self.rejected_hosts += 1
+                    metrics.HOSTS_REJECTED.inc()
                     log.warning("internal route skipped", extra={"host": host, "error": str(error)})
             self._apply(objects, deletions)
             self.last_publish_seconds = time.perf_counter() - started

@@ -38,6 +38,7 @@ class Tier:
         return f"http://127.0.0.1:{self.http_port}"
 
     def get(self, host: str, path: str = "/", timeout: float = 5.0) -> requests.Response:
+        """A request through the router (a fresh connection each time, as separate clients would)."""
         return requests.get(self.router_url + path, headers={"Host": host}, timeout=timeout)
 
     def restart_copilot(self) -> None:
@@ -45,6 +46,19 @@ class Tier:
         self.copilot.start()
         if not wait_for_port(self.mcp_port, timeout=30):
             raise RuntimeError(f"copilot did not come back:\n{self.copilot.log_tail()}")
+
+    def cc_stub(self):
+        """A Cloud Controller client (our own stubs of api.CloudControllerCopilot) with CC's certificate."""
+        import grpc
+
+        from copilot.protos import cc_copilot_pb2_grpc
+
+        client = self.extra["cc_client"]
+        credentials = grpc.ssl_channel_credentials(
+            self.extra["cc_ca"].read_bytes(), client.key_path.read_bytes(), client.cert_path.read_bytes()
+        )
+        channel = grpc.secure_channel(f"127.0.0.1:{self.extra['cc_port']}", credentials)
+        return cc_copilot_pb2_grpc.CloudControllerCopilotStub(channel)
 
     def copilot_health(self) -> dict:
         return requests.get(f"http://127.0.0.1:{self.health_port}/health", timeout=5).json()
@@ -71,12 +85,15 @@ def start_tier(
     diego_ca = make_ca(pki, "diego-ca")
     bbs_server = diego_ca.issue("bbs-server", pki, dns_names=["localhost"], ip_addresses=["127.0.0.1"], client=False)
     bbs_client = diego_ca.issue("bbs-client", pki, server=False)
+    cc_ca = make_ca(pki, "cc-ca")
+    cc_server = cc_ca.issue("copilot-cc-server", pki, dns_names=["localhost"], ip_addresses=["127.0.0.1"], client=False)
+    cc_client = cc_ca.issue("cloud-controller", pki, server=False)
     bbs = BBSDouble(ca_cert=diego_ca.cert_path, server_cert=bbs_server.cert_path, server_key=bbs_server.key_path)
     bbs.start()
     if preload is not None:
         preload(bbs)
 
-    mcp_port, health_port, http_port = free_port(), free_port(), free_port()
+    mcp_port, health_port, http_port, cc_port = free_port(), free_port(), free_port(), free_port()
     config = {
         "bbs": {
             "url": bbs.url,
@@ -89,6 +106,13 @@ def start_tier(
         "mcp": {"listen": f"127.0.0.1:{mcp_port}"},
         "health": {"listen": f"127.0.0.1:{health_port}"},
         "gateway": {"http_port": http_port},
+        "cc": {
+            "listen": f"127.0.0.1:{cc_port}",
+            "cert": str(cc_server.cert_path),
+            "key": str(cc_server.key_path),
+            "client_ca": str(cc_ca.cert_path),
+            "bulk_sync_hold_seconds": 0,
+        },
         "log_level": "info",
     }
     config_path = workdir / "copilot.yml"
@@ -105,6 +129,7 @@ def start_tier(
     wait_ready(istiod)
     envoy = start_envoy(workdir / "envoy", istiod.grpc_port)
     tier = Tier(workdir, bbs, copilot, istiod, envoy, http_port, mcp_port, health_port)
+    tier.extra.update(cc_port=cc_port, cc_ca=cc_ca.cert_path, cc_client=cc_client)
     if not wait_for_port(http_port, timeout=30):
         tier.stop()
         raise RuntimeError(f"the router never opened its HTTP listener:\n{envoy.process.log_tail()}\n{istiod.process.log_tail()}")

@@ -54,7 +54,9 @@ def test_duplicate_hostnames_collapse() -> None:
 
 def test_invalid_hostname_is_skipped_but_the_entrys_other_hostnames_kept(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="copilot.sources.bbs_translate")
-    routes = http({"hostnames": ["good.example.com", "bad_host.example.com", "also-good.example.com/x", "x.com/../y", 7], "port": 8080})
+    routes = http(
+        {"hostnames": ["good.example.com", "bad_host.example.com", "also-good.example.com/x", "x.com/../y", 7], "port": 8080}
+    )
     assert [(r.host, r.path) for r in routes.http] == [("also-good.example.com", "/x"), ("good.example.com", "")]
     skipped = [r for r in caplog.records if r.getMessage() == "route skipped"]
     assert len(skipped) == 3
@@ -106,7 +108,9 @@ def test_null_and_missing_routers_mean_no_routes() -> None:
 
 
 def test_unknown_routers_are_ignored() -> None:
-    routes = bbs_translate.process_routes(desired(diego_ssh={"container_port": 2222}, cf_router=[{"hostnames": ["a.b"], "port": 8080}]))
+    routes = bbs_translate.process_routes(
+        desired(diego_ssh={"container_port": 2222}, cf_router=[{"hostnames": ["a.b"], "port": 8080}])
+    )
     assert routes.http == (HttpRoute("a.b", "", 8080),)
 
 
@@ -130,7 +134,9 @@ def test_tcp_router() -> None:
 
 def test_internal_router() -> None:
     routes = bbs_translate.process_routes(
-        desired(internal_router=[{"hostname": "App.apps.internal"}, {"hostname": "bad host"}, {}, {"hostname": "b.apps.internal"}])
+        desired(
+            internal_router=[{"hostname": "App.apps.internal"}, {"hostname": "bad host"}, {}, {"hostname": "b.apps.internal"}]
+        )
     )
     assert routes.internal == (InternalRoute("app.apps.internal"), InternalRoute("b.apps.internal"))
 
@@ -194,6 +200,11 @@ def test_instance_from_changed_event_info(routable: bool | None, expected: bool)
     if routable is not None:
         info.Routable = routable
     instance = bbs_translate.instance_from_info(lrp.actual_lrp_key, lrp.actual_lrp_instance_key, info)
-    assert (instance.process_guid, instance.index, instance.instance_guid, instance.availability_zone) == ("pg-1", 2, "ig-1", "z3")
+    assert (instance.process_guid, instance.index, instance.instance_guid, instance.availability_zone) == (
+        "pg-1",
+        2,
+        "ig-1",
+        "z3",
+    )
     assert instance.routable is expected
     assert instance.ports[0] == PortMapping(8080, 61001, 61443, 61002)

@@ -91,7 +91,13 @@ def test_destination_rule_has_a_subset_per_process_and_port() -> None:
     assert dr.host == "app.example.com"
     names = [s.name for s in dr.subsets]
     assert sorted(names) == sorted(
-        {subset_name("web", 8080), subset_name("canary", 8080), subset_name("api", 9000), subset_name("api2", 9000), subset_name("web", 9100)}
+        {
+            subset_name("web", 8080),
+            subset_name("canary", 8080),
+            subset_name("api", 9000),
+            subset_name("api2", 9000),
+            subset_name("web", 9100),
+        }
     )
     assert len(names) == len(set(names))  # "web":8080 serves two paths but is one subset
     assert all(dict(s.labels) == {SUBSET_LABEL: s.name} for s in dr.subsets)
@@ -137,7 +143,10 @@ def test_wildcard_host_gets_a_synthetic_service_host() -> None:
 
 
 def test_object_names_are_dns_labels_and_distinct() -> None:
-    names = {object_name(h) for h in ("a.example.com", "A.example.com".lower(), "a-example.com", "*.example.com", "wildcard.example.com")}
+    names = {
+        object_name(h)
+        for h in ("a.example.com", "A.example.com".lower(), "a-example.com", "*.example.com", "wildcard.example.com")
+    }
     assert len(names) == 4
     for name in names:
         assert name == name.lower() and "*" not in name and not name.startswith(("-", "."))

@@ -50,7 +50,11 @@ def test_full_config_parses(files: dict[str, str]) -> None:
     assert config.bbs.client_key == Path(files["client.key"])
     assert (config.bbs.reconcile_interval_seconds, config.bbs.max_backoff_seconds) == (15, 2.5)
     assert config.mcp_listen == "0.0.0.0:15010"
-    assert config.mcp_tls is not None and config.mcp_tls.cert == Path(files["mcp.crt"]) and config.mcp_tls.key == Path(files["mcp.key"])
+    assert (
+        config.mcp_tls is not None
+        and config.mcp_tls.cert == Path(files["mcp.crt"])
+        and config.mcp_tls.key == Path(files["mcp.key"])
+    )
     assert config.health_listen == "127.0.0.1:9000"
     assert (config.gateway.namespace, config.gateway.name, config.gateway.selector, config.gateway.http_port) == (
         "cf-system",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from copilot import metrics
 from copilot.istio import kinds
 from copilot.istio.builder import GatewaySettings, object_name
 from copilot.model import HttpRoute, Instance, PortMapping, ProcessRoutes
@@ -99,10 +100,12 @@ def test_a_bad_host_keeps_what_it_had_and_does_not_block_others(setup) -> None:
     table.upsert_process("q", process("b.example.com"))
     table.upsert_instance(0, instance("p"))
     publisher.publish()
+    rejected = metrics.HOSTS_REJECTED._value.get()
     table.upsert_instance(1, instance("p", 1, address="not-an-ip"))
     table.upsert_instance(0, instance("q"))
     publisher.publish()
     assert publisher.rejected_hosts == 1
+    assert metrics.HOSTS_REJECTED._value.get() == rejected + 1  # copilot_hosts_rejected_total
     assert endpoints(snapshot, "a.example.com") == ["10.0.0.1:61000"]
     assert endpoints(snapshot, "b.example.com") == ["10.0.0.1:61000"]
 

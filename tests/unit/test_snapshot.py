@@ -58,7 +58,10 @@ def test_encoded_resource_matches_protobuf_serialisation() -> None:
     [resource] = decode([entry.encoded])
     expected = mcp.Resource(
         metadata=mcp.Metadata(name="cf/app", version=resource.metadata.version),
-        body=any_pb2.Any(type_url="type.googleapis.com/istio.networking.v1alpha3.VirtualService", value=spec.SerializeToString(deterministic=True)),
+        body=any_pb2.Any(
+            type_url="type.googleapis.com/istio.networking.v1alpha3.VirtualService",
+            value=spec.SerializeToString(deterministic=True),
+        ),
     )
     wrapped = any_pb2.Any(type_url=MCP_RESOURCE_TYPE, value=expected.SerializeToString(deterministic=True))
     assert entry.encoded == length_delimited(2, wrapped.SerializeToString(deterministic=True))

@@ -39,6 +39,7 @@ class BBSWatcher:
         self._events_applied = 0
         self._stream: EventStream | None = None
         self._confirmed_at: float | None = None  # monotonic time BBS last confirmed our state; None = never
+        self._live = False  # subscribed and listed: the event stream keeps our state confirmed
         self._started_at = time.monotonic()
         self.synced = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -60,7 +61,7 @@ class BBSWatcher:
 
     def staleness(self) -> float:
         """0 while the event stream is up; else seconds since it went down (or since start)."""
-        if self._stream is not None and self._confirmed_at is not None:
+        if self._live:
             return 0.0
         since = self._confirmed_at if self._confirmed_at is not None else self._started_at
         return time.monotonic() - since
@@ -73,6 +74,7 @@ class BBSWatcher:
                 stream = self._client.open_events()
                 self._stream = stream
                 self.sync()
+                self._live = True
                 log.info("subscribed to BBS events")
                 backoff = 0.5
                 for item in stream:
@@ -90,7 +92,9 @@ class BBSWatcher:
                 if self._stream is not None:
                     self._stream.close()
                     self._stream = None
+                if self._live:  # only a stream that was listed and live confirmed our state until now
                     self._confirmed_at = time.monotonic()
+                    self._live = False
             self._stop.wait(backoff)
             backoff = min(backoff * 2, self._max_backoff)
 

@@ -1,0 +1,249 @@
+"""The BBS watcher against the BBS double (mutual TLS on loopback): initial sync, incremental events,
+malformed input, BBS going away (keep serving, report staleness) and coming back (resync)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from bbs_double.server import BBSDouble
+from copilot import metrics
+from copilot.model import HttpRoute, ProcessRoutes
+from copilot.routing_table import RoutingTable
+from copilot.sources.bbs_client import BBSClient
+from copilot.sources.bbs_watcher import BBSWatcher
+
+pytestmark = pytest.mark.timeout(60)
+
+HOST = "app.example.com"
+
+
+def route(*hosts: str, port: int = 8080) -> list[dict]:
+    return [{"hostnames": list(hosts), "port": port}]
+
+
+def served(table: RoutingTable, host: str = HOST) -> list[tuple[str, int]]:
+    """(address, port) of every backend of the host's root path, or [] when the host is unknown."""
+    routes = table.host_routes(host)
+    if routes is None or "" not in routes.paths:
+        return []
+    return sorted((b.address, b.port) for d in routes.paths[""] for b in d.backends)
+
+
+class Harness:
+    def __init__(self, double: BBSDouble, client: BBSClient) -> None:
+        self.double = double
+        self.table = RoutingTable()
+        self.changes = 0
+        self._lock = threading.Lock()
+        self.watcher = BBSWatcher(client, self.table, self._changed, reconcile_interval=0.5, max_backoff=0.1)
+
+    def _changed(self) -> None:
+        with self._lock:
+            self.changes += 1
+
+
+@pytest.fixture
+def harness(bbs_double: BBSDouble, bbs_pki, wait_until: Callable[..., None]) -> Iterator[Harness]:
+    harness = Harness(bbs_double, BBSClient(bbs_double.url, bbs_pki.client, timeout=2))
+    yield harness
+    started = time.monotonic()
+    harness.watcher.stop()
+    assert time.monotonic() - started < 6, "stop() took too long"
+
+
+def start(harness: Harness, wait_until: Callable[..., None]) -> None:
+    harness.watcher.start()
+    assert harness.watcher.synced.wait(10), "no initial sync"
+    wait_until(lambda: harness.double.subscriber_count() == 1, message="the event subscription")
+
+
+def test_initial_sync(harness: Harness, wait_until) -> None:
+    harness.double.desire_lrp("pg", http_routes=route(HOST, "www.example.com"), instances=2)
+    harness.double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    harness.double.start_instance("pg", 1, address="10.0.0.2", host_port=61001)
+    time.sleep(0.05)
+    assert harness.watcher.staleness() >= 0.05  # never confirmed yet: stale since creation
+    start(harness, wait_until)
+    assert served(harness.table) == [("10.0.0.1", 61000), ("10.0.0.2", 61001)]
+    assert served(harness.table, "www.example.com") == [("10.0.0.1", 61000), ("10.0.0.2", 61001)]
+    assert harness.changes >= 1
+    wait_until(lambda: harness.watcher.staleness() == 0.0, timeout=5, message="staleness 0 while subscribed")
+
+
+def test_events_are_applied_incrementally(harness: Harness, wait_until) -> None:
+    start(harness, wait_until)
+    double, table = harness.double, harness.table
+    double.desire_lrp("pg", http_routes=route(HOST), instances=2)
+    wait_until(lambda: table.host_routes(HOST) is not None, message="the route")
+    assert served(table) == []
+
+    double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    wait_until(lambda: served(table) == [("10.0.0.1", 61000)], message="instance 0 to serve")
+
+    double.start_instance("pg", 1, address="10.0.0.2", host_port=61001)
+    wait_until(lambda: len(served(table)) == 2, message="instance 1 to serve")
+
+    double.crash_instance("pg", 1)
+    wait_until(lambda: served(table) == [("10.0.0.1", 61000)], message="the crashed instance to go")
+
+    double.set_routable("pg", 0, False)
+    wait_until(lambda: served(table) == [], message="the unroutable instance to go")
+    double.set_routable("pg", 0, None)  # unset means routable
+    wait_until(lambda: served(table) == [("10.0.0.1", 61000)], message="the instance to be routable again")
+
+    # evacuation: the evacuating instance keeps serving until it is removed
+    double.evacuate_instance("pg", 0)
+    time.sleep(0.2)
+    assert served(table) == [("10.0.0.1", 61000)]
+    double.start_instance("pg", 0, address="10.0.0.3", host_port=62000)
+    wait_until(lambda: served(table) == [("10.0.0.1", 61000), ("10.0.0.3", 62000)], message="the replacement")
+    double.remove_instance("pg", 0, evacuating=True)
+    wait_until(lambda: served(table) == [("10.0.0.3", 62000)], message="the evacuated instance to go")
+
+    double.remove_instance("pg", 0)
+    wait_until(lambda: served(table) == [], message="the removed instance to go")
+
+    # route changes
+    double.start_instance("pg", 0, address="10.0.0.4", host_port=63000)
+    double.desire_lrp("pg", http_routes=route("moved.example.com"))
+    wait_until(lambda: table.host_routes(HOST) is None, message="the old host to go")
+    wait_until(lambda: served(table, "moved.example.com") == [("10.0.0.4", 63000)], message="the new host")
+    double.remove_desired_lrp("pg")
+    wait_until(lambda: table.hosts() == [], message="the removed process's routes to go")
+
+
+def test_events_are_applied_without_a_resync(harness: Harness, wait_until) -> None:
+    harness.watcher._reconcile_interval = 3600  # only events can bring changes in
+    start(harness, wait_until)
+    syncs = metrics.BBS_SYNCS._value.get()
+    harness.double.desire_lrp("pg", http_routes=route(HOST))
+    harness.double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    wait_until(lambda: served(harness.table) == [("10.0.0.1", 61000)], timeout=5, message="the event to apply")
+    assert metrics.BBS_SYNCS._value.get() == syncs
+
+
+def test_survives_malformed_events(harness: Harness, wait_until) -> None:
+    start(harness, wait_until)
+    errors = metrics.BBS_ERRORS.labels("malformed_event")._value.get()
+    connection_errors = metrics.BBS_ERRORS.labels("connection")._value.get()
+    harness.double.inject_raw_event("desired_lrp_created", b"\xff\xff\xff\xff")
+    harness.double.inject_raw_event("actual_lrp_instance_created", b"\x0a\x10truncated")
+    harness.double.inject_raw_event("something_new", b"")
+    harness.double.desire_lrp("pg", http_routes=route(HOST))
+    harness.double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    wait_until(lambda: served(harness.table) == [("10.0.0.1", 61000)], message="events after the malformed ones")
+    assert metrics.BBS_ERRORS.labels("malformed_event")._value.get() == errors + 3
+    assert metrics.BBS_ERRORS.labels("connection")._value.get() == connection_errors  # the stream was kept
+
+
+def test_survives_a_bad_route_payload(harness: Harness, wait_until) -> None:
+    harness.double.desire_lrp("good", http_routes=route("good.example.com"))
+    harness.double.desire_lrp("bad", raw_routes={"cf-router": b"{this is not json"})
+    start(harness, wait_until)
+    assert harness.table.hosts() == ["good.example.com"]
+    harness.double.desire_lrp(
+        "bad", raw_routes={"cf-router": b'[{"hostnames": ["bad_host", "fixed.example.com"], "port": 8080}]'}
+    )
+    wait_until(lambda: "fixed.example.com" in harness.table.hosts(), message="the fixed route")
+    assert sorted(harness.table.hosts()) == ["fixed.example.com", "good.example.com"]
+
+
+def test_bbs_outage_keeps_the_table_reports_staleness_and_resyncs(harness: Harness, wait_until) -> None:
+    double, table, watcher = harness.double, harness.table, harness.watcher
+    double.desire_lrp("pg", http_routes=route(HOST))
+    double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    start(harness, wait_until)
+    assert served(table) == [("10.0.0.1", 61000)]
+    wait_until(lambda: watcher.staleness() == 0.0, timeout=5, message="staleness 0 while subscribed")
+
+    double.stop()
+    wait_until(lambda: watcher.staleness() > 0, message="staleness to be reported")
+    first = watcher.staleness()
+    time.sleep(0.3)
+    assert watcher.staleness() > first  # it keeps growing while BBS is away
+    assert served(table) == [("10.0.0.1", 61000)]  # last known routes are kept
+    assert watcher.synced.is_set()
+
+    # changes made while Copilot cannot see them
+    double.remove_instance("pg", 0)
+    double.desire_lrp("new", http_routes=route("new.example.com"))
+    double.start_instance("new", 0, address="10.0.0.9", host_port=61009)
+    time.sleep(0.3)
+    assert served(table) == [("10.0.0.1", 61000)]
+
+    double.start()  # same port
+    wait_until(lambda: served(table, "new.example.com") == [("10.0.0.9", 61009)], message="the resync after the outage")
+    assert served(table) == []
+    wait_until(lambda: watcher.staleness() == 0.0, message="staleness back to 0")
+    # and events flow again
+    double.start_instance("pg", 0, address="10.0.0.2", host_port=61002)
+    wait_until(lambda: served(table) == [("10.0.0.2", 61002)], message="events after the reconnect")
+
+
+def test_event_stream_closed_by_bbs_reconnects_and_resyncs(harness: Harness, wait_until) -> None:
+    start(harness, wait_until)
+    syncs = metrics.BBS_SYNCS._value.get()
+    harness.double.close_event_streams()
+    wait_until(lambda: metrics.BBS_SYNCS._value.get() > syncs, message="a resync")
+    wait_until(lambda: harness.double.subscriber_count() == 1, message="a new subscription")
+    harness.double.desire_lrp("pg", http_routes=route(HOST))
+    wait_until(lambda: table_has(harness.table, HOST), message="events on the new stream")
+
+
+def table_has(table: RoutingTable, host: str) -> bool:
+    return table.host_routes(host) is not None
+
+
+def test_reconcile_repairs_drift(harness: Harness, wait_until) -> None:
+    harness.double.desire_lrp("pg", http_routes=route(HOST))
+    harness.double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    start(harness, wait_until)
+    # something (a lost event, a bug) made the table drift from BBS
+    harness.table.remove_process("pg")
+    harness.table.upsert_process("ghost", ProcessRoutes(http=(HttpRoute("ghost.example.com", "", 8080),)))
+    wait_until(lambda: served(harness.table) == [("10.0.0.1", 61000)], timeout=5, message="the periodic reconcile")
+    assert harness.table.hosts() == [HOST]
+
+
+def test_never_reached_bbs_is_stale_and_unsynced(bbs_pki, wait_until) -> None:
+    from devtools.ports import free_port
+
+    table = RoutingTable()
+    watcher = BBSWatcher(
+        BBSClient(f"https://127.0.0.1:{free_port()}", bbs_pki.client, timeout=1), table, lambda: None, max_backoff=0.1
+    )
+    watcher.start()
+    try:
+        time.sleep(0.3)
+        assert not watcher.synced.is_set()
+        assert watcher.staleness() >= 0.3
+    finally:
+        watcher.stop()
+
+
+def test_stop_ends_the_threads(harness: Harness, wait_until) -> None:
+    start(harness, wait_until)
+    harness.watcher.stop()
+    assert not any(t.is_alive() for t in harness.watcher._threads)
+    # nothing is applied any more
+    harness.double.desire_lrp("pg", http_routes=route(HOST))
+    time.sleep(0.2)
+    assert harness.table.hosts() == []
+
+
+def test_staleness_grows_while_bbs_cannot_list(harness: Harness, wait_until, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BBS half-broken (events subscribe, listings fail): nothing confirms our state, so staleness must grow."""
+    start(harness, wait_until)
+
+    def broken(body: bytes):
+        raise RuntimeError("database unavailable")  # the double answers HTTP 500
+
+    monkeypatch.setattr(harness.double, "_list_actual_lrps", broken)
+    harness.double.close_event_streams()
+    wait_until(lambda: harness.watcher.staleness() > 1.0, timeout=5, message="staleness to grow past 1s")
+    monkeypatch.undo()
+    wait_until(lambda: harness.watcher.staleness() == 0.0, timeout=5, message="staleness back to 0 once BBS lists again")
