@@ -1,5 +1,5 @@
 """Convergence through the real tier: from the BBS event that reports an instance RUNNING to the first
-200 through Envoy, with N routes already in place. Prints p50/p99; asserts nothing.
+response from it through Envoy, with N routes already in place. Prints p50/p99; asserts nothing.
 
     .venv/bin/python bench/bench_convergence.py [--routes 100 10000] [--changes 100]
 """
@@ -22,34 +22,59 @@ from devtools.apps import AppInstance  # noqa: E402
 from devtools.tier import start_tier, wait_until  # noqa: E402
 
 
-def run(routes: int, changes: int, app: AppInstance) -> list[float]:
+def run(routes: int, changes: int, apps: list[AppInstance]) -> dict[str, list[float]]:
+    """Two kinds of change, `changes` of each: an app scaling up (a new instance of a route that already
+    has one: until a response comes from the new instance), and a new app's first instance (until the
+    first 200; istiod answers this one with a full push, as a new service's first endpoints need one)."""
+    app = apps[0]
+
     def preload(bbs: BBSDouble) -> None:
         for i in range(routes):
-            bbs.desire_lrp(f"bg-{i}", http_routes=[{"hostnames": [f"bg-{i}.apps.example.com"], "port": 8080}])
+            bbs.desire_lrp(f"bg-{i}", http_routes=[{"hostnames": [f"bg-{i}.apps.example.com"], "port": 8080}], instances=2)
             bbs.start_instance(f"bg-{i}", 0, host_port=app.port, instance_guid=f"bg-{i}-0")
 
+    timings: dict[str, list[float]] = {"scale up": [], "new app": []}
     with tempfile.TemporaryDirectory() as workdir:
         started = time.monotonic()
         tier = start_tier(Path(workdir), preload=preload)
         try:
             session = requests.Session()
             last = f"bg-{routes - 1}.apps.example.com"
-            wait_until(lambda: tier.get(last).status_code == 200, timeout=300, message="the preloaded routes")
+            wait_until(lambda: tier.get(last).status_code == 200, timeout=600, message="the preloaded routes")
             print(f"  {routes} routes in place {time.monotonic() - started:.1f}s after start", flush=True)
-            timings = []
+            time.sleep(2)
+
+            def measure(host: str, start, done) -> float:
+                t0 = time.perf_counter()
+                start()
+                while time.perf_counter() - t0 < 60:
+                    response = session.get(tier.router_url, headers={"Host": host}, timeout=5)
+                    if done(response):
+                        break
+                    time.sleep(0.002)
+                return time.perf_counter() - t0
+
             for n in range(changes):
+                i = (n * 7919) % routes
+                new_app = apps[1 + n % (len(apps) - 1)]
+                timings["scale up"].append(
+                    measure(
+                        f"bg-{i}.apps.example.com",
+                        lambda i=i, a=new_app: tier.bbs.start_instance(f"bg-{i}", 1, host_port=a.port, instance_guid=f"bg-{i}-1"),
+                        lambda r, a=new_app: r.text.strip() == a.instance_guid,
+                    )
+                )
+                tier.bbs.remove_instance(f"bg-{i}", 1)
                 host = f"new-{n}.apps.example.com"
                 tier.bbs.desire_lrp(f"new-{n}", http_routes=[{"hostnames": [host], "port": 8080}])
                 wait_until(lambda h=host: tier.get(h).status_code == 503, timeout=60, message="the route without backends")
-                t0 = time.perf_counter()
-                tier.bbs.start_instance(f"new-{n}", 0, host_port=app.port, instance_guid=f"new-{n}-0")
-                deadline = t0 + 30
-                while time.perf_counter() < deadline:
-                    response = session.get(tier.router_url, headers={"Host": host}, timeout=5)
-                    if response.status_code == 200:
-                        break
-                    time.sleep(0.002)
-                timings.append(time.perf_counter() - t0)
+                timings["new app"].append(
+                    measure(
+                        host,
+                        lambda n=n: tier.bbs.start_instance(f"new-{n}", 0, host_port=app.port, instance_guid=f"new-{n}-0"),
+                        lambda r: r.status_code == 200,
+                    )
+                )
             return timings
         finally:
             tier.stop()
@@ -60,14 +85,19 @@ def main() -> None:
     parser.add_argument("--routes", type=int, nargs="+", default=[100, 10_000])
     parser.add_argument("--changes", type=int, default=100)
     args = parser.parse_args()
-    app = AppInstance("bench-app")
-    print(f"{'routes':>8} {'changes':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    apps = [AppInstance("bench-app")] + [AppInstance(f"scaled-{k}") for k in range(4)]
+    print(f"{'routes':>8} {'change':>9} {'count':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}", flush=True)
     for routes in args.routes:
-        timings = sorted(run(routes, args.changes, app))
-        p99 = timings[max(0, int(len(timings) * 0.99) - 1)]
-        print(f"{routes:>8} {len(timings):>8} {statistics.median(timings) * 1000:>8.1f} {p99 * 1000:>8.1f} "
-              f"{timings[-1] * 1000:>8.1f}", flush=True)
-    app.stop()
+        for kind, values in run(routes, args.changes, apps).items():
+            values.sort()
+            p99 = values[max(0, int(len(values) * 0.99) - 1)]
+            print(
+                f"{routes:>8} {kind:>9} {len(values):>6} {statistics.median(values) * 1000:>8.1f} {p99 * 1000:>8.1f} "
+                f"{values[-1] * 1000:>8.1f}",
+                flush=True,
+            )
+    for app in apps:
+        app.stop()
 
 
 if __name__ == "__main__":

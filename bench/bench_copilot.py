@@ -31,8 +31,18 @@ from copilot.xds.snapshot import Snapshot  # noqa: E402
 
 
 def _instance(guid: str, index: int, port: int) -> Instance:
-    return Instance(guid, index, f"{guid}-{index}", "RUNNING", True, f"10.{index}.{port // 256 % 256}.{port % 256}", "",
-                    False, (PortMapping(8080, 61000 + index),), "z1")
+    return Instance(
+        guid,
+        index,
+        f"{guid}-{index}",
+        "RUNNING",
+        True,
+        f"10.{index}.{port // 256 % 256}.{port % 256}",
+        "",
+        False,
+        (PortMapping(8080, 61000 + index),),
+        "z1",
+    )
 
 
 def measure(routes: int, events: int) -> dict:
@@ -92,15 +102,23 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one, args.events)))
         return
-    print(f"{'routes':>8} {'instances':>9} {'rebuild s':>9} {'event p50 ms':>12} {'event p99 ms':>12} "
-          f"{'VS resp MB':>10} {'encode s':>8} {'peak RSS MiB':>12}")
+    print(
+        f"{'routes':>8} {'instances':>9} {'rebuild s':>9} {'event p50 ms':>12} {'event p99 ms':>12} "
+        f"{'VS resp MB':>10} {'encode s':>8} {'peak RSS MiB':>12}"
+    )
     for routes in args.routes:
-        out = subprocess.run([sys.executable, __file__, "--one", str(routes), "--events", str(args.events)],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(routes), "--events", str(args.events)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         r = json.loads(out)
-        print(f"{r['routes']:>8} {r['instances']:>9} {r['full_rebuild_s']:>9} {r['event_apply_p50_ms']:>12} "
-              f"{r['event_apply_p99_ms']:>12} {r['virtualservice_response_mb']:>10} {r['virtualservice_response_encode_s']:>8} "
-              f"{r['peak_rss_mib']:>12}")
+        print(
+            f"{r['routes']:>8} {r['instances']:>9} {r['full_rebuild_s']:>9} {r['event_apply_p50_ms']:>12} "
+            f"{r['event_apply_p99_ms']:>12} {r['virtualservice_response_mb']:>10} {r['virtualservice_response_encode_s']:>8} "
+            f"{r['peak_rss_mib']:>12}"
+        )
 
 
 if __name__ == "__main__":
