@@ -45,6 +45,16 @@ class CCConfig:
 
 
 @dataclass(frozen=True)
+class RegistrarConfig:
+    """Where our route_registrar jobs register platform routes: HTTPS with mutual TLS."""
+
+    listen: str
+    cert: Path
+    key: Path
+    client_ca: Path
+
+
+@dataclass(frozen=True)
 class Config:
     bbs: BBSConfig | None
     mcp_listen: str = "127.0.0.1:15030"
@@ -53,6 +63,7 @@ class Config:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     log_level: str = "info"
     cc: CCConfig | None = None
+    registrar: RegistrarConfig | None = None
 
 
 def load(path: str | Path) -> Config:
@@ -99,6 +110,7 @@ def parse(data: object) -> Config:
         name=gw.string("name", defaults.name),
         selector=gw.string_map("selector", defaults.selector),
         http_port=int(gw.number("http_port", defaults.http_port, minimum=1, maximum=65535, integer=True)),
+        upstream_ca_file=gw.string("upstream_ca_file", "") if gw.has("upstream_ca_file") else "",
     )
     gw.done()
     cc = None
@@ -112,11 +124,21 @@ def parse(data: object) -> Config:
             bulk_sync_hold_seconds=section.number("bulk_sync_hold_seconds", 60.0, minimum=0),
         )
         section.done()
+    registrar = None
+    if root.has("registrar"):
+        section = root.section("registrar")
+        registrar = RegistrarConfig(
+            listen=section.address("listen", "127.0.0.1:9001"),
+            cert=section.file("cert"),
+            key=section.file("key"),
+            client_ca=section.file("client_ca"),
+        )
+        section.done()
     log_level = root.string("log_level", "info")
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     root.done()
-    return Config(bbs, mcp_listen, mcp_tls, health_listen, gateway, log_level, cc)
+    return Config(bbs, mcp_listen, mcp_tls, health_listen, gateway, log_level, cc, registrar)
 
 
 class _Section:

@@ -19,6 +19,7 @@ from copilot.sources.bbs_client import BBSClient, TLSFiles
 from copilot.sources.bbs_watcher import BBSWatcher
 from copilot.sources.cc_api import CloudControllerCopilot
 from copilot.sources.cc_api import serve as serve_cc_api
+from copilot.sources.registrar_api import RegistrarApi
 from copilot.xds.mcp_server import McpServer
 from copilot.xds.snapshot import Snapshot
 
@@ -45,6 +46,10 @@ class Copilot:
             )
         self.cc_api = CloudControllerCopilot(self.table, self.publish) if config.cc is not None else None
         self._cc_server = None
+        self.registrar = None
+        if config.registrar is not None:
+            r = config.registrar
+            self.registrar = RegistrarApi(self.table, self.publish, r.listen, cert=r.cert, key=r.key, client_ca=r.client_ca)
         # istiod gets no answer until the sources have been read: BBS listed, and (with CC) the first
         # BulkSync applied or bulk_sync_hold_seconds passed. A restart never announces an empty world.
         self.ready = threading.Event()
@@ -68,6 +73,9 @@ class Copilot:
                 self.cc_api, cc.listen, cert=cc.cert.read_bytes(), key=cc.key.read_bytes(), client_ca=cc.client_ca.read_bytes()
             )
             log.info("cloud controller api listening", extra={"port": cc_port})
+        if self.registrar is not None:
+            self.registrar.start()
+            log.info("registrar api listening", extra={"port": self.registrar.port})
         threading.Thread(target=self._become_ready, name="ready", daemon=True).start()
         self.health.start()
         if self.watcher is not None:
@@ -86,6 +94,8 @@ class Copilot:
         log.info("serving istiod")
 
     def stop(self) -> None:
+        if self.registrar is not None:
+            self.registrar.stop()
         if self._cc_server is not None:
             self._cc_server.stop(0.5).wait()
         if self.watcher is not None:

@@ -202,6 +202,22 @@ class Destination:
     weight: int = 1
     protocol: str = "http1"
     backends: list[Backend] = field(default_factory=list)
+    # When set, the router reaches these backends over TLS and checks their certificate names this SAN.
+    tls_san: str = ""
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Registration:
+    """A platform route (api, uaa, ...) registered by our route_registrar job for one VM; it expires
+    unless renewed."""
+
+    host: str
+    path: str
+    address: str
+    port: int
+    tls_port: int = 0
+    server_cert_domain_san: str = ""
+    source: str = ""
 
 
 def normalize_weights(weights: list[int]) -> list[int]:

@@ -11,7 +11,17 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass
 
-from copilot.model import CCRoute, CCState, Destination, HttpRoute, Instance, ProcessRoutes, normalize_weights
+from copilot.model import (
+    Backend,
+    CCRoute,
+    CCState,
+    Destination,
+    HttpRoute,
+    Instance,
+    ProcessRoutes,
+    Registration,
+    normalize_weights,
+)
 
 # An ActualLRP is identified by its process, index and presence (ORDINARY=0, EVACUATING=1, SUSPECT=2).
 InstanceKey = tuple[int, int]
@@ -53,6 +63,9 @@ class RoutingTable:
         self._routes_by_capi: dict[str, set[str]] = defaultdict(set)
         self._capi_by_diego: dict[str, set[str]] = defaultdict(set)
         self._dirty_internal: set[str] = set()
+        # platform routes registered by route_registrar jobs: registration -> expiry (monotonic seconds)
+        self._registrations: dict[Registration, float] = {}
+        self._registered_hosts: dict[str, set[Registration]] = defaultdict(set)
 
     # ---- BBS slice
     def upsert_process(self, process_guid: str, routes: ProcessRoutes) -> None:
@@ -191,6 +204,39 @@ class RoutingTable:
                 dict(self._cc_associations),
             )
 
+    # ---- platform routes (route_registrar jobs)
+    def register(self, registration: Registration, expires_at: float) -> None:
+        with self._lock:
+            if registration not in self._registrations:
+                self._registered_hosts[registration.host].add(registration)
+                self._dirty.add(registration.host)
+            self._registrations[registration] = expires_at
+
+    def unregister(self, registration: Registration) -> None:
+        with self._lock:
+            if self._registrations.pop(registration, None) is not None:
+                self._drop_registration(registration)
+
+    def expire_registrations(self, now: float) -> int:
+        """Drops registrations whose expiry passed; returns how many."""
+        with self._lock:
+            expired = [r for r, expires_at in self._registrations.items() if expires_at <= now]
+            for registration in expired:
+                del self._registrations[registration]
+                self._drop_registration(registration)
+            return len(expired)
+
+    def registrations(self) -> list[Registration]:
+        with self._lock:
+            return sorted(self._registrations)
+
+    def _drop_registration(self, registration: Registration) -> None:
+        hosts = self._registered_hosts[registration.host]
+        hosts.discard(registration)
+        if not hosts:
+            del self._registered_hosts[registration.host]
+        self._dirty.add(registration.host)
+
     # ---- reading
     def take_dirty_hosts(self) -> set[str]:
         with self._lock:
@@ -204,7 +250,11 @@ class RoutingTable:
 
     def hosts(self) -> list[str]:
         with self._lock:
-            return sorted({h for h, guids in self._hosts.items() if guids} | {h for h, g in self._cc_hosts.items() if g})
+            return sorted(
+                {h for h, guids in self._hosts.items() if guids}
+                | {h for h, g in self._cc_hosts.items() if g}
+                | set(self._registered_hosts)
+            )
 
     def internal_hosts(self) -> list[str]:
         with self._lock:
@@ -237,6 +287,9 @@ class RoutingTable:
                 destinations = self._cc_destinations(route)
                 if destinations:
                     paths[route.path] = destinations
+            # Platform routes join whatever else serves the host+path, as NATS registrations did in gorouter.
+            for path, destination in self._registered_destinations(host):
+                paths[path].append(destination)
             if not paths:
                 return None
             for destinations in paths.values():
@@ -251,6 +304,19 @@ class RoutingTable:
             return routes, backends
 
     # ---- internals
+    def _registered_destinations(self, host: str) -> list[tuple[str, Destination]]:
+        """One destination per (path, source, TLS name) of the host's registrations, with their VMs as backends."""
+        groups: dict[tuple[str, str, str], list[Backend]] = defaultdict(list)
+        for r in sorted(self._registered_hosts.get(host, ())):
+            tls = bool(r.tls_port)
+            san = r.server_cert_domain_san if tls else ""
+            backend = Backend(r.address, r.tls_port if tls else r.port, r.tls_port)
+            groups[(r.path, r.source, san)].append(backend)
+        return [
+            (path, Destination(f"platform:{source}:{san}", 0, 1, "http1", sorted(backends), san))
+            for (path, source, san), backends in sorted(groups.items())
+        ]
+
     def _cc_destinations(self, route: CCRoute, *, container: bool = False) -> list[Destination]:
         """One destination per Diego process of each mapped CC process; a CC process's weight is split
         evenly between its Diego processes (two during a rolling deploy)."""

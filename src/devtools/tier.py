@@ -60,6 +60,18 @@ class Tier:
         channel = grpc.secure_channel(f"127.0.0.1:{self.extra['cc_port']}", credentials)
         return cc_copilot_pb2_grpc.CloudControllerCopilotStub(channel)
 
+    def register(self, registrations: list[dict], *, delete: bool = False) -> requests.Response:
+        """Calls Copilot's registrar API as our route_registrar job does (mutual TLS)."""
+        client = self.extra["registrar_client"]
+        return requests.request(
+            "DELETE" if delete else "POST",
+            self.extra["registrar_url"] + "/v1/registrations",
+            json={"registrations": registrations},
+            cert=(str(client.cert_path), str(client.key_path)),
+            verify=str(self.extra["registrar_ca"]),
+            timeout=5,
+        )
+
     def copilot_health(self) -> dict:
         return requests.get(f"http://127.0.0.1:{self.health_port}/health", timeout=5).json()
 
@@ -88,12 +100,17 @@ def start_tier(
     cc_ca = make_ca(pki, "cc-ca")
     cc_server = cc_ca.issue("copilot-cc-server", pki, dns_names=["localhost"], ip_addresses=["127.0.0.1"], client=False)
     cc_client = cc_ca.issue("cloud-controller", pki, server=False)
+    registrar_ca = make_ca(pki, "registrar-ca")
+    registrar_server = registrar_ca.issue(
+        "copilot-registrar", pki, dns_names=["localhost"], ip_addresses=["127.0.0.1"], client=False
+    )
+    registrar_client = registrar_ca.issue("route-registrar", pki, server=False)
     bbs = BBSDouble(ca_cert=diego_ca.cert_path, server_cert=bbs_server.cert_path, server_key=bbs_server.key_path)
     bbs.start()
     if preload is not None:
         preload(bbs)
 
-    mcp_port, health_port, http_port, cc_port = free_port(), free_port(), free_port(), free_port()
+    mcp_port, health_port, http_port, cc_port, registrar_port = (free_port() for _ in range(5))
     config = {
         "bbs": {
             "url": bbs.url,
@@ -113,6 +130,12 @@ def start_tier(
             "client_ca": str(cc_ca.cert_path),
             "bulk_sync_hold_seconds": 0,
         },
+        "registrar": {
+            "listen": f"127.0.0.1:{registrar_port}",
+            "cert": str(registrar_server.cert_path),
+            "key": str(registrar_server.key_path),
+            "client_ca": str(registrar_ca.cert_path),
+        },
         "log_level": "info",
     }
     config_path = workdir / "copilot.yml"
@@ -129,7 +152,14 @@ def start_tier(
     wait_ready(istiod)
     envoy = start_envoy(workdir / "envoy", istiod.grpc_port)
     tier = Tier(workdir, bbs, copilot, istiod, envoy, http_port, mcp_port, health_port)
-    tier.extra.update(cc_port=cc_port, cc_ca=cc_ca.cert_path, cc_client=cc_client)
+    tier.extra.update(
+        cc_port=cc_port,
+        cc_ca=cc_ca.cert_path,
+        cc_client=cc_client,
+        registrar_url=f"https://127.0.0.1:{registrar_port}",
+        registrar_ca=registrar_ca.cert_path,
+        registrar_client=registrar_client,
+    )
     if not wait_for_port(http_port, timeout=30):
         tier.stop()
         raise RuntimeError(f"the router never opened its HTTP listener:\n{envoy.process.log_tail()}\n{istiod.process.log_tail()}")

@@ -28,9 +28,7 @@ def _map(stub, route_guid: str, capi: str, weight: int) -> None:
 def _split(tier: Tier, host: str, n: int) -> collections.Counter:
     """Which process answered each of n requests (one keep-alive connection: Envoy balances per request)."""
     with requests.Session() as session:
-        return collections.Counter(
-            session.get(tier.router_url, headers={"Host": host}, timeout=5).text.strip() for _ in range(n)
-        )
+        return collections.Counter(session.get(tier.router_url, headers={"Host": host}, timeout=5).text.strip() for _ in range(n))
 
 
 def test_weights_split_traffic_and_follow_changes(tier: Tier, apps, unique) -> None:

@@ -30,6 +30,9 @@ class GatewaySettings:
     name: str = "cf-ingress"
     selector: dict[str, str] = field(default_factory=lambda: {"app": "istio-router"})
     http_port: int = 80
+    # CA bundle, as a path on the router, that verifies backends reached over TLS (platform routes with
+    # a tls_port). Without it such backends are skipped rather than reached unverified.
+    upstream_ca_file: str = ""
 
     @property
     def ref(self) -> str:
@@ -103,7 +106,18 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         if subset in seen:
             continue
         seen.add(subset)
-        dr.subsets.add(name=subset, labels={SUBSET_LABEL: subset})
+        entry = dr.subsets.add(name=subset, labels={SUBSET_LABEL: subset})
+        if dest.tls_san:
+            if not settings.upstream_ca_file:
+                raise ValueError("a backend needs TLS (tls_port) but gateway.upstream_ca_file is not configured")
+            entry.traffic_policy.tls.CopyFrom(
+                pb.ClientTLSSettings(
+                    mode=pb.ClientTLSSettings.SIMPLE,
+                    ca_certificates=settings.upstream_ca_file,
+                    subject_alt_names=[dest.tls_san],
+                    sni=dest.tls_san,
+                )
+            )
         for backend in dest.backends:
             _check_address(backend.address)
             se.endpoints.add(

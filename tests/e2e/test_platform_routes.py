@@ -1,0 +1,35 @@
+"""Platform routes (api, uaa, ...) registered the way our route_registrar job does, instead of NATS:
+reachable through the router while renewed, gone when deregistered or no longer renewed."""
+
+from __future__ import annotations
+
+from devtools.apps import AppInstance
+from devtools.tier import Tier, wait_until
+
+
+def test_registered_platform_route_serves_then_expires(tier: Tier, apps, unique) -> None:
+    vm = AppInstance(f"{unique}-api-vm")
+    apps.append(vm)
+    host = f"api.{unique}.system.example.com"
+    registration = {"host": host, "address": "127.0.0.1", "port": vm.port, "source": "api/0", "ttl_seconds": 2}
+    assert tier.register([registration]).status_code == 200
+    wait_until(lambda: tier.get(host).text.strip() == f"{unique}-api-vm", message="the platform route")
+    # Not renewed: it expires.
+    wait_until(lambda: tier.get(host).status_code == 404, timeout=15, message="the registration to expire")
+
+
+def test_deregistration_and_validation(tier: Tier, apps, unique) -> None:
+    vm = AppInstance(f"{unique}-uaa-vm")
+    apps.append(vm)
+    host = f"uaa.{unique}.system.example.com"
+    registration = {"host": host, "path": "/oauth", "address": "127.0.0.1", "port": vm.port, "ttl_seconds": 120}
+    assert tier.register([registration]).status_code == 200
+    wait_until(lambda: tier.get(host, "/oauth/token").status_code == 200, message="the platform route with a path")
+    assert tier.get(host, "/other").status_code == 404
+
+    bad = tier.register([registration, {"host": "bad_host!", "address": "127.0.0.1", "port": 1}])
+    assert bad.status_code == 400 and "registrations[1].host" in bad.json()["error"]
+    assert tier.get(host, "/oauth").status_code == 200  # a rejected request changed nothing
+
+    assert tier.register([registration], delete=True).status_code == 200
+    wait_until(lambda: tier.get(host, "/oauth").status_code == 404, message="the route to go on deregistration")
