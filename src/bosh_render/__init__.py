@@ -69,10 +69,8 @@ def resolve_properties(declared: dict | None, given: dict | None) -> dict:
     for name, declaration in (declared or {}).items():
         value = _lookup(given or {}, name)
         if value is _MISSING or value is None:
-            if isinstance(declaration, dict) and "default" in declaration:
-                value = copy.deepcopy(declaration["default"])
-            else:
-                value = None
+            has_default = isinstance(declaration, dict) and "default" in declaration
+            value = copy.deepcopy(declaration["default"]) if has_default else None
         _assign(resolved, name, value)
     return resolved
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -151,7 +152,7 @@ def test_cli_renders_and_reports_errors(tmp_path):
     props.write_text("name: cli\n")
     links.write_text("backend:\n  instances:\n  - address: 10.0.0.1\n")
     spec.write_text("ip: 192.0.2.1\n")
-    env = {"PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     ok = subprocess.run([sys.executable, "-m", "bosh_render", str(job), "--properties", str(props), "--links", str(links),
                          "--spec", str(spec), "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env)
     assert ok.returncode == 0, ok.stderr

@@ -1,0 +1,255 @@
+"""Every template of every job renders with default and non-default properties into configs of the
+right shape; missing required properties fail with their names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from release_helpers import (
+    ALL_JOBS,
+    JOBS,
+    copilot_link,
+    copilot_properties,
+    load_spec,
+    pilot_link,
+    render,
+    smoke_properties,
+)
+
+from bosh_render import RenderError
+
+
+def cases(pki) -> dict[str, dict[str, tuple[dict, dict]]]:
+    """job -> case name -> (properties, links): defaults (only what is required) and non-defaults."""
+    return {
+        "copilot": {
+            "defaults": (copilot_properties(pki), {}),
+            "custom": (copilot_properties(
+                pki,
+                bbs={"url": "https://bbs.example:8889", "reconcile_interval_seconds": 5, "max_backoff_seconds": 2},
+                mcp={"listen_address": "0.0.0.0:9009", "tls": {"cert": pki.server.cert, "key": pki.server.key}},
+                health={"listen_address": "0.0.0.0:8788"},
+                gateway={"namespace": "cf", "name": "gw", "selector": {"istio": "ingress"}, "http_port": 8081},
+                cc={"enabled": True, "listen_address": "0.0.0.0:9002", "server_cert": pki.server.cert,
+                    "server_key": pki.server.key, "client_ca_cert": pki.ca, "bulk_sync_hold_seconds": 0},
+                log_level="debug",
+            ), {}),
+        },
+        "pilot-discovery": {
+            "defaults": ({}, {"copilot": copilot_link()}),
+            "custom": ({
+                "grpc_address": "10.0.0.1", "grpc_port": 15011, "http_port": 18080, "monitoring_address": "0.0.0.0",
+                "tls": {"cert": pki.server.cert, "key": pki.server.key, "ca_cert": pki.ca},
+                "copilot_tls": {"ca_cert": pki.ca, "sni": "copilot.service.cf.internal"},
+                "cluster_id": "cf", "root_namespace": "cf-root", "pod_namespace": "cf", "debounce_after": "10ms",
+                "log_output_level": "default:debug", "copilot_wait_seconds": 5,
+            }, {"copilot": copilot_link(
+                {"mcp": {"listen_address": "0.0.0.0:9009", "tls": {"cert": pki.server.cert}}},
+                address="copilot.service.cf.internal",
+            )}),
+        },
+        "istio-router": {
+            "defaults": ({}, {"pilot": pilot_link()}),
+            "custom": ({
+                "namespace": "cf", "labels": {"istio": "ingress", "zone": "a"}, "istio_version": "1.30.3",
+                "admin_port": 19000, "health": {"port": 8002, "path": "/healthz"}, "drain": {"seconds": 3},
+                "log_level": "debug", "concurrency": 2,
+                "sds": {"listen_address": "127.0.0.1:15090", "certificates": [
+                    {"name": "apps", "cert_chain": pki.server.cert, "private_key": pki.server.key},
+                ]},
+            }, {"pilot": pilot_link({"grpc_port": 15011, "cluster_id": "cf"}, addresses=("pilot-0.example", "pilot-1.example")),
+                "copilot": copilot_link()}),
+        },
+        "istio-smoke-tests": {
+            "defaults": (smoke_properties(), {}),
+            "custom": (smoke_properties(cf={"skip_ssl_validation": True, "admin_user": "o'brien"},
+                                        router_endpoint="10.0.0.9:80", timeout_seconds=30), {}),
+        },
+    }
+
+
+@pytest.mark.parametrize("case", ["defaults", "custom"])
+@pytest.mark.parametrize("job", ALL_JOBS)
+def test_every_template_renders(job, case, pki, tmp_path):
+    properties, links = cases(pki)[job][case]
+    rendered = render(job, properties, tmp_path, links=links)
+    assert set(rendered) == set(load_spec("job", job)["templates"].values())
+    for destination, path in rendered.items():
+        text = path.read_text()
+        if destination.endswith((".yml", ".yaml")):
+            assert isinstance(yaml.safe_load(text), dict), destination
+        elif destination.endswith(".json"):
+            json.loads(text)
+        elif destination.startswith("bin/"):
+            assert text.startswith("#!/usr/bin/env bash\n"), destination
+
+
+def test_cases_cover_every_job(pki):
+    assert set(cases(pki)) == set(ALL_JOBS)
+
+
+@pytest.mark.parametrize("job", ALL_JOBS)
+def test_spec_documents_every_property(job):
+    spec = load_spec("job", job)
+    for name, declaration in (spec.get("properties") or {}).items():
+        assert isinstance(declaration, dict) and declaration.get("description"), f"{job}: {name} has no description"
+    for template in spec["templates"]:
+        assert (JOBS / job / "templates" / template).is_file()
+    assert (JOBS / job / "monit").is_file()
+
+
+@pytest.mark.parametrize("job", [j for j in ALL_JOBS if j != "istio-smoke-tests"])
+@pytest.mark.parametrize("case", ["defaults", "custom"])
+def test_bpm_processes_run_the_jobs_own_packages(job, case, pki, tmp_path):
+    properties, links = cases(pki)[job][case]
+    bpm = yaml.safe_load(render(job, properties, tmp_path, links=links)["config/bpm.yml"].read_text())
+    packages = load_spec("job", job)["packages"]
+    monit = (JOBS / job / "monit").read_text()
+    for process in bpm["processes"]:
+        package = process["executable"].split("/")[4]
+        assert process["executable"].startswith("/var/vcap/packages/") and package in packages
+        assert all(isinstance(arg, str) for arg in process.get("args", []))
+        assert all(isinstance(v, str) for v in process.get("env", {}).values())
+        assert f"/var/vcap/sys/run/bpm/{job}/{process['name']}.pid" in monit
+
+
+@pytest.mark.parametrize(("job", "drop", "missing"), [
+    ("copilot", "bbs.ca_cert", "bbs.ca_cert"),
+    ("copilot", "bbs.client_key", "bbs.client_key"),
+    ("istio-smoke-tests", "cf.api_url", "cf.api_url"),
+    ("istio-smoke-tests", "cf.admin_password", "cf.admin_password"),
+])
+def test_missing_required_property_fails_with_its_name(job, drop, missing, pki, tmp_path):
+    properties, links = cases(pki)[job]["defaults"]
+    section, key = drop.split(".")
+    properties = {**properties, section: {k: v for k, v in properties[section].items() if k != key}}
+    with pytest.raises(RenderError, match=f"Can't find property '{missing}'"):
+        render(job, properties, tmp_path, links=links)
+
+
+@pytest.mark.parametrize(("job", "properties", "links", "message"), [
+    ("copilot", {"mcp": {"tls": {"cert": "CERT"}}}, {}, "mcp.tls.key: is required when mcp.tls.cert is set"),
+    ("copilot", {"cc": {"enabled": True, "server_cert": "C", "server_key": "K"}}, {}, "cc.client_ca_cert: is required"),
+    ("copilot", {"log_level": "loud"}, {}, "log_level: \"loud\" is not one of"),
+    ("copilot", {"mcp": {"listen_address": "nohost"}}, {}, "mcp.listen_address: \"nohost\" must be host:port"),
+    ("pilot-discovery", {"tls": {"cert": "C"}}, {}, "tls.key, tls.ca_cert: required when tls.cert is set"),
+    ("pilot-discovery", {}, {"copilot": {"mcp": {"listen_address": "127.0.0.1:1", "tls": {"cert": "C"}}}},
+     "copilot_tls.ca_cert: required"),
+    ("istio-router", {"sds": {"certificates": [{"name": "x"}]}}, {}, r"sds.certificates\[0\]: needs name, cert_chain"),
+])
+def test_invalid_combinations_fail_with_the_property_name(job, properties, links, message, pki, tmp_path):
+    base, base_links = cases(pki)[job]["defaults"]
+    if "copilot" in links:
+        links = {"copilot": {"properties": links["copilot"], "instances": [{"address": "10.0.0.1"}]}}
+    with pytest.raises(RenderError, match=message):
+        render(job, {**base, **properties}, tmp_path, links={**base_links, **links})
+
+
+def test_missing_pilot_link_is_an_error(tmp_path):
+    with pytest.raises(RenderError, match="consumes link 'pilot'"):
+        render("istio-router", {}, tmp_path)
+
+
+# --- what the rendered configs say -------------------------------------------------------------
+
+
+def test_copilot_config_from_properties(pki, tmp_path):
+    properties, _ = cases(pki)["copilot"]["custom"]
+    rendered = render("copilot", properties, tmp_path)
+    config = yaml.safe_load(rendered["config/copilot.yml"].read_text())
+    assert config["mcp"] == {"listen": "0.0.0.0:9009", "tls": {"cert": "/var/vcap/jobs/copilot/config/certs/mcp/server.crt",
+                                                               "key": "/var/vcap/jobs/copilot/config/certs/mcp/server.key"}}
+    assert config["gateway"] == {"namespace": "cf", "name": "gw", "selector": {"istio": "ingress"}, "http_port": 8081}
+    assert config["cc"]["listen"] == "0.0.0.0:9002"
+    assert rendered["config/certs/bbs/ca.crt"].read_text().strip() == pki.ca.strip()
+    assert rendered["config/certs/mcp/server.key"].read_text().strip() == pki.server.key.strip()
+
+
+def test_pilot_mesh_config_follows_the_copilot_link(pki, tmp_path):
+    def mesh_of(properties: dict, out: Path, links: dict) -> dict:
+        return yaml.safe_load(render("pilot-discovery", properties, out, links=links)["config/mesh.yml"].read_text())
+
+    mesh = mesh_of({}, tmp_path / "a", {"copilot": copilot_link()})
+    assert mesh == {
+        "configSources": [{"address": "xds://127.0.0.1:15030"}], "rootNamespace": "istio-system", "enableAutoMtls": False,
+    }
+    properties, links = cases(pki)["pilot-discovery"]["custom"]
+    mesh = mesh_of(properties, tmp_path / "b", links)
+    assert mesh["configSources"] == [{
+        "address": "xds://copilot.service.cf.internal:9009",
+        "tlsSettings": {"mode": "SIMPLE", "caCertificates": "/var/vcap/jobs/pilot-discovery/config/certs/copilot_ca.crt",
+                        "sni": "copilot.service.cf.internal"},
+    }]
+    override = {"copilot_address": "192.0.2.7:7000"}
+    mesh = mesh_of(override, tmp_path / "c", {"copilot": copilot_link()})
+    assert mesh["configSources"] == [{"address": "xds://192.0.2.7:7000"}]
+
+
+def test_pilot_flags_and_env(pki, tmp_path):
+    rendered = render("pilot-discovery", {}, tmp_path / "a", links={"copilot": copilot_link()})
+    bpm = yaml.safe_load(rendered["config/bpm.yml"].read_text())
+    process = bpm["processes"][0]
+    assert process["args"][:2] == ["discovery", "--registries="]
+    assert "--secureGRPCAddr=" in process["args"] and "--grpcAddr=0.0.0.0:15010" in process["args"]
+    assert process["env"] == {
+        "ENABLE_CA_SERVER": "false", "PILOT_ENABLE_ALPN_FILTER": "false", "PILOT_ENABLE_METADATA_EXCHANGE": "false",
+        "POD_NAMESPACE": "istio-system", "PILOT_DEBOUNCE_AFTER": "100ms", "PILOT_DEBOUNCE_MAX": "10s",
+    }
+    assert process["hooks"]["pre_start"] == "/var/vcap/jobs/pilot-discovery/bin/wait-for-copilot"
+    properties, links = cases(pki)["pilot-discovery"]["custom"]
+    args = yaml.safe_load(render("pilot-discovery", properties, tmp_path / "b", links=links)["config/bpm.yml"].read_text())[
+        "processes"][0]["args"]
+    certs = "/var/vcap/jobs/pilot-discovery/config/certs"
+    for flag in ("--secureGRPCAddr=0.0.0.0:15012", f"--tlsCertFile={certs}/tls.crt", f"--tlsKeyFile={certs}/tls.key",
+                 f"--caCertFile={certs}/ca.crt", "--clusterID=cf", "--grpcAddr=10.0.0.1:15011"):
+        assert flag in args
+
+
+def test_router_bootstrap_node_and_xds_endpoints(pki, tmp_path):
+    links = {"pilot": pilot_link(addresses=("10.0.1.1", "10.0.1.2", "10.0.1.3"))}
+    rendered = render("istio-router", {}, tmp_path / "a", links=links, spec={"ip": "10.0.2.7", "index": 1})
+    bootstrap = json.loads(rendered["config/envoy.json"].read_text())
+    assert bootstrap["node"]["id"] == "router~10.0.2.7~istio-router-1.istio-system~istio-system.svc.cluster.local"
+    assert bootstrap["node"]["metadata"] == {"NAMESPACE": "istio-system", "LABELS": {"app": "istio-router"},
+                                             "CLUSTER_ID": "Kubernetes", "INSTANCE_IPS": "10.0.2.7", "ISTIO_VERSION": "1.30.0"}
+    assert bootstrap["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 15000}
+    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
+    xds = clusters["xds-grpc"]
+    assert xds["type"] == "STATIC"
+    assert [e["endpoint"]["address"]["socket_address"] for e in xds["load_assignment"]["endpoints"][0]["lb_endpoints"]] == [
+        {"address": a, "port_value": 15010} for a in ("10.0.1.1", "10.0.1.2", "10.0.1.3")]
+    assert clusters["sds-grpc"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
+        "pipe": {"path": "/var/vcap/data/istio-router/sds/sds.sock"}}
+    listener = bootstrap["static_resources"]["listeners"][0]
+    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 8080}
+    bpm = yaml.safe_load(rendered["config/bpm.yml"].read_text())
+    envoy = bpm["processes"][0]
+    assert envoy["capabilities"] == ["NET_BIND_SERVICE"] and envoy["ephemeral_disk"] is True
+    assert [p["name"] for p in bpm["processes"]] == ["envoy", "sds"]
+
+
+def test_router_takes_namespace_and_labels_from_the_copilot_link_unless_set(pki, tmp_path):
+    links = {"pilot": pilot_link({"cluster_id": "cf"}),
+             "copilot": copilot_link({"gateway": {"namespace": "routing", "selector": {"istio": "cf-router"}}})}
+    node = json.loads(render("istio-router", {}, tmp_path / "a", links=links)["config/envoy.json"].read_text())["node"]
+    assert node["metadata"]["NAMESPACE"] == "routing" and node["metadata"]["LABELS"] == {"istio": "cf-router"}
+    assert node["metadata"]["CLUSTER_ID"] == "cf" and node["id"].endswith("~routing.svc.cluster.local")
+    node = json.loads(render("istio-router", {"namespace": "own", "labels": {"a": "b"}}, tmp_path / "b", links=links)[
+        "config/envoy.json"].read_text())["node"]
+    assert node["metadata"]["NAMESPACE"] == "own" and node["metadata"]["LABELS"] == {"a": "b"}
+
+
+def test_router_uses_dns_for_pilot_hostnames_and_tcp_for_a_port_sds(pki, tmp_path):
+    properties, links = cases(pki)["istio-router"]["custom"]
+    rendered = render("istio-router", properties, tmp_path, links=links)
+    clusters = {c["name"]: c for c in json.loads(rendered["config/envoy.json"].read_text())["static_resources"]["clusters"]}
+    assert clusters["xds-grpc"]["type"] == "STRICT_DNS"
+    assert clusters["sds-grpc"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
+        "socket_address": {"address": "127.0.0.1", "port_value": 15090}}
+    sds = yaml.safe_load(rendered["config/sds.yml"].read_text())
+    assert sds["listen"] == "127.0.0.1:15090"
+    assert sds["certificates"] == [{"name": "apps", "certificate_chain": pki.server.cert, "private_key": pki.server.key}]
+    assert yaml.safe_load(rendered["config/bpm.yml"].read_text())["processes"][0]["ephemeral_disk"] is False
