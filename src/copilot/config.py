@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,7 @@ def parse(data: object) -> Config:
         selector=gw.string_map("selector", defaults.selector),
         http_port=int(gw.number("http_port", defaults.http_port, minimum=1, maximum=65535, integer=True)),
         upstream_ca_file=gw.string("upstream_ca_file", "") if gw.has("upstream_ca_file") else "",
+        bind=_ip(gw, "bind") if gw.has("bind") else "",
     )
     gw.done()
     cc = None
@@ -139,6 +141,15 @@ def parse(data: object) -> Config:
         raise ConfigError(f"log_level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     root.done()
     return Config(bbs, mcp_listen, mcp_tls, health_listen, gateway, log_level, cc, registrar)
+
+
+def _ip(section: _Section, name: str) -> str:
+    value = section.string(name)
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(f"{section.key(name)}: {value!r} is not an IP address") from None
+    return value
 
 
 class _Section:

@@ -25,7 +25,7 @@ def normalize_hostname(value: object, field_name: str = "hostname") -> str:
     if not isinstance(value, str) or not value:
         raise InvalidRoute(field_name, "must be a non-empty string")
     host = value.strip().lower().rstrip(".")
-    if len(host) > 253 or not _HOSTNAME_RE.match(host):
+    if len(host) > 253 or not _HOSTNAME_RE.fullmatch(host):
         raise InvalidRoute(field_name, f"{value!r} is not a valid hostname")
     return host
 
@@ -42,7 +42,7 @@ def normalize_path(value: object, field_name: str = "path") -> str:
     if not segments:
         return ""  # only slashes: the root, like "/"
     for segment in segments:
-        if segment in ("", ".", "..") or not _PATH_SEGMENT_RE.match(segment):
+        if segment in ("", ".", "..") or not _PATH_SEGMENT_RE.fullmatch(segment):
             raise InvalidRoute(field_name, f"{value!r} is not a valid context path")
     return "/" + "/".join(segments)
 

@@ -85,6 +85,7 @@ class RoutingTable:
             old = self._desired.pop(process_guid, None)
             self._unindex(process_guid, old)
             self._touch(old)
+            self._touch_cc_of(process_guid)  # CC routes mapped to it lose its backends (and its port)
             self._instances.pop(process_guid, None)
 
     def upsert_instance(self, presence: int, instance: Instance) -> None:

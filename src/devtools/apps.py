@@ -1,5 +1,6 @@
 """Sample app instances: small HTTP servers on loopback that answer with their instance guid (and the
-request headers, as JSON on /headers), standing in for what Diego would run in containers."""
+request headers, as JSON on /headers), standing in for what Diego would run in containers.
+`python -m devtools.apps --guid G [--port N] [--port-file F]` runs one as a process."""
 
 from __future__ import annotations
 
@@ -39,3 +40,29 @@ class AppInstance:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import signal
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m devtools.apps", description="Run one sample app instance.")
+    parser.add_argument("--guid", required=True, help="instance guid the app answers with")
+    parser.add_argument("--port", type=int, default=0, help="loopback port (default: any free port)")
+    parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+    args = parser.parse_args(argv)
+    app = AppInstance(args.guid, port=args.port)
+    if args.port_file:
+        args.port_file.write_text(str(app.port))
+    print(f"sample app {args.guid} on 127.0.0.1:{app.port}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    app.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -122,7 +122,7 @@ def start_tier(
         },
         "mcp": {"listen": f"127.0.0.1:{mcp_port}"},
         "health": {"listen": f"127.0.0.1:{health_port}"},
-        "gateway": {"http_port": http_port},
+        "gateway": {"http_port": http_port, "bind": "127.0.0.1"},
         "cc": {
             "listen": f"127.0.0.1:{cc_port}",
             "cert": str(cc_server.cert_path),

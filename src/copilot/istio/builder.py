@@ -30,6 +30,8 @@ class GatewaySettings:
     name: str = "cf-ingress"
     selector: dict[str, str] = field(default_factory=lambda: {"app": "istio-router"})
     http_port: int = 80
+    # The address the router's listeners bind ("" = every address, as a router behind a load balancer needs).
+    bind: str = ""
     # CA bundle, as a path on the router, that verifies backends reached over TLS (platform routes with
     # a tls_port). Without it such backends are skipped rather than reached unverified.
     upstream_ca_file: str = ""
@@ -64,6 +66,7 @@ def build_gateway(settings: GatewaySettings) -> IstioObject:
         port=pb.Port(number=settings.http_port, protocol="HTTP", name="http"),
         hosts=["*"],
         name="http",
+        bind=settings.bind,
     )
     return IstioObject(GATEWAY, f"{settings.namespace}/{settings.name}", gateway)
 

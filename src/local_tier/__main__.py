@@ -1,0 +1,251 @@
+"""`python -m local_tier start|status|logs|stop`: the routing tier on this machine (see scripts/run-local)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import requests
+import yaml
+
+from devtools import peers
+from local_tier import apps, render, supervisor
+from local_tier.layout import Layout
+
+READY_TIMEOUT = 120
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def ports(layout: Layout) -> dict[str, int]:
+    values = yaml.safe_load(render.PORTS.read_text())
+    overrides = layout.root / "ports.yml"
+    if overrides.is_file():
+        values.update(yaml.safe_load(overrides.read_text()) or {})
+    return {k: int(v) for k, v in values.items()}
+
+
+def running(layout: Layout) -> bool:
+    return layout.supervisor_conf.is_file() and supervisor.ctl(layout, "pid").returncode == 0
+
+
+def start(layout: Layout, overrides: dict[str, str]) -> int:
+    if running(layout):
+        print("The local tier is already running (./scripts/run-local status); stop it first to restart.")
+        return 0
+    try:
+        tools = {"bosh": peers.bosh(), "envoy": peers.envoy(), "pilot-discovery": peers.pilot_discovery()}
+    except peers.MissingPeer as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for name, path in tools.items():
+        print(f"  {name:16} {path}")
+    layout.root.mkdir(parents=True, exist_ok=True)
+    (layout.root / "ports.yml").write_text(yaml.safe_dump(overrides))
+    wanted = ports(layout)
+    taken = [f"{name}={port}" for name, port in wanted.items() if _listening(port)]
+    if taken:
+        print(
+            f"error: ports already in use: {', '.join(taken)}. Free them, or move them: ./scripts/run-local start -v NAME=PORT",
+            file=sys.stderr,
+        )
+        return 1
+
+    step("rendering manifests/local.yml with the release's jobs (certificates from bosh int --vars-store)")
+    manifest = render.interpolate(layout, {k: str(v) for k, v in wanted.items()})
+    render.lay_out_packages(layout)
+    processes = render.render(layout, manifest)
+    pki = _bbs_certificates(layout)
+    bbs_double = [
+        sys.executable,
+        "-m",
+        "bbs_double",
+        "--ca-cert",
+        str(pki / "ca.crt"),
+        "--cert",
+        str(pki / "server.crt"),
+        "--key",
+        str(pki / "server.key"),
+        "--port",
+        str(wanted["bbs_port"]),
+        "--admin-port",
+        str(wanted["bbs_admin_port"]),
+    ]
+    env = {"PYTHONPATH": str(peers.REPO / "src")}
+    os.environ["PYTHONPATH"] = env["PYTHONPATH"]
+    names = supervisor.write_config(layout, processes, bbs_double)
+    print(f"  jobs rendered into {layout.jobs}: {', '.join(sorted({p.job for p in processes}))}")
+
+    step(f"starting {', '.join(names)} under supervisor")
+    result = supervisor.supervisord(layout)
+    if result.returncode != 0:
+        print(f"error: supervisord did not start: {result.stderr or result.stdout}", file=sys.stderr)
+        return 1
+    if not wait_ready(layout, wanted):
+        print("error: the tier did not come up; last log lines:", file=sys.stderr)
+        print(tails(layout, 15), file=sys.stderr)
+        stop(layout, quiet=True)
+        return 1
+    print(f"""
+The routing tier is up. It listens on loopback only:
+  router (Envoy) HTTP     http://127.0.0.1:{wanted["router_http_port"]}   (Gateway port from Copilot)
+  router health           http://127.0.0.1:{wanted["router_health_port"]}/health
+  router admin            http://127.0.0.1:{wanted["router_admin_port"]}
+  istiod xDS              127.0.0.1:{wanted["istiod_grpc_port"]}
+  Copilot MCP             127.0.0.1:{wanted["copilot_mcp_port"]}
+  Copilot CC API (mTLS)   127.0.0.1:{wanted["copilot_cc_port"]}
+  Copilot health/metrics  http://127.0.0.1:{wanted["copilot_health_port"]}/health  /metrics
+  BBS double (mTLS)       https://127.0.0.1:{wanted["bbs_port"]}   (control API http://127.0.0.1:{wanted["bbs_admin_port"]})
+Files: jobs in {layout.jobs}, logs in {layout.logs}
+
+Push an app:  ./scripts/cf-local push myapp -i 2
+Then:         ./scripts/run-local status | logs [NAME] | stop""")
+    return 0
+
+
+def step(text: str) -> None:
+    print(f"==> {text}", flush=True)
+
+
+def wait_ready(layout: Layout, wanted: dict[str, int]) -> bool:
+    checks = [
+        ("BBS double", lambda: _listening(wanted["bbs_port"])),
+        (
+            "Copilot synced with BBS",
+            lambda: _json(f"http://127.0.0.1:{wanted['copilot_health_port']}/health").get("serving_istiod"),
+        ),
+        ("istiod serving xDS", lambda: _listening(wanted["istiod_grpc_port"])),
+        (
+            "Envoy live",
+            lambda: requests.get(f"http://127.0.0.1:{wanted['router_admin_port']}/ready", timeout=1).text.strip() == "LIVE",
+        ),
+        ("router listening", lambda: _listening(wanted["router_http_port"])),
+    ]
+    deadline = time.monotonic() + READY_TIMEOUT
+    for name, check in checks:
+        print(f"  waiting for {name} ...", end="", flush=True)
+        started = time.monotonic()
+        while True:
+            try:
+                if check():
+                    break
+            except (requests.RequestException, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                print(" timed out")
+                return False
+            time.sleep(0.2)
+        print(f" ok ({time.monotonic() - started:.1f}s)", flush=True)
+    return True
+
+
+def _json(url: str) -> dict:
+    return requests.get(url, timeout=1).json()
+
+
+def _bbs_certificates(layout: Layout) -> Path:
+    variables = render.variables(layout)
+    layout.pki.mkdir(parents=True, exist_ok=True)
+    files = {
+        "ca.crt": variables["diego_ca"]["certificate"],
+        "server.crt": variables["bbs_server"]["certificate"],
+        "server.key": variables["bbs_server"]["private_key"],
+    }
+    for name, content in files.items():
+        (layout.pki / name).write_text(content)
+    (layout.pki / "server.key").chmod(0o600)
+    return layout.pki
+
+
+def status(layout: Layout) -> int:
+    if not running(layout):
+        print("The local tier is not running (./scripts/run-local to start it).")
+        return 3
+    print(supervisor.ctl(layout, "status").stdout.rstrip())
+    try:
+        health = _json(f"http://127.0.0.1:{ports(layout)['copilot_health_port']}/health")
+        print(f"copilot: {health}")
+    except (requests.RequestException, ValueError) as error:
+        print(f"copilot health unavailable: {error}")
+    for name, app in apps.load(layout).items():
+        print(f"app {name}: {len(app['instances'])} instance(s), routes {', '.join(app['routes'])}")
+    return 0
+
+
+def tails(layout: Layout, lines: int, only: str | None = None) -> str:
+    out = []
+    for log in sorted(layout.logs.rglob("*.log")):
+        if only and only not in str(log.relative_to(layout.logs)):
+            continue
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {log.relative_to(layout.root)}\n" + "\n".join(text))
+    return "\n".join(out)
+
+
+def stop(layout: Layout, quiet: bool = False) -> int:
+    apps.stop_all(layout)
+    if running(layout):
+        pid_file = layout.run / "supervisord.pid"
+        pid = int(pid_file.read_text()) if pid_file.is_file() else None
+        supervisor.ctl(layout, "shutdown")
+        deadline = time.monotonic() + 30
+        while pid and time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+    left = [f"{name}={port}" for name, port in ports(layout).items() if _listening(port)] if layout.root.exists() else []
+    if left:
+        print(f"warning: still listening after stop: {', '.join(left)}", file=sys.stderr)
+        return 1
+    if not quiet:
+        print("The local tier is stopped; nothing it started is listening.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="run-local", description="Run the Istio routing tier on this machine.")
+    sub = parser.add_subparsers(dest="command")
+    start_parser = sub.add_parser("start", help="render the jobs and start the tier (the default)")
+    start_parser.add_argument(
+        "-v",
+        dest="vars",
+        action="append",
+        default=[],
+        metavar="NAME=PORT",
+        help="move a port (names in manifests/local-ports.yml)",
+    )
+    sub.add_parser("status", help="what runs, and Copilot's health")
+    logs = sub.add_parser("logs", help="the last lines of every log (or those matching NAME)")
+    logs.add_argument("name", nargs="?")
+    logs.add_argument("-n", type=int, default=40)
+    sub.add_parser("stop", help="stop everything the tier and the push command started")
+    args = parser.parse_args(argv)
+    layout = Layout.default()
+    command = args.command or "start"
+    if command == "start":
+        overrides = dict(v.split("=", 1) for v in getattr(args, "vars", []))
+        return start(layout, overrides)
+    if command == "status":
+        return status(layout)
+    if command == "logs":
+        print(tails(layout, args.n, args.name))
+        return 0
+    return stop(layout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
