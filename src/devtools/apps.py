@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 class AppInstance:
-    def __init__(self, instance_guid: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, instance_guid: str, host: str = "127.0.0.1", port: int = 0, static_dir: Path | None = None) -> None:
         guid = instance_guid
+        index_page = (static_dir / "index.html").read_bytes() if static_dir else None
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -19,6 +21,8 @@ class AppInstance:
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 if self.path.endswith("/headers"):
                     body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+                elif index_page is not None:
+                    body = index_page
                 else:
                     body = f"{guid}\n".encode()
                 self.send_response(200)
@@ -45,14 +49,14 @@ class AppInstance:
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import signal
-    from pathlib import Path
 
     parser = argparse.ArgumentParser(prog="python -m devtools.apps", description="Run one sample app instance.")
     parser.add_argument("--guid", required=True, help="instance guid the app answers with")
     parser.add_argument("--port", type=int, default=0, help="loopback port (default: any free port)")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+    parser.add_argument("--static-dir", type=Path, help="serve this directory's index.html instead of the guid")
     args = parser.parse_args(argv)
-    app = AppInstance(args.guid, port=args.port)
+    app = AppInstance(args.guid, port=args.port, static_dir=args.static_dir)
     if args.port_file:
         args.port_file.write_text(str(app.port))
     print(f"sample app {args.guid} on 127.0.0.1:{app.port}", flush=True)

@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -61,9 +62,13 @@ def start(layout: Layout, overrides: dict[str, str]) -> int:
         return 1
 
     step("rendering manifests/local.yml with the release's jobs (certificates from bosh int --vars-store)")
-    manifest = render.interpolate(layout, {k: str(v) for k, v in wanted.items()})
-    render.lay_out_packages(layout)
-    processes = render.render(layout, manifest)
+    try:
+        manifest = render.interpolate(layout, {k: str(v) for k, v in wanted.items()})
+        render.lay_out_packages(layout)
+        processes = render.render(layout, manifest)
+    except (RuntimeError, ValueError) as error:  # bosh int and template errors name what is wrong
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     pki = _bbs_certificates(layout)
     bbs_double = [
         sys.executable,
@@ -166,6 +171,19 @@ def _bbs_certificates(layout: Layout) -> Path:
     return layout.pki
 
 
+def smoke_test(layout: Layout) -> int:
+    """Runs the istio-smoke-tests errand's own script, rendered from the release, against this tier."""
+    if not running(layout):
+        print("error: the local tier is not running; start it with ./scripts/run-local", file=sys.stderr)
+        return 1
+    manifest = yaml.safe_load(layout.manifest.read_text())
+    run = render.render_errand(layout, manifest)
+    render.lay_out_packages(layout)
+    step(f"running the istio-smoke-tests errand ({run}) with a local cf stand-in")
+    env = {**os.environ, "BOSH_PACKAGES_DIR": str(layout.packages), "PYTHONPATH": str(peers.REPO / "src")}
+    return subprocess.run([str(run)], env=env).returncode
+
+
 def status(layout: Layout) -> int:
     if not running(layout):
         print("The local tier is not running (./scripts/run-local to start it).")
@@ -233,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.add_argument("name", nargs="?")
     logs.add_argument("-n", type=int, default=40)
     sub.add_parser("stop", help="stop everything the tier and the push command started")
+    sub.add_parser("smoke-test", help="run the istio-smoke-tests errand's script against the running tier")
     args = parser.parse_args(argv)
     layout = Layout.default()
     command = args.command or "start"
@@ -241,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         return start(layout, overrides)
     if command == "status":
         return status(layout)
+    if command == "smoke-test":
+        return smoke_test(layout)
     if command == "logs":
         print(tails(layout, args.n, args.name))
         return 0

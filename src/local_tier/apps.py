@@ -25,14 +25,15 @@ def save(layout: Layout, state: dict) -> None:
     (layout.apps / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
 
 
-def start_instance(layout: Layout, instance_guid: str) -> tuple[int, int]:
+def start_instance(layout: Layout, instance_guid: str, static_dir: str | None = None) -> tuple[int, int]:
     """Starts one sample app process; returns (pid, port)."""
     layout.apps.mkdir(parents=True, exist_ok=True)
     port_file = layout.apps / f"{instance_guid}.port"
     port_file.unlink(missing_ok=True)
     log = (layout.apps / f"{instance_guid}.log").open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "devtools.apps", "--guid", instance_guid, "--port-file", str(port_file)],
+        [sys.executable, "-m", "devtools.apps", "--guid", instance_guid, "--port-file", str(port_file)]
+        + (["--static-dir", static_dir] if static_dir else []),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -46,7 +46,7 @@ class Local:
     def start(self, name: str, index: int) -> None:
         app = self.state[name]
         guid = f"{app['process_guid']}-{index}-{hashlib.sha256(str(len(app['instances'])).encode()).hexdigest()[:6]}"
-        pid, port = apps.start_instance(self.layout, guid)
+        pid, port = apps.start_instance(self.layout, guid, app.get("static_dir"))
         self.call(
             "POST", "/instances", {"process_guid": app["process_guid"], "index": index, "host_port": port, "instance_guid": guid}
         )
@@ -73,11 +73,21 @@ def push(local: Local, args: argparse.Namespace) -> None:
     if name in local.state:
         raise SystemExit(f"error: {name} is already pushed; use scale, or stop it first")
     route = route_of(args, name)
-    local.state[name] = {"process_guid": f"{name}-v1", "routes": [route], "desired": args.instances, "instances": []}
+    local.state[name] = {
+        "process_guid": f"{name}-v1",
+        "routes": [] if args.no_route else [route],
+        "desired": args.instances,
+        "instances": [],
+        "static_dir": args.static_dir,
+        "org": args.org,
+    }
     local.desire(name)
     for index in range(args.instances):
         local.start(name, index)
     local.save()
+    if args.no_route:
+        print(f"{name}: {args.instances} instance(s) RUNNING, no route")
+        return
     print(f"{name}: {args.instances} instance(s) RUNNING, route {route}")
     print(local.curl(route))
 
@@ -164,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("push", help="start N instances of the sample app with a route")
     p.add_argument("name")
     p.add_argument("-i", "--instances", type=int, default=1)
+    p.add_argument("--no-route", action="store_true", help="push without mapping a route")
+    p.add_argument("--static-dir", help="serve this directory's index.html (default: answer with the instance guid)")
+    p.add_argument("--org", default="", help=argparse.SUPPRESS)
     with_route(p)
     p = sub.add_parser("scale")
     p.add_argument("name")

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
@@ -59,7 +60,7 @@ def variables(layout: Layout) -> dict:
 
 def render(layout: Layout, manifest: dict) -> list[Process]:
     """Renders every job of the instance group into <root>/jobs/<job>, paths rewritten to the local root."""
-    group = manifest["instance_groups"][0]
+    group = next(g for g in manifest["instance_groups"] if g.get("lifecycle") != "errand")
     jobs = {job["name"]: job.get("properties") or {} for job in group["jobs"]}
     instance = [{"address": "127.0.0.1", "index": 0, "az": "z1", "id": "local-0", "name": "local", "bootstrap": True}]
     links = {
@@ -97,6 +98,22 @@ def render(layout: Layout, manifest: dict) -> list[Process]:
     return processes
 
 
+def render_errand(layout: Layout, manifest: dict) -> Path:
+    """Renders the smoke-tests errand of the local manifest; returns its bin/run."""
+    group = next(g for g in manifest["instance_groups"] if g.get("lifecycle") == "errand")
+    job = group["jobs"][0]
+    out = layout.jobs / job["name"]
+    rendered = render_job(
+        JOBS / job["name"],
+        job.get("properties") or {},
+        spec_overrides={**INSTANCE, "name": group["name"], "job": {"name": job["name"]}},
+        out_dir=out,
+    )
+    run = rendered["bin/run"]
+    run.chmod(0o755)
+    return run
+
+
 def lay_out_packages(layout: Layout) -> None:
     """<root>/packages/<name>/bin/<program>: the programs the jobs' bpm.yml names, from this machine."""
     python = sys.executable
@@ -106,12 +123,19 @@ def lay_out_packages(layout: Layout) -> None:
         "router-sds/bin/router-sds": f'exec env PYTHONPATH="{src}" "{python}" -m router_sds "$@"',
         "envoy/bin/envoy": f'exec "{peers.envoy()}" "$@"',
         "pilot-discovery/bin/pilot-discovery": f'exec "{peers.pilot_discovery()}" "$@"',
+        # The errand's cf CLI: a stand-in mapping the commands it uses onto the local tier.
+        "cf-cli/bin/cf": f'exec env PYTHONPATH="{src}" ISTIO_ROUTING_LOCAL_ROOT="{layout.root}" '
+        f'"{python}" -m local_tier.cf_shim "$@"',
     }
     for relative, command in wrappers.items():
         path = layout.packages / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"#!/bin/sh\n{command}\n")
         path.chmod(0o755)
+    app = layout.packages / "istio-smoke-tests" / "app"
+    if not app.exists():
+        app.parent.mkdir(parents=True, exist_ok=True)
+        app.symlink_to(peers.REPO / "src" / "istio-smoke-tests" / "app")
 
 
 def _localize(text: str, layout: Layout) -> str:

@@ -67,6 +67,8 @@ def test_run_push_curl_scale_stop(local) -> None:
     assert seen == {"hello-v1-0", "hello-v1-1", "hello-v1-2"}
 
     assert "RUNNING" in run("run-local", "status").stdout
+    # The release's smoke-test errand, its script unchanged, passes against the local tier.
+    assert "SMOKE TEST PASSED" in run("run-local", "smoke-test").stdout
     run("cf-local", "stop", "hello")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and requests.get(router, headers={"Host": "hello.apps.local"}, timeout=5).status_code != 404:
