@@ -13,7 +13,7 @@ import grpc
 from copilot import logs, metrics
 from copilot.config import Config, ConfigError, load
 from copilot.health import HealthServer
-from copilot.publisher import Publisher
+from copilot.publisher import Publisher, PublishLoop
 from copilot.routing_table import RoutingTable
 from copilot.sources.bbs_client import BBSClient, TLSFiles
 from copilot.sources.bbs_watcher import BBSWatcher
@@ -34,6 +34,7 @@ class Copilot:
         self.table = RoutingTable()
         self.snapshot = Snapshot()
         self.publisher = Publisher(self.table, self.snapshot, config.gateway)
+        self.publish_loop = PublishLoop(self._publish_now)
         self.watcher: BBSWatcher | None = None
         if config.bbs is not None:
             client = BBSClient(config.bbs.url, TLSFiles(config.bbs.ca_cert, config.bbs.client_cert, config.bbs.client_key))
@@ -57,6 +58,10 @@ class Copilot:
         self.health = HealthServer(config.health_listen, self.status, self.refresh_metrics)
 
     def publish(self) -> None:
+        """Asks for a publish; it happens on the publisher thread, right away or after the one running."""
+        self.publish_loop.request()
+
+    def _publish_now(self) -> None:
         with metrics.PUBLISH_SECONDS.time():
             self.publisher.publish()
 
@@ -90,6 +95,7 @@ class Copilot:
                 "no BulkSync from Cloud Controller yet; serving BBS routes",
                 extra={"waited": self.config.cc.bulk_sync_hold_seconds},
             )
+        self._publish_now()  # what the sources said is in the snapshot before istiod hears anything
         self.ready.set()
         log.info("serving istiod")
 
@@ -100,6 +106,7 @@ class Copilot:
             self._cc_server.stop(0.5).wait()
         if self.watcher is not None:
             self.watcher.stop()
+        self.publish_loop.stop()
         self.mcp.stop()
         self.health.stop()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from copilot import metrics
 from copilot.istio.builder import (
@@ -20,6 +21,38 @@ from copilot.routing_table import RoutingTable
 from copilot.xds.snapshot import Entry, Snapshot, encode_resource
 
 log = logging.getLogger(__name__)
+
+
+class PublishLoop:
+    """Publishes on a thread of its own: sources ask with `request()` and return at once (a BulkSync
+    answers Cloud Controller without waiting for 100k hosts to be rebuilt); requests that arrive while
+    a publish runs are folded into the next one, so there is never more than one publish pending."""
+
+    def __init__(self, publish: Callable[[], object]) -> None:
+        self._publish = publish
+        self._wanted = threading.Event()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wanted.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            if self._stopped:
+                return
+            self._wanted.clear()
+            try:
+                self._publish()
+            except Exception:  # a bug in one publish must not stop every later one
+                log.exception("publish failed")
 
 
 class Publisher:

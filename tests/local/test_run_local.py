@@ -71,7 +71,7 @@ def test_run_push_curl_scale_stop(local) -> None:
     assert "SMOKE TEST PASSED" in run("run-local", "smoke-test").stdout
     run("cf-local", "stop", "hello")
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and requests.get(router, headers={"Host": "hello.apps.local"}, timeout=5).status_code != 404:
+    while time.monotonic() < deadline and requests.get(router, headers={"Host": "hello.apps.local"}).status_code != 404:
         time.sleep(0.1)
     assert requests.get(router, headers={"Host": "hello.apps.local"}, timeout=5).status_code == 404
 
