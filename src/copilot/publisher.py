@@ -65,7 +65,7 @@ class Publisher:
         self._lock = threading.Lock()
         self.rejected_hosts = 0
         self.last_publish_seconds = 0.0
-        self._apply([build_gateway(gateway)])
+        self._apply(_encoded([build_gateway(gateway)]))
 
     def publish(self, *, everything: bool = False) -> int:
         """Rebuilds what changed since the last call (or every host); returns the number of hosts rebuilt."""
@@ -74,7 +74,9 @@ class Publisher:
             hosts = self._table.take_dirty_hosts()
             if everything:
                 hosts |= set(self._table.hosts())
-            objects: list[IstioObject] = []
+            # Objects are encoded as soon as they are built, so a full rebuild never holds 100k hosts'
+            # worth of protobuf messages at once.
+            objects: list[tuple[str, str, Entry]] = []
             deletions: list[IstioObject] = []
             for host in sorted(hosts):
                 routes = self._table.host_routes(host)
@@ -82,7 +84,7 @@ class Publisher:
                     deletions.extend(host_object_names(self._gateway, host))
                     continue
                 try:
-                    objects.extend(build_host(self._gateway, routes))
+                    objects.extend(_encoded(build_host(self._gateway, routes)))
                 except ValueError as error:
                     # One bad host never blocks the others; what it had before stays served.
                     self.rejected_hosts += 1
@@ -98,7 +100,7 @@ class Publisher:
                     deletions.append(IstioObject(SERVICE_ENTRY, name, SERVICE_ENTRY.message()))
                     continue
                 try:
-                    objects.extend(build_internal(self._gateway, service))
+                    objects.extend(_encoded(build_internal(self._gateway, service)))
                 except ValueError as error:
                     self.rejected_hosts += 1
                     metrics.HOSTS_REJECTED.inc()
@@ -107,9 +109,11 @@ class Publisher:
             self.last_publish_seconds = time.perf_counter() - started
             return len(hosts)
 
-    def _apply(self, objects: list[IstioObject], deletions: list[IstioObject] = ()) -> None:
-        updates: list[tuple[str, str, Entry | None]] = [
-            (obj.kind.collection, obj.name, encode_resource(obj.name, obj.spec)) for obj in objects
-        ]
+    def _apply(self, objects: list[tuple[str, str, Entry]], deletions: list[IstioObject] = ()) -> None:
+        updates: list[tuple[str, str, Entry | None]] = list(objects)
         updates.extend((obj.kind.collection, obj.name, None) for obj in deletions)
         self._snapshot.apply(updates)
+
+
+def _encoded(objects: list[IstioObject]) -> list[tuple[str, str, Entry]]:
+    return [(obj.kind.collection, obj.name, encode_resource(obj.name, obj.spec)) for obj in objects]
