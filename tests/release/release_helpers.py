@@ -37,6 +37,16 @@ def copilot_properties(pki: PKI, **overrides) -> dict:
     return deep_merge(properties, overrides)
 
 
+def registrar_properties(pki: PKI, **overrides) -> dict:
+    """istio-route-registrar with one plain route (cf-deployment's api route shape) and the client TLS."""
+    properties = {
+        "copilot": {"ca_cert": pki.ca, "client_cert": pki.client.cert, "client_key": pki.client.key},
+        "route_registrar": {"routes": [{"name": "api", "port": 9022, "registration_interval": "10s",
+                                        "uris": ["api.sys.example.com"]}]},
+    }
+    return deep_merge(properties, overrides)
+
+
 def smoke_properties(**overrides) -> dict:
     properties = {
         "cf": {"api_url": "https://api.sys.example.com", "admin_password": "secret", "apps_domain": "istio.example.com"}

@@ -46,7 +46,7 @@ def test_release_holds_every_job_and_package(release):
         names = set(tar.getnames())
         manifest = yaml.safe_load(tar.extractfile("release.MF").read())
     assert manifest["name"] == "istio-routing"
-    assert ALL_JOBS == ["copilot", "istio-router", "istio-smoke-tests", "pilot-discovery"]
+    assert ALL_JOBS == ["copilot", "istio-route-registrar", "istio-router", "istio-smoke-tests", "pilot-discovery"]
     assert sorted(j["name"] for j in manifest["jobs"]) == ALL_JOBS
     assert sorted(p["name"] for p in manifest["packages"]) == ALL_PACKAGES
     for job in ALL_JOBS:

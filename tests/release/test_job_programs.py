@@ -72,6 +72,26 @@ def test_router_sds_accepts_the_rendered_config(case, pki, tmp_path):
     assert check.returncode == 0, check.stderr
 
 
+@pytest.mark.parametrize("case", ["defaults", "custom"])
+def test_route_registrar_accepts_the_rendered_config(case, pki, tmp_path):
+    properties, links = cases(pki)["istio-route-registrar"][case]
+    rendered = render("istio-route-registrar", properties, tmp_path, links=links, spec={"index": 3})
+    install(rendered, "istio-route-registrar", tmp_path)
+    check = subprocess.run([sys.executable, "-m", "route_registrar", "--config", str(rendered["config/registrar.json"]),
+                            "--check"], capture_output=True, text=True, env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+    assert check.returncode == 0, check.stderr
+    config = json.loads(rendered["config/registrar.json"].read_text())
+    if case == "defaults":  # Copilot's address and registrar port come from the copilot link; the IP from spec.ip
+        copilot = config["copilot"]
+        assert (copilot["addresses"], copilot["port"], config["address"]) == (["10.0.16.20"], 9001, "10.0.16.10")
+        assert "api.sys.example.com -> 10.0.16.10 port 9022 every 10s" in check.stdout
+    else:
+        assert (config["copilot"]["addresses"], config["copilot"]["port"]) == (["10.0.1.1", "10.0.2.1"], 9443)
+        assert config["routes"][0]["registration_interval_seconds"] == 90
+        assert config["routes"][0]["health_check"]["timeout_seconds"] == 0.5
+        assert "3-login.sys.example.com/oauth -> 10.0.9.9 tls_port 8443 (uaa.service.cf.internal) every 90s" in check.stdout
+
+
 def test_wait_for_copilot_hook_gives_up_after_its_timeout(tmp_path):
     port = free_port()
     rendered = render("pilot-discovery", {"copilot_wait_seconds": 1}, tmp_path,

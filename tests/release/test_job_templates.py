@@ -15,11 +15,14 @@ from release_helpers import (
     copilot_properties,
     load_spec,
     pilot_link,
+    registrar_properties,
     render,
     smoke_properties,
 )
 
 from bosh_render import RenderError
+
+ROUTE = {"name": "a", "port": 1, "uris": ["a.b"]}
 
 
 def cases(pki) -> dict[str, dict[str, tuple[dict, dict]]]:
@@ -35,6 +38,8 @@ def cases(pki) -> dict[str, dict[str, tuple[dict, dict]]]:
                 gateway={"namespace": "cf", "name": "gw", "selector": {"istio": "ingress"}, "http_port": 8081},
                 cc={"enabled": True, "listen_address": "0.0.0.0:9002", "server_cert": pki.server.cert,
                     "server_key": pki.server.key, "client_ca_cert": pki.ca, "bulk_sync_hold_seconds": 0},
+                registrar={"enabled": True, "server_cert": pki.server.cert, "server_key": pki.server.key,
+                           "client_ca_cert": pki.ca},
                 log_level="debug",
             ), {}),
         },
@@ -62,6 +67,20 @@ def cases(pki) -> dict[str, dict[str, tuple[dict, dict]]]:
                 ]},
             }, {"pilot": pilot_link({"grpc_port": 15011, "cluster_id": "cf"}, addresses=("pilot-0.example", "pilot-1.example")),
                 "copilot": copilot_link()}),
+        },
+        "istio-route-registrar": {
+            "defaults": (registrar_properties(pki), {"copilot": copilot_link({"registrar": {"enabled": True}})}),
+            "custom": (registrar_properties(
+                pki, host="10.0.9.9", ttl_intervals=5, log_level="debug",
+                copilot={"addresses": ["10.0.1.1", "10.0.2.1"], "port": 9443, "server_name": "copilot.example"},
+                route_registrar={"routes": [{
+                    "name": "uaa", "tls_port": 8443, "server_cert_domain_san": "uaa.service.cf.internal",
+                    "registration_interval": "1m30s", "uris": ["uaa.sys.example.com", "login.sys.example.com/oauth"],
+                    "prepend_instance_index": True, "tags": {"component": "uaa"},
+                    "health_check": {"name": "uaa-health", "script_path": "/var/vcap/jobs/uaa/bin/dns/healthy",
+                                     "timeout": "500ms"},
+                }]},
+            ), {}),
         },
         "istio-smoke-tests": {
             "defaults": (smoke_properties(), {}),
@@ -131,6 +150,30 @@ def test_missing_required_property_fails_with_its_name(job, drop, missing, pki, 
 
 
 @pytest.mark.parametrize(("job", "properties", "links", "message"), [
+    ("copilot", {"registrar": {"enabled": True, "server_cert": "C", "server_key": "K"}}, {},
+     "registrar.client_ca_cert: is required"),
+    ("copilot", {"registrar": {"enabled": True, "server_cert": "C", "server_key": "K", "client_ca_cert": "CA"},
+                 "cc": {"enabled": True, "server_cert": "C", "server_key": "K", "client_ca_cert": "CA"}}, {},
+     "registrar.listen_address: 0.0.0.0:9001 uses the port of cc.listen_address"),
+    ("istio-route-registrar", {"route_registrar": {"routes": [{"name": "a", "port": 1, "uris": ["a.b"],
+                                                               "registration_interval": "10"}]}}, {},
+     r'registration_interval: "10" is not a duration'),
+    ("istio-route-registrar", {"route_registrar": {"routes": [{"name": "a", "tls_port": 1, "uris": ["a.b"],
+                                                               "registration_interval": "10s"}]}}, {},
+     "server_cert_domain_san: is required with tls_port"),
+    ("istio-route-registrar", {"route_registrar": {"routes": [{**ROUTE, "registration_interval": "10s",
+                                                               "route_service_url": "https://rs.example.com"}]}}, {},
+     "route_service_url: route services are not supported"),
+    ("istio-route-registrar", {"route_registrar": {"routes": [{**ROUTE, "registration_interval": "10s",
+                                                               "type": "tcp", "external_port": 1024}]}}, {},
+     "TCP routes"),
+    ("istio-route-registrar", {"route_registrar": {"routes": [{**ROUTE, "registration_interval": "4s",
+                                                               "health_check": {"name": "h", "script_path": "/x",
+                                                                                "timeout": "4s"}}]}},
+     {}, "health_check.timeout: must be less than registration_interval"),
+    ("istio-route-registrar", {}, {"copilot": {"registrar": {"enabled": False}}}, "Copilot's registrar API is off"),
+    ("istio-route-registrar", {}, {"copilot": {"registrar": {"enabled": True, "listen_address": "127.0.0.1:9001"}}},
+     "is loopback"),
     ("copilot", {"mcp": {"tls": {"cert": "CERT"}}}, {}, "mcp.tls.key: is required when mcp.tls.cert is set"),
     ("copilot", {"cc": {"enabled": True, "server_cert": "C", "server_key": "K"}}, {}, "cc.client_ca_cert: is required"),
     ("copilot", {"log_level": "loud"}, {}, "log_level: \"loud\" is not one of"),

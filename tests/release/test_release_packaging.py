@@ -15,7 +15,7 @@ from release_helpers import ALL_PACKAGES, CF_STANDIN_NAME, PACKAGES, copilot_pro
 from devtools.peers import REPO
 
 SRC = REPO / "src"
-BLOB_PACKAGES = {"copilot", "router-sds", "envoy", "pilot-discovery", "cf-cli"}
+BLOB_PACKAGES = {"copilot", "router-sds", "envoy", "pilot-discovery", "cf-cli", "istio-route-registrar"}
 
 
 def package_dir(name: str, blobs: Path, out: Path, *, without_blobs: bool = False) -> Path:
@@ -98,6 +98,9 @@ def test_packaging_produces_a_working_package(name, all_blobs, tmp_path, pki):
     elif name == "router-sds":
         assert "usage: router-sds" in _runs([str(target / "bin" / "router-sds"), "--help"])
         assert str(target) in _package_python(target, "import router_sds.server, yaml; print(router_sds.__file__)")
+    elif name == "istio-route-registrar":
+        assert "usage: istio-route-registrar" in _runs([str(target / "bin" / "istio-route-registrar"), "--help"])
+        assert str(target) in _package_python(target, "import route_registrar.registrar; print(route_registrar.__file__)")
     elif name == "envoy":
         assert "version:" in _runs([str(target / "bin" / "envoy"), "--version"])
     elif name == "pilot-discovery":

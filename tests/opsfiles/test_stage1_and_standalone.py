@@ -1,0 +1,49 @@
+"""Stage 1 (add-istio-routing.yml: both tiers), and the standalone manifest of this release."""
+
+from __future__ import annotations
+
+import yaml
+from opsfile_helpers import STANDALONE, group, interpolate, job, jobs, registrar_routes
+
+from bosh_render import link_from_job, render_job
+from devtools.peers import REPO
+
+
+def test_stage1_adds_the_istio_tier_and_keeps_gorouter_nats_and_routing_api(stage1, base):
+    names = {g["name"] for g in stage1["instance_groups"]}
+    assert {"router", "tcp-router", "nats", "istio-control", "istio-router"} <= names
+    assert registrar_routes(stage1, "route_registrar") == registrar_routes(base, "route_registrar")
+    assert not registrar_routes(stage1, "istio-route-registrar")
+    assert "vm_extensions" not in group(stage1, "istio-router")  # the load balancer stays on gorouter
+    assert job(stage1, "diego-cell", "route_emitter")
+    assert job(stage1, "diego-cell", "rep")["properties"]["containers"]["proxy"]["enable_unproxied_port_mappings"] is True
+    # istio-router sits just before router, so both tiers are updated next to each other.
+    order = [g["name"] for g in stage1["instance_groups"]]
+    assert order.index("istio-router") == order.index("router") - 1
+
+
+def test_stage1_and_stage2_declare_the_same_istio_pieces(stage1, enabled):
+    for name in ("istio-control",):
+        assert group(stage1, name) == group(enabled, name)
+    router1, router2 = group(stage1, "istio-router"), group(enabled, "istio-router")
+    assert {k: v for k, v in router2.items() if k != "vm_extensions"} == router1
+    ours = {"copilot_bbs_client", "copilot_registrar_server", "istio_route_registrar_ca", "istio_route_registrar_client"}
+    assert [v for v in stage1["variables"] if v["name"] in ours] == [v for v in enabled["variables"] if v["name"] in ours]
+    assert len(ours) == len([v for v in enabled["variables"] if v["name"] in ours])
+
+
+def test_standalone_manifest_interpolates_and_renders(tmp_path):
+    values = {"bbs_url": "https://bbs.service.cf.internal:8889", "bbs_ca_cert": "CA", "bbs_client_cert": "CERT",
+              "bbs_client_key": "KEY"}
+    args = [a for k, v in values.items() for a in ("-v", f"{k}={v}")]
+    manifest = interpolate(STANDALONE, extra=("--vars-store", str(tmp_path / "vars.yml"), "--var-errs", *args))
+    assert [g["name"] for g in manifest["instance_groups"]] == ["istio-control", "istio-router"]
+    assert "((" not in yaml.safe_dump(manifest)
+    copilot_props = job(manifest, "istio-control", "copilot")["properties"]
+    copilot_link = link_from_job(REPO / "jobs" / "copilot", "copilot", copilot_props)
+    render_job(REPO / "jobs" / "copilot", copilot_props, out_dir=tmp_path / "copilot")
+    render_job(REPO / "jobs" / "pilot-discovery", {}, links={"copilot": copilot_link}, out_dir=tmp_path / "pilot")
+    pilot_link = link_from_job(REPO / "jobs" / "pilot-discovery", "pilot", {})
+    render_job(REPO / "jobs" / "istio-router", job(manifest, "istio-router", "istio-router").get("properties"),
+               links={"pilot": pilot_link, "copilot": copilot_link}, out_dir=tmp_path / "router")
+    assert {item["release"] for _, item in jobs(manifest)} == {"istio-routing", "bpm"}

@@ -1,0 +1,134 @@
+"""The ops-files interpolate with every variable provided (`bosh int --var-errs` with a vars file the
+real bosh CLI generated), and our jobs render from the result with BOSH's template semantics."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from opsfile_helpers import (
+    BOSH_LITE,
+    CF,
+    ENABLE,
+    ENABLE_LITE,
+    OPERATOR_TLS,
+    STAGE1,
+    SYSTEM_DOMAIN,
+    bosh,
+    group,
+    interpolate,
+    jobs,
+    vars_store,
+)
+
+from bosh_render import link_from_job, render_job
+from copilot.config import load as load_copilot_config
+from devtools.peers import CACHE, REPO
+
+COMBINATIONS = {
+    "enable": (ENABLE,),
+    "bosh-lite": (BOSH_LITE, ENABLE, ENABLE_LITE),
+    "stage-1": (STAGE1,),
+    "operator-tls": (ENABLE, OPERATOR_TLS),
+}
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory) -> Path:
+    """Every variable of cf-deployment plus ours (stage 1 declares them all), then the operator's TLS pair."""
+    generated = vars_store(CACHE / "opsfile-vars", CF, STAGE1, extra=("-v", f"system_domain={SYSTEM_DOMAIN}"))
+    values = yaml.safe_load(generated.read_text())
+    values["istio_router_tls"] = {k: values["router_ssl"][k] for k in ("certificate", "private_key")}
+    values["system_domain"] = SYSTEM_DOMAIN
+    out = tmp_path_factory.mktemp("vars") / "vars.yml"
+    out.write_text(yaml.safe_dump(values))
+    return out
+
+
+@pytest.fixture(scope="session")
+def with_vars(store) -> dict[str, dict]:
+    return {name: interpolate(CF, *ops, extra=("-l", str(store), "--var-errs")) for name, ops in COMBINATIONS.items()}
+
+
+@pytest.mark.parametrize("name", sorted(COMBINATIONS))
+def test_interpolates_with_every_variable_provided(name, with_vars):
+    text = yaml.safe_dump(with_vars[name])
+    assert "((" not in text
+    assert "BEGIN CERTIFICATE" in text
+
+
+def test_var_errs_catches_a_missing_variable(store, tmp_path):
+    """The check above can fail: without the operator's TLS pair the TLS ops-file does not interpolate."""
+    values = yaml.safe_load(store.read_text())
+    del values["istio_router_tls"]
+    partial = tmp_path / "vars.yml"
+    partial.write_text(yaml.safe_dump(values))
+    result = bosh("int", str(CF), "-o", str(ENABLE), "-o", str(OPERATOR_TLS), "-l", str(partial), "--var-errs")
+    assert result.returncode != 0 and "istio_router_tls" in result.stderr
+
+
+def test_operator_tls_replaces_the_generated_router_certificate(with_vars, store):
+    values = yaml.safe_load(store.read_text())
+    router = next(item for where, item in jobs(with_vars["operator-tls"]) if item["name"] == "istio-router")
+    assert router["properties"]["sds"]["certificates"][0]["cert_chain"] == values["istio_router_tls"]["certificate"]
+    assert "router_ssl" not in {v["name"] for v in with_vars["operator-tls"].get("variables", [])}
+
+
+def _install(rendered: dict[str, Path], job: str, out: Path) -> None:
+    for path in rendered.values():
+        path.write_text(path.read_text().replace(f"/var/vcap/jobs/{job}", str(out)))
+
+
+def _instances(manifest: dict, group_name: str) -> list[dict]:
+    count = group(manifest, group_name)["instances"]
+    return [{"address": f"{group_name}-{i}.example", "index": i} for i in range(count)]
+
+
+@pytest.mark.parametrize("name", ["enable", "bosh-lite"])
+def test_our_jobs_render_from_the_manifest_and_their_programs_accept_the_result(name, with_vars, tmp_path):
+    manifest = with_vars[name]
+    copilot_props = next(item for _, item in jobs(manifest) if item["name"] == "copilot")["properties"]
+    control = _instances(manifest, "istio-control")
+    copilot_link = link_from_job(REPO / "jobs" / "copilot", "copilot", copilot_props, instances=control)
+
+    rendered = render_job(REPO / "jobs" / "copilot", copilot_props, out_dir=tmp_path / "copilot")
+    _install(rendered, "copilot", tmp_path / "copilot")
+    config = load_copilot_config(rendered["config/copilot.yml"])
+    assert config.registrar is not None and config.registrar.listen == "0.0.0.0:9001"
+    assert config.gateway.upstream_ca_file == "/var/vcap/jobs/istio-router/config/certs/upstream_ca.crt"
+
+    pilot = render_job(REPO / "jobs" / "pilot-discovery", {}, links={"copilot": copilot_link}, out_dir=tmp_path / "pilot")
+    pilot_link = link_from_job(REPO / "jobs" / "pilot-discovery", "pilot", {}, instances=control)
+    assert "config/mesh.yml" in pilot
+
+    router_props = next(item for _, item in jobs(manifest) if item["name"] == "istio-router")["properties"]
+    router = render_job(REPO / "jobs" / "istio-router", router_props, links={"pilot": pilot_link, "copilot": copilot_link},
+                        out_dir=tmp_path / "router")
+    assert router["config/certs/upstream_ca.crt"].read_text().count("BEGIN CERTIFICATE") == 3
+
+    checked = 0
+    for group_name, item in jobs(manifest):
+        if item["name"] != "istio-route-registrar":
+            continue
+        out = tmp_path / "registrar" / group_name
+        spec = {"name": group_name, "index": 1, "ip": "10.0.1.7"}
+        rendered = render_job(REPO / "jobs" / "istio-route-registrar", item["properties"], links={"copilot": copilot_link},
+                              spec_overrides=spec, out_dir=out)
+        _install(rendered, "istio-route-registrar", out)
+        check = subprocess.run([sys.executable, "-m", "route_registrar", "--config", str(rendered["config/registrar.json"]),
+                                "--check"], capture_output=True, text=True, env={"PYTHONPATH": str(REPO / "src")}, timeout=60)
+        assert check.returncode == 0, check.stderr
+        assert "config ok" in check.stdout
+        checked += 1
+        if group_name == "database":
+            assert f"1-proxy.{SYSTEM_DOMAIN} -> 10.0.1.7 port 8083" in check.stdout  # prepend_instance_index
+        if group_name == "uaa":
+            assert f"*.login.{SYSTEM_DOMAIN} -> 10.0.1.7 tls_port 8443 (uaa.service.cf.internal)" in check.stdout
+            assert "health check uaa-healthcheck" in check.stdout
+            bpm = yaml.safe_load(rendered["config/bpm.yml"].read_text())
+            volumes = bpm["processes"][0]["unsafe"]["unrestricted_volumes"]
+            assert {"path": "/var/vcap/jobs/uaa", "allow_executions": True} in volumes
+    assert checked == 6

@@ -1,0 +1,309 @@
+"""The istio-route-registrar program (src/route_registrar) against a real Copilot registrar API,
+in-process over mutual TLS with a throwaway PKI: registration, renewal, health checks (exit status
+and timeout), prepend_instance_index, several Copilots, deregistration on stop and on SIGTERM, config
+validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from copilot.model import Registration
+from copilot.routing_table import RoutingTable
+from copilot.sources.registrar_api import RegistrarApi
+from devtools.certs import CertPair, make_ca
+from devtools.peers import REPO
+from route_registrar.config import ConfigError, parse, split_uri
+from route_registrar.registrar import CopilotClient, Registrar, expand_uris, registrations, run_health_check
+
+SERVER_NAME = "copilot.service.cf.internal"
+
+
+@dataclass
+class PKI:
+    ca: Path
+    server: CertPair
+    client: CertPair
+    stranger: CertPair  # a client certificate from a CA Copilot does not trust
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> PKI:
+    root = tmp_path_factory.mktemp("registrar-pki")
+    ca = make_ca(root, "internal-ca")
+    registrar_ca = make_ca(root, "registrar-ca")
+    other = make_ca(root / "other", "other-ca")
+    server = ca.issue("copilot", root, dns_names=[SERVER_NAME], client=False)
+    client = registrar_ca.issue("istio-route-registrar", root, server=False)
+    stranger = other.issue("stranger", root / "other", server=False)
+    (root / "client-ca.crt").write_bytes(registrar_ca.cert_path.read_bytes())
+    return PKI(ca.cert_path, server, client, stranger)
+
+
+class Copilot:
+    """A RoutingTable behind Copilot's real RegistrarApi on loopback."""
+
+    def __init__(self, pki: PKI, address: str = "127.0.0.1:0") -> None:
+        self.table = RoutingTable()
+        self.changes = 0
+        self.api = RegistrarApi(self.table, self._changed, address, cert=pki.server.cert_path, key=pki.server.key_path,
+                                client_ca=pki.client.cert_path.parent / "client-ca.crt")
+        self.api.start()
+        self.port = self.api.port
+
+    def _changed(self) -> None:
+        self.changes += 1
+
+    def registered(self) -> set[tuple[str, str, str, int, int, str, str]]:
+        return {(r.host, r.path, r.address, r.port, r.tls_port, r.server_cert_domain_san, r.source)
+                for r in self.table.registrations()}
+
+
+@pytest.fixture
+def copilots(pki) -> Iterator[list[Copilot]]:
+    started = [Copilot(pki), Copilot(pki)]
+    yield started
+    for copilot in started:
+        copilot.api.stop()
+
+
+def config_data(pki: PKI, ports: list[int], routes: list[dict], *, client: CertPair | None = None, **overrides) -> dict:
+    client = client or pki.client
+    data = {
+        "copilot": {"addresses": ["127.0.0.1"] * len(ports), "port": ports[0], "server_name": SERVER_NAME,
+                    "ca_cert": str(pki.ca), "client_cert": str(client.cert_path), "client_key": str(client.key_path),
+                    "request_timeout_seconds": 2},
+        "address": "10.0.16.10",
+        "instance_index": 2,
+        "source": "api",
+        "routes": routes,
+    }
+    data.update(overrides)
+    return data
+
+
+def route(name: str = "api", **overrides) -> dict:
+    base = {"name": name, "uris": [f"{name}.sys.example.com"], "port": 9022, "tls_port": 0, "server_cert_domain_san": "",
+            "registration_interval_seconds": 0.2, "prepend_instance_index": False}
+    base.update(overrides)
+    return base
+
+
+def wait_for(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def script(tmp_path: Path, name: str, body: str) -> str:
+    path = tmp_path / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_registers_renews_and_deregisters_on_stop(pki, copilots):
+    copilot = copilots[0]
+    tls = route("uaa", uris=["uaa.sys.example.com", "*.login.sys.example.com", "api.sys.example.com/networking"], port=0,
+                tls_port=8443, server_cert_domain_san="uaa.service.cf.internal")
+    config = parse(config_data(pki, [copilot.port], [route(), tls]))
+    registrar = Registrar(config)
+    registrar.start()
+    try:
+        wait_for(lambda: len(copilot.registered()) == 4)
+        assert copilot.registered() == {
+            ("api.sys.example.com", "", "10.0.16.10", 9022, 0, "", "api/api"),
+            ("uaa.sys.example.com", "", "10.0.16.10", 0, 8443, "uaa.service.cf.internal", "api/uaa"),
+            ("*.login.sys.example.com", "", "10.0.16.10", 0, 8443, "uaa.service.cf.internal", "api/uaa"),
+            ("api.sys.example.com", "/networking", "10.0.16.10", 0, 8443, "uaa.service.cf.internal", "api/uaa"),
+        }
+        changes = copilot.changes
+        wait_for(lambda: registrar.cycles["api"] >= 3)
+        assert copilot.changes > changes  # renewed every interval
+    finally:
+        registrar.stop()
+    assert copilot.registered() == set()
+
+
+def test_registrations_expire_when_not_renewed(pki, copilots):
+    copilot = copilots[0]
+    config = parse(config_data(pki, [copilot.port], [route(registration_interval_seconds=0.6)], ttl_intervals=2))
+    assert registrations(config.routes[0], config)[0]["ttl_seconds"] == pytest.approx(1.2)
+    client = CopilotClient(config.copilot)
+    assert client.send("POST", registrations(config.routes[0], config)) == []
+    assert len(copilot.registered()) == 1
+    wait_for(lambda: not copilot.registered(), timeout=5)  # Copilot's expiry runs every second
+
+
+def test_health_check_failure_deregisters_and_recovery_registers_again(pki, copilots, tmp_path):
+    copilot = copilots[0]
+    flag = tmp_path / "healthy"
+    flag.write_text("")
+    check = script(tmp_path, "check", f'test -e "{flag}" || {{ echo "not healthy"; exit 3; }}')
+    config = parse(config_data(pki, [copilot.port], [
+        route(health_check={"name": "api-health", "script_path": check, "timeout_seconds": 0.15}),
+        route("always", port=8080),
+    ]))
+    registrar = Registrar(config)
+    registrar.start()
+    try:
+        wait_for(lambda: len(copilot.registered()) == 2)
+        flag.unlink()
+        wait_for(lambda: {r[0] for r in copilot.registered()} == {"always.sys.example.com"})
+        assert set(registrar.registered()) == {"always"}
+        flag.write_text("")
+        wait_for(lambda: len(copilot.registered()) == 2)
+    finally:
+        registrar.stop()
+    assert copilot.registered() == set()
+
+
+def test_health_check_timeout_kills_the_script_and_counts_as_unhealthy(tmp_path):
+    from route_registrar.config import HealthCheck
+
+    marker = tmp_path / "child-survived"
+    slow = script(tmp_path, "slow", f'(sleep 1; touch "{marker}") & sleep 5')
+    started = time.monotonic()
+    healthy, reason = run_health_check(HealthCheck("slow", slow, 0.2))
+    assert not healthy and "timed out after 0.2s" in reason
+    assert time.monotonic() - started < 2
+    time.sleep(1.2)
+    assert not marker.exists()  # its whole process group was killed
+    assert run_health_check(HealthCheck("missing", str(tmp_path / "nope"), 1)) == (False, f"cannot run {tmp_path / 'nope'}: "
+                                                                                   "No such file or directory")
+    ok = script(tmp_path, "ok", "exit 0")
+    assert run_health_check(HealthCheck("ok", ok, 1)) == (True, "ok")
+
+
+def test_prepend_instance_index(pki):
+    config = parse(config_data(pki, [1], [route("proxy", uris=["proxy.sys.example.com"], prepend_instance_index=True)]))
+    assert expand_uris(config.routes[0], 2) == ["2-proxy.sys.example.com"]
+    assert [r["host"] for r in registrations(config.routes[0], config)] == ["2-proxy.sys.example.com"]
+
+
+def test_registers_with_every_copilot_and_survives_one_being_down(pki):
+    """Copilots share no state: one registrar registers with each (same port, one address per VM, as the
+    copilot link gives them); a Copilot that is down does not stop the others."""
+    first = Copilot(pki)
+    second = Copilot(pki, f"127.0.0.2:{first.port}")
+    data = config_data(pki, [first.port], [route()])
+    data["copilot"]["addresses"] = ["127.0.0.1", "127.0.0.3", "127.0.0.2"]  # nothing listens on 127.0.0.3
+    registrar = Registrar(parse(data))
+    registrar.start()
+    try:
+        wait_for(lambda: first.registered() and second.registered())
+        assert first.registered() == second.registered()
+        assert set(registrar.registered()) == {"api"}
+    finally:
+        registrar.stop()
+        assert not first.registered() and not second.registered()
+        first.api.stop()
+        second.api.stop()
+
+
+def test_copilot_rejects_a_client_it_does_not_trust_and_the_registrar_says_why(pki, copilots):
+    copilot = copilots[0]
+    config = parse(config_data(pki, [copilot.port], [route()], client=pki.stranger))
+    errors = CopilotClient(config.copilot).send("POST", registrations(config.routes[0], config))
+    assert len(errors) == 1 and errors[0].startswith(f"127.0.0.1:{copilot.port}: ")
+    assert copilot.registered() == set()
+
+
+def test_the_server_name_is_verified(pki, copilots):
+    copilot = copilots[0]
+    data = config_data(pki, [copilot.port], [route()])
+    data["copilot"]["server_name"] = "someone-else.example.com"
+    config = parse(data)
+    errors = CopilotClient(config.copilot).send("POST", registrations(config.routes[0], config))
+    assert len(errors) == 1 and "certificate" in errors[0].lower()
+
+
+def test_copilot_validation_errors_are_reported(pki, copilots):
+    copilot = copilots[0]
+    config = parse(config_data(pki, [copilot.port], [route()]))
+    bad = registrations(config.routes[0], config)
+    bad[0]["address"] = "not-an-ip"
+    errors = CopilotClient(config.copilot).send("POST", bad)
+    assert len(errors) == 1 and "answered 400" in errors[0] and "address" in errors[0]
+
+
+def test_sigterm_deregisters_and_exits_zero(pki, copilots, tmp_path):
+    copilot = copilots[0]
+    config_path = tmp_path / "registrar.json"
+    config_path.write_text(json.dumps(config_data(pki, [copilot.port], [route(registration_interval_seconds=30)])))
+    process = subprocess.Popen([sys.executable, "-m", "route_registrar", "--config", str(config_path)],
+                               env={**os.environ, "PYTHONPATH": str(REPO / "src")}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: copilot.registered(), timeout=10)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert copilot.registered() == set()
+    assert "deregistered 1 uris on stop" in output
+
+
+def test_check_prints_the_registrations(pki, tmp_path):
+    config_path = tmp_path / "registrar.json"
+    config_path.write_text(json.dumps(config_data(pki, [9001], [route()])))
+    result = subprocess.run([sys.executable, "-m", "route_registrar", "--config", str(config_path), "--check"],
+                            capture_output=True, text=True, env={"PYTHONPATH": str(REPO / "src")}, timeout=30)
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == ["api.sys.example.com -> 10.0.16.10 port 9022 every 0.2s", "config ok (1 routes)"]
+    config_path.write_text("{}")
+    result = subprocess.run([sys.executable, "-m", "route_registrar", "--config", str(config_path), "--check"],
+                            capture_output=True, text=True, env={"PYTHONPATH": str(REPO / "src")}, timeout=30)
+    assert result.returncode == 2 and "copilot: is required" in result.stderr
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"address": "api.internal"}, "address: 'api.internal' is not an IP address"),
+    ({"routes": [route(port=0)]}, r"routes\[0\]: needs port or tls_port"),
+    ({"routes": [route(tls_port=8443)]}, r"routes\[0\].server_cert_domain_san: is required with tls_port"),
+    ({"routes": [route(uris=[])]}, r"routes\[0\].uris: must list at least one uri"),
+    ({"routes": [route(uris=["bad_host!"])]}, r"routes\[0\].uris\[0\]: 'bad_host!' is not host\[/path\]"),
+    ({"routes": [route(registration_interval_seconds=0)]}, r"registration_interval_seconds: must be a number greater than 0"),
+    ({"routes": [route(health_check={"name": "h", "script_path": "/x", "timeout_seconds": 1})]},
+     "timeout_seconds: must be less than registration_interval_seconds"),
+    ({"routes": [route(), route()]}, "two routes are named 'api'"),
+    ({"routes": [route(uris=["*.x.example.com"], prepend_instance_index=True)]}, "cannot prefix a wildcard uri"),
+    ({"routes": [route(color="blue")]}, r"routes\[0\].color: unknown key"),
+    ({"ttl_intervals": 1}, "ttl_intervals: must be a number greater than 0 and at least 1.5"),
+    ({"log_level": "loud"}, "log_level: 'loud' is not one of"),
+])
+def test_invalid_config_names_the_key(pki, change, message):
+    with pytest.raises(ConfigError, match=message):
+        parse({**config_data(pki, [9001], [route()]), **change})
+
+
+def test_split_uri():
+    assert split_uri("API.Sys.Example.com/networking/") == ("api.sys.example.com", "/networking")
+    assert split_uri("*.uaa.sys.example.com") == ("*.uaa.sys.example.com", "")
+    with pytest.raises(ConfigError):
+        split_uri("api.sys.example.com/x?y=1")
+
+
+def test_registration_model_matches_copilot():
+    """What the registrar sends is what Copilot's registrar API parses into its Registration model."""
+    from copilot.sources.registrar_api import parse_registrations
+
+    item = {"host": "api.sys.example.com", "path": "", "address": "10.0.0.1", "port": 9022, "tls_port": 9024,
+            "server_cert_domain_san": "api.sys.example.com", "source": "api/api", "ttl_seconds": 30.0}
+    [(registration, ttl)] = parse_registrations({"registrations": [item]})
+    assert registration == Registration("api.sys.example.com", "", "10.0.0.1", 9022, 9024, "api.sys.example.com", "api/api")
+    assert ttl == 30.0
