@@ -18,6 +18,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bbs_double.server import BBSDouble  # noqa: E402
+from copilot.protos import cc_copilot_pb2 as api  # noqa: E402
 from devtools.apps import AppInstance  # noqa: E402
 from devtools.tier import start_tier, wait_until  # noqa: E402
 
@@ -25,7 +26,8 @@ from devtools.tier import start_tier, wait_until  # noqa: E402
 def run(routes: int, changes: int, apps: list[AppInstance]) -> dict[str, list[float]]:
     """Two kinds of change, `changes` of each: an app scaling up (a new instance of a route that already
     has one: until a response comes from the new instance), and a new app's first instance (until the
-    first 200; istiod answers this one with a full push, as a new service's first endpoints need one)."""
+    first 200; istiod answers this one with a full push, as a new service's first endpoints need one),
+    and a weight change through the Cloud Controller API (until the newly weighted process answers)."""
     app = apps[0]
 
     def preload(bbs: BBSDouble) -> None:
@@ -33,7 +35,7 @@ def run(routes: int, changes: int, apps: list[AppInstance]) -> dict[str, list[fl
             bbs.desire_lrp(f"bg-{i}", http_routes=[{"hostnames": [f"bg-{i}.apps.example.com"], "port": 8080}], instances=2)
             bbs.start_instance(f"bg-{i}", 0, host_port=app.port, instance_guid=f"bg-{i}-0")
 
-    timings: dict[str, list[float]] = {"scale up": [], "new app": []}
+    timings: dict[str, list[float]] = {"scale up": [], "new app": [], "weights": []}
     with tempfile.TemporaryDirectory() as workdir:
         started = time.monotonic()
         tier = start_tier(Path(workdir), preload=preload)
@@ -53,6 +55,20 @@ def run(routes: int, changes: int, apps: list[AppInstance]) -> dict[str, list[fl
                         break
                     time.sleep(0.002)
                 return time.perf_counter() - t0
+
+            stub = tier.cc_stub()
+            blue, green = apps[1], apps[2]
+            for name, app in (("blue", blue), ("green", green)):
+                tier.bbs.desire_lrp(f"{name}-v1", http_routes=[{"hostnames": [f"{name}.apps.example.com"], "port": 8080}])
+                tier.bbs.start_instance(f"{name}-v1", 0, host_port=app.port, instance_guid=app.instance_guid)
+                association = api.CapiDiegoProcessAssociation(capi_process_guid=name, diego_process_guids=[f"{name}-v1"])
+                stub.UpsertCapiDiegoProcessAssociation(
+                    api.UpsertCapiDiegoProcessAssociationRequest(capi_diego_process_association=association)
+                )
+
+            def map_route(route_guid: str, capi: str, weight: int) -> None:
+                mapping = api.RouteMapping(capi_process_guid=capi, route_guid=route_guid, route_weight=weight)
+                stub.MapRoute(api.MapRouteRequest(route_mapping=mapping))
 
             for n in range(changes):
                 i = (n * 7919) % routes
@@ -74,6 +90,15 @@ def run(routes: int, changes: int, apps: list[AppInstance]) -> dict[str, list[fl
                         lambda n=n: tier.bbs.start_instance(f"new-{n}", 0, host_port=app.port, instance_guid=f"new-{n}-0"),
                         lambda r: r.status_code == 200,
                     )
+                )
+                # A weight change through the CC API: a route served by blue alone gets green at weight 3,
+                # timed until green answers.
+                host = f"weighted-{n}.apps.example.com"
+                stub.UpsertRoute(api.UpsertRouteRequest(route=api.Route(guid=f"w-{n}", host=host)))
+                map_route(f"w-{n}", "blue", 1)
+                wait_until(lambda h=host: tier.get(h).text.strip() == blue.instance_guid, timeout=60, message="blue")
+                timings["weights"].append(
+                    measure(host, lambda n=n: map_route(f"w-{n}", "green", 3), lambda r: r.text.strip() == green.instance_guid)
                 )
             return timings
         finally:
