@@ -97,7 +97,7 @@ def test_our_jobs_render_from_the_manifest_and_their_programs_accept_the_result(
     rendered = render_job(REPO / "jobs" / "copilot", copilot_props, out_dir=tmp_path / "copilot")
     _install(rendered, "copilot", tmp_path / "copilot")
     config = load_copilot_config(rendered["config/copilot.yml"])
-    assert config.registrar is not None and config.registrar.listen == "0.0.0.0:9001"
+    assert config.registrar is not None and config.registrar.listen == "0.0.0.0:9003"
     assert config.gateway.upstream_ca_file == "/var/vcap/jobs/istio-router/config/certs/upstream_ca.crt"
 
     pilot = render_job(REPO / "jobs" / "pilot-discovery", {}, links={"copilot": copilot_link}, out_dir=tmp_path / "pilot")

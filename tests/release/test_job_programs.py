@@ -83,7 +83,7 @@ def test_route_registrar_accepts_the_rendered_config(case, pki, tmp_path):
     config = json.loads(rendered["config/registrar.json"].read_text())
     if case == "defaults":  # Copilot's address and registrar port come from the copilot link; the IP from spec.ip
         copilot = config["copilot"]
-        assert (copilot["addresses"], copilot["port"], config["address"]) == (["10.0.16.20"], 9001, "10.0.16.10")
+        assert (copilot["addresses"], copilot["port"], config["address"]) == (["10.0.16.20"], 9003, "10.0.16.10")
         assert "api.sys.example.com -> 10.0.16.10 port 9022 every 10s" in check.stdout
     else:
         assert (config["copilot"]["addresses"], config["copilot"]["port"]) == (["10.0.1.1", "10.0.2.1"], 9443)
