@@ -538,12 +538,14 @@ class BBSDouble:
         domain: str = "cf-apps",
         ports: list[int] | None = None,
         raw_routes: dict[str, bytes] | None = None,
+        log_guid: str | None = None,
     ) -> None:
         """Create or replace a desired LRP (desired_lrp_created, or desired_lrp_changed).
 
         Routes are stored as BBS stores them: JSON under "cf-router", "tcp-router" and
         "internal-router" (a key is absent when its argument is None); `raw_routes` adds or
-        overrides entries with raw bytes. `ports` defaults to [8080]."""
+        overrides entries with raw bytes. `ports` defaults to [8080]; `log_guid` (the app guid) to the
+        process guid."""
         routes = bbs.ProtoRoutes()
         for router, value in (
             ("cf-router", http_routes),
@@ -559,7 +561,7 @@ class BBSDouble:
             domain=domain,
             instances=instances,
             ports=[8080] if ports is None else ports,
-            log_guid=process_guid,
+            log_guid=log_guid or process_guid,
         )
         lrp.routes.CopyFrom(routes)
         with self._lock:

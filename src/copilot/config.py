@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from copilot.istio.builder import GatewaySettings
+from copilot.istio.builder import TLS_VERSIONS, Certificate, GatewaySettings
+from copilot.istio.router_filter import COOKIE_NAME_RE, STICKY_COOKIE
+from copilot.model import InvalidRoute, normalize_hostname
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+_CERT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
 class ConfigError(ValueError):
@@ -106,13 +110,37 @@ def parse(data: object) -> Config:
     health.done()
     gw = root.section("gateway") if root.has("gateway") else _Section({}, "gateway")
     defaults = GatewaySettings()
+    certificates = _certificates(gw)
+    https_port = int(gw.number("https_port", 443 if certificates else 0, minimum=0, maximum=65535, integer=True))
+    if https_port and not certificates:
+        raise ConfigError(f"{gw.key('https_port')}: HTTPS needs gateway.certificates")
+    http_port = int(gw.number("http_port", defaults.http_port, minimum=1, maximum=65535, integer=True))
+    if https_port == http_port:
+        raise ConfigError(f"{gw.key('https_port')}: {https_port} is also gateway.http_port")
+    certificate_dir = gw.string("certificate_dir", defaults.certificate_dir)
+    if not certificate_dir.startswith("/"):
+        raise ConfigError(f"{gw.key('certificate_dir')}: must be an absolute path (on the router)")
+    tls_min_version = str(gw.string("tls_min_version", defaults.tls_min_version))
+    if tls_min_version not in TLS_VERSIONS:
+        raise ConfigError(f"{gw.key('tls_min_version')}: {tls_min_version!r} is not one of {', '.join(TLS_VERSIONS)}")
+    cookies = gw.string_list("sticky_session_cookies", list(defaults.sticky_session_cookies))
+    for cookie in cookies:
+        if not COOKIE_NAME_RE.fullmatch(cookie) or cookie == STICKY_COOKIE:
+            raise ConfigError(f"{gw.key('sticky_session_cookies')}: {cookie!r} is not a usable cookie name")
     gateway = GatewaySettings(
         namespace=gw.string("namespace", defaults.namespace),
         name=gw.string("name", defaults.name),
         selector=gw.string_map("selector", defaults.selector),
-        http_port=int(gw.number("http_port", defaults.http_port, minimum=1, maximum=65535, integer=True)),
+        http_port=http_port,
         upstream_ca_file=gw.string("upstream_ca_file", "") if gw.has("upstream_ca_file") else "",
         bind=_ip(gw, "bind") if gw.has("bind") else "",
+        https_port=https_port,
+        certificates=certificates,
+        certificate_dir=certificate_dir,
+        tls_min_version=tls_min_version,
+        tls_cipher_suites=tuple(gw.string_list("tls_cipher_suites", [])),
+        sticky_session_cookies=tuple(cookies),
+        instance_routing=gw.boolean("instance_routing", defaults.instance_routing),
     )
     gw.done()
     cc = None
@@ -130,7 +158,7 @@ def parse(data: object) -> Config:
     if root.has("registrar"):
         section = root.section("registrar")
         registrar = RegistrarConfig(
-            listen=section.address("listen", "127.0.0.1:9001"),
+            listen=section.address("listen", "127.0.0.1:9003"),
             cert=section.file("cert"),
             key=section.file("key"),
             client_ca=section.file("client_ca"),
@@ -141,6 +169,38 @@ def parse(data: object) -> Config:
         raise ConfigError(f"log_level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     root.done()
     return Config(bbs, mcp_listen, mcp_tls, health_listen, gateway, log_level, cc, registrar)
+
+
+def _certificates(gw: _Section) -> tuple[Certificate, ...]:
+    """gateway.certificates: [{name, hosts}]; names are files (<certificate_dir>/<name>.crt/.key) and SDS
+    names on the router, hosts the SNI names each one serves (an exact name wins over a wildcard)."""
+    raw = gw.list("certificates")
+    certificates: list[Certificate] = []
+    names: set[str] = set()
+    hosts_seen: set[str] = set()
+    for index, entry in enumerate(raw):
+        section = _Section(entry, f"{gw.key('certificates')}[{index}]")
+        name = section.string("name")
+        if not _CERT_NAME_RE.fullmatch(name):
+            raise ConfigError(f"{section.key('name')}: {name!r} must be letters, digits, '.', '_' or '-'")
+        if name in names:
+            raise ConfigError(f"{section.key('name')}: {name!r} is given twice")
+        names.add(name)
+        hosts = []
+        for host in section.string_list("hosts"):
+            try:
+                host = normalize_hostname(host, section.key("hosts"))
+            except InvalidRoute as error:
+                raise ConfigError(str(error)) from None
+            if host in hosts_seen:
+                raise ConfigError(f"{section.key('hosts')}: {host!r} is served by two certificates")
+            hosts_seen.add(host)
+            hosts.append(host)
+        if not hosts:
+            raise ConfigError(f"{section.key('hosts')}: needs at least one SNI name")
+        section.done()
+        certificates.append(Certificate(name, tuple(hosts)))
+    return tuple(certificates)
 
 
 def _ip(section: _Section, name: str) -> str:
@@ -217,6 +277,24 @@ class _Section:
         if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             raise ConfigError(f"{self.key(name)}: must be a mapping of strings to strings")
         return dict(value)
+
+    def list(self, name: str) -> list:
+        value = self._get(name, [], "a list")
+        if not isinstance(value, list):
+            raise ConfigError(f"{self.key(name)}: must be a list")
+        return value
+
+    def string_list(self, name: str, default: Any = ...) -> list[str]:
+        value = self._get(name, default, "a list of strings")
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{self.key(name)}: must be a list of non-empty strings")
+        return list(value)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self._get(name, default, "true or false")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.key(name)}: must be true or false")
+        return value
 
     def done(self) -> None:
         unknown = sorted(set(self._data) - self._used)

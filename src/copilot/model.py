@@ -93,11 +93,13 @@ class InternalRoute:
 
 @dataclass(frozen=True)
 class ProcessRoutes:
-    """Every route one Diego process (DesiredLRP) asks for."""
+    """Every route one Diego process (DesiredLRP) asks for, and the app it belongs to (its log guid,
+    which route-emitter reports to gorouter as the app id)."""
 
     http: tuple[HttpRoute, ...] = ()
     tcp: tuple[TcpRoute, ...] = ()
     internal: tuple[InternalRoute, ...] = ()
+    app_guid: str = ""
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -204,6 +206,8 @@ class Destination:
     backends: list[Backend] = field(default_factory=list)
     # When set, the router reaches these backends over TLS and checks their certificate names this SAN.
     tls_san: str = ""
+    # The app (Diego log guid) the process belongs to: X-CF-ApplicationID, and X-CF-App-Instance's guid.
+    app_guid: str = ""
 
 
 @dataclass(frozen=True, order=True, slots=True)

@@ -10,11 +10,13 @@ from collections.abc import Callable
 from copilot import metrics
 from copilot.istio.builder import (
     GatewaySettings,
-    build_gateway,
     build_host,
     build_internal,
+    build_router_objects,
+    build_tcp,
     host_object_names,
     internal_object_name,
+    tcp_object_names,
 )
 from copilot.istio.kinds import SERVICE_ENTRY, IstioObject
 from copilot.routing_table import RoutingTable
@@ -65,7 +67,7 @@ class Publisher:
         self._lock = threading.Lock()
         self.rejected_hosts = 0
         self.last_publish_seconds = 0.0
-        self._apply(_encoded([build_gateway(gateway)]))
+        self._apply(_encoded(build_router_objects(gateway)))
 
     def publish(self, *, everything: bool = False) -> int:
         """Rebuilds what changed since the last call (or every host); returns the number of hosts rebuilt."""
@@ -105,6 +107,20 @@ class Publisher:
                     self.rejected_hosts += 1
                     metrics.HOSTS_REJECTED.inc()
                     log.warning("internal route skipped", extra={"host": host, "error": str(error)})
+            ports = self._table.take_dirty_tcp_ports()
+            if everything:
+                ports |= set(self._table.tcp_ports())
+            for port in sorted(ports):
+                tcp = self._table.tcp_routes(port)
+                if tcp is None:
+                    deletions.extend(tcp_object_names(self._gateway, port))
+                    continue
+                try:
+                    objects.extend(_encoded(build_tcp(self._gateway, tcp)))
+                except ValueError as error:
+                    self.rejected_hosts += 1
+                    metrics.HOSTS_REJECTED.inc()
+                    log.warning("tcp route skipped", extra={"port": port, "error": str(error)})
             self._apply(objects, deletions)
             self.last_publish_seconds = time.perf_counter() - started
             return len(hosts)

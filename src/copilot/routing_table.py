@@ -45,6 +45,14 @@ class HostRoutes:
     paths: dict[str, list[Destination]]
 
 
+@dataclass
+class TcpPortRoutes:
+    """A router TCP port (tcp-router's external port) and the instances its connections go to."""
+
+    port: int
+    backends: list[Backend]
+
+
 class RoutingTable:
     """Routes and backends from every source; thread-safe; reports which hosts changed."""
 
@@ -66,6 +74,9 @@ class RoutingTable:
         # platform routes registered by route_registrar jobs: registration -> expiry (monotonic seconds)
         self._registrations: dict[Registration, float] = {}
         self._registered_hosts: dict[str, set[Registration]] = defaultdict(set)
+        # TCP routes: external port -> process guids routing it
+        self._tcp_ports: dict[int, set[str]] = defaultdict(set)
+        self._dirty_tcp: set[int] = set()
 
     # ---- BBS slice
     def upsert_process(self, process_guid: str, routes: ProcessRoutes) -> None:
@@ -76,8 +87,12 @@ class RoutingTable:
             self._unindex(process_guid, old)
             self._desired[process_guid] = routes
             self._index(process_guid, routes)
-            # Only the hosts whose routes to this process changed need rebuilding.
-            self._dirty.update(route.host for route in set(old.http if old else ()) ^ set(routes.http))
+            # Only the hosts (and TCP ports) whose routes to this process changed need rebuilding.
+            if old is not None and old.app_guid != routes.app_guid:
+                self._dirty.update(route.host for route in set(old.http) | set(routes.http))
+            else:
+                self._dirty.update(route.host for route in set(old.http if old else ()) ^ set(routes.http))
+            self._dirty_tcp.update(route.external_port for route in set(old.tcp if old else ()) ^ set(routes.tcp))
             self._touch_cc_of(process_guid)  # CC routes take their container port from these routes
 
     def remove_process(self, process_guid: str) -> None:
@@ -249,6 +264,33 @@ class RoutingTable:
             dirty, self._dirty_internal = self._dirty_internal, set()
             return dirty
 
+    def take_dirty_tcp_ports(self) -> set[int]:
+        with self._lock:
+            dirty, self._dirty_tcp = self._dirty_tcp, set()
+            return dirty
+
+    def tcp_ports(self) -> list[int]:
+        with self._lock:
+            return sorted(port for port, guids in self._tcp_ports.items() if guids)
+
+    def tcp_routes(self, port: int) -> TcpPortRoutes | None:
+        """The backends of a router TCP port (every process routing it, as tcp-router pools them), or None
+        when no process routes it."""
+        with self._lock:
+            guids = self._tcp_ports.get(port)
+            if not guids:
+                return None
+            backends: set[Backend] = set()
+            for guid in guids:
+                for route in self._desired[guid].tcp:
+                    if route.external_port != port:
+                        continue
+                    for _, instance in self._instances.get(guid, {}).items():
+                        backend = instance.backend_for(route.container_port)
+                        if backend is not None:
+                            backends.add(backend)
+            return TcpPortRoutes(port, sorted(backends))
+
     def hosts(self) -> list[str]:
         with self._lock:
             return sorted(
@@ -374,11 +416,15 @@ class RoutingTable:
                 backend = instance.backend_for(route.container_port)
             if backend is not None:
                 backends.append(backend)
-        return Destination(guid, route.container_port, 1, route.protocol, sorted(backends))
+        desired = self._desired.get(guid)
+        app_guid = desired.app_guid if desired is not None else ""
+        return Destination(guid, route.container_port, 1, route.protocol, sorted(backends), app_guid=app_guid)
 
     def _index(self, guid: str, routes: ProcessRoutes | None) -> None:
         for route in routes.http if routes else ():
             self._hosts[route.host].add(guid)
+        for tcp in routes.tcp if routes else ():
+            self._tcp_ports[tcp.external_port].add(guid)
 
     def _unindex(self, guid: str, routes: ProcessRoutes | None) -> None:
         for route in routes.http if routes else ():
@@ -387,6 +433,12 @@ class RoutingTable:
                 guids.discard(guid)
                 if not guids:
                     del self._hosts[route.host]
+        for tcp in routes.tcp if routes else ():
+            guids = self._tcp_ports.get(tcp.external_port)
+            if guids is not None:
+                guids.discard(guid)
+                if not guids:
+                    del self._tcp_ports[tcp.external_port]
 
     def _touch_process(self, guid: str) -> None:
         self._touch(self._desired.get(guid))
@@ -395,6 +447,8 @@ class RoutingTable:
     def _touch(self, routes: ProcessRoutes | None) -> None:
         for route in routes.http if routes else ():
             self._dirty.add(route.host)
+        for tcp in routes.tcp if routes else ():
+            self._dirty_tcp.add(tcp.external_port)
 
 
 def _normalize(destinations: list[Destination]) -> None:

@@ -1,5 +1,7 @@
 """Sample app instances: small HTTP servers on loopback that answer with their instance guid (and the
-request headers, as JSON on /headers), standing in for what Diego would run in containers.
+request headers, as JSON on /headers; a JSESSIONID cookie on /session; a WebSocket echo on any path
+asked to upgrade), standing in for what Diego would run in containers. `H2cApp` is one that speaks only
+HTTP/2 cleartext (prior knowledge), for routes whose protocol is http2.
 `python -m devtools.apps --guid G [--port N] [--port-file F]` runs one as a process."""
 
 from __future__ import annotations
@@ -8,6 +10,10 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from devtools import peers, websocket
+from devtools.ports import free_port, wait_for_port
+from devtools.processes import ManagedProcess
 
 
 class AppInstance:
@@ -19,6 +25,9 @@ class AppInstance:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if self.headers.get("Upgrade", "").lower() == "websocket":
+                    self._websocket()
+                    return
                 if self.path.endswith("/headers"):
                     body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
                 elif index_page is not None:
@@ -29,8 +38,20 @@ class AppInstance:
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("X-Instance-Guid", guid)
+                if self.path.endswith("/session"):
+                    self.send_header("Set-Cookie", f"JSESSIONID={guid}-session; Path=/")
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _websocket(self) -> None:
+                self.send_response(101)
+                self.send_header("Upgrade", "websocket")
+                self.send_header("Connection", "Upgrade")
+                self.send_header("Sec-WebSocket-Accept", websocket.accept_key(self.headers.get("Sec-WebSocket-Key", "")))
+                self.end_headers()
+                self.wfile.flush()
+                websocket.serve_echo(self.rfile, self.wfile, f"{guid}:".encode())
+                self.close_connection = True
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -44,6 +65,54 @@ class AppInstance:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class H2cApp:
+    """An app instance that speaks only HTTP/2 over cleartext (an Envoy whose only codec is HTTP/2): an
+    HTTP/1.1 request fails, an h2c one gets `<guid>` and `X-App-Protocol: HTTP/2`."""
+
+    def __init__(self, instance_guid: str, workdir: Path) -> None:
+        self.instance_guid = instance_guid
+        self.port = free_port()
+        admin = free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        route = {
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 200, "body": {"inline_string": f"{instance_guid}\n"}},
+            "response_headers_to_add": [
+                {"header": {"key": "x-app-protocol", "value": "%PROTOCOL%"}},
+                {"header": {"key": "x-instance-guid", "value": instance_guid}},
+            ],
+        }
+        manager = {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "h2c",
+            "codec_type": "HTTP2",
+            "route_config": {"virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [route]}]},
+            "http_filters": [{
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            }],
+        }
+        listener = {
+            "name": "h2c",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.port}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}],
+        }
+        config = {
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "static_resources": {"listeners": [listener]},
+        }
+        path = workdir / f"{instance_guid}.json"
+        path.write_text(json.dumps(config))
+        argv = [str(peers.envoy()), "-c", str(path), "--base-id", str(admin), "--log-level", "error"]
+        self.process = ManagedProcess(f"h2c-{instance_guid}", argv, workdir / f"{instance_guid}.log").start()
+        if not wait_for_port(self.port, timeout=30):
+            self.process.stop()
+            raise RuntimeError(f"h2c app did not start:\n{self.process.log_tail()}")
+
+    def stop(self) -> None:
+        self.process.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,9 +12,35 @@ from devtools import peers
 from devtools.ports import free_port, wait_for_port
 from devtools.processes import ManagedProcess
 
+_HTTP2_OPTIONS = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }
+}
 
-def router_bootstrap(*, router_ip: str, istiod_port: int, admin_port: int, labels: dict[str, str], namespace: str) -> dict:
+
+def sds_cluster(listen: str) -> dict:
+    """The `sds-grpc` cluster istiod's TLS listeners get their certificates from (router_sds), as the
+    istio-router job's envoy.json.erb writes it: unix:///path -> a pipe, host:port -> a socket address."""
+    if listen.startswith("unix:"):
+        address = {"pipe": {"path": "/" + listen.removeprefix("unix:").lstrip("/")}}
+    else:
+        host, _, port = listen.rpartition(":")
+        address = {"socket_address": {"address": host, "port_value": int(port)}}
     return {
+        "name": "sds-grpc",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]},
+        "typed_extension_protocol_options": _HTTP2_OPTIONS,
+    }
+
+
+def router_bootstrap(
+    *, router_ip: str, istiod_port: int, admin_port: int, labels: dict[str, str], namespace: str, sds_listen: str = ""
+) -> dict:
+    bootstrap = {
         "node": {
             "id": f"router~{router_ip}~istio-router-0.{namespace}~{namespace}.svc.cluster.local",
             "cluster": "istio-router",
@@ -57,16 +83,14 @@ def router_bootstrap(*, router_ip: str, istiod_port: int, admin_port: int, label
                             }
                         ],
                     },
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
+                    "typed_extension_protocol_options": _HTTP2_OPTIONS,
                 }
             ]
         },
     }
+    if sds_listen:
+        bootstrap["static_resources"]["clusters"].append(sds_cluster(sds_listen))
+    return bootstrap
 
 
 @dataclass
@@ -88,6 +112,7 @@ def start_envoy(
     router_ip: str = "127.0.0.2",
     labels: dict[str, str] | None = None,
     namespace: str = "istio-system",
+    sds_listen: str = "",
 ) -> Envoy:
     workdir.mkdir(parents=True, exist_ok=True)
     admin_port = free_port()
@@ -100,6 +125,7 @@ def start_envoy(
                 admin_port=admin_port,
                 labels=labels or {"app": "istio-router"},
                 namespace=namespace,
+                sds_listen=sds_listen,
             ),
             indent=1,
         )

@@ -20,14 +20,32 @@ ISTIOD_ENV = {
 }
 
 
-def mesh_config(copilot_mcp: str) -> dict:
+# One line per request, gorouter's access log fields in gorouter's order, written by the router's Envoy
+# (istiod puts it on every listener). The pilot-discovery job's access_log.format default is this text;
+# tests/release/test_access_log_config.py keeps them equal. X-CF-* and the upstream come from the
+# instance the request went to (the cf-router EnvoyFilter's upstream filters), so a request answered by
+# the router itself (404 unknown route) logs "-" there.
+ACCESS_LOG_FORMAT = (
+    '%REQ(:AUTHORITY)% - [%START_TIME(%Y-%m-%dT%T.%3f%z)%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    '%RESPONSE_CODE% %BYTES_RECEIVED% %BYTES_SENT% "%REQ(REFERER)%" "%REQ(USER-AGENT)%" "%DOWNSTREAM_REMOTE_ADDRESS%" '
+    '"%UPSTREAM_HOST%" x_forwarded_for:"%REQ(X-FORWARDED-FOR)%" x_forwarded_proto:"%REQ(X-FORWARDED-PROTO)%" '
+    'vcap_request_id:"%REQ(X-REQUEST-ID)%" response_time_ms:%DURATION% app_id:"%REQ(X-CF-APPLICATIONID)%" '
+    'app_index:"%REQ(X-CF-INSTANCEINDEX)%" instance_id:"%REQ(X-CF-INSTANCEID)%" x_cf_routererror:"%RESP(X-CF-ROUTERERROR)%" '
+    'response_flags:"%RESPONSE_FLAGS%"\n'
+)
+
+
+def mesh_config(copilot_mcp: str, *, access_log_file: str = "/dev/stdout") -> dict:
     # Auto mTLS would make every cluster wait for an Istio workload certificate over SDS, which a
     # router without pilot-agent never gets: the clusters stay warming and no listener arrives.
-    return {
+    mesh = {
         "configSources": [{"address": f"xds://{copilot_mcp}"}],
         "rootNamespace": "istio-system",
         "enableAutoMtls": False,
     }
+    if access_log_file:
+        mesh.update(accessLogFile=access_log_file, accessLogEncoding="TEXT", accessLogFormat=ACCESS_LOG_FORMAT)
+    return mesh
 
 
 @dataclass

@@ -6,6 +6,8 @@ import pytest
 
 from copilot.istio import kinds
 from copilot.istio.builder import (
+    INSTANCE_GUID_LABEL,
+    INSTANCE_INDEX_LABEL,
     SERVICE_PORT,
     SERVICE_PORT_NAME,
     SUBSET_LABEL,
@@ -116,10 +118,12 @@ def test_service_entry_has_static_endpoints_with_subset_labels() -> None:
     assert se.location == pb.ServiceEntry.MESH_INTERNAL
     assert [(p.number, p.protocol, p.name) for p in se.ports] == [(SERVICE_PORT, "HTTP", SERVICE_PORT_NAME)]
     endpoints = sorted((e.address, dict(e.ports), dict(e.labels), e.locality) for e in se.endpoints)
+    web, canary = subset_name("web", 8080), subset_name("canary", 8080)
+    # App instances carry their guid and index for X-CF-InstanceID / X-CF-InstanceIndex (router_filter.py).
     assert endpoints == [
-        ("10.0.0.1", {"http": 61001}, {SUBSET_LABEL: subset_name("web", 8080)}, "z1"),
-        ("10.0.0.2", {"http": 61002}, {SUBSET_LABEL: subset_name("web", 8080)}, "z2"),
-        ("10.0.0.3", {"http": 61003}, {SUBSET_LABEL: subset_name("canary", 8080)}, "z1"),
+        ("10.0.0.1", {"http": 61001}, {SUBSET_LABEL: web, INSTANCE_GUID_LABEL: "w0", INSTANCE_INDEX_LABEL: "0"}, "z1"),
+        ("10.0.0.2", {"http": 61002}, {SUBSET_LABEL: web, INSTANCE_GUID_LABEL: "w1", INSTANCE_INDEX_LABEL: "1"}, "z2"),
+        ("10.0.0.3", {"http": 61003}, {SUBSET_LABEL: canary, INSTANCE_GUID_LABEL: "c0", INSTANCE_INDEX_LABEL: "0"}, "z1"),
         ("10.0.1.1", {"http": 62001}, {SUBSET_LABEL: subset_name("api", 9000)}, ""),
         ("10.0.1.2", {"http": 62002}, {SUBSET_LABEL: subset_name("api2", 9000)}, ""),
     ]

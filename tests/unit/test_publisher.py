@@ -60,7 +60,8 @@ def test_publish_builds_the_objects_of_dirty_hosts(setup) -> None:
     table.upsert_instance(0, instance("p"))
     assert publisher.publish() == 2
     for type_url in (VS, DR, SE):
-        assert snapshot.names(type_url) == sorted([name("a.example.com"), name("b.example.com")])
+        router_objects = ["cf/cf-unknown-route"] if type_url == VS else []
+        assert snapshot.names(type_url) == sorted([name("a.example.com"), name("b.example.com"), *router_objects])
     assert endpoints(snapshot, "a.example.com") == ["10.0.0.1:61000"]
     assert publisher.publish() == 0  # nothing dirty
 
@@ -86,12 +87,13 @@ def test_removed_host_is_deleted(setup) -> None:
     table.upsert_process("p", process("a.example.com"))
     publisher.publish()
     for type_url in (VS, DR, SE):
-        assert snapshot.names(type_url) == [name("a.example.com")]
+        assert [n for n in snapshot.names(type_url) if n != "cf/cf-unknown-route"] == [name("a.example.com")]
     table.remove_process("p")
     publisher.publish()
     for type_url in (VS, DR, SE):
-        assert snapshot.names(type_url) == []
+        assert [n for n in snapshot.names(type_url) if n != "cf/cf-unknown-route"] == []
     assert snapshot.names(GW) == ["cf/cf-ingress"]
+    assert snapshot.names(VS) == ["cf/cf-unknown-route"]  # what answers unknown routes stays
 
 
 def test_a_bad_host_keeps_what_it_had_and_does_not_block_others(setup) -> None:

@@ -1,7 +1,10 @@
-"""Pure functions from routing state to Istio objects: one Gateway, and per host a VirtualService,
-a DestinationRule (a subset per process and port) and a ServiceEntry with STATIC endpoints.
+"""Pure functions from routing state to Istio objects: the router's Gateway (HTTP, and HTTPS with a
+certificate per SNI name), a catch-all VirtualService answering unknown routes, the gorouter
+compatibility EnvoyFilter (router_filter.py); per host a VirtualService, a DestinationRule (a subset per
+process and port, and one per app instance) and a ServiceEntry with STATIC endpoints; per router TCP
+port a Gateway, a VirtualService and a ServiceEntry.
 
-Names are derived from the host, so two Copilots fed the same state emit identical config.
+Names are derived from the host (or port), so two Copilots fed the same state emit identical config.
 """
 
 from __future__ import annotations
@@ -13,13 +16,34 @@ import socket
 from dataclasses import dataclass, field
 
 from copilot.istio.kinds import DESTINATION_RULE, GATEWAY, SERVICE_ENTRY, VIRTUAL_SERVICE, IstioObject
-from copilot.model import Destination, normalize_hostname
+from copilot.istio.router_filter import build_router_filter
+from copilot.model import Backend, Destination, normalize_hostname
 from copilot.protos import istio_networking_pb2 as pb
-from copilot.routing_table import HostRoutes, InternalService
+from copilot.routing_table import HostRoutes, InternalService, TcpPortRoutes
 
 SERVICE_PORT = 8080
 SERVICE_PORT_NAME = "http"
 SUBSET_LABEL = "cf-subset"
+INSTANCE_LABEL = "cf-instance"
+# istiod copies these endpoint labels into the endpoint's `istio.workload` metadata, which the router
+# filter turns into X-CF-InstanceID / X-CF-InstanceIndex (see router_filter.py).
+INSTANCE_GUID_LABEL = "service.istio.io/canonical-name"
+INSTANCE_INDEX_LABEL = "service.istio.io/canonical-revision"
+APP_INSTANCE_HEADER = "x-cf-app-instance"
+ROUTER_ERROR_HEADER = "X-Cf-Routererror"
+UNKNOWN_ROUTE_NAME = "cf-unknown-route"
+TLS_VERSIONS = {"1.2": pb.ServerTLSSettings.TLSV1_2, "1.3": pb.ServerTLSSettings.TLSV1_3}
+_LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
+_HEADER_VALUE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A router certificate: served for SNI names `hosts`; its files are `<certificate_dir>/<name>.crt`
+    and `.key` on the router, which the router's SDS server serves under istiod's file-cert name."""
+
+    name: str
+    hosts: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -35,6 +59,19 @@ class GatewaySettings:
     # CA bundle, as a path on the router, that verifies backends reached over TLS (platform routes with
     # a tls_port). Without it such backends are skipped rather than reached unverified.
     upstream_ca_file: str = ""
+    # HTTPS: a server per certificate on https_port (0 = no HTTPS); the first certificate also answers
+    # clients whose SNI names none of them, as gorouter's first tls_pem entry does.
+    https_port: int = 0
+    certificates: tuple[Certificate, ...] = ()
+    certificate_dir: str = "/var/vcap/jobs/istio-router/config/certs"
+    tls_min_version: str = "1.2"
+    tls_cipher_suites: tuple[str, ...] = ()
+    # Cookies that make a session sticky (gorouter's sticky_session_cookie_names).
+    sticky_session_cookies: tuple[str, ...] = ("JSESSIONID",)
+    # X-CF-App-Instance: a DestinationRule subset (an Envoy cluster) and a route per app instance so a
+    # client can pick one. Off by default: an instance starting or stopping then changes the host's
+    # VirtualService and DestinationRule (a full istiod push) instead of only its endpoints (EDS).
+    instance_routing: bool = False
 
     @property
     def ref(self) -> str:
@@ -60,6 +97,11 @@ def subset_name(process_guid: str, container_port: int) -> str:
     return "p-" + hashlib.sha256(f"{process_guid}:{container_port}".encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1 << 18)
+def instance_subset_name(process_guid: str, container_port: int, instance_guid: str) -> str:
+    return "i-" + hashlib.sha256(f"{process_guid}:{container_port}:{instance_guid}".encode()).hexdigest()[:16]
+
+
 def build_gateway(settings: GatewaySettings) -> IstioObject:
     gateway = pb.Gateway(selector=settings.selector)
     gateway.servers.add(
@@ -68,7 +110,54 @@ def build_gateway(settings: GatewaySettings) -> IstioObject:
         name="http",
         bind=settings.bind,
     )
+    if settings.https_port and settings.certificates:
+        # Envoy picks the filter chain by SNI: an exact name before a wildcard, and the server with
+        # hosts "*" (no SNI match) only when no other one matches.
+        servers = [("https-fallback", ("*",), settings.certificates[0])]
+        servers += [(f"https-cert-{cert.name}", cert.hosts, cert) for cert in settings.certificates]
+        for name, hosts, cert in servers:
+            gateway.servers.add(
+                port=pb.Port(number=settings.https_port, protocol="HTTPS", name=name),
+                hosts=list(hosts),
+                name=name,
+                bind=settings.bind,
+                tls=_server_tls(settings, cert),
+            )
     return IstioObject(GATEWAY, f"{settings.namespace}/{settings.name}", gateway)
+
+
+def _server_tls(settings: GatewaySettings, cert: Certificate) -> pb.ServerTLSSettings:
+    directory = settings.certificate_dir.rstrip("/")
+    return pb.ServerTLSSettings(
+        mode=pb.ServerTLSSettings.SIMPLE,
+        server_certificate=f"{directory}/{cert.name}.crt",
+        private_key=f"{directory}/{cert.name}.key",
+        min_protocol_version=TLS_VERSIONS[settings.tls_min_version],
+        cipher_suites=list(settings.tls_cipher_suites),
+    )
+
+
+def build_router_objects(settings: GatewaySettings) -> list[IstioObject]:
+    """The objects that do not depend on routes: the Gateway, the unknown-route answer, the router filter."""
+    return [
+        build_gateway(settings),
+        build_unknown_route(settings),
+        build_router_filter(settings.namespace, settings.selector, settings.sticky_session_cookies),
+    ]
+
+
+def _unknown_route(route: pb.HTTPRoute, status: int, body: str) -> pb.HTTPRoute:
+    route.direct_response.CopyFrom(pb.HTTPDirectResponse(status=status, body=pb.HTTPBody(string=body)))
+    route.headers.response.set[ROUTER_ERROR_HEADER] = "unknown_route"
+    return route
+
+
+def build_unknown_route(settings: GatewaySettings) -> IstioObject:
+    """A VirtualService for every host: Envoy prefers any exact or wildcard domain over "*", so only
+    requests for hosts nobody routes land here: 404 with gorouter's X-Cf-Routererror."""
+    vs = pb.VirtualService(hosts=["*"], gateways=[settings.ref])
+    _unknown_route(vs.http.add(name="unknown-route"), 404, "404 Not Found: Requested route does not exist.\n")
+    return IstioObject(VIRTUAL_SERVICE, f"{settings.namespace}/{UNKNOWN_ROUTE_NAME}", vs)
 
 
 def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObject]:
@@ -81,10 +170,13 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
     # Context paths first, longest first; the root route last.
     for path in sorted(routes.paths, key=lambda p: (-len(p), p)):
         destinations = routes.paths[path]
+        path_matches = [pb.StringMatch(exact=path), pb.StringMatch(prefix=path + "/")] if path else [None]
+        if settings.instance_routing:
+            _add_instance_routes(vs, path, path_matches, destinations, svc)
         route = vs.http.add(name=path or "/")
-        if path:
-            route.match.add(uri=pb.StringMatch(exact=path))
-            route.match.add(uri=pb.StringMatch(prefix=path + "/"))
+        for uri in path_matches:
+            if uri is not None:
+                route.match.add(uri=uri)
         for dest in destinations:
             target = route.route.add(
                 destination=pb.Destination(
@@ -95,6 +187,11 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
             )
             if len(destinations) > 1:
                 target.weight = dest.weight
+            if _HEADER_VALUE_RE.fullmatch(dest.app_guid):
+                target.headers.request.set["X-CF-ApplicationID"] = dest.app_guid
+    if "" not in routes.paths:
+        # The host is known but not this path: gorouter's unknown route.
+        _unknown_route(vs.http.add(name="unknown-route"), 404, "404 Not Found: Requested route does not exist.\n")
 
     dr = pb.DestinationRule(host=svc)
     se = pb.ServiceEntry(
@@ -109,24 +206,26 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         if subset in seen:
             continue
         seen.add(subset)
+        policy = _traffic_policy(settings, dest)
         entry = dr.subsets.add(name=subset, labels={SUBSET_LABEL: subset})
-        if dest.tls_san:
-            if not settings.upstream_ca_file:
-                raise ValueError("a backend needs TLS (tls_port) but gateway.upstream_ca_file is not configured")
-            entry.traffic_policy.tls.CopyFrom(
-                pb.ClientTLSSettings(
-                    mode=pb.ClientTLSSettings.SIMPLE,
-                    ca_certificates=settings.upstream_ca_file,
-                    subject_alt_names=[dest.tls_san],
-                    sni=dest.tls_san,
-                )
-            )
+        if policy is not None:
+            entry.traffic_policy.CopyFrom(policy)
         for backend in dest.backends:
             _check_address(backend.address)
+            labels = {SUBSET_LABEL: subset}
+            if backend.instance_guid and _LABEL_VALUE_RE.fullmatch(backend.instance_guid):
+                labels[INSTANCE_GUID_LABEL] = backend.instance_guid
+                labels[INSTANCE_INDEX_LABEL] = str(backend.index)
+                if settings.instance_routing and dest.app_guid:
+                    instance = instance_subset_name(dest.process_guid, dest.container_port, backend.instance_guid)
+                    labels[INSTANCE_LABEL] = instance
+                    instance_entry = dr.subsets.add(name=instance, labels={INSTANCE_LABEL: instance})
+                    if policy is not None:
+                        instance_entry.traffic_policy.CopyFrom(policy)
             se.endpoints.add(
                 address=backend.address,
                 ports={SERVICE_PORT_NAME: backend.port},
-                labels={SUBSET_LABEL: subset},
+                labels=labels,
                 locality=backend.availability_zone,
             )
     return [
@@ -134,6 +233,106 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         IstioObject(DESTINATION_RULE, name, dr),
         IstioObject(SERVICE_ENTRY, name, se),
     ]
+
+
+def _traffic_policy(settings: GatewaySettings, dest: Destination) -> pb.TrafficPolicy | None:
+    """A subset's policy: TLS to backends that need it, HTTP/2 (h2c) to processes whose route says http2."""
+    if not dest.tls_san and dest.protocol != "http2":
+        return None  # the common case, kept cheap: most subsets need no policy
+    policy = pb.TrafficPolicy()
+    if dest.tls_san:
+        if not settings.upstream_ca_file:
+            raise ValueError("a backend needs TLS (tls_port) but gateway.upstream_ca_file is not configured")
+        policy.tls.CopyFrom(
+            pb.ClientTLSSettings(
+                mode=pb.ClientTLSSettings.SIMPLE,
+                ca_certificates=settings.upstream_ca_file,
+                subject_alt_names=[dest.tls_san],
+                sni=dest.tls_san,
+            )
+        )
+    if dest.protocol == "http2":
+        policy.connection_pool.http.h2_upgrade_policy = pb.ConnectionPoolSettings.HTTPSettings.UPGRADE
+    return policy if policy.ListFields() else None
+
+
+def _instance_targets(destinations: list[Destination]) -> list[tuple[str, Destination, Backend]]:
+    """(X-CF-App-Instance value, destination, backend) for every app instance, first one per value."""
+    targets: dict[str, tuple[Destination, Backend]] = {}
+    for dest in destinations:
+        if not _HEADER_VALUE_RE.fullmatch(dest.app_guid):
+            continue
+        for backend in dest.backends:
+            if backend.instance_guid and _LABEL_VALUE_RE.fullmatch(backend.instance_guid):
+                targets.setdefault(f"{dest.app_guid}:{backend.index}", (dest, backend))
+    return [(value, dest, backend) for value, (dest, backend) in sorted(targets.items())]
+
+
+def _add_instance_routes(
+    vs: pb.VirtualService, path: str, path_matches: list, destinations: list[Destination], svc: str
+) -> None:
+    """X-CF-App-Instance: <app guid>:<index> goes to that instance; an instance the route does not have
+    gets 400 with X-Cf-Routererror: unknown_route, as in gorouter."""
+    targets = _instance_targets(destinations)
+    if not targets:
+        return
+    for value, dest, backend in targets:
+        route = vs.http.add(name=f"{path or '/'} instance {value}")
+        for uri in path_matches:
+            match = route.match.add(headers={APP_INSTANCE_HEADER: pb.StringMatch(exact=value)})
+            if uri is not None:
+                match.uri.CopyFrom(uri)
+        target = route.route.add(
+            destination=pb.Destination(
+                host=svc,
+                subset=instance_subset_name(dest.process_guid, dest.container_port, backend.instance_guid),
+                port=pb.PortSelector(number=SERVICE_PORT),
+            )
+        )
+        target.headers.request.set["X-CF-ApplicationID"] = dest.app_guid
+    route = vs.http.add(name=f"{path or '/'} unknown instance")
+    for uri in path_matches:
+        match = route.match.add(headers={APP_INSTANCE_HEADER: pb.StringMatch()})  # present
+        if uri is not None:
+            match.uri.CopyFrom(uri)
+    _unknown_route(route, 400, "400 Bad Request: Requested instance does not exist for this route.\n")
+
+
+def tcp_object_name(settings: GatewaySettings, port: int) -> str:
+    return f"{settings.namespace}/cf-tcp-{port}"
+
+
+def tcp_service_host(port: int) -> str:
+    return f"tcp-{port}.copilot.internal"
+
+
+def build_tcp(settings: GatewaySettings, routes: TcpPortRoutes) -> list[IstioObject]:
+    """A router TCP port (tcp-router's external port): its own Gateway, so adding or removing one never
+    touches the HTTP(S) listeners; a VirtualService forwarding it; a ServiceEntry with the instances."""
+    port = routes.port
+    if port in (settings.http_port, settings.https_port):
+        raise ValueError(f"TCP port {port} is the router's HTTP(S) port")
+    name = tcp_object_name(settings, port)
+    svc = tcp_service_host(port)
+    gateway = pb.Gateway(selector=settings.selector)
+    gateway.servers.add(
+        port=pb.Port(number=port, protocol="TCP", name=f"tcp-{port}"), hosts=["*"], name=f"tcp-{port}", bind=settings.bind
+    )
+    vs = pb.VirtualService(hosts=["*"], gateways=[name])
+    tcp = vs.tcp.add()
+    tcp.match.add(port=port)
+    tcp.route.add(destination=pb.Destination(host=svc, port=pb.PortSelector(number=port)))
+    se = pb.ServiceEntry(hosts=[svc], location=pb.ServiceEntry.MESH_INTERNAL, resolution=pb.ServiceEntry.STATIC)
+    se.ports.add(number=port, protocol="TCP", name="tcp")
+    for backend in routes.backends:
+        _check_address(backend.address)
+        se.endpoints.add(address=backend.address, ports={"tcp": backend.port}, locality=backend.availability_zone)
+    return [IstioObject(GATEWAY, name, gateway), IstioObject(VIRTUAL_SERVICE, name, vs), IstioObject(SERVICE_ENTRY, name, se)]
+
+
+def tcp_object_names(settings: GatewaySettings, port: int) -> list[IstioObject]:
+    name = tcp_object_name(settings, port)
+    return [IstioObject(kind, name, kind.message()) for kind in (GATEWAY, VIRTUAL_SERVICE, SERVICE_ENTRY)]
 
 
 def internal_object_name(settings: GatewaySettings, host: str) -> str:

@@ -20,8 +20,10 @@ GATEWAY = Kind("Gateway", "networking.istio.io/v1/Gateway", networking.Gateway)
 VIRTUAL_SERVICE = Kind("VirtualService", "networking.istio.io/v1/VirtualService", networking.VirtualService)
 DESTINATION_RULE = Kind("DestinationRule", "networking.istio.io/v1/DestinationRule", networking.DestinationRule)
 SERVICE_ENTRY = Kind("ServiceEntry", "networking.istio.io/v1/ServiceEntry", networking.ServiceEntry)
+# istiod still asks for EnvoyFilter under v1alpha3 (the kind never graduated).
+ENVOY_FILTER = Kind("EnvoyFilter", "networking.istio.io/v1alpha3/EnvoyFilter", networking.EnvoyFilter)
 
-ALL = (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, SERVICE_ENTRY)
+ALL = (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, SERVICE_ENTRY, ENVOY_FILTER)
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,9 @@ def process_routes(desired: bbs_pb2.DesiredLRP) -> ProcessRoutes:
             internal.append(InternalRoute(normalize_hostname(entry.get("hostname"), "internal-router.hostname")))
         except InvalidRoute as error:
             _skip(desired.process_guid, "internal-router", error)
-    return ProcessRoutes(tuple(sorted(set(http))), tuple(sorted(set(tcp))), tuple(sorted(set(internal))))
+    return ProcessRoutes(
+        tuple(sorted(set(http))), tuple(sorted(set(tcp))), tuple(sorted(set(internal))), desired.log_guid
+    )
 
 
 def instance(actual: bbs_pb2.ActualLRP) -> Instance:

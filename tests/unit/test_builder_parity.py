@@ -1,0 +1,162 @@
+"""The builder's gorouter-parity objects: HTTPS servers per certificate, the unknown-route answer, the
+cf-router EnvoyFilter, per-instance endpoint labels and routes, HTTP/2 subsets and TCP ports."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import json_format
+
+from copilot.istio import kinds
+from copilot.istio.builder import (
+    APP_INSTANCE_HEADER,
+    INSTANCE_GUID_LABEL,
+    INSTANCE_INDEX_LABEL,
+    INSTANCE_LABEL,
+    SUBSET_LABEL,
+    Certificate,
+    GatewaySettings,
+    build_gateway,
+    build_host,
+    build_router_objects,
+    build_tcp,
+    instance_subset_name,
+    subset_name,
+    tcp_object_names,
+    tcp_service_host,
+)
+from copilot.istio.router_filter import sticky_lua
+from copilot.model import Backend, Destination
+from copilot.protos import istio_networking_pb2 as pb
+from copilot.routing_table import HostRoutes, TcpPortRoutes
+
+CERTS = (Certificate("wildcard", ("*.example.com",)), Certificate("app", ("app.example.com",)))
+SETTINGS = GatewaySettings(namespace="cf", https_port=8443, certificates=CERTS, certificate_dir="/certs/", bind="127.0.0.1")
+
+
+def app(guid: str = "web", *backends: Backend, protocol: str = "http1", app_guid: str = "app-guid") -> Destination:
+    return Destination(guid, 8080, 100, protocol, list(backends), app_guid=app_guid)
+
+
+def host(settings: GatewaySettings, routes: HostRoutes) -> tuple[pb.VirtualService, pb.DestinationRule, pb.ServiceEntry]:
+    vs, dr, se = (o.spec for o in build_host(settings, routes))
+    return vs, dr, se  # type: ignore[return-value]
+
+
+def test_https_servers_per_certificate_with_a_fallback_for_other_sni() -> None:
+    servers = build_gateway(SETTINGS).spec.servers
+    assert [(s.name, s.port.number, s.port.protocol, list(s.hosts)) for s in servers] == [
+        ("http", 80, "HTTP", ["*"]),
+        ("https-fallback", 8443, "HTTPS", ["*"]),
+        ("https-cert-wildcard", 8443, "HTTPS", ["*.example.com"]),
+        ("https-cert-app", 8443, "HTTPS", ["app.example.com"]),
+    ]
+    fallback, wildcard, exact = servers[1:]
+    assert fallback.tls.server_certificate == wildcard.tls.server_certificate == "/certs/wildcard.crt"
+    assert (exact.tls.server_certificate, exact.tls.private_key) == ("/certs/app.crt", "/certs/app.key")
+    assert all(s.tls.mode == pb.ServerTLSSettings.SIMPLE for s in servers[1:])
+    assert all(s.tls.min_protocol_version == pb.ServerTLSSettings.TLSV1_2 for s in servers[1:])
+    assert all(s.bind == "127.0.0.1" for s in servers)
+
+
+def test_no_https_without_certificates() -> None:
+    assert [s.name for s in build_gateway(GatewaySettings(https_port=443)).spec.servers] == ["http"]
+
+
+def test_router_objects_answer_unknown_routes_and_carry_the_router_filter() -> None:
+    gateway, unknown, router_filter = build_router_objects(SETTINGS)
+    assert (gateway.kind, unknown.kind, router_filter.kind) == (kinds.GATEWAY, kinds.VIRTUAL_SERVICE, kinds.ENVOY_FILTER)
+    assert list(unknown.spec.hosts) == ["*"] and list(unknown.spec.gateways) == ["cf/cf-ingress"]
+    [route] = unknown.spec.http
+    assert route.direct_response.status == 404
+    assert dict(route.headers.response.set) == {"X-Cf-Routererror": "unknown_route"}
+    ef = router_filter.spec
+    assert router_filter.name == "cf/cf-router" and dict(ef.workload_selector.labels) == {"app": "istio-router"}
+    patches = json_format.MessageToDict(ef)["configPatches"]
+    assert [(p["applyTo"], p["patch"]["operation"]) for p in patches] == [
+        ("HTTP_FILTER", "MERGE"), ("HTTP_FILTER", "INSERT_BEFORE"), ("HTTP_FILTER", "INSERT_FIRST"),
+    ]
+    upstream = patches[0]["patch"]["value"]["typed_config"]["upstream_http_filters"]
+    assert [f["name"] for f in upstream] == [
+        "envoy.filters.http.header_mutation", "cf.instance_headers", "envoy.filters.http.upstream_codec",
+    ]
+    assert patches[1]["patch"]["value"]["name"] == "envoy.filters.http.stateful_session"
+
+
+def test_sticky_cookie_names_are_checked() -> None:
+    assert '["JSESSIONID"] = true, ["SESSION"] = true' in sticky_lua(("JSESSIONID", "SESSION"))
+    for bad in ('a"b', "a b", "__VCAP_ID__", ""):
+        with pytest.raises(ValueError):
+            sticky_lua((bad,))
+
+
+def test_app_instances_get_identity_labels_and_the_app_id_header() -> None:
+    routes = HostRoutes("a.example.com", {"": [app("web", Backend("10.0.0.1", 61001, 0, "guid-0", 0),
+                                                        Backend("10.0.0.2", 61002, 0, "guid-1", 1))]})
+    vs, dr, se = host(SETTINGS, routes)
+    assert [dict(e.labels) for e in se.endpoints] == [
+        {SUBSET_LABEL: subset_name("web", 8080), INSTANCE_GUID_LABEL: "guid-0", INSTANCE_INDEX_LABEL: "0"},
+        {SUBSET_LABEL: subset_name("web", 8080), INSTANCE_GUID_LABEL: "guid-1", INSTANCE_INDEX_LABEL: "1"},
+    ]
+    [route] = vs.http
+    assert dict(route.route[0].headers.request.set) == {"X-CF-ApplicationID": "app-guid"}
+    assert [s.name for s in dr.subsets] == [subset_name("web", 8080)]  # no per-instance subsets by default
+
+
+def test_unsafe_identities_are_left_out() -> None:
+    routes = HostRoutes("a.example.com", {"": [app("web", Backend("10.0.0.1", 61001, 0, "not a label!", 0), app_guid="%x\n")]})
+    vs, _, se = host(SETTINGS, routes)
+    assert dict(se.endpoints[0].labels) == {SUBSET_LABEL: subset_name("web", 8080)}
+    assert not vs.http[0].route[0].headers.request.set
+
+
+def test_instance_routing_adds_a_route_and_subset_per_instance() -> None:
+    settings = GatewaySettings(namespace="cf", instance_routing=True)
+    backends = (Backend("10.0.0.1", 61001, 0, "guid-0", 0), Backend("10.0.0.2", 61002, 0, "guid-1", 1))
+    vs, dr, se = host(settings, HostRoutes("a.example.com", {"/api": [app("web", *backends)]}))
+    names = [r.name for r in vs.http]
+    assert names == ["/api instance app-guid:0", "/api instance app-guid:1", "/api unknown instance", "/api", "unknown-route"]
+    first = vs.http[0]
+    assert [(m.uri.WhichOneof("match_type"), m.headers[APP_INSTANCE_HEADER].exact) for m in first.match] == [
+        ("exact", "app-guid:0"), ("prefix", "app-guid:0"),
+    ]
+    assert first.route[0].destination.subset == instance_subset_name("web", 8080, "guid-0")
+    missing = vs.http[2]
+    assert missing.match[0].headers[APP_INSTANCE_HEADER].WhichOneof("match_type") is None  # present
+    assert missing.direct_response.status == 400
+    assert dict(missing.headers.response.set) == {"X-Cf-Routererror": "unknown_route"}
+    assert vs.http[4].direct_response.status == 404  # no root route on this host
+    assert [s.name for s in dr.subsets] == [
+        subset_name("web", 8080), instance_subset_name("web", 8080, "guid-0"), instance_subset_name("web", 8080, "guid-1"),
+    ]
+    assert se.endpoints[1].labels[INSTANCE_LABEL] == instance_subset_name("web", 8080, "guid-1")
+
+
+def test_http2_routes_get_h2c_subsets() -> None:
+    routes = HostRoutes("a.example.com", {"": [app("h2", Backend("10.0.0.1", 61001), protocol="http2"), app("h1")]})
+    _, dr, _ = host(SETTINGS, routes)
+    policies = {s.name: s.traffic_policy.connection_pool.http.h2_upgrade_policy for s in dr.subsets}
+    assert policies == {
+        subset_name("h2", 8080): pb.ConnectionPoolSettings.HTTPSettings.UPGRADE,
+        subset_name("h1", 8080): pb.ConnectionPoolSettings.HTTPSettings.DEFAULT,
+    }
+
+
+def test_tcp_port_gets_its_own_gateway_virtual_service_and_endpoints() -> None:
+    objects = build_tcp(SETTINGS, TcpPortRoutes(1024, [Backend("10.0.0.1", 61001), Backend("10.0.0.2", 61002)]))
+    assert [(o.kind, o.name) for o in objects] == [
+        (kinds.GATEWAY, "cf/cf-tcp-1024"), (kinds.VIRTUAL_SERVICE, "cf/cf-tcp-1024"), (kinds.SERVICE_ENTRY, "cf/cf-tcp-1024"),
+    ]
+    gateway, vs, se = (o.spec for o in objects)
+    [server] = gateway.servers
+    assert (server.port.number, server.port.protocol, server.bind) == (1024, "TCP", "127.0.0.1")
+    assert list(vs.gateways) == ["cf/cf-tcp-1024"]  # never bound to the HTTP gateway
+    [route] = vs.tcp
+    assert route.match[0].port == 1024 and route.route[0].destination.host == tcp_service_host(1024)
+    assert [(e.address, dict(e.ports)) for e in se.endpoints] == [("10.0.0.1", {"tcp": 61001}), ("10.0.0.2", {"tcp": 61002})]
+    assert [(o.kind, o.name) for o in tcp_object_names(SETTINGS, 1024)] == [(o.kind, o.name) for o in objects]
+
+
+def test_tcp_port_cannot_take_the_http_ports() -> None:
+    for port in (80, 8443):
+        with pytest.raises(ValueError, match="HTTP"):
+            build_tcp(SETTINGS, TcpPortRoutes(port, []))
