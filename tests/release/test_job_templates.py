@@ -206,7 +206,8 @@ def test_copilot_config_from_properties(pki, tmp_path):
     config = yaml.safe_load(rendered["config/copilot.yml"].read_text())
     assert config["mcp"] == {"listen": "0.0.0.0:9009", "tls": {"cert": "/var/vcap/jobs/copilot/config/certs/mcp/server.crt",
                                                                "key": "/var/vcap/jobs/copilot/config/certs/mcp/server.key"}}
-    assert config["gateway"] == {"namespace": "cf", "name": "gw", "selector": {"istio": "ingress"}, "http_port": 8081}
+    assert config["gateway"] == {"namespace": "cf", "name": "gw", "selector": {"istio": "ingress"}, "http_port": 8081,
+                                 "tls_min_version": "1.2", "sticky_session_cookies": ["JSESSIONID"], "instance_routing": False}
     assert config["cc"]["listen"] == "0.0.0.0:9002"
     assert rendered["config/certs/bbs/ca.crt"].read_text().strip() == pki.ca.strip()
     assert rendered["config/certs/mcp/server.key"].read_text().strip() == pki.server.key.strip()
@@ -297,3 +298,24 @@ def test_router_uses_dns_for_pilot_hostnames_and_tcp_for_a_port_sds(pki, tmp_pat
     assert sds["listen"] == "127.0.0.1:15090"
     assert sds["certificates"] == [{"name": "apps", "certificate_chain": pki.server.cert, "private_key": pki.server.key}]
     assert yaml.safe_load(rendered["config/bpm.yml"].read_text())["processes"][0]["ephemeral_disk"] is False
+
+
+def test_copilot_gateway_https_from_properties(pki, tmp_path):
+    """The HTTPS server's certificates are named in the copilot job and held by the routers (sds)."""
+    properties = copilot_properties(pki, gateway={
+        "certificates": [{"name": "router-ssl", "hosts": ["*.sys.example.com"]}],
+        "https_port": 8443, "tls_min_version": "1.3", "instance_routing": True,
+    })
+    rendered = render("copilot", properties, tmp_path)
+    config = yaml.safe_load(rendered["config/copilot.yml"].read_text())
+    assert config["gateway"]["certificates"] == [{"name": "router-ssl", "hosts": ["*.sys.example.com"]}]
+    assert config["gateway"]["https_port"] == 8443
+    assert config["gateway"]["certificate_dir"] == "/var/vcap/jobs/istio-router/config/certs"
+    assert config["gateway"]["tls_min_version"] == "1.3" and config["gateway"]["instance_routing"] is True
+    # Copilot's own loader accepts what the job rendered (certificate files live on the routers).
+    from copilot.config import parse
+
+    install_dir = tmp_path
+    for path in rendered.values():
+        path.write_text(path.read_text().replace("/var/vcap/jobs/copilot", str(install_dir)))
+    parse(yaml.safe_load(rendered["config/copilot.yml"].read_text()))
