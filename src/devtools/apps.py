@@ -7,6 +7,7 @@ HTTP/2 cleartext (prior knowledge), for routes whose protocol is http2.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,7 +18,15 @@ from devtools.processes import ManagedProcess
 
 
 class AppInstance:
-    def __init__(self, instance_guid: str, host: str = "127.0.0.1", port: int = 0, static_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        instance_guid: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        static_dir: Path | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        """`tls` = (certificate, key): serve HTTPS, as a platform component's TLS port or an instance's TLS proxy."""
         guid = instance_guid
         index_page = (static_dir / "index.html").read_bytes() if static_dir else None
 
@@ -58,6 +67,10 @@ class AppInstance:
 
         self.instance_guid = instance_guid
         self._server = ThreadingHTTPServer((host, port), Handler)
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._server.daemon_threads = True
         self.port: int = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, name=f"app-{guid}", daemon=True).start()

@@ -122,7 +122,9 @@ ROUTER_CERTIFICATES = (("wildcard-example-com", ("*.example.com",)), ("app-examp
 ROUTER_CERT_DIR = "/var/vcap/jobs/istio-router/config/certs"
 
 
-def start_router_sds(workdir: Path, certificates: list[tuple[str, Path, Path]]) -> tuple[ManagedProcess, str]:
+def start_router_sds(
+    workdir: Path, certificates: list[tuple[str, Path, Path]], trusted_ca_files: tuple[Path, ...] = ()
+) -> tuple[ManagedProcess, str]:
     """router_sds (python -m router_sds) serving (name, cert file, key file); returns it and where it listens."""
     workdir.mkdir(parents=True, exist_ok=True)
     socket_path = workdir / "sds.sock"
@@ -131,6 +133,7 @@ def start_router_sds(workdir: Path, certificates: list[tuple[str, Path, Path]]) 
         "listen": listen,
         "file_cert_dir": ROUTER_CERT_DIR,
         "poll_interval_seconds": 1,
+        "trusted_ca_files": [str(path) for path in trusted_ca_files],
         "certificates": [
             {"name": name, "certificate_chain_file": str(cert), "private_key_file": str(key)} for name, cert, key in certificates
         ],
@@ -169,6 +172,8 @@ def start_tier(
     workdir.mkdir(parents=True, exist_ok=True)
     pki = workdir / "pki"
     router_ca = make_ca(pki, "router-ca")
+    # The CA of platform components reached over TLS (registrations with a tls_port).
+    upstream_ca = make_ca(pki, "platform-ca")
     router_certs = [
         (name, router_ca.issue(name, pki / "router", dns_names=list(hosts), client=False)) for name, hosts in router_certificates
     ]
@@ -207,6 +212,7 @@ def start_tier(
             "certificates": [{"name": name, "hosts": list(hosts)} for name, hosts in router_certificates],
             "certificate_dir": ROUTER_CERT_DIR,
             "instance_routing": True,
+            "upstream_ca_file": str(upstream_ca.cert_path),
         },
         "cc": {
             "listen": f"127.0.0.1:{cc_port}",
@@ -236,13 +242,16 @@ def start_tier(
     istiod = start_istiod(workdir / "istiod", f"127.0.0.1:{mcp_port}", debounce_after=debounce_after)
     wait_ready(istiod)
     router_sds, sds_listen = start_router_sds(
-        workdir / "router-sds", [(name, pair.cert_path, pair.key_path) for name, pair in router_certs]
+        workdir / "router-sds",
+        [(name, pair.cert_path, pair.key_path) for name, pair in router_certs],
+        (upstream_ca.cert_path,),
     )
     envoy = start_envoy(workdir / "envoy", istiod.grpc_port, sds_listen=sds_listen)
     tier = Tier(workdir, bbs, copilot, istiod, envoy, http_port, mcp_port, health_port)
     tier.https_port, tier.router_sds, tier.router_ca = https_port, router_sds, router_ca.cert_path
     tier.extra.update(
         cc_port=cc_port,
+        upstream_ca=upstream_ca,
         cc_ca=cc_ca.cert_path,
         cc_client=cc_client,
         registrar_url=f"https://127.0.0.1:{registrar_port}",

@@ -42,6 +42,9 @@ class Config:
     poll_interval_seconds: float = 5.0
     file_cert_dir: str | None = None
     log_level: str = "info"
+    # CA bundles served as istiod's `file-root:<path>` validation contexts (a DestinationRule's
+    # caCertificates path on the router), re-read on every poll.
+    trusted_ca_files: tuple[Path, ...] = ()
 
 
 def load(path: str | Path) -> Config:
@@ -71,7 +74,7 @@ def _pem(entry: dict, key: str, prefix: str, marker: str) -> PemSource:
 def parse(data: object) -> Config:
     if not isinstance(data, dict):
         raise ConfigError("config: must be a mapping")
-    known = {"listen", "certificates", "poll_interval_seconds", "file_cert_dir", "log_level"}
+    known = {"listen", "certificates", "poll_interval_seconds", "file_cert_dir", "log_level", "trusted_ca_files"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key")
@@ -117,4 +120,14 @@ def parse(data: object) -> Config:
     log_level = data.get("log_level", "info")
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
-    return Config(listen, tuple(certificates), float(poll), file_cert_dir.rstrip("/") if file_cert_dir else None, log_level)
+    raw_cas = data.get("trusted_ca_files") or []
+    if not isinstance(raw_cas, list) or not all(isinstance(p, str) and p.startswith("/") for p in raw_cas):
+        raise ConfigError("trusted_ca_files: must be a list of absolute paths")
+    return Config(
+        listen,
+        tuple(certificates),
+        float(poll),
+        file_cert_dir.rstrip("/") if file_cert_dir else None,
+        log_level,
+        tuple(Path(p) for p in raw_cas),
+    )

@@ -67,6 +67,19 @@ class SecretStore:
                     ),
                 )
                 secrets[name] = (digest, secret)
+        for path in self._config.trusted_ca_files:
+            name = f"file-root:{path}"
+            try:
+                bundle = path.read_bytes()
+            except OSError as error:
+                log.error("cannot read CA bundle %s: %s (keeping the previous one)", path, error)
+                if name in previous:
+                    secrets[name] = previous[name]
+                continue
+            secret = secret_pb2.Secret(
+                name=name, validation_context=common_pb2.CertificateValidationContext(trusted_ca={"inline_bytes": bundle})
+            )
+            secrets[name] = (hashlib.sha256(bundle).hexdigest()[:16], secret)
         with self._lock:
             changed = secrets.keys() != self._secrets.keys() or any(
                 secrets[n][0] != self._secrets[n][0] for n in secrets

@@ -33,3 +33,26 @@ def test_deregistration_and_validation(tier: Tier, apps, unique) -> None:
 
     assert tier.register([registration], delete=True).status_code == 200
     wait_until(lambda: tier.get(host, "/oauth").status_code == 404, message="the route to go on deregistration")
+
+
+def test_tls_platform_backend_is_verified_by_name(tier: Tier, apps, unique, tmp_path) -> None:
+    """A platform route with a tls_port is reached over TLS, and only if the backend's certificate names
+    server_cert_domain_san (signed by the CA the router trusts for platform components)."""
+    ca = tier.extra["upstream_ca"]
+    good = ca.issue(f"{unique}-api", tmp_path, dns_names=[f"api.{unique}.service.cf.internal"], client=False)
+    vm = AppInstance(f"{unique}-tls-vm", tls=(good.cert_path, good.key_path))
+    apps.append(vm)
+    host = f"api.{unique}.system.example.com"
+    registration = {"host": host, "address": "127.0.0.1", "tls_port": vm.port, "ttl_seconds": 120,
+                    "server_cert_domain_san": f"api.{unique}.service.cf.internal", "source": "api/0"}
+    assert tier.register([registration]).status_code == 200
+    wait_until(lambda: tier.get(host).text.strip() == f"{unique}-tls-vm", message="the TLS platform route")
+
+    # The same backend registered under a name its certificate does not carry is never reached.
+    other = f"uaa.{unique}.system.example.com"
+    wrong = {**registration, "host": other, "server_cert_domain_san": f"uaa.{unique}.service.cf.internal"}
+    assert tier.register([wrong]).status_code == 200
+    wait_until(lambda: tier.get(other).status_code == 503, message="a certificate for another name to be refused")
+    for _ in range(5):
+        response = tier.get(other)
+        assert response.status_code == 503 and f"{unique}-tls-vm" not in response.text

@@ -319,3 +319,15 @@ def test_copilot_gateway_https_from_properties(pki, tmp_path):
     for path in rendered.values():
         path.write_text(path.read_text().replace("/var/vcap/jobs/copilot", str(install_dir)))
     parse(yaml.safe_load(rendered["config/copilot.yml"].read_text()))
+
+
+def test_router_sds_serves_the_upstream_ca_bundle_copilot_names(pki, tmp_path):
+    """upstream_tls.ca_certs is written where Copilot's gateway.upstream_ca_file points, and router-sds
+    serves that path (istiod asks for it as file-root:<path>)."""
+    properties, links = cases(pki)["istio-router"]["defaults"]
+    rendered = render("istio-router", {**properties, "upstream_tls": {"ca_certs": [pki.ca]}}, tmp_path, links=links)
+    sds = yaml.safe_load(rendered["config/sds.yml"].read_text())
+    assert sds["trusted_ca_files"] == ["/var/vcap/jobs/istio-router/config/certs/upstream_ca.crt"]
+    assert pki.ca.strip() in rendered["config/certs/upstream_ca.crt"].read_text()
+    without = yaml.safe_load(render("istio-router", properties, tmp_path / "none", links=links)["config/sds.yml"].read_text())
+    assert "trusted_ca_files" not in without

@@ -209,3 +209,22 @@ def test_load_reads_yaml_files(pki, tmp_path):
     assert load(path).certificates == ()
     with pytest.raises(ConfigError, match="cannot read config file"):
         load(tmp_path / "missing.yml")
+
+
+def test_trusted_ca_files_are_served_as_istio_file_root_names(pki, tmp_path):
+    """istiod asks for a DestinationRule's caCertificates path as `file-root:<path>`; router_sds answers
+    with that bundle as a validation context (platform backends reached over TLS depend on it)."""
+    bundle = tmp_path / "upstream_ca.crt"
+    bundle.write_text(pki.ca)
+    sds = SdsServer(parse({"listen": "127.0.0.1:0", "trusted_ca_files": [str(bundle)]}))
+    sds.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{sds.port}") as channel:
+            name = f"file-root:{bundle}"
+            response = sds_pb2_grpc.SecretDiscoveryServiceStub(channel).FetchSecrets(
+                discovery_pb2.DiscoveryRequest(resource_names=[name], type_url=SECRET_TYPE_URL)
+            )
+        secret = secrets_of(response)[name]
+        assert secret.validation_context.trusted_ca.inline_bytes.decode() == pki.ca
+    finally:
+        sds.stop(0)
