@@ -133,6 +133,7 @@ def parse(data: object) -> Config:
         selector=gw.string_map("selector", defaults.selector),
         http_port=http_port,
         upstream_ca_file=gw.string("upstream_ca_file", "") if gw.has("upstream_ca_file") else "",
+        instance_identity_ca_file=_absolute(gw, "instance_identity_ca_file"),
         bind=_ip(gw, "bind") if gw.has("bind") else "",
         https_port=https_port,
         certificates=certificates,
@@ -201,6 +202,16 @@ def _certificates(gw: _Section) -> tuple[Certificate, ...]:
         section.done()
         certificates.append(Certificate(name, tuple(hosts)))
     return tuple(certificates)
+
+
+def _absolute(section: _Section, name: str) -> str:
+    """An optional absolute path on the router (not checked here: the file lives on the router VMs)."""
+    if not section.has(name):
+        return ""
+    value = section.string(name)
+    if not value.startswith("/"):
+        raise ConfigError(f"{section.key(name)}: {value!r} must be an absolute path (on the router)")
+    return value
 
 
 def _ip(section: _Section, name: str) -> str:

@@ -189,7 +189,7 @@ class Instance:
                 address, port, tls = self.instance_address, mapping.container_port, mapping.container_tls_proxy_port
             else:
                 address, port, tls = self.address, mapping.host_port, mapping.host_tls_proxy_port
-            if not address or not port:
+            if not address or not (port or tls):  # cells may map only the TLS proxy port
                 return None
             return Backend(address, port, tls, self.instance_guid, self.index, self.availability_zone)
         return None

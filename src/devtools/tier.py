@@ -174,6 +174,8 @@ def start_tier(
     router_ca = make_ca(pki, "router-ca")
     # The CA of platform components reached over TLS (registrations with a tls_port).
     upstream_ca = make_ca(pki, "platform-ca")
+    # Diego's instance identity CA: signs each instance's certificate (SAN = instance guid), for route integrity.
+    identity_ca = make_ca(pki, "instance-identity-ca")
     router_certs = [
         (name, router_ca.issue(name, pki / "router", dns_names=list(hosts), client=False)) for name, hosts in router_certificates
     ]
@@ -213,6 +215,7 @@ def start_tier(
             "certificate_dir": ROUTER_CERT_DIR,
             "instance_routing": True,
             "upstream_ca_file": str(upstream_ca.cert_path),
+            "instance_identity_ca_file": str(identity_ca.cert_path),
         },
         "cc": {
             "listen": f"127.0.0.1:{cc_port}",
@@ -244,7 +247,7 @@ def start_tier(
     router_sds, sds_listen = start_router_sds(
         workdir / "router-sds",
         [(name, pair.cert_path, pair.key_path) for name, pair in router_certs],
-        (upstream_ca.cert_path,),
+        (upstream_ca.cert_path, identity_ca.cert_path),
     )
     envoy = start_envoy(workdir / "envoy", istiod.grpc_port, sds_listen=sds_listen)
     tier = Tier(workdir, bbs, copilot, istiod, envoy, http_port, mcp_port, health_port)
@@ -252,6 +255,7 @@ def start_tier(
     tier.extra.update(
         cc_port=cc_port,
         upstream_ca=upstream_ca,
+        identity_ca=identity_ca,
         cc_ca=cc_ca.cert_path,
         cc_client=cc_client,
         registrar_url=f"https://127.0.0.1:{registrar_port}",

@@ -112,9 +112,15 @@ def test_dns_aliases_point_at_groups_that_exist(result):
     assert not targets & REMOVED_GROUPS
 
 
-def test_cells_expose_the_host_ports_copilot_routes_to(result):
+def test_cells_keep_tls_proxy_ports_and_routers_verify_instances(result):
     rep = job(result, "diego-cell", "rep")["properties"]
-    assert rep["containers"]["proxy"]["enable_unproxied_port_mappings"] is True
+    # Route integrity: the cells keep their TLS proxy ports (as cf-deployment has them); the routers check
+    # each instance's identity with Diego's instance identity CA.
+    assert rep["containers"]["proxy"]["enable_unproxied_port_mappings"] is False
+    router = job(result, "istio-router", "istio-router")["properties"]
+    assert router["route_integrity"]["ca_cert"] == "((diego_instance_identity_ca.ca))"
+    copilot = job(result, "istio-control", "copilot")["properties"]
+    assert copilot["gateway"]["instance_identity_ca_file"] == "/var/vcap/jobs/istio-router/config/certs/instance_identity_ca.crt"
 
 
 def test_the_ops_file_applies_after_the_bosh_lite_one_only(tmp_path):

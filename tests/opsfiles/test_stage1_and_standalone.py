@@ -16,7 +16,8 @@ def test_stage1_adds_the_istio_tier_and_keeps_gorouter_nats_and_routing_api(stag
     assert not registrar_routes(stage1, "istio-route-registrar")
     assert "vm_extensions" not in group(stage1, "istio-router")  # the load balancer stays on gorouter
     assert job(stage1, "diego-cell", "route_emitter")
-    assert job(stage1, "diego-cell", "rep")["properties"]["containers"]["proxy"]["enable_unproxied_port_mappings"] is True
+    proxy = job(stage1, "diego-cell", "rep")["properties"].get("containers", {}).get("proxy", {})
+    assert proxy["enable_unproxied_port_mappings"] is False  # as cf-deployment has it
     # istio-router sits just before router, so both tiers are updated next to each other.
     order = [g["name"] for g in stage1["instance_groups"]]
     assert order.index("istio-router") == order.index("router") - 1

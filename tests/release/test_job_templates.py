@@ -331,3 +331,15 @@ def test_router_sds_serves_the_upstream_ca_bundle_copilot_names(pki, tmp_path):
     assert pki.ca.strip() in rendered["config/certs/upstream_ca.crt"].read_text()
     without = yaml.safe_load(render("istio-router", properties, tmp_path / "none", links=links)["config/sds.yml"].read_text())
     assert "trusted_ca_files" not in without
+
+
+def test_router_holds_the_instance_identity_ca_for_route_integrity(pki, tmp_path):
+    properties, links = cases(pki)["istio-router"]["defaults"]
+    rendered = render("istio-router", {**properties, "route_integrity": {"ca_cert": pki.ca}}, tmp_path, links=links)
+    assert rendered["config/certs/instance_identity_ca.crt"].read_text().strip() == pki.ca.strip()
+    sds = yaml.safe_load(rendered["config/sds.yml"].read_text())
+    assert sds["trusted_ca_files"] == ["/var/vcap/jobs/istio-router/config/certs/instance_identity_ca.crt"]
+    copilot = yaml.safe_load(render("copilot", copilot_properties(pki, gateway={
+        "instance_identity_ca_file": "/var/vcap/jobs/istio-router/config/certs/instance_identity_ca.crt"}),
+        tmp_path / "copilot")["config/copilot.yml"].read_text())
+    assert copilot["gateway"]["instance_identity_ca_file"].endswith("instance_identity_ca.crt")

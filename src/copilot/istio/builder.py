@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import re
 import socket
 from dataclasses import dataclass, field
 
 from copilot.istio.kinds import DESTINATION_RULE, GATEWAY, SERVICE_ENTRY, VIRTUAL_SERVICE, IstioObject
 from copilot.istio.router_filter import build_router_filter
-from copilot.model import Backend, Destination, normalize_hostname
+from copilot.model import Backend, Destination, normalize_hostname, normalize_weights
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.routing_table import HostRoutes, InternalService, TcpPortRoutes
 
@@ -72,6 +73,11 @@ class GatewaySettings:
     # client can pick one. Off by default: an instance starting or stopping then changes the host's
     # VirtualService and DestinationRule (a full istiod push) instead of only its endpoints (EDS).
     instance_routing: bool = False
+    # Route integrity: the Diego instance-identity CA, as a path on the router. When set, an instance
+    # with a TLS proxy port is reached over TLS on that port, and only if its certificate names the
+    # instance guid: a stale address now held by another app answers 503, never that app's response.
+    # Costs a subset per instance (a full istiod push when an instance comes or goes).
+    instance_identity_ca_file: str = ""
 
     @property
     def ref(self) -> str:
@@ -177,16 +183,13 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         for uri in path_matches:
             if uri is not None:
                 route.match.add(uri=uri)
-        for dest in destinations:
+        targets = _route_targets(settings, destinations)
+        for subset, dest, weight in targets:
             target = route.route.add(
-                destination=pb.Destination(
-                    host=svc,
-                    subset=subset_name(dest.process_guid, dest.container_port),
-                    port=pb.PortSelector(number=SERVICE_PORT),
-                )
+                destination=pb.Destination(host=svc, subset=subset, port=pb.PortSelector(number=SERVICE_PORT))
             )
-            if len(destinations) > 1:
-                target.weight = dest.weight
+            if len(targets) > 1:
+                target.weight = weight
             if _HEADER_VALUE_RE.fullmatch(dest.app_guid):
                 target.headers.request.set["X-CF-ApplicationID"] = dest.app_guid
     if "" not in routes.paths:
@@ -210,21 +213,26 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         entry = dr.subsets.add(name=subset, labels={SUBSET_LABEL: subset})
         if policy is not None:
             entry.traffic_policy.CopyFrom(policy)
+        integrity = _integrity(settings, dest)
         for backend in dest.backends:
             _check_address(backend.address)
             labels = {SUBSET_LABEL: subset}
+            verified = integrity and backend.tls_port and backend.instance_guid
+            if not verified and not backend.port:
+                continue  # only a TLS proxy port, and no identity CA to verify it with: not routable
             if backend.instance_guid and _LABEL_VALUE_RE.fullmatch(backend.instance_guid):
                 labels[INSTANCE_GUID_LABEL] = backend.instance_guid
                 labels[INSTANCE_INDEX_LABEL] = str(backend.index)
-                if settings.instance_routing and dest.app_guid:
-                    instance = instance_subset_name(dest.process_guid, dest.container_port, backend.instance_guid)
-                    labels[INSTANCE_LABEL] = instance
-                    instance_entry = dr.subsets.add(name=instance, labels={INSTANCE_LABEL: instance})
-                    if policy is not None:
-                        instance_entry.traffic_policy.CopyFrom(policy)
+            if backend.instance_guid and (integrity or (settings.instance_routing and dest.app_guid)):
+                instance = instance_subset_name(dest.process_guid, dest.container_port, backend.instance_guid)
+                labels[INSTANCE_LABEL] = instance
+                instance_entry = dr.subsets.add(name=instance, labels={INSTANCE_LABEL: instance})
+                instance_policy = _instance_policy(settings, backend) if verified else policy
+                if instance_policy is not None:
+                    instance_entry.traffic_policy.CopyFrom(instance_policy)
             se.endpoints.add(
                 address=backend.address,
-                ports={SERVICE_PORT_NAME: backend.port},
+                ports={SERVICE_PORT_NAME: backend.tls_port if verified else backend.port},
                 labels=labels,
                 locality=backend.availability_zone,
             )
@@ -233,6 +241,41 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         IstioObject(DESTINATION_RULE, name, dr),
         IstioObject(SERVICE_ENTRY, name, se),
     ]
+
+
+def _integrity(settings: GatewaySettings, dest: Destination) -> bool:
+    """Whether a destination's instances are reached on their TLS proxy ports with their identity checked."""
+    return bool(settings.instance_identity_ca_file) and not dest.tls_san and any(b.tls_port for b in dest.backends)
+
+
+def _instance_policy(settings: GatewaySettings, backend: Backend) -> pb.TrafficPolicy:
+    """TLS to one instance's proxy port, accepted only with a certificate naming that instance guid."""
+    policy = pb.TrafficPolicy()
+    policy.tls.CopyFrom(
+        pb.ClientTLSSettings(
+            mode=pb.ClientTLSSettings.SIMPLE,
+            ca_certificates=settings.instance_identity_ca_file,
+            subject_alt_names=[backend.instance_guid],
+        )
+    )
+    return policy
+
+
+def _route_targets(settings: GatewaySettings, destinations: list[Destination]) -> list[tuple[str, Destination, int]]:
+    """(subset, destination, weight) for a route: a process subset per destination, or, under route
+    integrity, one subset per instance carrying an even share of its process's weight."""
+    shares: list[tuple[str, Destination, int, int]] = []
+    for dest in destinations:
+        instances = [b for b in dest.backends if b.instance_guid] if _integrity(settings, dest) else []
+        if not instances:
+            shares.append((subset_name(dest.process_guid, dest.container_port), dest, dest.weight, 1))
+            continue
+        for backend in instances:
+            name = instance_subset_name(dest.process_guid, dest.container_port, backend.instance_guid)
+            shares.append((name, dest, dest.weight, len(instances)))
+    common = math.lcm(*(n for *_, n in shares))
+    weights = normalize_weights([w * (common // n) for _, _, w, n in shares])
+    return [(name, dest, weight) for (name, dest, _, _), weight in zip(shares, weights, strict=True)]
 
 
 def _traffic_policy(settings: GatewaySettings, dest: Destination) -> pb.TrafficPolicy | None:
