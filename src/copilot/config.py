@@ -142,6 +142,7 @@ def parse(data: object) -> Config:
         tls_cipher_suites=tuple(gw.string_list("tls_cipher_suites", [])),
         sticky_session_cookies=tuple(cookies),
         instance_routing=gw.boolean("instance_routing", defaults.instance_routing),
+        backend_client_certificate=_certificate_name(gw, "backend_client_certificate"),
     )
     gw.done()
     cc = None
@@ -202,6 +203,16 @@ def _certificates(gw: _Section) -> tuple[Certificate, ...]:
         section.done()
         certificates.append(Certificate(name, tuple(hosts)))
     return tuple(certificates)
+
+
+def _certificate_name(section: _Section, name: str) -> str:
+    """An optional name of a certificate the routers hold in gateway.certificate_dir."""
+    if not section.has(name):
+        return ""
+    value = section.string(name)
+    if not _CERT_NAME_RE.fullmatch(value):
+        raise ConfigError(f"{section.key(name)}: {value!r} is not a certificate name (letters, digits, . _ -)")
+    return value
 
 
 def _absolute(section: _Section, name: str) -> str:

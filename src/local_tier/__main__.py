@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
 import yaml
 
 from devtools import peers
-from local_tier import apps, render, supervisor
+from local_tier import apps, launch, render, supervisor
 from local_tier.layout import Layout
-
-READY_TIMEOUT = 120
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.3)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def ports(layout: Layout) -> dict[str, int]:
@@ -53,7 +42,7 @@ def start(layout: Layout, overrides: dict[str, str]) -> int:
     layout.root.mkdir(parents=True, exist_ok=True)
     (layout.root / "ports.yml").write_text(yaml.safe_dump(overrides))
     wanted = ports(layout)
-    taken = [f"{name}={port}" for name, port in wanted.items() if _listening(port)]
+    taken = [f"{name}={port}" for name, port in wanted.items() if launch.listening(port)]
     if taken:
         print(
             f"error: ports already in use: {', '.join(taken)}. Free them, or move them: ./scripts/run-local start -v NAME=PORT",
@@ -63,9 +52,7 @@ def start(layout: Layout, overrides: dict[str, str]) -> int:
 
     step("rendering manifests/local.yml with the release's jobs (certificates from bosh int --vars-store)")
     try:
-        manifest = render.interpolate(layout, {k: str(v) for k, v in wanted.items()})
-        render.lay_out_packages(layout)
-        processes = render.render(layout, manifest)
+        processes = launch.prepare(layout, wanted)
     except (RuntimeError, ValueError) as error:  # bosh int and template errors name what is wrong
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -85,17 +72,17 @@ def start(layout: Layout, overrides: dict[str, str]) -> int:
         "--admin-port",
         str(wanted["bbs_admin_port"]),
     ]
-    env = {"PYTHONPATH": str(peers.REPO / "src")}
-    os.environ["PYTHONPATH"] = env["PYTHONPATH"]
-    names = supervisor.write_config(layout, processes, bbs_double)
+    os.environ["PYTHONPATH"] = str(peers.REPO / "src")
     print(f"  jobs rendered into {layout.jobs}: {', '.join(sorted({p.job for p in processes}))}")
 
-    step(f"starting {', '.join(names)} under supervisor")
-    result = supervisor.supervisord(layout)
-    if result.returncode != 0:
-        print(f"error: supervisord did not start: {result.stderr or result.stdout}", file=sys.stderr)
+    step("starting the BBS double and the jobs' processes under supervisor")
+    try:
+        names = launch.start(layout, processes, bbs_double)
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
-    if not wait_ready(layout, wanted):
+    print(f"  {', '.join(names)}")
+    if not launch.wait_ready(layout, wanted):
         print("error: the tier did not come up; last log lines:", file=sys.stderr)
         print(tails(layout, 15), file=sys.stderr)
         stop(layout, quiet=True)
@@ -103,13 +90,16 @@ def start(layout: Layout, overrides: dict[str, str]) -> int:
     print(f"""
 The routing tier is up. It listens on loopback only:
   router (Envoy) HTTP     http://127.0.0.1:{wanted["router_http_port"]}   (Gateway port from Copilot)
+  router (Envoy) HTTPS    https://127.0.0.1:{wanted["router_https_port"]}  (*.apps.local, CA in {layout.pki / "router_ca.crt"})
   router health           http://127.0.0.1:{wanted["router_health_port"]}/health
   router admin            http://127.0.0.1:{wanted["router_admin_port"]}
   istiod xDS              127.0.0.1:{wanted["istiod_grpc_port"]}
   Copilot MCP             127.0.0.1:{wanted["copilot_mcp_port"]}
   Copilot CC API (mTLS)   127.0.0.1:{wanted["copilot_cc_port"]}
+  Copilot registrar (mTLS) 127.0.0.1:{wanted["copilot_registrar_port"]}
   Copilot health/metrics  http://127.0.0.1:{wanted["copilot_health_port"]}/health  /metrics
   BBS double (mTLS)       https://127.0.0.1:{wanted["bbs_port"]}   (control API http://127.0.0.1:{wanted["bbs_admin_port"]})
+Apps run behind Diego-style cell proxies (TLS, the router's client certificate required).
 Files: jobs in {layout.jobs}, logs in {layout.logs}
 
 Push an app:  ./scripts/cf-local push myapp -i 2
@@ -121,42 +111,6 @@ def step(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-def wait_ready(layout: Layout, wanted: dict[str, int]) -> bool:
-    checks = [
-        ("BBS double", lambda: _listening(wanted["bbs_port"])),
-        (
-            "Copilot synced with BBS",
-            lambda: _json(f"http://127.0.0.1:{wanted['copilot_health_port']}/health").get("serving_istiod"),
-        ),
-        ("istiod serving xDS", lambda: _listening(wanted["istiod_grpc_port"])),
-        (
-            "Envoy live",
-            lambda: requests.get(f"http://127.0.0.1:{wanted['router_admin_port']}/ready", timeout=1).text.strip() == "LIVE",
-        ),
-        ("router listening", lambda: _listening(wanted["router_http_port"])),
-    ]
-    deadline = time.monotonic() + READY_TIMEOUT
-    for name, check in checks:
-        print(f"  waiting for {name} ...", end="", flush=True)
-        started = time.monotonic()
-        while True:
-            try:
-                if check():
-                    break
-            except (requests.RequestException, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                print(" timed out")
-                return False
-            time.sleep(0.2)
-        print(f" ok ({time.monotonic() - started:.1f}s)", flush=True)
-    return True
-
-
-def _json(url: str) -> dict:
-    return requests.get(url, timeout=1).json()
-
-
 def _bbs_certificates(layout: Layout) -> Path:
     variables = render.variables(layout)
     layout.pki.mkdir(parents=True, exist_ok=True)
@@ -164,6 +118,7 @@ def _bbs_certificates(layout: Layout) -> Path:
         "ca.crt": variables["diego_ca"]["certificate"],
         "server.crt": variables["bbs_server"]["certificate"],
         "server.key": variables["bbs_server"]["private_key"],
+        "router_ca.crt": variables["router_ca"]["certificate"],
     }
     for name, content in files.items():
         (layout.pki / name).write_text(content)
@@ -190,7 +145,7 @@ def status(layout: Layout) -> int:
         return 3
     print(supervisor.ctl(layout, "status").stdout.rstrip())
     try:
-        health = _json(f"http://127.0.0.1:{ports(layout)['copilot_health_port']}/health")
+        health = requests.get(f"http://127.0.0.1:{ports(layout)['copilot_health_port']}/health", timeout=1).json()
         print(f"copilot: {health}")
     except (requests.RequestException, ValueError) as error:
         print(f"copilot health unavailable: {error}")
@@ -212,20 +167,8 @@ def tails(layout: Layout, lines: int, only: str | None = None) -> str:
 def stop(layout: Layout, quiet: bool = False) -> int:
     apps.stop_all(layout)
     if running(layout):
-        pid_file = layout.run / "supervisord.pid"
-        pid = int(pid_file.read_text()) if pid_file.is_file() else None
-        supervisor.ctl(layout, "shutdown")
-        deadline = time.monotonic() + 30
-        while pid and time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            if pid:
-                os.kill(pid, signal.SIGKILL)
-    left = [f"{name}={port}" for name, port in ports(layout).items() if _listening(port)] if layout.root.exists() else []
+        launch.shutdown(layout)
+    left = [f"{name}={port}" for name, port in ports(layout).items() if launch.listening(port)] if layout.root.exists() else []
     if left:
         print(f"warning: still listening after stop: {', '.join(left)}", file=sys.stderr)
         return 1

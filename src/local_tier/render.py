@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +43,12 @@ class Process:
     pre_start: str | None
 
 
-def interpolate(layout: Layout, overrides: dict[str, str]) -> dict:
-    """`bosh int` of the local manifest: the real bosh CLI generates and keeps the certificates."""
+def interpolate(layout: Layout, overrides: dict[str, str], ops_files: Sequence[Path] = ()) -> dict:
+    """`bosh int` of the local manifest (with `ops_files` applied in order): the real bosh CLI
+    generates and keeps the certificates."""
     argv = [str(peers.bosh()), "int", str(MANIFEST), "--vars-store", str(layout.vars_store), "-l", str(PORTS), "--var-errs"]
+    for ops_file in ops_files:
+        argv += ["-o", str(ops_file)]
     for name, value in overrides.items():
         argv += ["-v", f"{name}={value}"]
     result = subprocess.run(argv, capture_output=True, text=True)

@@ -36,8 +36,9 @@ def program(name: str, argv: list[str], env: dict[str, str], log: Path, pre_star
     return "\n".join(lines) + "\n"
 
 
-def write_config(layout: Layout, processes: list[Process], bbs_double: list[str]) -> list[str]:
-    """Writes supervisord.conf; returns the program names in start order."""
+def write_config(layout: Layout, processes: list[Process], bbs_double: list[str] | None) -> list[str]:
+    """Writes supervisord.conf (with the BBS double as a program too, if its command is given);
+    returns the program names in start order."""
     sections = [
         "[unix_http_server]",
         f"file={layout.supervisor_socket}",
@@ -53,9 +54,11 @@ def write_config(layout: Layout, processes: list[Process], bbs_double: list[str]
         "[supervisorctl]",
         f"serverurl=unix://{layout.supervisor_socket}",
         "",
-        program("bbs-double", bbs_double, {}, layout.logs / "bbs-double" / "bbs-double.log", priority=10),
     ]
-    names = ["bbs-double"]
+    names = []
+    if bbs_double is not None:
+        sections.append(program("bbs-double", bbs_double, {}, layout.logs / "bbs-double" / "bbs-double.log", priority=10))
+        names.append("bbs-double")
     for priority, process in enumerate(processes, start=20):
         name = f"{process.job}-{process.name}" if process.name != process.job else process.job
         sections.append(

@@ -190,3 +190,64 @@ def test_bad_backend_address_raises_value_error(address: str) -> None:
 def test_bad_host_raises_value_error() -> None:
     with pytest.raises(ValueError, match="host"):
         build_host(SETTINGS, HostRoutes("bad_host", {"": [dest("p")]}))
+
+
+# ---------------------------------------------------------------- route integrity (v58 cells)
+
+INTEGRITY = GatewaySettings(
+    namespace="cf",
+    name="ingress",
+    http_port=8000,
+    instance_identity_ca_file="/certs/instance_identity_ca.crt",
+    backend_client_certificate="backend-client",
+    certificate_dir="/certs",
+)
+
+
+def test_route_integrity_is_one_subset_per_process_checking_its_instance_guids() -> None:
+    # v58 cells: no plain host port, only the TLS proxy port (host_tls_proxy_port).
+    routes = HostRoutes(
+        "a.example.com",
+        {"": [dest("web", 8080, 100, Backend("10.0.0.1", 0, 61010, "guid-b", 1), Backend("10.0.0.2", 0, 61020, "guid-a", 0))]},
+    )
+    vs, dr, se = (o.spec for o in build_host(INTEGRITY, routes))
+    [subset] = dr.subsets  # no cluster per instance
+    assert subset.name == subset_name("web", 8080)
+    tls = subset.traffic_policy.tls
+    assert tls.mode == pb.ClientTLSSettings.MUTUAL
+    assert (tls.client_certificate, tls.private_key) == ("/certs/backend-client.crt", "/certs/backend-client.key")
+    assert tls.ca_certificates == "/certs/instance_identity_ca.crt"
+    assert list(tls.subject_alt_names) == ["guid-a", "guid-b"]
+    assert [dict(e.ports)[SERVICE_PORT_NAME] for e in se.endpoints] == [61010, 61020]
+    assert [route.destination.subset for route in vs.http[0].route] == [subset_name("web", 8080)]
+
+
+def test_route_integrity_never_falls_back_to_a_plain_port() -> None:
+    # One instance has only a plain port (no TLS proxy) beside a proxied one: it gets no traffic.
+    routes = HostRoutes(
+        "a.example.com",
+        {"": [dest("web", 8080, 100, Backend("10.0.0.1", 61001, 0, "guid-a", 0), Backend("10.0.0.2", 0, 61020, "guid-b", 1))]},
+    )
+    _, dr, se = (o.spec for o in build_host(INTEGRITY, routes))
+    assert [(e.address, dict(e.ports)[SERVICE_PORT_NAME]) for e in se.endpoints] == [("10.0.0.2", 61020)]
+    assert list(dr.subsets[0].traffic_policy.tls.subject_alt_names) == ["guid-b"]
+
+
+def test_without_a_client_certificate_the_router_offers_none() -> None:
+    settings = GatewaySettings(instance_identity_ca_file="/certs/ca.crt")
+    routes = HostRoutes("a.example.com", {"": [dest("web", 8080, 100, Backend("10.0.0.1", 0, 61001, "guid-a", 0))]})
+    _, dr, _ = (o.spec for o in build_host(settings, routes))
+    tls = dr.subsets[0].traffic_policy.tls
+    assert tls.mode == pb.ClientTLSSettings.SIMPLE and not tls.client_certificate
+
+
+def test_tcp_routes_reach_cells_over_tls_with_the_client_certificate() -> None:
+    from copilot.istio.builder import build_tcp
+    from copilot.routing_table import TcpPortRoutes
+
+    objects = build_tcp(INTEGRITY, TcpPortRoutes(1024, [Backend("10.0.0.1", 0, 61001, "guid-a", 0)]))
+    se = next(o.spec for o in objects if o.kind == kinds.SERVICE_ENTRY)
+    dr = next(o.spec for o in objects if o.kind == kinds.DESTINATION_RULE)
+    assert [dict(e.ports) for e in se.endpoints] == [{"tcp": 61001}]
+    assert dr.traffic_policy.tls.mode == pb.ClientTLSSettings.MUTUAL
+    assert list(dr.traffic_policy.tls.subject_alt_names) == ["guid-a"]

@@ -145,8 +145,10 @@ def test_tcp_port_gets_its_own_gateway_virtual_service_and_endpoints() -> None:
     objects = build_tcp(SETTINGS, TcpPortRoutes(1024, [Backend("10.0.0.1", 61001), Backend("10.0.0.2", 61002)]))
     assert [(o.kind, o.name) for o in objects] == [
         (kinds.GATEWAY, "cf/cf-tcp-1024"), (kinds.VIRTUAL_SERVICE, "cf/cf-tcp-1024"), (kinds.SERVICE_ENTRY, "cf/cf-tcp-1024"),
+        (kinds.DESTINATION_RULE, "cf/cf-tcp-1024"),
     ]
-    gateway, vs, se = (o.spec for o in objects)
+    gateway, vs, se, dr = (o.spec for o in objects)
+    assert not dr.HasField("traffic_policy")  # plain ports: no TLS without route integrity
     [server] = gateway.servers
     assert (server.port.number, server.port.protocol, server.bind) == (1024, "TCP", "127.0.0.1")
     assert list(vs.gateways) == ["cf/cf-tcp-1024"]  # never bound to the HTTP gateway

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import re
 import socket
 from dataclasses import dataclass, field
@@ -36,6 +35,8 @@ UNKNOWN_ROUTE_NAME = "cf-unknown-route"
 TLS_VERSIONS = {"1.2": pb.ServerTLSSettings.TLSV1_2, "1.3": pb.ServerTLSSettings.TLSV1_3}
 _LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
 _HEADER_VALUE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
+# A SAN no instance certificate has: a subset whose instances are all gone accepts nobody.
+_NO_INSTANCE_SAN = "no-instance.copilot.invalid"
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,14 @@ class GatewaySettings:
     # VirtualService and DestinationRule (a full istiod push) instead of only its endpoints (EDS).
     instance_routing: bool = False
     # Route integrity: the Diego instance-identity CA, as a path on the router. When set, an instance
-    # with a TLS proxy port is reached over TLS on that port, and only if its certificate names the
-    # instance guid: a stale address now held by another app answers 503, never that app's response.
-    # Costs a subset per instance (a full istiod push when an instance comes or goes).
+    # with a TLS proxy port is reached over TLS on that port, and only if its certificate names one of
+    # its process's instance guids: a stale address now held by another app answers 503, never that
+    # app's response. One cluster per process (the SAN list is the process's instance guids), so an
+    # instance coming or going changes its process's DestinationRule.
     instance_identity_ca_file: str = ""
+    # The client certificate the router presents to instances' TLS proxies and TCP backends, by name in
+    # certificate_dir (v58 cells refuse a router without one). "" = none.
+    backend_client_certificate: str = ""
 
     @property
     def ref(self) -> str:
@@ -209,30 +214,28 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         if subset in seen:
             continue
         seen.add(subset)
-        policy = _traffic_policy(settings, dest)
+        backends = _routable_backends(settings, dest)
+        integrity = _integrity(settings, dest)
+        policy = _traffic_policy(settings, dest, sorted({b.instance_guid for b in backends}) if integrity else None)
         entry = dr.subsets.add(name=subset, labels={SUBSET_LABEL: subset})
         if policy is not None:
             entry.traffic_policy.CopyFrom(policy)
-        integrity = _integrity(settings, dest)
-        for backend in dest.backends:
+        for backend in backends:
             _check_address(backend.address)
             labels = {SUBSET_LABEL: subset}
-            verified = integrity and backend.tls_port and backend.instance_guid
-            if not verified and not backend.port:
-                continue  # only a TLS proxy port, and no identity CA to verify it with: not routable
             if backend.instance_guid and _LABEL_VALUE_RE.fullmatch(backend.instance_guid):
                 labels[INSTANCE_GUID_LABEL] = backend.instance_guid
                 labels[INSTANCE_INDEX_LABEL] = str(backend.index)
-            if backend.instance_guid and (integrity or (settings.instance_routing and dest.app_guid)):
+            if backend.instance_guid and settings.instance_routing and dest.app_guid:
                 instance = instance_subset_name(dest.process_guid, dest.container_port, backend.instance_guid)
                 labels[INSTANCE_LABEL] = instance
                 instance_entry = dr.subsets.add(name=instance, labels={INSTANCE_LABEL: instance})
-                instance_policy = _instance_policy(settings, backend) if verified else policy
+                instance_policy = _traffic_policy(settings, dest, [backend.instance_guid] if integrity else None)
                 if instance_policy is not None:
                     instance_entry.traffic_policy.CopyFrom(instance_policy)
             se.endpoints.add(
                 address=backend.address,
-                ports={SERVICE_PORT_NAME: backend.tls_port if verified else backend.port},
+                ports={SERVICE_PORT_NAME: backend.tls_port if integrity else backend.port},
                 labels=labels,
                 locality=backend.availability_zone,
             )
@@ -248,40 +251,51 @@ def _integrity(settings: GatewaySettings, dest: Destination) -> bool:
     return bool(settings.instance_identity_ca_file) and not dest.tls_san and any(b.tls_port for b in dest.backends)
 
 
-def _instance_policy(settings: GatewaySettings, backend: Backend) -> pb.TrafficPolicy:
-    """TLS to one instance's proxy port, accepted only with a certificate naming that instance guid."""
-    policy = pb.TrafficPolicy()
-    policy.tls.CopyFrom(
-        pb.ClientTLSSettings(
-            mode=pb.ClientTLSSettings.SIMPLE,
-            ca_certificates=settings.instance_identity_ca_file,
-            subject_alt_names=[backend.instance_guid],
-        )
-    )
-    return policy
+def _routable_backends(settings: GatewaySettings, dest: Destination) -> list[Backend]:
+    """The backends a destination's subset gets: under route integrity only instances with a TLS proxy
+    port and a guid to check (fail closed: never the plain port beside them); otherwise those with a
+    plain port (a TLS proxy port alone cannot be verified without the identity CA)."""
+    if _integrity(settings, dest):
+        return [b for b in dest.backends if b.tls_port and b.instance_guid]
+    return [b for b in dest.backends if b.port]
 
 
 def _route_targets(settings: GatewaySettings, destinations: list[Destination]) -> list[tuple[str, Destination, int]]:
-    """(subset, destination, weight) for a route: a process subset per destination, or, under route
-    integrity, one subset per instance carrying an even share of its process's weight."""
-    shares: list[tuple[str, Destination, int, int]] = []
-    for dest in destinations:
-        instances = [b for b in dest.backends if b.instance_guid] if _integrity(settings, dest) else []
-        if not instances:
-            shares.append((subset_name(dest.process_guid, dest.container_port), dest, dest.weight, 1))
-            continue
-        for backend in instances:
-            name = instance_subset_name(dest.process_guid, dest.container_port, backend.instance_guid)
-            shares.append((name, dest, dest.weight, len(instances)))
-    common = math.lcm(*(n for *_, n in shares))
-    weights = normalize_weights([w * (common // n) for _, _, w, n in shares])
-    return [(name, dest, weight) for (name, dest, _, _), weight in zip(shares, weights, strict=True)]
+    """(subset, destination, weight) for a route: a process subset per destination."""
+    weights = normalize_weights([dest.weight for dest in destinations]) if destinations else []
+    return [
+        (subset_name(dest.process_guid, dest.container_port), dest, weight)
+        for dest, weight in zip(destinations, weights, strict=True)
+    ]
 
 
-def _traffic_policy(settings: GatewaySettings, dest: Destination) -> pb.TrafficPolicy | None:
-    """A subset's policy: TLS to backends that need it, HTTP/2 (h2c) to processes whose route says http2."""
-    if not dest.tls_san and dest.protocol != "http2":
-        return None  # the common case, kept cheap: most subsets need no policy
+def _identity_tls(settings: GatewaySettings, instance_guids: list[str]) -> pb.ClientTLSSettings:
+    """TLS to instances' proxy ports (Diego's instance identity): the certificate must chain to the
+    identity CA and name one of `instance_guids`; the router presents its backend client certificate."""
+    tls = pb.ClientTLSSettings(
+        mode=pb.ClientTLSSettings.SIMPLE,
+        ca_certificates=settings.instance_identity_ca_file,
+        subject_alt_names=instance_guids or [_NO_INSTANCE_SAN],
+    )
+    _add_client_certificate(settings, tls)
+    return tls
+
+
+def _add_client_certificate(settings: GatewaySettings, tls: pb.ClientTLSSettings) -> None:
+    if settings.backend_client_certificate:
+        directory = settings.certificate_dir.rstrip("/")
+        tls.mode = pb.ClientTLSSettings.MUTUAL
+        tls.client_certificate = f"{directory}/{settings.backend_client_certificate}.crt"
+        tls.private_key = f"{directory}/{settings.backend_client_certificate}.key"
+
+
+def _traffic_policy(
+    settings: GatewaySettings, dest: Destination, instance_guids: list[str] | None = None
+) -> pb.TrafficPolicy | None:
+    """A subset's policy: TLS to backends that need it (a platform backend's SAN, or under route
+    integrity the instances' guids), HTTP/2 to processes whose route says http2."""
+    if not dest.tls_san and dest.protocol != "http2" and instance_guids is None:
+        return None  # the common case without route integrity, kept cheap: no policy
     policy = pb.TrafficPolicy()
     if dest.tls_san:
         if not settings.upstream_ca_file:
@@ -294,6 +308,8 @@ def _traffic_policy(settings: GatewaySettings, dest: Destination) -> pb.TrafficP
                 sni=dest.tls_san,
             )
         )
+    elif instance_guids is not None:
+        policy.tls.CopyFrom(_identity_tls(settings, instance_guids))
     if dest.protocol == "http2":
         policy.connection_pool.http.h2_upgrade_policy = pb.ConnectionPoolSettings.HTTPSettings.UPGRADE
     return policy if policy.ListFields() else None
@@ -367,15 +383,31 @@ def build_tcp(settings: GatewaySettings, routes: TcpPortRoutes) -> list[IstioObj
     tcp.route.add(destination=pb.Destination(host=svc, port=pb.PortSelector(number=port)))
     se = pb.ServiceEntry(hosts=[svc], location=pb.ServiceEntry.MESH_INTERNAL, resolution=pb.ServiceEntry.STATIC)
     se.ports.add(number=port, protocol="TCP", name="tcp")
-    for backend in routes.backends:
+    # Under route integrity the instances are reached on their TLS proxy ports, as tcp-router does with
+    # v58 cells: the router presents its client certificate and checks the instances' identity.
+    integrity = bool(settings.instance_identity_ca_file) and any(b.tls_port for b in routes.backends)
+    backends = [b for b in routes.backends if (b.tls_port and b.instance_guid if integrity else b.port)]
+    for backend in backends:
         _check_address(backend.address)
-        se.endpoints.add(address=backend.address, ports={"tcp": backend.port}, locality=backend.availability_zone)
-    return [IstioObject(GATEWAY, name, gateway), IstioObject(VIRTUAL_SERVICE, name, vs), IstioObject(SERVICE_ENTRY, name, se)]
+        se.endpoints.add(
+            address=backend.address,
+            ports={"tcp": backend.tls_port if integrity else backend.port},
+            locality=backend.availability_zone,
+        )
+    dr = pb.DestinationRule(host=svc)
+    if integrity:
+        dr.traffic_policy.tls.CopyFrom(_identity_tls(settings, sorted({b.instance_guid for b in backends})))
+    return [
+        IstioObject(GATEWAY, name, gateway),
+        IstioObject(VIRTUAL_SERVICE, name, vs),
+        IstioObject(SERVICE_ENTRY, name, se),
+        IstioObject(DESTINATION_RULE, name, dr),
+    ]
 
 
 def tcp_object_names(settings: GatewaySettings, port: int) -> list[IstioObject]:
     name = tcp_object_name(settings, port)
-    return [IstioObject(kind, name, kind.message()) for kind in (GATEWAY, VIRTUAL_SERVICE, SERVICE_ENTRY)]
+    return [IstioObject(kind, name, kind.message()) for kind in (GATEWAY, VIRTUAL_SERVICE, SERVICE_ENTRY, DESTINATION_RULE)]
 
 
 def internal_object_name(settings: GatewaySettings, host: str) -> str:
