@@ -1,12 +1,13 @@
 """Sample app instances: small HTTP servers on loopback that answer with their instance guid (and the
 request headers, as JSON on /headers; a JSESSIONID cookie on /session; a WebSocket echo on any path
 asked to upgrade), standing in for what Diego would run in containers. `H2cApp` is one that speaks only
-HTTP/2 cleartext (prior knowledge), for routes whose protocol is http2.
+HTTP/2 cleartext (prior knowledge), for routes whose protocol is http2; `TcpEchoApp` one for TCP routes.
 `python -m devtools.apps --guid G [--port N] [--port-file F]` runs one as a process."""
 
 from __future__ import annotations
 
 import json
+import socketserver
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -84,9 +85,11 @@ class H2cApp:
     """An app instance that speaks only HTTP/2 over cleartext (an Envoy whose only codec is HTTP/2): an
     HTTP/1.1 request fails, an h2c one gets `<guid>` and `X-App-Protocol: HTTP/2`."""
 
-    def __init__(self, instance_guid: str, workdir: Path) -> None:
+    def __init__(self, instance_guid: str, workdir: Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Listens on `host:port` (`port` 0: a free one); its Envoy's admin is on a free 127.0.0.1 port."""
         self.instance_guid = instance_guid
-        self.port = free_port()
+        self.host = host
+        self.port = port or free_port(host)
         admin = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         route = {
@@ -109,7 +112,7 @@ class H2cApp:
         }
         listener = {
             "name": "h2c",
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.port}},
+            "address": {"socket_address": {"address": host, "port_value": self.port}},
             "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}],
         }
         config = {
@@ -120,12 +123,39 @@ class H2cApp:
         path.write_text(json.dumps(config))
         argv = [str(peers.envoy()), "-c", str(path), "--base-id", str(admin), "--log-level", "error"]
         self.process = ManagedProcess(f"h2c-{instance_guid}", argv, workdir / f"{instance_guid}.log").start()
-        if not wait_for_port(self.port, timeout=30):
+        if not wait_for_port(self.port, host=host, timeout=30):
             self.process.stop()
             raise RuntimeError(f"h2c app did not start:\n{self.process.log_tail()}")
 
     def stop(self) -> None:
         self.process.stop()
+
+
+class TcpEchoApp:
+    """An app instance for TCP routes: answers every line it receives with `<guid>:<line>` (so a client
+    sees which instance it reached), until the client closes."""
+
+    def __init__(self, instance_guid: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        prefix = f"{instance_guid}:".encode()
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                for line in self.rfile:
+                    self.wfile.write(prefix + line)
+                    self.wfile.flush()
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self.instance_guid = instance_guid
+        self._server = Server((host, port), Handler)
+        self.port: int = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, name=f"tcp-echo-{instance_guid}", daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 def main(argv: list[str] | None = None) -> int:
