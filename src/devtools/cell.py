@@ -825,7 +825,8 @@ def main(argv: list[str] | None = None) -> int:
             # --http1.1: curl offers h2 by default, Envoy would pick it and hand an HTTP/1.1 app raw HTTP/2
             # (as on Diego; gorouter offers h2 only for http2 routes).
             print(
-                f"  curl --http1.1 --cacert {pki.root_ca_cert} --cert {pki.router_client.cert_path} --key {pki.router_client.key_path}"
+                f"  curl --http1.1 --cacert {pki.root_ca_cert}"
+                f" --cert {pki.router_client.cert_path} --key {pki.router_client.key_path}"
                 f" --resolve {instance.instance_guid}:{port}:{cell.cell_ip} https://{instance.instance_guid}:{port}/"
             )
         print("Ctrl-C stops the cell.", flush=True)

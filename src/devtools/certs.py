@@ -178,10 +178,7 @@ class CA:
                 critical=True,
             )
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                critical=False,
-            )
+            .add_extension(_authority_key_id(ca_cert, ca_key), critical=False)
         )
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -217,7 +214,7 @@ def make_ca(out_dir: Path, common_name: str, *, issuer: CA | None = None, path_l
         issuer_cert, issuer_key = issuer._materials()
         cert = (
             builder.issuer_name(issuer_cert.subject)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+            .add_extension(_authority_key_id(issuer_cert, issuer_key), critical=False)
             .sign(issuer_key, hashes.SHA256())
         )
     pair = _write(out_dir, common_name, cert, key)
@@ -280,3 +277,13 @@ def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
         serialization.PrivateFormat.TraditionalOpenSSL,
         serialization.NoEncryption(),
     )
+
+
+def _authority_key_id(issuer_cert: x509.Certificate, issuer_key: rsa.RSAPrivateKey) -> x509.AuthorityKeyIdentifier:
+    """The issuer's own subject key identifier when it has one (CAs made by other tools, such as bosh,
+    compute it differently from a hash of the public key), else one derived from its public key."""
+    try:
+        ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key())
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)

@@ -1,48 +1,118 @@
-"""The whole routing tier on one machine for tests and benchmarks: a BBS test double standing in for
-Diego, Copilot (its real `copilot` command), a real istiod and a real Envoy router with router_sds
-serving its TLS certificates beside it (as the istio-router job runs them), all on loopback."""
+"""The whole routing tier on one machine for the end-to-end tests and the benchmarks, started by the one
+launcher (`local_tier.launch`) from the release's rendered jobs with their default properties:
+`manifests/local.yml` (wired as the ops-files wire cf-deployment v58) plus `manifests/ops/local-test.yml`
+(the tests' router certificates) and any per-test ops-files. Two stand-ins, the one place each lives:
+the BBS test double, in this process so tests drive it directly, and `devtools.cell`, which puts every
+app instance behind a v58 container proxy (TLS only, the router's client certificate required)."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import ssl
-import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-import yaml
 
 from bbs_double.server import BBSDouble
-from devtools.certs import make_ca
-from devtools.envoy import Envoy, start_envoy
-from devtools.istiod import Istiod, start_istiod, wait_ready
-from devtools.ports import free_port, wait_for_port
-from devtools.processes import ManagedProcess
+from devtools.cell import Cell, CellInstance, CellPKI
+from devtools.certs import CA, CertPair
+from devtools.peers import REPO
+from devtools.ports import free_port
+from local_tier import launch, render, supervisor
+from local_tier.layout import Layout
+
+TEST_OPS = REPO / "manifests" / "ops" / "local-test.yml"
+# The tests' router certificates (manifests/ops/local-test.yml): (name, SNI names); the first also
+# answers clients sending no or another SNI.
+ROUTER_CERTIFICATES = (("wildcard-example-com", ("*.example.com",)), ("app-example-com", ("app.example.com",)))
+
+
+@dataclass
+class RouterAdmin:
+    """The router Envoy's admin API (loopback)."""
+
+    port: int
+
+    def config_dump(self) -> dict:
+        return requests.get(f"http://127.0.0.1:{self.port}/config_dump", timeout=10).json()
+
+    def listeners(self) -> str:
+        return requests.get(f"http://127.0.0.1:{self.port}/listeners", timeout=5).text
+
+    def cluster_count(self) -> int:
+        stats = requests.get(f"http://127.0.0.1:{self.port}/stats?filter=^cluster_manager.active_clusters$", timeout=5)
+        return int(stats.text.split(":")[1])
 
 
 @dataclass
 class Tier:
-    workdir: Path
+    layout: Layout
+    ports: dict[str, int]
     bbs: BBSDouble
-    copilot: ManagedProcess
-    istiod: Istiod
-    envoy: Envoy
-    http_port: int
-    mcp_port: int
-    health_port: int
+    cell: Cell
     extra: dict = field(default_factory=dict)
-    https_port: int = 0
-    router_sds: ManagedProcess | None = None
-    router_ca: Path | None = None  # the CA that signed the router's certificates
+    cells: list[Cell] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ where things are
+
+    @property
+    def workdir(self) -> Path:
+        return self.layout.root
+
+    @property
+    def http_port(self) -> int:
+        return self.ports["router_http_port"]
+
+    @property
+    def https_port(self) -> int:
+        return self.ports["router_https_port"]
 
     @property
     def router_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def router_ca(self) -> Path:
+        return self.extra["router_ca"].cert_path
+
+    @property
+    def envoy(self) -> RouterAdmin:
+        return RouterAdmin(self.ports["router_admin_port"])
+
+    def log_path(self, job: str, process: str | None = None) -> Path:
+        return self.layout.logs / job / f"{process or job}.log"
+
+    def pid(self, program: str) -> int:
+        """The pid of a supervised program (e.g. istio-router-envoy, copilot, pilot-discovery)."""
+        return int(supervisor.ctl(self.layout, "pid", program).stdout.strip())
+
+    # ------------------------------------------------------------------ app instances (Diego's part)
+
+    def start_instance(
+        self, process_guid: str, index: int, instance_guid: str, *, app: str = "http", cell: Cell | None = None, **bbs_kwargs
+    ) -> CellInstance:
+        """Starts an instance on a cell (behind its container proxy) and reports it RUNNING to the BBS
+        with the net info the rep would report. Extra keyword arguments go to `BBSDouble.start_instance`."""
+        instance = (cell or self.cell).start_instance(instance_guid, app=app)  # type: ignore[arg-type]
+        try:
+            self.bbs.start_instance(process_guid, index, **{**instance.net_info(), **bbs_kwargs})
+        except BaseException:
+            instance.stop()
+            raise
+        return instance
+
+    def new_cell(self, name: str, **options) -> Cell:
+        """Another cell of this foundation (e.g. with other `containers.proxy` settings); stopped with the tier."""
+        cell = Cell(self.layout.root / "cells" / name, self.extra["cell_pki"], **options)
+        self.cells.append(cell)
+        return cell
+
+    # ------------------------------------------------------------------ requests through the router
 
     def get(self, host: str, path: str = "/", timeout: float = 5.0) -> requests.Response:
         """A request through the router (a fresh connection each time, as separate clients would)."""
@@ -70,24 +140,11 @@ class Tier:
             sock.close()
             raise
 
-    def restart_copilot(self) -> None:
-        self.copilot.stop()
-        self.copilot.start()
-        if not wait_for_port(self.mcp_port, timeout=30):
-            raise RuntimeError(f"copilot did not come back:\n{self.copilot.log_tail()}")
+    # ------------------------------------------------------------------ Copilot's other sources
 
     def cc_stub(self):
         """A Cloud Controller client (our own stubs of api.CloudControllerCopilot) with CC's certificate."""
-        import grpc
-
-        from copilot.protos import cc_copilot_pb2_grpc
-
-        client = self.extra["cc_client"]
-        credentials = grpc.ssl_channel_credentials(
-            self.extra["cc_ca"].read_bytes(), client.key_path.read_bytes(), client.cert_path.read_bytes()
-        )
-        channel = grpc.secure_channel(f"127.0.0.1:{self.extra['cc_port']}", credentials)
-        return cc_copilot_pb2_grpc.CloudControllerCopilotStub(channel)
+        return launch.cc_stub(self.layout, self.ports)
 
     def register(self, registrations: list[dict], *, delete: bool = False) -> requests.Response:
         """Calls Copilot's registrar API as our route_registrar job does (mutual TLS)."""
@@ -102,173 +159,94 @@ class Tier:
         )
 
     def copilot_health(self) -> dict:
-        return requests.get(f"http://127.0.0.1:{self.health_port}/health", timeout=5).json()
+        return requests.get(f"http://127.0.0.1:{self.ports['copilot_health_port']}/health", timeout=5).json()
 
     def metrics(self) -> str:
-        return requests.get(f"http://127.0.0.1:{self.health_port}/metrics", timeout=5).text
+        return requests.get(f"http://127.0.0.1:{self.ports['copilot_health_port']}/metrics", timeout=5).text
+
+    def restart_copilot(self) -> None:
+        """Restarts the copilot job's process; Cloud Controller's route syncer then sends its BulkSync."""
+        result = supervisor.ctl(self.layout, "restart", "copilot")
+        if result.returncode != 0:
+            raise RuntimeError(f"supervisorctl restart copilot: {result.stdout}{result.stderr}")
+        wait_until(lambda: launch.listening(self.ports["copilot_cc_port"]), timeout=30, message="copilot's CC API")
+        launch.cloud_controller_sync(self.layout, self.ports)
 
     def stop(self) -> None:
-        stoppers = [self.envoy.process.stop, self.istiod.process.stop, self.copilot.stop, self.bbs.stop]
-        if self.router_sds is not None:
-            stoppers.insert(1, self.router_sds.stop)
-        for stopper in stoppers:
+        for stopper in (lambda: launch.shutdown(self.layout), *(c.stop for c in self.cells), self.bbs.stop):
             with contextlib.suppress(Exception):  # best-effort teardown
                 stopper()
 
 
-# The router's certificates (name, SNI names): the first also answers clients sending no or another SNI.
-ROUTER_CERTIFICATES = (("wildcard-example-com", ("*.example.com",)), ("app-example-com", ("app.example.com",)))
-# Where the router job keeps them, as router_sds's file_cert_dir: only a name, nothing is read there.
-ROUTER_CERT_DIR = "/var/vcap/jobs/istio-router/config/certs"
+def _pair(layout: Layout, variables: dict, name: str) -> CertPair:
+    """A certificate variable of the vars store as PEM files (<pki>/<name>.crt and .key)."""
+    layout.pki.mkdir(parents=True, exist_ok=True)
+    cert, key = layout.pki / f"{name}.crt", layout.pki / f"{name}.key"
+    cert.write_text(variables[name]["certificate"])
+    key.write_text(variables[name]["private_key"])
+    key.chmod(0o600)
+    return CertPair(cert, key)
 
 
-def start_router_sds(
-    workdir: Path, certificates: list[tuple[str, Path, Path]], trusted_ca_files: tuple[Path, ...] = ()
-) -> tuple[ManagedProcess, str]:
-    """router_sds (python -m router_sds) serving (name, cert file, key file); returns it and where it listens."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    socket_path = workdir / "sds.sock"
-    listen = f"unix://{socket_path}" if len(str(socket_path)) < 100 else f"127.0.0.1:{free_port()}"
-    config = {
-        "listen": listen,
-        "file_cert_dir": ROUTER_CERT_DIR,
-        "poll_interval_seconds": 1,
-        "trusted_ca_files": [str(path) for path in trusted_ca_files],
-        "certificates": [
-            {"name": name, "certificate_chain_file": str(cert), "private_key_file": str(key)} for name, cert, key in certificates
-        ],
-    }
-    config_path = workdir / "sds.yml"
-    config_path.write_text(yaml.safe_dump(config))
-    process = ManagedProcess(
-        "router-sds",
-        [sys.executable, "-m", "router_sds", "--config", str(config_path)],
-        workdir / "sds.log",
-        env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    ).start()
-    def listening() -> bool:
-        if listen.startswith("unix:"):
-            return socket_path.exists()
-        return wait_for_port(int(listen.rpartition(":")[2]), timeout=0.2)
-
-    deadline = time.monotonic() + 30
-    while not listening():
-        if time.monotonic() > deadline or not process.running:
-            process.stop()
-            raise RuntimeError(f"router-sds did not start:\n{process.log_tail()}")
-        time.sleep(0.05)
-    return process, listen
+def _ca(layout: Layout, variables: dict, name: str) -> CA:
+    return CA.from_pem(layout.pki, name, variables[name]["certificate"], variables[name]["private_key"])
 
 
 def start_tier(
     workdir: Path,
     *,
-    reconcile_interval: float = 30.0,
-    debounce_after: str = "10ms",
+    ops_files: Sequence[Path] = (),
     preload: Callable[[BBSDouble], None] | None = None,
-    router_certificates: tuple[tuple[str, tuple[str, ...]], ...] = ROUTER_CERTIFICATES,
+    test_certificates: bool = True,
 ) -> Tier:
-    """Starts everything on loopback; `preload` fills the BBS double before Copilot first lists it."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    pki = workdir / "pki"
-    router_ca = make_ca(pki, "router-ca")
-    # The CA of platform components reached over TLS (registrations with a tls_port).
-    upstream_ca = make_ca(pki, "platform-ca")
-    # Diego's instance identity CA: signs each instance's certificate (SAN = instance guid), for route integrity.
-    identity_ca = make_ca(pki, "instance-identity-ca")
-    router_certs = [
-        (name, router_ca.issue(name, pki / "router", dns_names=list(hosts), client=False)) for name, hosts in router_certificates
-    ]
-    diego_ca = make_ca(pki, "diego-ca")
-    bbs_server = diego_ca.issue("bbs-server", pki, dns_names=["localhost"], ip_addresses=["127.0.0.1"], client=False)
-    bbs_client = diego_ca.issue("bbs-client", pki, server=False)
-    cc_ca = make_ca(pki, "cc-ca")
-    cc_server = cc_ca.issue("copilot-cc-server", pki, dns_names=["localhost"], ip_addresses=["127.0.0.1"], client=False)
-    cc_client = cc_ca.issue("cloud-controller", pki, server=False)
-    registrar_ca = make_ca(pki, "registrar-ca")
-    registrar_server = registrar_ca.issue(
-        "copilot-registrar", pki, dns_names=["localhost"], ip_addresses=["127.0.0.1"], client=False
+    """Renders and starts the tier under `workdir` on free loopback ports; `ops_files` are applied after
+    the test certificates; `preload` fills the BBS double before Copilot first lists it."""
+    layout = Layout(Path(workdir).resolve())
+    ports = {name: free_port() for name in launch.default_ports()}
+    processes = launch.prepare(layout, ports, [*([TEST_OPS] if test_certificates else []), *ops_files])
+    variables = render.variables(layout)
+    bbs_server, diego_ca = _pair(layout, variables, "bbs_server"), _ca(layout, variables, "diego_ca")
+    bbs = BBSDouble(
+        ca_cert=diego_ca.cert_path, server_cert=bbs_server.cert_path, server_key=bbs_server.key_path, port=ports["bbs_port"]
     )
-    registrar_client = registrar_ca.issue("route-registrar", pki, server=False)
-    bbs = BBSDouble(ca_cert=diego_ca.cert_path, server_cert=bbs_server.cert_path, server_key=bbs_server.key_path)
     bbs.start()
-    if preload is not None:
-        preload(bbs)
-
-    mcp_port, health_port, http_port, https_port, cc_port, registrar_port = (free_port() for _ in range(6))
-    config = {
-        "bbs": {
-            "url": bbs.url,
-            "ca_cert": str(diego_ca.cert_path),
-            "client_cert": str(bbs_client.cert_path),
-            "client_key": str(bbs_client.key_path),
-            "reconcile_interval_seconds": reconcile_interval,
-            "max_backoff_seconds": 1,
-        },
-        "mcp": {"listen": f"127.0.0.1:{mcp_port}"},
-        "health": {"listen": f"127.0.0.1:{health_port}"},
-        "gateway": {
-            "http_port": http_port,
-            "bind": "127.0.0.1",
-            "https_port": https_port,
-            "certificates": [{"name": name, "hosts": list(hosts)} for name, hosts in router_certificates],
-            "certificate_dir": ROUTER_CERT_DIR,
-            "instance_routing": True,
-            "upstream_ca_file": str(upstream_ca.cert_path),
-            "instance_identity_ca_file": str(identity_ca.cert_path),
-        },
-        "cc": {
-            "listen": f"127.0.0.1:{cc_port}",
-            "cert": str(cc_server.cert_path),
-            "key": str(cc_server.key_path),
-            "client_ca": str(cc_ca.cert_path),
-            "bulk_sync_hold_seconds": 0,
-        },
-        "registrar": {
-            "listen": f"127.0.0.1:{registrar_port}",
-            "cert": str(registrar_server.cert_path),
-            "key": str(registrar_server.key_path),
-            "client_ca": str(registrar_ca.cert_path),
-        },
-        "log_level": "info",
-    }
-    config_path = workdir / "copilot.yml"
-    config_path.write_text(yaml.safe_dump(config))
-    copilot = ManagedProcess(
-        "copilot",
-        [sys.executable, "-m", "copilot.main", "--config", str(config_path)],
-        workdir / "copilot.log",
-        env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    ).start()
-    if not wait_for_port(mcp_port, timeout=30):
-        raise RuntimeError(f"copilot did not start:\n{copilot.log_tail()}")
-    istiod = start_istiod(workdir / "istiod", f"127.0.0.1:{mcp_port}", debounce_after=debounce_after)
-    wait_ready(istiod)
-    router_sds, sds_listen = start_router_sds(
-        workdir / "router-sds",
-        [(name, pair.cert_path, pair.key_path) for name, pair in router_certs],
-        (upstream_ca.cert_path, identity_ca.cert_path),
+    identity_ca = _ca(layout, variables, "diego_instance_identity_ca")
+    pki = CellPKI.from_files(
+        identity_ca_cert=identity_ca.cert_path,
+        identity_ca_key=identity_ca.key_path,
+        root_ca_cert=_ca(layout, variables, "application_ca").cert_path,
+        trusted_ca_certificates=[_ca(layout, variables, "service_cf_internal_ca").cert_path],
     )
-    envoy = start_envoy(workdir / "envoy", istiod.grpc_port, sds_listen=sds_listen)
-    tier = Tier(workdir, bbs, copilot, istiod, envoy, http_port, mcp_port, health_port)
-    tier.https_port, tier.router_sds, tier.router_ca = https_port, router_sds, router_ca.cert_path
+    cell = Cell(layout.root / "cells" / "cell-1", pki)
+    tier = Tier(layout, ports, bbs, cell, cells=[cell])
     tier.extra.update(
-        cc_port=cc_port,
-        upstream_ca=upstream_ca,
+        cell_pki=pki,
         identity_ca=identity_ca,
-        cc_ca=cc_ca.cert_path,
-        cc_client=cc_client,
-        registrar_url=f"https://127.0.0.1:{registrar_port}",
-        registrar_ca=registrar_ca.cert_path,
-        registrar_client=registrar_client,
+        router_ca=_ca(layout, variables, "router_ca"),
+        upstream_ca=_ca(layout, variables, "platform_ca"),
+        service_cf_internal_ca=_ca(layout, variables, "service_cf_internal_ca"),
+        registrar_url=f"https://127.0.0.1:{ports['copilot_registrar_port']}",
+        registrar_ca=_ca(layout, variables, "registrar_ca").cert_path,
+        registrar_client=_pair(layout, variables, "registrar_client"),
     )
-    for port in (http_port, https_port):
-        if not wait_for_port(port, timeout=30):
-            tier.stop()
-            raise RuntimeError(
-                f"the router never opened its listener on {port}:\n{envoy.process.log_tail()}\n{istiod.process.log_tail()}"
-            )
+    try:
+        if preload is not None:
+            preload(bbs)
+        launch.start(layout, processes, bbs_double=None)
+        if not launch.wait_ready(layout, ports, quiet=True, timeout=180):
+            raise RuntimeError(f"the tier did not come up:\n{tails(layout)}")
+    except BaseException:
+        tier.stop()
+        raise
     return tier
+
+
+def tails(layout: Layout, lines: int = 30) -> str:
+    out = []
+    for log in sorted(layout.logs.rglob("*.log")):
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {log.relative_to(layout.root)}\n" + "\n".join(text))
+    return "\n".join(out)
 
 
 def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, message: str = "condition") -> None:

@@ -1,4 +1,5 @@
-"""The tier the end-to-end tests share: BBS double, Copilot, a real istiod and a real Envoy router."""
+"""The tier the end-to-end tests share: the release's rendered jobs (Copilot, a real istiod, a real Envoy
+router with its SDS server) started by the one launcher, the BBS double, and a v58 cell."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from devtools.apps import AppInstance
 from devtools.tier import Tier, start_tier
 
 _names = itertools.count(1)
@@ -15,16 +15,15 @@ _names = itertools.count(1)
 
 @pytest.fixture(scope="session")
 def tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
-    workdir = tmp_path_factory.mktemp("tier")
-    tier = start_tier(workdir, reconcile_interval=5)
+    tier = start_tier(tmp_path_factory.mktemp("tier"))
     yield tier
     tier.stop()
 
 
 @pytest.fixture
-def apps() -> Iterator[list[AppInstance]]:
-    """Start app instances with `apps.append(AppInstance(guid))`; all are stopped after the test."""
-    started: list[AppInstance] = []
+def apps() -> Iterator[list]:
+    """Things to stop after the test (cell instances, sample apps): `apps.append(x)`; each has stop()."""
+    started: list = []
     yield started
     for app in started:
         app.stop()

@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from devtools.apps import AppInstance
+from devtools.cell import CellInstance
 from devtools.tier import Tier, wait_until
 
 
@@ -22,11 +22,10 @@ def _status(tier: Tier, host: str, path: str = "/") -> int:
     return tier.get(host, path).status_code
 
 
-def _start(tier: Tier, apps: list[AppInstance], process: str, index: int, guid: str) -> AppInstance:
-    app = AppInstance(guid)
-    apps.append(app)
-    tier.bbs.start_instance(process, index, host_port=app.port, instance_guid=guid)
-    return app
+def _start(tier: Tier, apps: list, process: str, index: int, guid: str) -> CellInstance:
+    instance = tier.start_instance(process, index, guid)
+    apps.append(instance)
+    return instance
 
 
 def test_running_instance_is_reachable(tier: Tier, apps, unique) -> None:
