@@ -106,9 +106,10 @@ class Tier:
             raise
         return instance
 
-    def new_cell(self, name: str, **options) -> Cell:
-        """Another cell of this foundation (e.g. with other `containers.proxy` settings); stopped with the tier."""
-        cell = Cell(self.layout.root / "cells" / name, self.extra["cell_pki"], **options)
+    def new_cell(self, name: str, *, pki: CellPKI | None = None, **options) -> Cell:
+        """Another cell of this foundation (e.g. with other `containers.proxy` settings, or trusting
+        other CAs with `pki`); stopped with the tier."""
+        cell = Cell(self.layout.root / "cells" / name, pki or self.extra["cell_pki"], **options)
         self.cells.append(cell)
         return cell
 

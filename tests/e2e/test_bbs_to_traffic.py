@@ -118,10 +118,9 @@ def test_copilot_restart_while_traffic_flows(tier: Tier, apps, unique) -> None:
     worker = threading.Thread(target=load)
     worker.start()
     try:
-        time.sleep(0.5)
+        wait_until(lambda: sent > 20, message="traffic to flow")
         tier.restart_copilot()
-        wait_until(lambda: tier.copilot_health()["bbs_synced"], message="Copilot to rebuild its state from BBS")
-        time.sleep(1.0)
+        wait_until(lambda: tier.copilot_health()["serving_istiod"], message="Copilot to rebuild its state from BBS")
         # State was rebuilt from BBS: a change made now flows through the restarted Copilot.
         _start(tier, apps, process, 2, f"{unique}-i2")
         wait_until(lambda: _serves(tier, host, f"{unique}-i2"), message="a new instance after the restart")
@@ -147,11 +146,11 @@ def test_bbs_down_keeps_last_known_routes(tier: Tier, apps, unique) -> None:
             assert _serves(tier, host, f"{unique}-i0")
         assert "copilot_bbs_staleness_seconds" in tier.metrics()
         # Diego changes things while BBS is unreachable from Copilot...
-        second = AppInstance(f"{unique}-i1")
+        second = tier.cell.start_instance(f"{unique}-i1")
         apps.append(second)
     finally:
         tier.bbs.start()
-    tier.bbs.start_instance(process, 1, host_port=second.port, instance_guid=f"{unique}-i1")
+    tier.bbs.start_instance(process, 1, **second.net_info())
     wait_until(lambda: _serves(tier, host, f"{unique}-i1"), timeout=30, message="changes to flow again once BBS is back")
     wait_until(lambda: tier.copilot_health()["bbs_staleness_seconds"] == 0, message="staleness back to 0")
 
@@ -174,7 +173,7 @@ def test_malformed_payloads_and_invalid_hostnames_are_skipped(tier: Tier, apps, 
     assert _status(tier, f"{unique}-ssh.example.com") == 404
     metrics = tier.metrics()
     assert 'copilot_bbs_errors_total{kind="malformed_event"}' in metrics
-    log = tier.copilot.log_path.read_text()
+    log = tier.log_path("copilot").read_text()
     assert "bad_host!.example.com" in log and "not JSON" in log
 
 

@@ -73,7 +73,7 @@ def test_router_objects_answer_unknown_routes_and_carry_the_router_filter() -> N
     assert router_filter.name == "cf/cf-router" and dict(ef.workload_selector.labels) == {"app": "istio-router"}
     patches = json_format.MessageToDict(ef)["configPatches"]
     assert [(p["applyTo"], p["patch"]["operation"]) for p in patches] == [
-        ("HTTP_FILTER", "MERGE"), ("HTTP_FILTER", "INSERT_BEFORE"), ("HTTP_FILTER", "INSERT_FIRST"),
+        ("HTTP_FILTER", "MERGE"), ("HTTP_FILTER", "INSERT_BEFORE"), ("HTTP_FILTER", "INSERT_FIRST"), ("NETWORK_FILTER", "MERGE"),
     ]
     upstream = patches[0]["patch"]["value"]["typed_config"]["upstream_http_filters"]
     assert [f["name"] for f in upstream] == [

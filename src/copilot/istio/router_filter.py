@@ -16,6 +16,8 @@ managers (context GATEWAY, selected by the Gateway's labels):
    requests carrying it go to that instance while it is in the cluster, else to another one (re-pinned).
    A Lua filter (first in the chain, so it sees responses last) hands the cookie out only when the app
    sets a session cookie (JSESSIONID by default) or the request carried one, as gorouter does.
+3. `X-Cf-Routererror` on the router's own 502/503/504 answers (the connection manager's local reply
+   mappers, by response flag): `no_endpoints` or `endpoint_failure`, as gorouter names them.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ STICKY_COOKIE = "__VCAP_ID__"
 COOKIE_NAME_RE = re.compile(r"^[A-Za-z0-9!#$&'*+.^_`|~-]+$")
 
 _HCM = "envoy.filters.network.http_connection_manager"
+_HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _COOKIE_STATE = "type.googleapis.com/envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState"
 _ROUTER = "envoy.filters.http.router"
 _WORKLOAD_HEADER = "x-cf-upstream-workload"
@@ -216,4 +219,30 @@ def build_router_filter(namespace: str, selector: dict[str, str], sticky_cookie_
             value=_struct(_lua("cf.sticky_sessions", sticky_lua(sticky_cookie_names))),
         ),
     )
+    ef.config_patches.add(
+        apply_to=pb.EnvoyFilter.NETWORK_FILTER,
+        match=_hcm_match(),
+        patch=pb.EnvoyFilter.Patch(
+            operation=pb.EnvoyFilter.Patch.MERGE,
+            value=_struct({
+                "name": _HCM,
+                "typed_config": {
+                    "@type": _HCM_TYPE,
+                    "local_reply_config": {"mappers": _ROUTER_ERROR_MAPPERS},
+                },
+            }),
+        ),
+    )
     return IstioObject(ENVOY_FILTER, f"{namespace}/{ROUTER_FILTER_NAME}", ef)
+
+
+# gorouter's X-Cf-Routererror on the answers the router gives itself when no instance answered: no
+# instance to send to (503 no_endpoints), or every attempt failed to connect or complete its TLS
+# handshake with a cell proxy, was reset or timed out (502/503/504 endpoint_failure).
+_ROUTER_ERROR_MAPPERS = [
+    {
+        "filter": {"response_flag_filter": {"flags": flags}},
+        "headers_to_add": [_set("x-cf-routererror", value)["append"]],
+    }
+    for flags, value in ((["UH"], "no_endpoints"), (["UF", "URX", "UC", "UT", "UR"], "endpoint_failure"))
+]
