@@ -1,12 +1,21 @@
 """A loopback-only JSON control API for a running BBS double, so demos and the local push command can act
-as a Diego cell would: desire LRPs with routes, start, crash, evacuate and remove instances.
+as a Diego cell would: desire LRPs with routes, start, crash, evacuate, suspect, retire and remove
+instances, and make BBS requests fail. Each call emits the events a real BBS does (bbs_double.server).
 
     POST /desired_lrps          {"process_guid", "http_routes", "tcp_routes", "internal_routes", "instances"}
     DELETE /desired_lrps/<guid>
-    POST /instances             {"process_guid", "index", "host_port", "instance_guid", "container_port", ...}
-    POST /instances/crash       {"process_guid", "index"}
+    POST /instances             {"process_guid", "index", "host_port", "instance_guid", "container_port",
+                                 "routable", "readiness_check", ...}
+    POST /instances/routable    {"process_guid", "index", "routable"}
+    POST /instances/crash       {"process_guid", "index", "restart"}
     POST /instances/evacuate    {"process_guid", "index"}
+    POST /instances/suspect     {"process_guid", "index"}
+    POST /instances/retire      {"process_guid", "index"}
     POST /instances/remove      {"process_guid", "index", "evacuating"}
+    POST /cells/lose            {"cell_id"}: its RUNNING instances become SUSPECT
+    POST /failures              {"path" (default "*"), "error_type" (a number or a name, default 0),
+                                 "count" (default 1), "message", "http_status"}: fail the next requests
+    DELETE /failures            cancel every injected failure
     GET  /state                 desired process guids and their instances
 """
 
@@ -17,6 +26,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from bbs_double.server import BBSDouble
+from copilot.protos import bbs_pb2
 
 _START_FIELDS = {
     "host_port",
@@ -30,6 +40,7 @@ _START_FIELDS = {
     "availability_zone",
     "routable",
     "cell_id",
+    "readiness_check",
 }
 _DESIRE_FIELDS = {"http_routes", "tcp_routes", "internal_routes", "instances", "domain", "ports"}
 
@@ -49,11 +60,39 @@ class AdminServer:
                 options = {k: v for k, v in body.items() if k in _START_FIELDS}
                 guid = double.start_instance(body["process_guid"], int(body["index"]), **options)
                 return 200, {"instance_guid": guid}
+            if method == "POST" and path == "/instances/routable":
+                double.set_routable(body["process_guid"], int(body["index"]), body.get("routable"))
+                return 200, {}
             if method == "POST" and path == "/instances/crash":
-                double.crash_instance(body["process_guid"], int(body["index"]))
+                double.crash_instance(body["process_guid"], int(body["index"]), restart=body.get("restart"))
                 return 200, {}
             if method == "POST" and path == "/instances/evacuate":
                 double.evacuate_instance(body["process_guid"], int(body["index"]))
+                return 200, {}
+            if method == "POST" and path == "/instances/suspect":
+                double.suspect_instance(body["process_guid"], int(body["index"]))
+                return 200, {}
+            if method == "POST" and path == "/instances/retire":
+                double.retire_instance(body["process_guid"], int(body["index"]))
+                return 200, {}
+            if method == "POST" and path == "/cells/lose":
+                lost = double.lose_cell(body["cell_id"])
+                return 200, {"suspect": [{"process_guid": guid, "index": index} for guid, index in lost]}
+            if method == "POST" and path == "/failures":
+                error_type = body.get("error_type", 0)
+                if isinstance(error_type, str):
+                    error_type = bbs_pb2.Error.Type.Value(error_type)
+                http_status = body.get("http_status")
+                double.fail_requests(
+                    body.get("path", "*"),
+                    int(error_type),
+                    count=int(body.get("count", 1)),
+                    message=str(body.get("message", "")),
+                    http_status=int(http_status) if http_status is not None else None,
+                )
+                return 200, {}
+            if method == "DELETE" and path == "/failures":
+                double.clear_failures()
                 return 200, {}
             if method == "POST" and path == "/instances/remove":
                 double.remove_instance(body["process_guid"], int(body["index"]), evacuating=bool(body.get("evacuating")))
@@ -109,6 +148,7 @@ def _state(double: BBSDouble) -> dict:
                 "instance_guid": lrp.actual_lrp_instance_key.instance_guid,
                 "state": lrp.state,
                 "presence": lrp.presence,
+                "routable": lrp.routable if lrp.HasField("routable") else None,
                 "ports": [[p.container_port, p.host_port] for p in lrp.actual_lrp_net_info.ports],
             }
         )

@@ -10,13 +10,27 @@ the connection: the response declares `Transfer-Encoding: chunked` and the serve
 chunk itself as `"%x;\\r\\n"` (hex size, `;`, an empty chunk extension), the payload, `"\\r\\n"`;
 each chunk carries one server-sent event `id: <n>\\nevent: <type>\\ndata: <base64>\\n\\n` with ids
 counting from 0 per stream; closing writes `0\\r\\n\\r\\n`. There are no heartbeats and no initial
-snapshot. A non-empty `cell_id` filters the actual-LRP events to that cell (desired-LRP events
-always pass), as BBS does.
+snapshot; a subscriber that closed its connection is dropped. A non-empty `cell_id` filters the
+actual-LRP events to that cell (desired-LRP events always pass), as BBS does.
 
 State changes are made through `BBSDouble` methods that mirror what Diego cells and the Cloud
-Controller bridge do (desire an LRP, start / crash / evacuate / remove an instance); each emits the
-events BBS would. Modification tags carry a per-record epoch and an index bumped on every change;
-`since` is unix nanoseconds.
+Controller bridge do (desire an LRP, start / crash / evacuate / suspect / retire / remove an
+instance); each emits the event sequence a real BBS emits (as observed on bbs@8a3588f):
+
+- start: actual_lrp_instance_created (UNCLAIMED, routable false), changed to CLAIMED, changed to
+  RUNNING with `routable` set explicitly (optionally false then at once true: a readiness check);
+- crash with a quick restart: actual_lrp_crashed, actual_lrp_instance_created of the new UNCLAIMED
+  instance (a new guid), actual_lrp_instance_removed of the crashed one (later crashes: CRASHED);
+- evacuation: created (the EVACUATING copy), created (the UNCLAIMED replacement), later removed
+  (the evacuating copy);
+- a vanished cell: its instances change to SUSPECT, an UNCLAIMED replacement is created, and the
+  SUSPECT copy is removed once the replacement runs;
+- RetireActualLRP: actual_lrp_instance_removed twice.
+
+`fail_requests()` makes the next N requests of an endpoint fail: with any `Error.Type` in the
+response's `error` field (any number, including ones no client knows), or with a bare HTTP status
+such as the 503 a BBS answers until its migrations finish. Modification tags carry a per-record
+epoch and an index bumped on every change; `since` is unix nanoseconds.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ import contextlib
 import json
 import logging
 import queue
+import select
 import socket
 import socketserver
 import ssl
@@ -51,11 +66,34 @@ _PROTOBUF = "application/x-protobuf"
 _TLS12_CIPHERS = "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384"
 _HANDSHAKE_TIMEOUT = 5.0
 _STREAM_DRAIN_TIMEOUT = 2.0
+_SUBSCRIBER_CHECK_INTERVAL = 0.2  # how often an idle event stream checks that its client is still there
 
 ORDINARY = bbs.ActualLRP.ORDINARY
 EVACUATING = bbs.ActualLRP.EVACUATING
+SUSPECT = bbs.ActualLRP.SUSPECT
+UNCLAIMED, CLAIMED, RUNNING, CRASHED = "UNCLAIMED", "CLAIMED", "RUNNING", "CRASHED"
+IMMEDIATE_RESTARTS = 3  # Diego's default restart policy: the first three crashes restart at once
 
 _ActualKey = tuple[str, int, int]  # (process_guid, index, presence)
+
+# What each endpoint answers; an injected failure goes in its `error` field (PingResponse has none).
+_RESPONSE_TYPES: dict[str, type[Message]] = {
+    "/v1/ping": bbs.PingResponse,
+    "/v1/actual_lrps/list": bbs.ActualLRPsResponse,
+    "/v1/actual_lrps/list_by_process_guids": bbs.ActualLRPsResponse,
+    "/v1/desired_lrp_routing_infos/list": bbs.DesiredLRPsResponse,
+    "/v1/desired_lrps/list.r3": bbs.DesiredLRPsResponse,
+}
+
+
+@dataclass
+class _Failure:
+    """Requests of one endpoint still to fail, and how."""
+
+    remaining: int
+    error_type: int
+    message: str
+    http_status: int | None
 
 
 @dataclass
@@ -132,13 +170,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         path = self.path.split("?", 1)[0]
         double = self.server.double
+        route = double._routes().get(path)
+        if route is None and path != EVENTS_PATH:
+            self._not_found()
+            return
+        failure = double._take_failure(path)
+        if failure is not None:
+            self._fail(path, failure)
+            return
         if path == EVENTS_PATH:
             self._stream_events(body)
             return
-        route = double._routes().get(path)
-        if route is None:
-            self._not_found()
-            return
+        assert route is not None
         try:
             response = route(body)
         except Exception as err:  # a bug in the double: answer like BBS would, and keep serving
@@ -147,6 +190,26 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(500, response)
             return
         self._send(200, response)
+
+    def _fail(self, path: str, failure: _Failure) -> None:
+        """Answer an injected failure: a bare HTTP status, or an Error as BBS sends it."""
+        if failure.http_status is not None:
+            payload = f"{failure.message}\n".encode()
+            self.send_response(failure.http_status)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        error = bbs.Error(type=failure.error_type, message=failure.message)
+        response_type = _RESPONSE_TYPES.get(path)
+        if response_type is None:  # the event stream: BBS answers a failed subscription with 500
+            self.close_connection = True
+            self._send(500, error)
+        elif response_type is bbs.PingResponse:
+            self._send(200, bbs.PingResponse(available=False))
+        else:
+            self._send(200, response_type(error=error))
 
     def do_GET(self) -> None:
         self._not_found()
@@ -223,7 +286,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             event_id = 0
             while True:
-                event = subscriber.events.get()
+                try:
+                    event = subscriber.events.get(timeout=_SUBSCRIBER_CHECK_INTERVAL)
+                except queue.Empty:
+                    if self._client_gone():
+                        return
+                    continue
                 if event is None:
                     self.wfile.write(b"0\r\n\r\n")
                     return
@@ -239,6 +307,23 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.double._unsubscribe(subscriber)
             subscriber.done.set()
+
+
+    def _client_gone(self) -> bool:
+        """True once the subscriber closed its connection (it sends nothing after its request)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return False
+            self.connection.settimeout(0.05)
+            try:
+                return self.connection.recv(1) == b""
+            finally:
+                self.connection.settimeout(None)
+        except TimeoutError:
+            return False
+        except (OSError, ValueError):
+            return True
 
 
 class _TLSServer(ThreadingHTTPServer):
@@ -303,8 +388,10 @@ class BBSDouble:
     """An in-memory Diego BBS served over mutual-TLS HTTPS; all methods are thread-safe.
 
     Desired LRPs are keyed by process guid, actual LRPs by (process guid, index, presence).
-    Methods that change state emit the events BBS would on the lrp_instances stream; those that
-    name a record which does not exist raise KeyError.
+    Methods that change state emit the event sequences a real BBS emits on the lrp_instances stream
+    (module docstring); those that name a record which does not exist raise KeyError, and those
+    asking for a transition a real BBS refuses (crashing an UNCLAIMED instance, evacuating twice)
+    raise ValueError.
     """
 
     def __init__(
@@ -325,6 +412,7 @@ class BBSDouble:
         self._desired: dict[str, bbs.DesiredLRP] = {}
         self._actual: dict[_ActualKey, bbs.ActualLRP] = {}
         self._subscribers: list[_Subscriber] = []
+        self._failures: dict[str, _Failure] = {}  # path ("*": any endpoint) -> requests still to fail
         self._server: _TLSServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -437,6 +525,64 @@ class BBSDouble:
         """How many event streams are open."""
         with self._lock:
             return len(self._subscribers)
+
+    # ------------------------------------------------------------------ injected failures
+
+    def fail_requests(
+        self,
+        path: str = "*",
+        error_type: int = bbs.Error.UnknownError,
+        *,
+        count: int = 1,
+        message: str = "",
+        http_status: int | None = None,
+    ) -> None:
+        """Make the next `count` requests of endpoint `path` ("*": any endpoint) fail.
+
+        By default the answer is HTTP 200 with `error` {type: `error_type`, message} in the
+        endpoint's response, as BBS reports failures; `error_type` may be any number, including
+        retired or unknown ones (e.g. 29 before a client knew Unrecoverable, or 77). Ping answers
+        available=false instead (its response has no error field); the event stream answers HTTP 500
+        with the Error. With `http_status` the answer is that status with a plain-text body instead
+        (e.g. 503, what BBS answers until its migrations finish). A later call for the same path
+        replaces the earlier one; count 0 cancels it."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        if path != "*" and path not in _RESPONSE_TYPES and path != EVENTS_PATH:
+            raise ValueError(f"no such BBS endpoint: {path!r}")
+        if not message:
+            try:
+                name = bbs.Error.Type.Name(error_type)
+            except ValueError:
+                name = f"Error.Type({error_type})"
+            message = f"bbs-double injected failure ({name if http_status is None else http_status})"
+        with self._lock:
+            if count == 0:
+                self._failures.pop(path, None)
+            else:
+                self._failures[path] = _Failure(count, int(error_type), message, http_status)
+
+    def pending_failures(self, path: str = "*") -> int:
+        """How many requests of `path` are still to fail."""
+        with self._lock:
+            failure = self._failures.get(path)
+            return failure.remaining if failure is not None else 0
+
+    def clear_failures(self) -> None:
+        """Cancel every injected failure."""
+        with self._lock:
+            self._failures.clear()
+
+    def _take_failure(self, path: str) -> _Failure | None:
+        with self._lock:
+            for key in (path, "*"):
+                failure = self._failures.get(key)
+                if failure is not None:
+                    failure.remaining -= 1
+                    if failure.remaining <= 0:
+                        del self._failures[key]
+                    return failure
+            return None
 
     # ------------------------------------------------------------------ HTTP endpoints
 
@@ -584,6 +730,10 @@ class BBSDouble:
             self._emit("desired_lrp_removed", bbs.DesiredLRPRemovedEvent(desired_lrp=lrp))
 
     # ------------------------------------------------------------------ actual LRPs
+    #
+    # Every change follows the sequences a real BBS emits when Cloud Controller and cells drive it
+    # (see the class docstring). Instance identity is (instance guid): a changed event never changes
+    # it; a different instance at an index is a created event (and a removed one for the old).
 
     def _get_actual(self, process_guid: str, index: int, presence: int = ORDINARY) -> bbs.ActualLRP:
         try:
@@ -605,10 +755,55 @@ class BBSDouble:
         )
         self._emit("actual_lrp_instance_changed", event, instance_key.cell_id)
 
+    def _emit_created(self, lrp: bbs.ActualLRP) -> None:
+        event = bbs.ActualLRPInstanceCreatedEvent(actual_lrp=lrp)
+        self._emit("actual_lrp_instance_created", event, lrp.actual_lrp_instance_key.cell_id)
+
+    def _emit_removed(self, lrp: bbs.ActualLRP) -> None:
+        event = bbs.ActualLRPInstanceRemovedEvent(actual_lrp=lrp)
+        self._emit("actual_lrp_instance_removed", event, lrp.actual_lrp_instance_key.cell_id)
+
     @staticmethod
     def _bump(lrp: bbs.ActualLRP) -> None:
         lrp.modification_tag.index += 1
         lrp.since = time.time_ns()
+
+    def _change(self, key: _ActualKey, after: bbs.ActualLRP) -> bool:
+        """Store `after` at `key` and emit a changed event, if it differs from what is there."""
+        before = self._actual[key]
+        if after == before:
+            return False
+        self._bump(after)
+        self._actual[key] = after
+        self._emit_changed(before, after)
+        return True
+
+    def _unclaimed(
+        self,
+        process_guid: str,
+        index: int,
+        *,
+        instance_guid: str | None = None,
+        replacing: bbs.ActualLRP | None = None,
+    ) -> bbs.ActualLRP:
+        """A new UNCLAIMED ORDINARY instance: an instance guid but no cell, no net info, routable false.
+
+        One `replacing` an instance at the same index (the same BBS row) keeps its crash count and
+        modification epoch."""
+        desired = self._desired.get(process_guid)
+        domain = desired.domain if desired is not None else "cf-apps"
+        lrp = bbs.ActualLRP(state=UNCLAIMED, presence=ORDINARY, since=time.time_ns(), routable=False)
+        lrp.actual_lrp_key.CopyFrom(bbs.ActualLRPKey(process_guid=process_guid, index=index, domain=domain))
+        lrp.actual_lrp_instance_key.CopyFrom(bbs.ActualLRPInstanceKey(instance_guid=instance_guid or str(uuid.uuid4())))
+        if replacing is not None:
+            lrp.crash_count = replacing.crash_count
+            lrp.crash_reason = replacing.crash_reason
+            lrp.modification_tag.CopyFrom(
+                bbs.ModificationTag(epoch=replacing.modification_tag.epoch, index=replacing.modification_tag.index + 1)
+            )
+        else:
+            lrp.modification_tag.CopyFrom(bbs.ModificationTag(epoch=uuid.uuid4().hex, index=0))
+        return lrp
 
     def start_instance(
         self,
@@ -627,13 +822,20 @@ class BBSDouble:
         availability_zone: str = "z1",
         routable: bool | None = None,
         cell_id: str = "cell-1",
+        readiness_check: bool = False,
     ) -> str:
-        """Make the ORDINARY instance at `index` RUNNING; return its instance guid.
+        """Make the ORDINARY instance at `index` RUNNING on `cell_id`; return its instance guid.
 
-        Creates it (actual_lrp_instance_created) or changes an existing one
-        (actual_lrp_instance_changed). An existing instance keeps its guid unless it has none
-        (after a crash) or `instance_guid` is given. `extra_ports` are (container, host) pairs,
-        e.g. (2222, 61002) for SSH. `routable` None leaves the field unset (routable)."""
+        As a real BBS does it: a new instance is created UNCLAIMED (routable false), changed to
+        CLAIMED, then to RUNNING with its net info and `routable` set explicitly: `routable` None or
+        True gives true, False gives false. With `readiness_check` the cell starts it routable=false
+        and at once sets routable=true, as a rep with a readiness check does. An UNCLAIMED instance
+        already at the index (a crash's restart, an evacuation's or a vanished cell's replacement) is
+        claimed and started, keeping its guid; a RUNNING one with the same guid only has its net info
+        updated (a changed event if anything differs). When `instance_guid` names another instance
+        than the one at the index (or that one is CRASHED), the new one is created UNCLAIMED and the
+        old one removed. A SUSPECT copy at the index is removed once its replacement runs.
+        `extra_ports` are (container, host) pairs, e.g. (2222, 61002) for SSH."""
         net_info = bbs.ActualLRPNetInfo(
             address=address,
             instance_address=instance_address,
@@ -648,98 +850,169 @@ class BBSDouble:
             ]
             + [bbs.PortMapping(container_port=c, host_port=h) for c, h in extra_ports or []],
         )
+        final_routable = routable is not False
         with self._lock:
             key = (process_guid, index, ORDINARY)
-            before = self._actual.get(key)
-            desired = self._desired.get(process_guid)
-            domain = desired.domain if desired is not None else "cf-apps"
-            if before is not None and instance_guid is None:
-                instance_guid = before.actual_lrp_instance_key.instance_guid or None
-            guid = instance_guid or str(uuid.uuid4())
-            lrp = bbs.ActualLRP(
-                state="RUNNING",
-                presence=ORDINARY,
-                availability_zone=availability_zone,
-                crash_count=before.crash_count if before is not None else 0,
-                crash_reason=before.crash_reason if before is not None else "",
-            )
-            lrp.actual_lrp_key.CopyFrom(bbs.ActualLRPKey(process_guid=process_guid, index=index, domain=domain))
-            lrp.actual_lrp_instance_key.CopyFrom(bbs.ActualLRPInstanceKey(instance_guid=guid, cell_id=cell_id))
-            lrp.actual_lrp_net_info.CopyFrom(net_info)
-            if routable is not None:
-                lrp.routable = routable
-            if before is None:
-                lrp.modification_tag.CopyFrom(bbs.ModificationTag(epoch=uuid.uuid4().hex, index=0))
-                lrp.since = time.time_ns()
-                self._actual[key] = lrp
-                self._emit("actual_lrp_instance_created", bbs.ActualLRPInstanceCreatedEvent(actual_lrp=lrp), cell_id)
-            else:
-                lrp.modification_tag.CopyFrom(before.modification_tag)
-                self._bump(lrp)
-                self._actual[key] = lrp
-                self._emit_changed(before, lrp)
+            current = self._actual.get(key)
+            current_guid = current.actual_lrp_instance_key.instance_guid if current is not None else ""
+            reusable = current is not None and current.state != CRASHED and bool(current_guid)
+            if current is None or not reusable or (instance_guid is not None and instance_guid != current_guid):
+                fresh = self._unclaimed(process_guid, index, instance_guid=instance_guid, replacing=current)
+                self._actual[key] = fresh
+                self._emit_created(fresh)
+                if current is not None:
+                    self._emit_removed(current)
+                current = fresh
+            guid = current.actual_lrp_instance_key.instance_guid
+            if current.state == UNCLAIMED or (current.state == CLAIMED and current.actual_lrp_instance_key.cell_id != cell_id):
+                claimed = _copy(current)
+                claimed.state = CLAIMED
+                claimed.actual_lrp_instance_key.cell_id = cell_id
+                claimed.ClearField("actual_lrp_net_info")
+                claimed.routable = False
+                self._change(key, claimed)
+            running = _copy(self._actual[key])
+            running.state = RUNNING
+            running.actual_lrp_instance_key.cell_id = cell_id
+            running.actual_lrp_net_info.CopyFrom(net_info)
+            running.availability_zone = availability_zone
+            running.routable = final_routable and not readiness_check
+            self._change(key, running)
+            if running.routable != final_routable:
+                ready = _copy(running)
+                ready.routable = final_routable
+                self._change(key, ready)
+            suspect = self._actual.pop((process_guid, index, SUSPECT), None)
+            if suspect is not None:
+                self._emit_removed(suspect)
             return guid
 
     def set_routable(self, process_guid: str, index: int, routable: bool | None) -> None:
-        """Set (or with None, unset) the ORDINARY instance's `routable` (a changed event)."""
+        """Set the ORDINARY instance's `routable` (a changed event), as a cell's repeated start does.
+
+        None clears the field, as a BBS older than the field sends it (unset means routable)."""
         with self._lock:
-            current = self._get_actual(process_guid, index)
-            before = _copy(current)
+            key = (process_guid, index, ORDINARY)
+            after = _copy(self._get_actual(process_guid, index))
             if routable is None:
-                current.ClearField("routable")
+                after.ClearField("routable")
             else:
-                current.routable = routable
-            self._bump(current)
-            self._emit_changed(before, current)
+                after.routable = routable
+            self._change(key, after)
 
-    def crash_instance(self, process_guid: str, index: int) -> None:
-        """Crash the ORDINARY instance: CRASHED, no net info, no instance key, crash_count + 1.
+    def crash_instance(self, process_guid: str, index: int, *, restart: bool | None = None) -> None:
+        """Crash the ORDINARY (CLAIMED or RUNNING) instance; crash_count + 1.
 
-        Emits actual_lrp_crashed, then actual_lrp_instance_changed (whose instance key is the
-        crashed instance's, as BBS fills it from `before`)."""
+        Emits actual_lrp_crashed first. A crash that restarts at once (`restart` None: the first
+        three crashes, Diego's default policy) then emits actual_lrp_instance_created of a new
+        UNCLAIMED instance (a new guid) and actual_lrp_instance_removed of the crashed one, as a real
+        BBS does; start_instance() then claims and starts the new one. Otherwise the instance is
+        changed to CRASHED (no net info, no instance key) until start_instance() restarts it.
+        Raises ValueError for an instance that cannot crash (UNCLAIMED, CRASHED)."""
         with self._lock:
+            key = (process_guid, index, ORDINARY)
             current = self._get_actual(process_guid, index)
-            before = _copy(current)
-            current.state = "CRASHED"
-            current.crash_count += 1
-            current.crash_reason = "APP/PROC/WEB: Exited with status 1 (bbs-double crash_instance)"
-            current.ClearField("actual_lrp_net_info")
-            current.ClearField("actual_lrp_instance_key")
-            self._bump(current)
+            if current.state not in (CLAIMED, RUNNING):
+                raise ValueError(f"actual LRP {process_guid!r} index {index} is {current.state}; it cannot crash")
+            crash_count = current.crash_count + 1
+            reason = "APP/PROC/WEB: Exited with status 1 (bbs-double crash_instance)"
+            if restart is None:
+                restart = current.crash_count < IMMEDIATE_RESTARTS
+            now = time.time_ns()
             crashed = bbs.ActualLRPCrashedEvent(
                 actual_lrp_key=current.actual_lrp_key,
-                actual_lrp_instance_key=before.actual_lrp_instance_key,
-                crash_count=current.crash_count,
-                crash_reason=current.crash_reason,
-                since=current.since,
+                actual_lrp_instance_key=current.actual_lrp_instance_key,
+                crash_count=crash_count,
+                crash_reason=reason,
+                since=now,
             )
-            self._emit("actual_lrp_crashed", crashed, before.actual_lrp_instance_key.cell_id)
-            self._emit_changed(before, current)
+            self._emit("actual_lrp_crashed", crashed, current.actual_lrp_instance_key.cell_id)
+            if restart:
+                fresh = self._unclaimed(process_guid, index, replacing=current)
+                fresh.crash_count, fresh.crash_reason = crash_count, reason
+                self._actual[key] = fresh
+                self._emit_created(fresh)
+                self._emit_removed(current)
+                return
+            after = _copy(current)
+            after.state = CRASHED
+            after.crash_count, after.crash_reason = crash_count, reason
+            after.ClearField("actual_lrp_net_info")
+            after.ClearField("actual_lrp_instance_key")
+            self._change(key, after)
 
     def evacuate_instance(self, process_guid: str, index: int) -> None:
-        """Turn the ORDINARY instance into the EVACUATING one (a changed event, same guid).
+        """Evacuate the RUNNING ORDINARY instance, as a draining cell does.
 
-        No new ORDINARY instance appears; start_instance() at the index creates one."""
+        Emits actual_lrp_instance_created of the EVACUATING copy (same guid, cell and net info),
+        then actual_lrp_instance_created of the UNCLAIMED ORDINARY replacement (a new guid). The
+        copy keeps serving until remove_instance(..., evacuating=True); start_instance() at the
+        index claims and starts the replacement."""
         with self._lock:
             if (process_guid, index, EVACUATING) in self._actual:
                 raise ValueError(f"actual LRP {process_guid!r} index {index} is already evacuating")
-            current = self._actual.pop((process_guid, index, ORDINARY), None)
-            if current is None:
-                raise KeyError(f"no ORDINARY actual LRP {process_guid!r} index {index}")
-            before = _copy(current)
-            current.presence = EVACUATING
-            self._bump(current)
-            self._actual[(process_guid, index, EVACUATING)] = current
-            self._emit_changed(before, current)
+            current = self._get_actual(process_guid, index)
+            if current.state != RUNNING:
+                raise ValueError(f"actual LRP {process_guid!r} index {index} is {current.state}; only a RUNNING one evacuates")
+            evacuating = _copy(current)
+            evacuating.presence = EVACUATING
+            evacuating.since = time.time_ns()
+            evacuating.modification_tag.CopyFrom(bbs.ModificationTag(epoch=uuid.uuid4().hex, index=0))
+            self._actual[(process_guid, index, EVACUATING)] = evacuating
+            self._emit_created(evacuating)
+            replacement = self._unclaimed(process_guid, index, replacing=current)
+            self._actual[(process_guid, index, ORDINARY)] = replacement
+            self._emit_created(replacement)
+
+    def suspect_instance(self, process_guid: str, index: int) -> None:
+        """The RUNNING ORDINARY instance's cell vanished: it becomes SUSPECT (presence 2).
+
+        Emits actual_lrp_instance_changed (presence ORDINARY -> SUSPECT, same instance), then
+        actual_lrp_instance_created of the UNCLAIMED ORDINARY replacement. The SUSPECT copy keeps
+        serving; start_instance() at the index runs the replacement and then removes it."""
+        with self._lock:
+            if (process_guid, index, SUSPECT) in self._actual:
+                raise ValueError(f"actual LRP {process_guid!r} index {index} is already suspect")
+            current = self._get_actual(process_guid, index)
+            if current.state != RUNNING:
+                raise ValueError(f"actual LRP {process_guid!r} index {index} is {current.state}; only a RUNNING one is suspect")
+            suspect = _copy(current)
+            suspect.presence = SUSPECT
+            self._bump(suspect)
+            del self._actual[(process_guid, index, ORDINARY)]
+            self._actual[(process_guid, index, SUSPECT)] = suspect
+            self._emit_changed(current, suspect)
+            replacement = self._unclaimed(process_guid, index, replacing=suspect)
+            self._actual[(process_guid, index, ORDINARY)] = replacement
+            self._emit_created(replacement)
+
+    def lose_cell(self, cell_id: str) -> list[tuple[str, int]]:
+        """A cell's presence vanished: each RUNNING ORDINARY instance on it becomes SUSPECT
+        (suspect_instance); returns their (process guid, index)."""
+        with self._lock:
+            lost = [
+                (guid, index)
+                for (guid, index, presence), lrp in sorted(self._actual.items())
+                if presence == ORDINARY and lrp.state == RUNNING and lrp.actual_lrp_instance_key.cell_id == cell_id
+            ]
+        for guid, index in lost:
+            self.suspect_instance(guid, index)
+        return lost
 
     def remove_instance(self, process_guid: str, index: int, *, evacuating: bool = False) -> None:
-        """Delete the ORDINARY (or EVACUATING) instance (actual_lrp_instance_removed)."""
+        """Delete the ORDINARY (or EVACUATING) instance (actual_lrp_instance_removed), as a cell's rep
+        does on scale-down or once an evacuation's replacement runs."""
         presence = EVACUATING if evacuating else ORDINARY
         with self._lock:
             lrp = self._get_actual(process_guid, index, presence)
             del self._actual[(process_guid, index, presence)]
-            self._emit(
-                "actual_lrp_instance_removed",
-                bbs.ActualLRPInstanceRemovedEvent(actual_lrp=lrp),
-                lrp.actual_lrp_instance_key.cell_id,
-            )
+            self._emit_removed(lrp)
+
+    def retire_instance(self, process_guid: str, index: int) -> None:
+        """RetireActualLRP on the ORDINARY instance: it is deleted and, as a real BBS does,
+        actual_lrp_instance_removed is emitted twice."""
+        with self._lock:
+            lrp = self._get_actual(process_guid, index)
+            del self._actual[(process_guid, index, ORDINARY)]
+            self._emit_removed(lrp)
+            self._emit_removed(lrp)

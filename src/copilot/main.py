@@ -111,12 +111,14 @@ class Copilot:
         self.health.stop()
 
     def status(self) -> tuple[bool, dict]:
-        synced = self.watcher is None or self.watcher.synced.is_set()
+        # BBS is synced only while an event stream is up after a listing; without one the last known
+        # routes are still served (so HTTP 200), but the status says so instead of "ok".
+        synced = self.watcher is None or (self.watcher.synced.is_set() and self.watcher.live)
         cc_synced = self.cc_api is None or self.cc_api.bulk_synced.is_set()
         staleness = self.watcher.staleness() if self.watcher is not None else 0.0
         routes, backends = self.table.counts()
         return True, {
-            "status": "ok",
+            "status": "ok" if synced else "bbs_stale",
             "bbs_synced": synced,
             "cc_bulk_synced": cc_synced,
             "serving_istiod": self.ready.is_set(),

@@ -30,3 +30,9 @@ BBS_STALENESS = Gauge(
     "copilot_bbs_staleness_seconds", "Seconds since BBS last confirmed Copilot's state (0 while subscribed)", registry=REGISTRY
 )
 BBS_SYNCS = Counter("copilot_bbs_syncs_total", "Full listings of BBS applied", registry=REGISTRY)
+BBS_UNRECOGNIZED = Counter(
+    "copilot_bbs_unrecognized_total",
+    "Values from BBS that Copilot does not know (error type, event type, state, presence), by field",
+    ["field"],
+    registry=REGISTRY,
+)

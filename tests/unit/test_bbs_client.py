@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from bbs_double.server import BBSDouble
+from copilot import metrics
 from copilot.protos import bbs_pb2 as bbs
 from copilot.sources.bbs_client import BBSClient, BBSError, Event, MalformedEvent, decode_event
 
@@ -74,8 +75,12 @@ def test_events(client: BBSClient, bbs_double: BBSDouble) -> None:
         bbs_double.start_instance("pg-1", 0, host_port=61000)
         instance = next_item(events)
         assert instance.type == "actual_lrp_instance_created"
-        assert instance.message.actual_lrp.actual_lrp_net_info.ports[0].host_port == 61000
+        assert instance.message.actual_lrp.state == "UNCLAIMED"
         assert int(instance.id) == int(created.id) + 1
+        assert next_item(events).message.after.state == "CLAIMED"
+        running = next_item(events)
+        assert running.type == "actual_lrp_instance_changed" and running.message.after.state == "RUNNING"
+        assert running.message.after.actual_lrp_net_info.ports[0].host_port == 61000
     finally:
         stream.close()
 
@@ -222,3 +227,57 @@ def test_bbs_error_field_becomes_bbs_error(bbs_double: BBSDouble, bbs_pki, monke
             client.actual_lrps()
     finally:
         client.close()
+
+
+def unrecognized(field: str) -> float:
+    return metrics.BBS_UNRECOGNIZED.labels(field)._value.get()
+
+
+@pytest.mark.parametrize("error_type", [0, 3, 13, 28, 29, 30, 31])
+def test_every_real_error_type_is_a_bbs_error_named_by_its_type(
+    bbs_double: BBSDouble, client: BBSClient, error_type: int
+) -> None:
+    bbs_double.fail_requests("/v1/actual_lrps/list", error_type, message="it failed")
+    with pytest.raises(BBSError, match=f"{bbs.Error.Type.Name(error_type)}: it failed") as caught:
+        client.actual_lrps()
+    assert caught.value.error_type == error_type
+    assert client.actual_lrps() == []  # the next request works
+
+
+def test_unknown_error_type_is_a_bbs_error_reported_once(
+    bbs_double: BBSDouble, client: BBSClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = unrecognized("Error.type")
+    bbs_double.fail_requests("/v1/desired_lrp_routing_infos/list", 4242, count=3, message="from the future")
+    for _ in range(3):
+        with pytest.raises(BBSError, match=r"Error.Type\(4242\): from the future") as caught:
+            client.desired_lrp_routing_infos()
+        assert caught.value.error_type == 4242
+    assert unrecognized("Error.type") == before + 3
+    reports = [r for r in caplog.records if getattr(r, "field", None) == "Error.type" and getattr(r, "value", None) == "4242"]
+    assert len(reports) == 1  # logged once, counted every time
+
+
+def test_failed_subscription_is_a_bbs_error_with_the_type(bbs_double: BBSDouble, client: BBSClient) -> None:
+    from bbs_double.server import EVENTS_PATH
+
+    bbs_double.fail_requests(EVENTS_PATH, 4243)
+    with pytest.raises(BBSError, match=r"HTTP 500: Error.Type\(4243\)") as caught:
+        client.open_events()
+    assert caught.value.error_type == 4243
+    bbs_double.fail_requests(EVENTS_PATH, http_status=503, message="migrations")
+    with pytest.raises(BBSError, match="HTTP 503") as caught:
+        client.open_events()
+    assert caught.value.error_type is None
+    client.open_events().close()  # and then it works
+
+
+def test_unknown_event_type_is_counted_as_unrecognized(bbs_double: BBSDouble, client: BBSClient) -> None:
+    before = unrecognized("event")
+    result = decode_event("1", "actual_lrp_teleported", "")
+    assert isinstance(result, MalformedEvent) and result.event_type == "actual_lrp_teleported"
+    assert result.reason == "unknown type"
+    assert unrecognized("event") == before + 1
+    bad = decode_event("2", "desired_lrp_removed", "!!")
+    assert isinstance(bad, MalformedEvent) and bad.reason == "undecodable payload"
+    assert unrecognized("event") == before + 1

@@ -9,6 +9,7 @@ import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import requests
@@ -254,7 +255,7 @@ def test_list_endpoints_return_what_was_desired_and_started(double: BBSDouble, p
     assert first.actual_lrp_net_info.instance_address == "10.0.0.5"
     assert first.actual_lrp_net_info.preferred_address == bbs.ActualLRPNetInfo.HOST
     assert [(p.container_port, p.host_port) for p in first.actual_lrp_net_info.ports] == [(8080, 61000), (2222, 61002)]
-    assert not first.HasField("routable")
+    assert first.HasField("routable") and first.routable is True  # a real BBS sets it explicitly
     assert actual.actual_lrps[1].HasField("routable") and actual.actual_lrps[1].routable is False
     assert actual.actual_lrps[2].actual_lrp_key.domain == "other"
     assert actual.actual_lrps[2].actual_lrp_instance_key.instance_guid == "fixed-guid"
@@ -316,7 +317,47 @@ def test_keep_alive_connection_serves_several_requests(double: BBSDouble, pki: P
 # ---------------------------------------------------------------------- event stream
 
 
-def test_event_stream_framing_and_created_events(double: BBSDouble, stream: RawStream) -> None:
+EVENT_MESSAGES = {
+    "desired_lrp_created": bbs.DesiredLRPCreatedEvent,
+    "desired_lrp_changed": bbs.DesiredLRPChangedEvent,
+    "desired_lrp_removed": bbs.DesiredLRPRemovedEvent,
+    "actual_lrp_instance_created": bbs.ActualLRPInstanceCreatedEvent,
+    "actual_lrp_instance_changed": bbs.ActualLRPInstanceChangedEvent,
+    "actual_lrp_instance_removed": bbs.ActualLRPInstanceRemovedEvent,
+    "actual_lrp_crashed": bbs.ActualLRPCrashedEvent,
+}
+
+
+def read_events(stream: RawStream, count: int) -> list[tuple[str, Any]]:
+    """The next `count` events as (type, decoded message)."""
+    events = []
+    for _ in range(count):
+        _, event_type, data = stream.read_event()
+        events.append((event_type, EVENT_MESSAGES[event_type].FromString(data)))
+    return events
+
+
+def assert_start_sequence(events: list[tuple[str, Any]], guid: str, *, cell_id: str = "cell-1", host_port: int) -> None:
+    """created UNCLAIMED (routable false, no cell, no net info) -> CLAIMED -> RUNNING (routable true)."""
+    assert [t for t, _ in events] == ["actual_lrp_instance_created", "actual_lrp_instance_changed", "actual_lrp_instance_changed"]
+    created = events[0][1].actual_lrp
+    assert created.state == "UNCLAIMED" and created.presence == bbs.ActualLRP.ORDINARY
+    assert created.HasField("routable") and created.routable is False
+    assert created.actual_lrp_instance_key.instance_guid == guid and created.actual_lrp_instance_key.cell_id == ""
+    assert not created.actual_lrp_net_info.ports and not created.actual_lrp_net_info.address
+    claimed, running = events[1][1], events[2][1]
+    assert (claimed.before.state, claimed.after.state) == ("UNCLAIMED", "CLAIMED")
+    assert claimed.actual_lrp_instance_key == bbs.ActualLRPInstanceKey(instance_guid=guid, cell_id=cell_id)
+    assert not claimed.after.actual_lrp_net_info.ports and claimed.after.Routable is False
+    assert (running.before.state, running.after.state) == ("CLAIMED", "RUNNING")
+    assert running.actual_lrp_instance_key == bbs.ActualLRPInstanceKey(instance_guid=guid, cell_id=cell_id)
+    assert running.after.HasField("Routable") and running.after.Routable is True
+    assert running.after.actual_lrp_net_info.ports[0].host_port == host_port
+    tags = [created.modification_tag, claimed.after.modification_tag, running.after.modification_tag]
+    assert len({tag.epoch for tag in tags}) == 1 and [tag.index for tag in tags] == [0, 1, 2]
+
+
+def test_event_stream_framing_and_the_start_sequence(double: BBSDouble, stream: RawStream) -> None:
     assert stream.status_line == "HTTP/1.1 200 OK"
     assert stream.headers["content-type"] == "text/event-stream; charset=utf-8"
     assert stream.headers["transfer-encoding"] == "chunked"
@@ -327,21 +368,189 @@ def test_event_stream_framing_and_created_events(double: BBSDouble, stream: RawS
     event_id, event_type, data = stream.read_event()
     assert (event_id, event_type) == (0, "desired_lrp_created")
     assert bbs.DesiredLRPCreatedEvent.FromString(data).desired_lrp.process_guid == "web"
-
-    event_id, event_type, data = stream.read_event()
-    assert (event_id, event_type) == (1, "actual_lrp_instance_created")
-    created = bbs.ActualLRPInstanceCreatedEvent.FromString(data).actual_lrp
-    assert created.state == "RUNNING"
-    assert created.actual_lrp_instance_key.instance_guid == guid
-    assert created.actual_lrp_net_info.ports[0].host_port == 61000
+    assert_start_sequence(read_events(stream, 3), guid, host_port=61000)
+    (lrp,) = double.actual_lrps()
+    assert lrp.state == "RUNNING" and lrp.routable is True and lrp.actual_lrp_instance_key.instance_guid == guid
 
 
-def test_event_stream_lifecycle_events(double: BBSDouble, stream: RawStream) -> None:
-    double.desire_lrp("web", http_routes=[http_route("a.example.com")])
+def test_start_with_readiness_check_goes_routable_false_then_true(double: BBSDouble, stream: RawStream) -> None:
+    double.desire_lrp("web")
+    stream.read_event()
+    double.start_instance("web", 0, host_port=61000, readiness_check=True)
+    events = read_events(stream, 4)
+    assert events[2][1].after.state == "RUNNING" and events[2][1].after.Routable is False
+    ready = events[3][1]
+    assert events[3][0] == "actual_lrp_instance_changed"
+    assert (ready.before.state, ready.after.state) == ("RUNNING", "RUNNING")
+    assert (ready.before.Routable, ready.after.Routable) == (False, True)
+
+
+def test_start_unroutable_then_set_routable(double: BBSDouble, stream: RawStream) -> None:
+    double.desire_lrp("web")
+    stream.read_event()
+    guid = double.start_instance("web", 0, host_port=61000, routable=False)
+    events = read_events(stream, 3)
+    assert events[2][1].after.state == "RUNNING" and events[2][1].after.Routable is False
+    double.set_routable("web", 0, True)
+    ((event_type, changed),) = read_events(stream, 1)
+    assert event_type == "actual_lrp_instance_changed" and changed.after.Routable is True
+    assert changed.actual_lrp_instance_key.instance_guid == guid
+    double.set_routable("web", 0, None)  # as a BBS older than the field sends it
+    ((_, changed),) = read_events(stream, 1)
+    assert not changed.after.HasField("Routable")
+
+
+def test_restarting_a_running_instance_with_the_same_net_info_emits_nothing(double: BBSDouble, stream: RawStream) -> None:
+    double.desire_lrp("web")
     guid = double.start_instance("web", 0, host_port=61000)
-    assert [stream.read_event()[1] for _ in range(2)] == ["desired_lrp_created", "actual_lrp_instance_created"]
+    read_events(stream, 4)
+    assert double.start_instance("web", 0, host_port=61000) == guid
+    assert double.start_instance("web", 0, host_port=61001) == guid
+    ((event_type, changed),) = read_events(stream, 1)
+    assert event_type == "actual_lrp_instance_changed"
+    assert changed.after.actual_lrp_net_info.ports[0].host_port == 61001
 
+
+def test_crash_with_quick_restart_is_crashed_created_removed(double: BBSDouble, stream: RawStream) -> None:
+    double.desire_lrp("web")
+    guid = double.start_instance("web", 0, host_port=61000)
+    read_events(stream, 4)
+    double.crash_instance("web", 0)
+    events = read_events(stream, 3)
+    assert [t for t, _ in events] == ["actual_lrp_crashed", "actual_lrp_instance_created", "actual_lrp_instance_removed"]
+    crashed, created, removed = (m for _, m in events)
+    assert crashed.crash_count == 1 and crashed.actual_lrp_instance_key.instance_guid == guid and crashed.crash_reason
+    new = created.actual_lrp
+    assert new.state == "UNCLAIMED" and new.crash_count == 1 and new.routable is False
+    assert new.actual_lrp_instance_key.instance_guid not in ("", guid) and not new.actual_lrp_net_info.ports
+    assert removed.actual_lrp.actual_lrp_instance_key.instance_guid == guid and removed.actual_lrp.state == "RUNNING"
+    (lrp,) = double.actual_lrps()
+    assert lrp.state == "UNCLAIMED"
+
+    # the cell claims and starts the new instance (its guid is kept)
+    restarted = double.start_instance("web", 0, host_port=61005)
+    assert restarted == new.actual_lrp_instance_key.instance_guid
+    claimed, running = (m for _, m in read_events(stream, 2))
+    assert (claimed.after.state, running.after.state) == ("CLAIMED", "RUNNING")
+    assert running.after.crash_count == 1 and running.actual_lrp_instance_key.instance_guid == restarted
+
+
+def test_crash_restart_with_a_chosen_guid_replaces_the_unclaimed_instance(double: BBSDouble, stream: RawStream) -> None:
+    double.desire_lrp("web")
+    double.start_instance("web", 0, host_port=61000)
+    double.crash_instance("web", 0)
+    events = read_events(stream, 7)
+    unclaimed = events[5][1].actual_lrp.actual_lrp_instance_key.instance_guid
+    assert double.start_instance("web", 0, host_port=61005, instance_guid="chosen") == "chosen"
+    events = read_events(stream, 4)
+    assert [t for t, _ in events] == [
+        "actual_lrp_instance_created",
+        "actual_lrp_instance_removed",
+        "actual_lrp_instance_changed",
+        "actual_lrp_instance_changed",
+    ]
+    assert events[0][1].actual_lrp.actual_lrp_instance_key.instance_guid == "chosen"
+    assert events[1][1].actual_lrp.actual_lrp_instance_key.instance_guid == unclaimed
+    assert events[3][1].after.state == "RUNNING" and events[3][1].actual_lrp_instance_key.instance_guid == "chosen"
+
+
+def test_crash_beyond_the_immediate_restarts_is_crashed(double: BBSDouble, stream: RawStream) -> None:
+    double.desire_lrp("web")
+    double.start_instance("web", 0, host_port=61000)
+    read_events(stream, 4)
+    for _ in range(3):
+        double.crash_instance("web", 0)
+        double.start_instance("web", 0, host_port=61000)
+        read_events(stream, 5)
+    guid = double.actual_lrps()[0].actual_lrp_instance_key.instance_guid
+    double.crash_instance("web", 0)  # the fourth crash waits for its backoff
+    (_, crashed), (event_type, changed) = read_events(stream, 2)
+    assert crashed.crash_count == 4 and event_type == "actual_lrp_instance_changed"
+    assert (changed.before.state, changed.after.state) == ("RUNNING", "CRASHED")
+    assert not changed.after.actual_lrp_net_info.ports and changed.actual_lrp_instance_key.instance_guid == guid
+    with pytest.raises(ValueError):
+        double.crash_instance("web", 0)  # a CRASHED instance cannot crash
+    restarted = double.start_instance("web", 0, host_port=61001)
+    assert restarted != guid
+    assert [t for t, _ in read_events(stream, 4)] == [
+        "actual_lrp_instance_created",
+        "actual_lrp_instance_removed",
+        "actual_lrp_instance_changed",
+        "actual_lrp_instance_changed",
+    ]
+
+
+def test_evacuation_is_two_creates_and_later_a_remove(double: BBSDouble, stream: RawStream) -> None:
+    double.desire_lrp("web")
+    guid = double.start_instance("web", 0, host_port=61000)
+    read_events(stream, 4)
+    double.evacuate_instance("web", 0)
+    (t1, evacuating), (t2, replacement) = read_events(stream, 2)
+    assert (t1, t2) == ("actual_lrp_instance_created", "actual_lrp_instance_created")
+    assert evacuating.actual_lrp.presence == bbs.ActualLRP.EVACUATING and evacuating.actual_lrp.state == "RUNNING"
+    assert evacuating.actual_lrp.actual_lrp_instance_key.instance_guid == guid
+    assert evacuating.actual_lrp.actual_lrp_net_info.ports[0].host_port == 61000
+    new = replacement.actual_lrp
+    assert new.presence == bbs.ActualLRP.ORDINARY and new.state == "UNCLAIMED"
+    assert new.actual_lrp_instance_key.instance_guid not in ("", guid)
+    assert [(lrp.presence, lrp.state) for lrp in double.actual_lrps()] == [
+        (bbs.ActualLRP.ORDINARY, "UNCLAIMED"),
+        (bbs.ActualLRP.EVACUATING, "RUNNING"),
+    ]
+    with pytest.raises(ValueError):
+        double.evacuate_instance("web", 0)
+
+    started = double.start_instance("web", 0, host_port=61006, cell_id="cell-2")
+    assert started == new.actual_lrp_instance_key.instance_guid
+    assert [m.after.state for _, m in read_events(stream, 2)] == ["CLAIMED", "RUNNING"]
+    double.remove_instance("web", 0, evacuating=True)
+    ((event_type, removed),) = read_events(stream, 1)
+    assert event_type == "actual_lrp_instance_removed"
+    assert (
+        removed.actual_lrp.presence == bbs.ActualLRP.EVACUATING
+        and removed.actual_lrp.actual_lrp_instance_key.instance_guid == guid
+    )
+
+    double.remove_desired_lrp("web")
+    assert stream.read_event()[1] == "desired_lrp_removed"
+    assert [lrp.actual_lrp_instance_key.instance_guid for lrp in double.actual_lrps()] == [started]
+
+
+def test_a_vanished_cell_makes_its_instances_suspect_until_the_replacement_runs(double: BBSDouble, stream: RawStream) -> None:
+    double.desire_lrp("web", instances=2)
+    lost = double.start_instance("web", 0, host_port=61000, cell_id="cell-1")
+    double.start_instance("web", 1, host_port=61001, cell_id="cell-2")
+    read_events(stream, 7)
+    assert double.lose_cell("cell-1") == [("web", 0)]
+    (t1, suspect), (t2, replacement) = read_events(stream, 2)
+    assert (t1, t2) == ("actual_lrp_instance_changed", "actual_lrp_instance_created")
+    assert (suspect.before.presence, suspect.after.presence) == (bbs.ActualLRP.ORDINARY, bbs.ActualLRP.SUSPECT)
+    assert suspect.after.state == "RUNNING" and suspect.actual_lrp_instance_key.instance_guid == lost
+    assert replacement.actual_lrp.state == "UNCLAIMED" and replacement.actual_lrp.presence == bbs.ActualLRP.ORDINARY
+    new = double.start_instance("web", 0, host_port=61002, cell_id="cell-3")
+    events = read_events(stream, 3)
+    assert [t for t, _ in events] == ["actual_lrp_instance_changed", "actual_lrp_instance_changed", "actual_lrp_instance_removed"]
+    assert events[1][1].after.state == "RUNNING" and events[1][1].actual_lrp_instance_key.instance_guid == new
+    removed = events[2][1].actual_lrp
+    assert removed.presence == bbs.ActualLRP.SUSPECT and removed.actual_lrp_instance_key.instance_guid == lost
+    assert [lrp.presence for lrp in double.actual_lrps()] == [bbs.ActualLRP.ORDINARY, bbs.ActualLRP.ORDINARY]
+
+
+def test_retire_removes_twice(double: BBSDouble, stream: RawStream) -> None:
+    double.desire_lrp("web")
+    guid = double.start_instance("web", 0, host_port=61000)
+    read_events(stream, 4)
+    double.retire_instance("web", 0)
+    events = read_events(stream, 2)
+    assert [t for t, _ in events] == ["actual_lrp_instance_removed"] * 2
+    assert all(m.actual_lrp.actual_lrp_instance_key.instance_guid == guid for _, m in events)
+    assert double.actual_lrps() == []
+
+
+def test_desired_lrp_changes(double: BBSDouble, stream: RawStream) -> None:
+    double.desire_lrp("web", http_routes=[http_route("a.example.com")])
     double.desire_lrp("web", http_routes=[http_route("b.example.com")])
+    assert stream.read_event()[1] == "desired_lrp_created"
     _, event_type, data = stream.read_event()
     assert event_type == "desired_lrp_changed"
     changed_desired = bbs.DesiredLRPChangedEvent.FromString(data)
@@ -349,59 +558,6 @@ def test_event_stream_lifecycle_events(double: BBSDouble, stream: RawStream) -> 
     assert json.loads(changed_desired.after.routes.routes["cf-router"])[0]["hostnames"] == ["b.example.com"]
     assert changed_desired.after.modification_tag.index == changed_desired.before.modification_tag.index + 1
     assert changed_desired.after.modification_tag.epoch == changed_desired.before.modification_tag.epoch
-
-    double.set_routable("web", 0, False)
-    _, event_type, data = stream.read_event()
-    assert event_type == "actual_lrp_instance_changed"
-    changed = bbs.ActualLRPInstanceChangedEvent.FromString(data)
-    assert not changed.before.HasField("Routable")
-    assert changed.after.HasField("Routable") and changed.after.Routable is False
-    assert changed.actual_lrp_instance_key.instance_guid == guid
-
-    double.crash_instance("web", 0)
-    _, event_type, data = stream.read_event()
-    assert event_type == "actual_lrp_crashed"
-    crashed = bbs.ActualLRPCrashedEvent.FromString(data)
-    assert crashed.crash_count == 1 and crashed.actual_lrp_instance_key.instance_guid == guid
-    _, event_type, data = stream.read_event()
-    assert event_type == "actual_lrp_instance_changed"
-    changed = bbs.ActualLRPInstanceChangedEvent.FromString(data)
-    assert (changed.before.state, changed.after.state) == ("RUNNING", "CRASHED")
-    assert changed.after.crash_count == 1 and not changed.after.actual_lrp_net_info.ports
-    assert changed.actual_lrp_instance_key.instance_guid == guid
-
-    restarted = double.start_instance("web", 0, host_port=61005)
-    assert restarted != guid
-    _, event_type, data = stream.read_event()
-    changed = bbs.ActualLRPInstanceChangedEvent.FromString(data)
-    assert event_type == "actual_lrp_instance_changed"
-    assert (changed.before.state, changed.after.state) == ("CRASHED", "RUNNING")
-    assert changed.actual_lrp_instance_key.instance_guid == restarted
-    assert changed.after.crash_count == 1
-
-    double.evacuate_instance("web", 0)
-    _, event_type, data = stream.read_event()
-    changed = bbs.ActualLRPInstanceChangedEvent.FromString(data)
-    assert event_type == "actual_lrp_instance_changed"
-    assert (changed.before.presence, changed.after.presence) == (bbs.ActualLRP.ORDINARY, bbs.ActualLRP.EVACUATING)
-    assert changed.after.state == "RUNNING" and changed.actual_lrp_instance_key.instance_guid == restarted
-    assert [lrp.presence for lrp in double.actual_lrps()] == [bbs.ActualLRP.EVACUATING]
-
-    replacement = double.start_instance("web", 0, host_port=61006, cell_id="cell-2")
-    _, event_type, data = stream.read_event()
-    assert event_type == "actual_lrp_instance_created"
-    assert bbs.ActualLRPInstanceCreatedEvent.FromString(data).actual_lrp.actual_lrp_instance_key.instance_guid == replacement
-    assert replacement != restarted
-
-    double.remove_instance("web", 0, evacuating=True)
-    _, event_type, data = stream.read_event()
-    assert event_type == "actual_lrp_instance_removed"
-    removed = bbs.ActualLRPInstanceRemovedEvent.FromString(data).actual_lrp
-    assert removed.presence == bbs.ActualLRP.EVACUATING and removed.actual_lrp_instance_key.instance_guid == restarted
-
-    double.remove_desired_lrp("web")
-    assert stream.read_event()[1] == "desired_lrp_removed"
-    assert [lrp.actual_lrp_instance_key.instance_guid for lrp in double.actual_lrps()] == [replacement]
 
 
 def test_cell_filter_passes_desired_events_and_that_cells_instances(double: BBSDouble, pki: PKI) -> None:
@@ -411,9 +567,13 @@ def test_cell_filter_passes_desired_events_and_that_cells_instances(double: BBSD
         double.start_instance("web", 0, host_port=61000, cell_id="cell-1")
         double.start_instance("web", 1, host_port=61001, cell_id="cell-2")
         assert stream.read_event()[1] == "desired_lrp_created"
+        # the UNCLAIMED instance has no cell yet: the first event for cell-2 is its claim
         _, event_type, data = stream.read_event()
-        assert event_type == "actual_lrp_instance_created"
-        assert bbs.ActualLRPInstanceCreatedEvent.FromString(data).actual_lrp.actual_lrp_key.index == 1
+        assert event_type == "actual_lrp_instance_changed"
+        claimed = bbs.ActualLRPInstanceChangedEvent.FromString(data)
+        assert claimed.actual_lrp_key.index == 1 and claimed.after.state == "CLAIMED"
+        _, event_type, data = stream.read_event()
+        assert bbs.ActualLRPInstanceChangedEvent.FromString(data).after.state == "RUNNING"
     finally:
         stream.close()
 
@@ -465,3 +625,100 @@ def test_stop_ends_the_stream_and_restart_reuses_the_port(double: BBSDouble, pki
     assert double.port == port
     assert bbs.PingResponse.FromString(post(double, pki, "/v1/ping").content).available
     assert [lrp.process_guid for lrp in double.desired_lrps()] == ["web"]  # state survives a restart
+
+
+# ---------------------------------------------------------------------- injected failures
+
+# Every Error.Type a real BBS sends (bbs@8a3588f); 1, 2, 10, 20, 22, 23 and 25 are retired.
+REAL_ERROR_TYPES = {
+    0: "UnknownError", 3: "InvalidRecord", 4: "InvalidRequest", 5: "InvalidResponse", 6: "InvalidProtobufMessage",
+    7: "InvalidJSON", 8: "FailedToOpenEnvelope", 9: "InvalidStateTransition", 11: "ResourceConflict",
+    12: "ResourceExists", 13: "ResourceNotFound", 14: "RouterError", 15: "ActualLRPCannotBeClaimed",
+    16: "ActualLRPCannotBeStarted", 17: "ActualLRPCannotBeCrashed", 18: "ActualLRPCannotBeFailed",
+    19: "ActualLRPCannotBeRemoved", 21: "ActualLRPCannotBeUnclaimed", 24: "RunningOnDifferentCell",
+    26: "GUIDGeneration", 27: "Deserialize", 28: "Deadlock", 29: "Unrecoverable", 30: "LockCollision", 31: "Timeout",
+}  # fmt: skip
+
+
+def test_the_proto_knows_every_real_error_type() -> None:
+    assert {v.number: v.name for v in bbs.Error.Type.DESCRIPTOR.values} == REAL_ERROR_TYPES
+
+
+@pytest.mark.parametrize("error_type", [*REAL_ERROR_TYPES, 77])
+def test_next_requests_fail_with_any_error_type(double: BBSDouble, pki: PKI, error_type: int) -> None:
+    double.desire_lrp("web")
+    double.fail_requests("/v1/desired_lrps/list.r3", error_type, count=2, message="boom")
+    assert double.pending_failures("/v1/desired_lrps/list.r3") == 2
+    for _ in range(2):
+        response = post(double, pki, "/v1/desired_lrps/list.r3")
+        assert response.status_code == 200
+        answer = bbs.DesiredLRPsResponse.FromString(response.content)
+        assert answer.HasField("error") and (answer.error.type, answer.error.message) == (error_type, "boom")
+        assert not answer.desired_lrps
+    assert double.pending_failures("/v1/desired_lrps/list.r3") == 0
+    recovered = bbs.DesiredLRPsResponse.FromString(post(double, pki, "/v1/desired_lrps/list.r3").content)
+    assert not recovered.HasField("error") and [d.process_guid for d in recovered.desired_lrps] == ["web"]
+
+
+def test_failures_are_per_endpoint_or_for_any(double: BBSDouble, pki: PKI) -> None:
+    double.fail_requests("/v1/actual_lrps/list", bbs.Error.Deadlock)
+    assert not bbs.DesiredLRPsResponse.FromString(post(double, pki, "/v1/desired_lrp_routing_infos/list").content).HasField(
+        "error"
+    )
+    error = bbs.ActualLRPsResponse.FromString(post(double, pki, "/v1/actual_lrps/list").content).error
+    assert error.type == bbs.Error.Deadlock and "Deadlock" in error.message
+
+    double.fail_requests(error_type=bbs.Error.Unrecoverable, count=3)
+    assert bbs.PingResponse.FromString(post(double, pki, "/v1/ping").content).available is False
+    assert bbs.ActualLRPsResponse.FromString(post(double, pki, "/v1/actual_lrps/list").content).error.type == 29
+    events = post(double, pki, EVENTS_PATH)
+    assert events.status_code == 500 and bbs.Error.FromString(events.content).type == 29
+    assert post(double, pki, "/v1/no_such_thing").status_code == 404  # unknown paths stay 404, consuming nothing
+    assert double.pending_failures() == 0
+    assert bbs.PingResponse.FromString(post(double, pki, "/v1/ping").content).available is True
+
+    double.fail_requests("/v1/actual_lrps/list", count=5)
+    double.clear_failures()
+    assert not bbs.ActualLRPsResponse.FromString(post(double, pki, "/v1/actual_lrps/list").content).HasField("error")
+    with pytest.raises(ValueError):
+        double.fail_requests("/v1/no_such_thing")
+
+
+def test_failures_can_be_a_bare_http_status(double: BBSDouble, pki: PKI) -> None:
+    double.fail_requests(EVENTS_PATH, http_status=503, message="migrations not finished", count=1)
+    response = post(double, pki, EVENTS_PATH)
+    assert response.status_code == 503 and response.headers["Content-Type"].startswith("text/plain")
+    assert response.text == "migrations not finished\n"
+    again = RawStream(double, pki)  # the next subscription works
+    try:
+        assert again.status_line == "HTTP/1.1 200 OK"
+    finally:
+        again.close()
+
+
+def test_admin_api_drives_failures_and_the_new_lifecycle_calls(double: BBSDouble, pki: PKI) -> None:
+    from bbs_double.admin import AdminServer
+
+    admin = AdminServer(double)
+    admin.start()
+    try:
+
+        def call(method: str, path: str, body: dict | None = None) -> requests.Response:
+            return requests.request(method, f"http://127.0.0.1:{admin.port}{path}", json=body or {}, timeout=TIMEOUT)
+
+        assert call("POST", "/desired_lrps", {"process_guid": "web", "instances": 2}).status_code == 200
+        assert call("POST", "/instances", {"process_guid": "web", "index": 0, "host_port": 61000, "cell_id": "c1"}).ok
+        assert call("POST", "/instances", {"process_guid": "web", "index": 1, "host_port": 61001, "readiness_check": True}).ok
+        assert call("POST", "/cells/lose", {"cell_id": "c1"}).json() == {"suspect": [{"process_guid": "web", "index": 0}]}
+        assert call("POST", "/instances/retire", {"process_guid": "web", "index": 1}).ok
+        assert call("POST", "/instances/crash", {"process_guid": "web", "index": 1}).status_code == 400  # gone
+        state = call("GET", "/state").json()["actual_lrps"]["web"]
+        assert sorted((i["index"], i["presence"], i["state"]) for i in state) == [(0, 0, "UNCLAIMED"), (0, 2, "RUNNING")]
+
+        assert call("POST", "/failures", {"path": "/v1/actual_lrps/list", "error_type": "Unrecoverable", "count": 1}).ok
+        assert bbs.ActualLRPsResponse.FromString(post(double, pki, "/v1/actual_lrps/list").content).error.type == 29
+        assert call("POST", "/failures", {"error_type": 77, "count": 4}).ok
+        assert call("DELETE", "/failures").ok and double.pending_failures() == 0
+        assert call("POST", "/failures", {"error_type": "NoSuchType"}).status_code == 400
+    finally:
+        admin.stop()

@@ -1,15 +1,25 @@
-"""Diego records -> the route model: every payload is validated, bad entries are skipped, the rest kept."""
+"""Diego records -> the route model: every payload is validated, bad entries are skipped, the rest kept;
+and the real BBS's event sequences (from the BBS double, applied in every order BBS may deliver them)
+route what route-emitter routes."""
 
 from __future__ import annotations
 
+import base64
+import itertools
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
+from bbs_double.server import BBSDouble
+from copilot import metrics
 from copilot.model import HttpRoute, InternalRoute, PortMapping, ProcessRoutes, TcpRoute
 from copilot.protos import bbs_pb2 as bbs
+from copilot.routing_table import RoutingTable
 from copilot.sources import bbs_translate
+from copilot.sources.bbs_client import Event, decode_event
+from copilot.sources.bbs_watcher import InstanceGuids, apply_event, translate_listing
 
 
 def desired(**routes: object) -> bbs.DesiredLRP:
@@ -208,3 +218,182 @@ def test_instance_from_changed_event_info(routable: bool | None, expected: bool)
     )
     assert instance.routable is expected
     assert instance.ports[0] == PortMapping(8080, 61001, 61443, 61002)
+
+
+@pytest.mark.parametrize("state", ["UNCLAIMED", "CLAIMED", "CRASHED"])
+def test_only_running_instances_serve_whatever_their_payload(state: str) -> None:
+    lrp = actual(routable=True)
+    lrp.state = state  # even with net info (a real BBS sends none before RUNNING), it is not routed
+    assert bbs_translate.instance(lrp).backend_for(8080) is None
+
+
+@pytest.mark.parametrize("presence", [bbs.ActualLRP.ORDINARY, bbs.ActualLRP.EVACUATING, bbs.ActualLRP.SUSPECT])
+def test_every_presence_of_a_running_instance_serves(presence: int) -> None:
+    lrp = actual()
+    lrp.presence = presence
+    assert bbs_translate.instance(lrp).backend_for(8080) is not None
+
+
+def unrecognized(field: str) -> float:
+    return metrics.BBS_UNRECOGNIZED.labels(field)._value.get()
+
+
+def test_unknown_state_is_reported_and_never_serves() -> None:
+    before = unrecognized("ActualLRP.state")
+    lrp = actual()
+    lrp.state = "HIBERNATING"
+    assert bbs_translate.instance(lrp).backend_for(8080) is None
+    assert unrecognized("ActualLRP.state") == before + 1
+
+
+def test_unknown_presence_is_reported_and_routed_like_any_other() -> None:
+    before = unrecognized("ActualLRP.presence")
+    lrp = actual()
+    lrp.presence = 7  # type: ignore[assignment] - an open enum: a newer BBS may send it
+    assert bbs_translate.instance(lrp).backend_for(8080) is not None
+    info = bbs.ActualLRPInfo(state="RUNNING", presence=9)  # type: ignore[arg-type]
+    bbs_translate.instance_from_info(lrp.actual_lrp_key, lrp.actual_lrp_instance_key, info)
+    assert unrecognized("ActualLRP.presence") == before + 2
+
+
+# ---------------------------------------------------------------- real sequences -> the routing table
+
+HOST = "app.example.com"
+
+
+class Feed:
+    """The BBS double's events, taken straight off a subscriber queue (no network) and decoded as Copilot does."""
+
+    def __init__(self) -> None:
+        unused = Path("/nonexistent")
+        self.double = BBSDouble(ca_cert=unused, server_cert=unused, server_key=unused)
+        self._subscriber = self.double._subscribe("")
+        assert self._subscriber is not None
+        self.table = RoutingTable()
+        self.guids: InstanceGuids = {}
+
+    def take(self) -> list[Event]:
+        events = []
+        while not self._subscriber.events.empty():
+            raw = self._subscriber.events.get()
+            assert raw is not None
+            event = decode_event(str(len(events)), raw.event_type, base64.b64encode(raw.data).decode())
+            assert isinstance(event, Event)
+            events.append(event)
+        return events
+
+    def apply(self, events: list[Event]) -> None:
+        for event in events:
+            apply_event(self.table, event, self.guids)
+
+    def served(self) -> list[tuple[str, int]]:
+        routes = self.table.host_routes(HOST)
+        if routes is None or "" not in routes.paths:
+            return []
+        backends = [(b.address, b.port) for d in routes.paths[""] for b in d.backends]
+        assert len(backends) == len(set(backends)), f"an instance is routed twice: {backends}"
+        return sorted(backends)
+
+
+@pytest.fixture
+def feed() -> Feed:
+    feed = Feed()
+    feed.double.desire_lrp("pg", http_routes=[{"hostnames": [HOST], "port": 8080}], instances=2)
+    feed.apply(feed.take())
+    return feed
+
+
+def test_start_sequence_routes_only_once_running(feed: Feed) -> None:
+    feed.double.start_instance("pg", 0, address="10.0.0.1", host_port=61000, readiness_check=True)
+    events = feed.take()
+    assert [e.type for e in events] == ["actual_lrp_instance_created"] + ["actual_lrp_instance_changed"] * 3
+    for event in events[:3]:  # UNCLAIMED, CLAIMED, RUNNING but routable=false
+        feed.apply([event])
+        assert feed.served() == []
+    feed.apply(events[3:])
+    assert feed.served() == [("10.0.0.1", 61000)]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_crash_and_quick_restart_in_any_order(feed: Feed, order: tuple[int, ...]) -> None:
+    feed.double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    feed.double.start_instance("pg", 1, address="10.0.0.2", host_port=61001)
+    feed.apply(feed.take())
+    feed.double.crash_instance("pg", 0)
+    crash = feed.take()
+    assert [e.type for e in crash] == ["actual_lrp_crashed", "actual_lrp_instance_created", "actual_lrp_instance_removed"]
+    feed.apply([crash[i] for i in order])
+    assert feed.served() == [("10.0.0.2", 61001)]
+    feed.double.start_instance("pg", 0, address="10.0.0.1", host_port=61005)
+    feed.apply(feed.take())
+    assert feed.served() == [("10.0.0.1", 61005), ("10.0.0.2", 61001)]
+
+
+def test_removal_of_the_crashed_instance_arriving_late_keeps_its_running_successor(feed: Feed) -> None:
+    feed.double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    feed.apply(feed.take())
+    feed.double.crash_instance("pg", 0)
+    crashed, created, removed = feed.take()
+    feed.double.start_instance("pg", 0, address="10.0.0.1", host_port=61005)
+    feed.apply([crashed, created, *feed.take(), removed])  # the old instance's removal comes last
+    assert feed.served() == [("10.0.0.1", 61005)]
+
+
+@pytest.mark.parametrize("replacement_first", [False, True])
+def test_evacuating_and_replacement_both_serve_until_the_remove(feed: Feed, replacement_first: bool) -> None:
+    feed.double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    feed.apply(feed.take())
+    feed.double.evacuate_instance("pg", 0)
+    evacuating, replacement = feed.take()
+    for event in [replacement, evacuating] if replacement_first else [evacuating, replacement]:
+        feed.apply([event])
+        assert feed.served() == [("10.0.0.1", 61000)]  # the evacuating copy serves throughout, once
+    feed.double.start_instance("pg", 0, address="10.0.0.3", host_port=62000, cell_id="cell-2")
+    feed.apply(feed.take())
+    assert feed.served() == [("10.0.0.1", 61000), ("10.0.0.3", 62000)]
+    feed.double.remove_instance("pg", 0, evacuating=True)
+    feed.apply(feed.take())
+    assert feed.served() == [("10.0.0.3", 62000)]
+
+
+def test_suspect_instance_serves_until_its_replacement_runs(feed: Feed) -> None:
+    feed.double.start_instance("pg", 0, address="10.0.0.1", host_port=61000, cell_id="lost")
+    feed.apply(feed.take())
+    feed.double.lose_cell("lost")
+    for event in feed.take():
+        feed.apply([event])
+        assert feed.served() == [("10.0.0.1", 61000)]
+    feed.double.start_instance("pg", 0, address="10.0.0.3", host_port=62000, cell_id="cell-2")
+    events = feed.take()
+    assert events[-1].type == "actual_lrp_instance_removed"
+    feed.apply(events[:-1])
+    assert feed.served() == [("10.0.0.1", 61000), ("10.0.0.3", 62000)]
+    feed.apply(events[-1:])
+    assert feed.served() == [("10.0.0.3", 62000)]
+
+
+def test_retire_double_remove_and_scale_down(feed: Feed) -> None:
+    feed.double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    feed.double.start_instance("pg", 1, address="10.0.0.2", host_port=61001)
+    feed.apply(feed.take())
+    feed.double.retire_instance("pg", 1)
+    removals = feed.take()
+    assert [e.type for e in removals] == ["actual_lrp_instance_removed"] * 2
+    feed.apply(removals)
+    assert feed.served() == [("10.0.0.1", 61000)]
+    feed.double.remove_instance("pg", 0)
+    feed.apply(feed.take())
+    assert feed.served() == []
+
+
+def test_a_listing_in_the_middle_of_an_evacuation_routes_the_instance_once(feed: Feed) -> None:
+    feed.double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    running = feed.double.actual_lrps()[0]
+    evacuating = bbs.ActualLRP()
+    evacuating.CopyFrom(running)
+    evacuating.presence = bbs.ActualLRP.EVACUATING
+    processes, instances, guids = translate_listing(feed.double.desired_lrps(), [running, evacuating])
+    feed.table.replace_bbs_state(processes, instances)
+    assert list(instances["pg"]) == [(0, bbs.ActualLRP.EVACUATING)]
+    assert guids == {("pg", 0, bbs.ActualLRP.EVACUATING): (running.actual_lrp_instance_key.instance_guid, True)}
+    assert feed.served() == [("10.0.0.1", 61000)]

@@ -247,3 +247,120 @@ def test_staleness_grows_while_bbs_cannot_list(harness: Harness, wait_until, mon
     wait_until(lambda: harness.watcher.staleness() > 1.0, timeout=5, message="staleness to grow past 1s")
     monkeypatch.undo()
     wait_until(lambda: harness.watcher.staleness() == 0.0, timeout=5, message="staleness back to 0 once BBS lists again")
+
+
+# ---------------------------------------------------------------- anything BBS sends is survivable
+
+
+@pytest.mark.parametrize("error_type", [29, 77])  # Unrecoverable; a number no Copilot knows
+def test_an_error_type_it_does_not_know_never_kills_the_watcher(harness: Harness, wait_until, error_type: int) -> None:
+    """BBS answers listings with an Error.Type the client cannot name: the watcher backs off, resubscribes,
+    re-lists once BBS recovers, and routes converge (before the fix, the event thread died of a ValueError)."""
+    double, table, watcher = harness.double, harness.table, harness.watcher
+    double.desire_lrp("pg", http_routes=route(HOST))
+    double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    start(harness, wait_until)
+    syncs = metrics.BBS_SYNCS._value.get()
+
+    double.fail_requests("/v1/actual_lrps/list", error_type, count=3, message="the database is gone")
+    double.close_event_streams()
+    wait_until(lambda: double.pending_failures("/v1/actual_lrps/list") == 0, message="the failing listings to be tried")
+    double.start_instance("pg", 1, address="10.0.0.2", host_port=61001)  # a change while Copilot was not live
+    wait_until(lambda: served(table) == [("10.0.0.1", 61000), ("10.0.0.2", 61001)], message="routes to converge")
+    wait_until(lambda: watcher.live and double.subscriber_count() == 1, message="a live subscription")
+    assert metrics.BBS_SYNCS._value.get() > syncs
+    assert all(t.is_alive() for t in watcher._threads)
+    double.start_instance("pg", 2, address="10.0.0.3", host_port=61002)
+    wait_until(lambda: len(served(table)) == 3, message="events on the new stream")
+
+
+def test_an_unknown_error_type_at_the_first_listing_is_retried(harness: Harness, wait_until) -> None:
+    harness.double.desire_lrp("pg", http_routes=route(HOST))
+    harness.double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    harness.double.fail_requests("/v1/desired_lrp_routing_infos/list", 77, count=2)
+    start(harness, wait_until)
+    assert harness.double.pending_failures("/v1/desired_lrp_routing_infos/list") == 0
+    assert served(harness.table) == [("10.0.0.1", 61000)]
+
+
+def test_a_failing_subscription_is_retried(harness: Harness, wait_until) -> None:
+    from bbs_double.server import EVENTS_PATH
+
+    harness.double.fail_requests(EVENTS_PATH, 77, count=2)
+    start(harness, wait_until)
+    harness.double.fail_requests(EVENTS_PATH, http_status=503, count=2)
+    harness.double.close_event_streams()
+    wait_until(lambda: harness.double.pending_failures(EVENTS_PATH) == 0, message="the failing subscriptions")
+    wait_until(lambda: harness.watcher.live and harness.double.subscriber_count() == 1, message="a new subscription")
+    harness.double.desire_lrp("pg", http_routes=route(HOST))
+    wait_until(lambda: table_has(harness.table, HOST), message="events on the new stream")
+
+
+def test_any_exception_applying_an_event_resubscribes_and_relists(
+    harness: Harness, wait_until, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from copilot.sources import bbs_translate
+
+    start(harness, wait_until)
+    internal = metrics.BBS_ERRORS.labels("internal")._value.get()
+    real = bbs_translate.instance_from_info
+    calls = {"n": 0}
+
+    def explode_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug nobody foresaw")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bbs_translate, "instance_from_info", explode_once)
+    harness.double.desire_lrp("pg", http_routes=route(HOST))
+    harness.double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    wait_until(lambda: served(harness.table) == [("10.0.0.1", 61000)], message="the re-listing to bring the instance in")
+    wait_until(lambda: harness.watcher.live, message="the watcher to be live again")
+    assert metrics.BBS_ERRORS.labels("internal")._value.get() == internal + 1
+
+
+def test_not_live_while_the_stream_is_down_but_routes_are_kept(harness: Harness, wait_until) -> None:
+    harness.double.desire_lrp("pg", http_routes=route(HOST))
+    harness.double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    start(harness, wait_until)
+    wait_until(lambda: harness.watcher.live, message="live")
+    harness.double.fail_requests(count=1_000_000)  # every request fails from now on
+    harness.double.close_event_streams()
+    wait_until(lambda: not harness.watcher.live, message="not live once the stream is gone")
+    assert served(harness.table) == [("10.0.0.1", 61000)]
+    assert harness.watcher.synced.is_set()
+    harness.double.clear_failures()
+    wait_until(lambda: harness.watcher.live, message="live again once BBS recovers")
+
+
+def test_real_sequences_route_like_route_emitter(harness: Harness, wait_until) -> None:
+    """Crash-restart, evacuation, a vanished cell and retirement, end to end through the event stream."""
+    start(harness, wait_until)
+    double, table = harness.double, harness.table
+    double.desire_lrp("pg", http_routes=route(HOST), instances=2)
+    double.start_instance("pg", 0, address="10.0.0.1", host_port=61000, cell_id="c1")
+    double.start_instance("pg", 1, address="10.0.0.2", host_port=61001, cell_id="c2")
+    wait_until(lambda: served(table) == [("10.0.0.1", 61000), ("10.0.0.2", 61001)], message="two instances")
+
+    double.crash_instance("pg", 1)
+    wait_until(lambda: served(table) == [("10.0.0.1", 61000)], message="the crashed instance to go")
+    double.start_instance("pg", 1, address="10.0.0.2", host_port=61005, cell_id="c2")
+    wait_until(lambda: served(table) == [("10.0.0.1", 61000), ("10.0.0.2", 61005)], message="its restart")
+
+    double.evacuate_instance("pg", 0)
+    double.start_instance("pg", 0, address="10.0.0.3", host_port=62000, cell_id="c3")
+    wait_until(lambda: len(served(table)) == 3, message="evacuating copy and replacement both routed")
+    assert ("10.0.0.1", 61000) in served(table)
+    double.remove_instance("pg", 0, evacuating=True)
+    wait_until(lambda: served(table) == [("10.0.0.2", 61005), ("10.0.0.3", 62000)], message="the evacuated copy to go")
+
+    double.lose_cell("c3")
+    double.desire_lrp("marker", http_routes=route("marker.example.com"))
+    wait_until(lambda: table_has(table, "marker.example.com"), message="the events before the marker")
+    assert served(table) == [("10.0.0.2", 61005), ("10.0.0.3", 62000)]  # the SUSPECT copy still serves
+    double.start_instance("pg", 0, address="10.0.0.4", host_port=63000, cell_id="c4")
+    wait_until(lambda: served(table) == [("10.0.0.2", 61005), ("10.0.0.4", 63000)], message="the suspect copy to go")
+
+    double.retire_instance("pg", 1)
+    wait_until(lambda: served(table) == [("10.0.0.4", 63000)], message="the retired instance to go")

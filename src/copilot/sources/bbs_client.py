@@ -1,10 +1,19 @@
-"""A Diego BBS client over HTTPS with mutual TLS: protobuf requests and responses, and the event stream."""
+"""A Diego BBS client over HTTPS with mutual TLS: protobuf requests and responses, and the event stream.
+
+It owns the wire: every failure a BBS can produce (transport, HTTP status, the `error` field with
+any `Error.Type`, known or not, undecodable events) becomes a BBSError or a MalformedEvent value,
+never another exception. Values Copilot does not know (an error type, an event type, ...) are
+reported through `report_unrecognized`: counted in `copilot_bbs_unrecognized_total{field}` and
+logged once per (field, value).
+"""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +21,11 @@ from pathlib import Path
 import requests
 from google.protobuf.message import DecodeError, Message
 
+from copilot import metrics
 from copilot.protos import bbs_pb2
 from copilot.sources.sse import parse_events
+
+log = logging.getLogger(__name__)
 
 EVENT_TYPES: dict[str, type[Message]] = {
     "desired_lrp_created": bbs_pb2.DesiredLRPCreatedEvent,
@@ -26,12 +38,52 @@ EVENT_TYPES: dict[str, type[Message]] = {
 }
 
 
+_MAX_REMEMBERED = 1024  # distinct (field, value) pairs logged; beyond that, only counted
+_reported: set[tuple[str, str]] = set()
+_reported_lock = threading.Lock()
+
+
+def report_unrecognized(field: str, value: object, context: str = "") -> None:
+    """Counts a value of `field` that Copilot does not know; logs it the first time it is seen."""
+    metrics.BBS_UNRECOGNIZED.labels(field).inc()
+    key = (field, str(value))
+    with _reported_lock:
+        first = key not in _reported and len(_reported) < _MAX_REMEMBERED
+        if first:
+            _reported.add(key)
+    if first:
+        log.warning(
+            "BBS sent a value Copilot does not know; handled as documented, reported once",
+            extra={"field": field, "value": str(value), "context": context},
+        )
+
+
+def error_type_name(value: int) -> str:
+    """The name of an `Error.Type`; a number Copilot does not know is named by its number (and reported)."""
+    try:
+        return bbs_pb2.Error.Type.Name(value)
+    except ValueError:
+        report_unrecognized("Error.type", value)
+        return f"Error.Type({value})"
+
+
 class BBSError(Exception):
-    """BBS could not be reached, or answered with an error."""
+    """BBS could not be reached, or answered with an error; `error_type` is the Error.Type it sent, if any."""
+
+    def __init__(self, message: str, *, error_type: int | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
 
 
 class MalformedEvent(BBSError):
-    """One event on the stream could not be decoded; the stream itself is fine."""
+    """One event on the stream could not be decoded; the stream itself is fine.
+
+    `event_type` is the SSE event name as sent; `reason` is "unknown type" or "undecodable payload"."""
+
+    def __init__(self, message: str, *, event_type: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.event_type = event_type
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -81,8 +133,10 @@ class BBSClient:
         except requests.RequestException as error:
             raise BBSError(f"cannot subscribe to BBS events: {error}") from error
         if response.status_code != 200:
-            response.close()
-            raise BBSError(f"BBS events subscription answered HTTP {response.status_code}")
+            try:
+                raise _http_error("events subscription", response)
+            finally:
+                response.close()
         return EventStream(response)
 
     def close(self) -> None:
@@ -97,14 +151,15 @@ class BBSClient:
         except requests.RequestException as error:
             raise BBSError(f"BBS {path}: {error}") from error
         if http.status_code != 200:
-            raise BBSError(f"BBS {path}: HTTP {http.status_code}")
+            raise _http_error(path, http)
         response = response_type()
         try:
             response.ParseFromString(http.content)
         except DecodeError as error:
             raise BBSError(f"BBS {path}: response is not a {response_type.__name__}") from error
         if response.DESCRIPTOR.fields_by_name.get("error") and response.HasField("error"):
-            raise BBSError(f"BBS {path}: {bbs_pb2.Error.Type.Name(response.error.type)}: {response.error.message}")
+            error = response.error
+            raise BBSError(f"BBS {path}: {error_type_name(error.type)}: {error.message}", error_type=error.type)
         return response
 
 
@@ -118,10 +173,10 @@ class EventStream:
         try:
             for sse in parse_events(self._response.iter_content(chunk_size=None)):
                 yield decode_event(sse.id, sse.event, sse.data)
-        except (requests.RequestException, OSError, AttributeError) as error:
+        except Exception as error:  # whatever the transport raises, the stream is over; callers see a BBSError
             if not self._response.raw or self._response.raw.closed:
                 return
-            raise BBSError(f"BBS event stream broke: {error}") from error
+            raise BBSError(f"BBS event stream broke: {type(error).__name__}: {error}") from error
 
     def close(self) -> None:
         """Ends the stream, unblocking a reader in another thread (closing alone does not interrupt a read)."""
@@ -133,13 +188,31 @@ class EventStream:
         self._response.close()
 
 
+def _http_error(what: str, http: requests.Response) -> BBSError:
+    """A non-200 answer: BBS sends a protobuf Error with some (e.g. 500), plain text with others (404, 503)."""
+    error_type: int | None = None
+    detail = ""
+    if http.headers.get("Content-Type", "").startswith("application/x-protobuf"):
+        try:
+            error = bbs_pb2.Error.FromString(http.content[:65536])
+        except Exception:  # noqa: BLE001 - an unparsable body is only less detail
+            error = None
+        if error is not None:
+            error_type = error.type
+            detail = f": {error_type_name(error.type)}: {error.message}"
+    return BBSError(f"BBS {what}: HTTP {http.status_code}{detail}", error_type=error_type)
+
+
 def decode_event(event_id: str, event_type: str, data: str) -> Event | MalformedEvent:
     """Decodes one SSE event into its protobuf message; a bad payload becomes a MalformedEvent value."""
     message_type = EVENT_TYPES.get(event_type)
     if message_type is None:
-        return MalformedEvent(f"event {event_id}: unknown type {event_type!r}")
+        report_unrecognized("event", event_type[:100], f"event {event_id}")
+        return MalformedEvent(f"event {event_id}: unknown type {event_type!r}", event_type=event_type, reason="unknown type")
     try:
         message = message_type.FromString(base64.b64decode(data, validate=True))
-    except (ValueError, DecodeError) as error:
-        return MalformedEvent(f"event {event_id} ({event_type}): undecodable payload: {error}")
+    except Exception as error:  # ValueError (base64), DecodeError, or anything protobuf raises on hostile input
+        return MalformedEvent(
+            f"event {event_id} ({event_type}): undecodable payload: {error}", event_type=event_type, reason="undecodable payload"
+        )
     return Event(event_id, event_type, message)

@@ -1,4 +1,12 @@
-"""Diego's records -> the route model, with route-emitter's rules; every payload is validated here."""
+"""Diego's records -> the route model, with route-emitter's rules; every payload is validated here.
+
+Instances: only a RUNNING instance whose `routable` is true or unset serves (`Instance.serving`);
+UNCLAIMED and CLAIMED ones (no net info yet) and CRASHED ones are kept but never routed, whatever
+their payload says. Presence does not affect serving: an EVACUATING copy keeps serving until it is
+removed, and so does a SUSPECT one (its cell vanished) until BBS removes it once the replacement
+runs. A state or presence Copilot does not know is reported (copilot_bbs_unrecognized_total) and
+handled as documented: an unknown state never serves, an unknown presence is routed like any other.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +27,11 @@ from copilot.model import (
     validate_port,
 )
 from copilot.protos import bbs_pb2
+from copilot.sources.bbs_client import report_unrecognized
 
 log = logging.getLogger(__name__)
+
+STATES = ("UNCLAIMED", "CLAIMED", "RUNNING", "CRASHED")
 
 
 def process_routes(desired: bbs_pb2.DesiredLRP) -> ProcessRoutes:
@@ -74,6 +85,8 @@ def process_routes(desired: bbs_pb2.DesiredLRP) -> ProcessRoutes:
 
 
 def instance(actual: bbs_pb2.ActualLRP) -> Instance:
+    """The Instance of a listed or created/removed ActualLRP."""
+    _check(actual.actual_lrp_key, actual.state, actual.presence)
     return _instance(
         actual.actual_lrp_key,
         actual.actual_lrp_instance_key,
@@ -87,6 +100,8 @@ def instance(actual: bbs_pb2.ActualLRP) -> Instance:
 def instance_from_info(
     key: bbs_pb2.ActualLRPKey, instance_key: bbs_pb2.ActualLRPInstanceKey, info: bbs_pb2.ActualLRPInfo
 ) -> Instance:
+    """The Instance after a changed event (`info` is its `after`)."""
+    _check(key, info.state, info.presence)
     return _instance(
         key,
         instance_key,
@@ -95,6 +110,14 @@ def instance_from_info(
         not info.HasField("Routable") or info.Routable,
         info.availability_zone,
     )
+
+
+def _check(key: bbs_pb2.ActualLRPKey, state: str, presence: int) -> None:
+    where = f"{key.process_guid}/{key.index}"
+    if state not in STATES:
+        report_unrecognized("ActualLRP.state", state[:64], where)
+    if presence not in bbs_pb2.ActualLRP.Presence.values():
+        report_unrecognized("ActualLRP.presence", presence, where)
 
 
 def _instance(key, instance_key, net, state: str, routable: bool, az: str) -> Instance:
