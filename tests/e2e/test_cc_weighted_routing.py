@@ -8,15 +8,12 @@ import collections
 import requests
 
 from copilot.protos import cc_copilot_pb2 as api
-from devtools.apps import AppInstance
 from devtools.tier import Tier, wait_until
 
 
-def _process(tier: Tier, apps: list[AppInstance], diego_guid: str, host: str) -> None:
-    app = AppInstance(diego_guid)
-    apps.append(app)
+def _process(tier: Tier, apps: list, diego_guid: str, host: str) -> None:
     tier.bbs.desire_lrp(diego_guid, http_routes=[{"hostnames": [host], "port": 8080}])
-    tier.bbs.start_instance(diego_guid, 0, host_port=app.port, instance_guid=diego_guid, instance_address="127.0.0.1")
+    apps.append(tier.start_instance(diego_guid, 0, diego_guid))
 
 
 def _map(stub, route_guid: str, capi: str, weight: int) -> None:
