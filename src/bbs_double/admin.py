@@ -41,6 +41,7 @@ _START_FIELDS = {
     "routable",
     "cell_id",
     "readiness_check",
+    "extra_ports",
 }
 _DESIRE_FIELDS = {"http_routes", "tcp_routes", "internal_routes", "instances", "domain", "ports"}
 

@@ -328,11 +328,13 @@ class Cell:
         ports: Sequence[int] = (8080,),
         internal_hostnames: Sequence[str] = (),
         organizational_units: Sequence[str] = (),
+        static_dir: Path | None = None,
     ) -> CellInstance:
         """Start an app instance behind its Envoy and return once both, and Garden's mappings, accept
         connections. `ports` are the DesiredLRP's container ports in order (CC sends the app ports then 2222,
         which gets a proxy but no app here); `internal_hostnames` go into the C2C certificate;
-        `organizational_units` are the certificate's OUs (CC: organization:<g>, space:<g>, app:<g>)."""
+        `organizational_units` are the certificate's OUs (CC: organization:<g>, space:<g>, app:<g>);
+        `static_dir`: an "http" app serves its index.html instead of its guid."""
         began = time.monotonic()
         ports = tuple(dict.fromkeys(ports))
         if not ports:
@@ -383,7 +385,8 @@ class Cell:
         with self._lock:
             self.instances[instance_guid] = instance
         try:
-            instance._app = _start_app(app, instance_guid, container_ip, [p for p in ports if p != SSH_PORT], config_dir)
+            app_ports = [p for p in ports if p != SSH_PORT]
+            instance._app = _start_app(app, instance_guid, container_ip, app_ports, config_dir, static_dir)
             self._write_certificates(instance, instance_guid, internal_hostnames, organizational_units)
             self._write_validation_context(instance)
             _write_atomic(config_dir / "envoy.yaml", yaml.safe_dump(self.bootstrap(instance), sort_keys=False))
@@ -587,12 +590,12 @@ def _next_free_port(taken: set[int]) -> int:
     return next(p for p in itertools.count(FIRST_PROXY_PORT) if p not in taken)
 
 
-def _start_app(kind: AppKind, guid: str, ip: str, ports: Sequence[int], config_dir: Path) -> _App:
+def _start_app(kind: AppKind, guid: str, ip: str, ports: Sequence[int], config_dir: Path, static_dir: Path | None) -> _App:
     apps: list[_App] = []
     try:
         for port in ports:
             if kind == "http":
-                apps.append(AppInstance(guid, host=ip, port=port))
+                apps.append(AppInstance(guid, host=ip, port=port, static_dir=static_dir))
             elif kind == "h2c":
                 apps.append(H2cApp(guid, config_dir / f"h2c-{port}", host=ip, port=port))
             elif kind == "tcp-echo":

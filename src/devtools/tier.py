@@ -233,7 +233,7 @@ def start_tier(
     try:
         if preload is not None:
             preload(bbs)
-        launch.start(layout, processes, bbs_double=None)
+        launch.start(layout, processes)
         if not launch.wait_ready(layout, ports, quiet=True, timeout=180):
             raise RuntimeError(f"the tier did not come up:\n{tails(layout)}")
     except BaseException:

@@ -75,14 +75,16 @@ def start(layout: Layout, overrides: dict[str, str]) -> int:
     os.environ["PYTHONPATH"] = str(peers.REPO / "src")
     print(f"  jobs rendered into {layout.jobs}: {', '.join(sorted({p.job for p in processes}))}")
 
-    step("starting the BBS double and the jobs' processes under supervisor")
+    cell = [sys.executable, "-m", "local_tier.cell_service", "--root", str(layout.root), "--port", str(wanted["cell_admin_port"])]
+    step("starting the stand-ins (BBS double, a v58 Diego cell) and the jobs' processes under supervisor")
     try:
-        names = launch.start(layout, processes, bbs_double)
+        names = launch.start(layout, processes, {"bbs-double": bbs_double, "cell": cell})
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"  {', '.join(names)}")
-    if not launch.wait_ready(layout, wanted):
+    cell_ready = ("the cell", lambda: launch.listening(wanted["cell_admin_port"]))
+    if not launch.wait_ready(layout, wanted, first=[cell_ready]):
         print("error: the tier did not come up; last log lines:", file=sys.stderr)
         print(tails(layout, 15), file=sys.stderr)
         stop(layout, quiet=True)
@@ -99,7 +101,7 @@ The routing tier is up. It listens on loopback only:
   Copilot registrar (mTLS) 127.0.0.1:{wanted["copilot_registrar_port"]}
   Copilot health/metrics  http://127.0.0.1:{wanted["copilot_health_port"]}/health  /metrics
   BBS double (mTLS)       https://127.0.0.1:{wanted["bbs_port"]}   (control API http://127.0.0.1:{wanted["bbs_admin_port"]})
-Apps run behind Diego-style cell proxies (TLS, the router's client certificate required).
+  Diego cell double       apps on 127.1.x.y behind their TLS proxies (control API http://127.0.0.1:{wanted["cell_admin_port"]})
 Files: jobs in {layout.jobs}, logs in {layout.logs}
 
 Push an app:  ./scripts/cf-local push myapp -i 2
@@ -165,7 +167,7 @@ def tails(layout: Layout, lines: int, only: str | None = None) -> str:
 
 
 def stop(layout: Layout, quiet: bool = False) -> int:
-    apps.stop_all(layout)
+    apps.forget_all(layout)
     if running(layout):
         launch.shutdown(layout)
     left = [f"{name}={port}" for name, port in ports(layout).items() if launch.listening(port)] if layout.root.exists() else []

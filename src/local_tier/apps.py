@@ -1,17 +1,12 @@
-"""Sample app instances for the local tier: processes on loopback that the push command starts, and
-their record in <root>/apps/state.json (so stop leaves none behind)."""
+"""Sample app instances for the local tier: started on the tier's cell (local_tier.cell_service, each
+behind its v58 container proxy) by the push command, and their record in <root>/apps/state.json."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
-from devtools import peers
+import requests
+
 from local_tier.layout import Layout
 
 
@@ -25,49 +20,29 @@ def save(layout: Layout, state: dict) -> None:
     (layout.apps / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
 
 
-def start_instance(layout: Layout, instance_guid: str, static_dir: str | None = None) -> tuple[int, int]:
-    """Starts one sample app process; returns (pid, port)."""
-    layout.apps.mkdir(parents=True, exist_ok=True)
-    port_file = layout.apps / f"{instance_guid}.port"
-    port_file.unlink(missing_ok=True)
-    log = (layout.apps / f"{instance_guid}.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "devtools.apps", "--guid", instance_guid, "--port-file", str(port_file)]
-        + (["--static-dir", static_dir] if static_dir else []),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(peers.REPO / "src")},
+def _cell_api(layout: Layout) -> str:
+    from local_tier.__main__ import ports
+
+    return f"http://127.0.0.1:{ports(layout)['cell_admin_port']}"
+
+
+def start_on_cell(layout: Layout, instance_guid: str, static_dir: str | None = None) -> dict:
+    """Starts one sample app instance on the cell; returns the net info the rep would report."""
+    response = requests.post(
+        _cell_api(layout) + "/instances", json={"instance_guid": instance_guid, "static_dir": static_dir}, timeout=60
     )
-    log.close()
-    deadline = time.monotonic() + 15
-    while not port_file.is_file() or not port_file.read_text().strip():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the sample app {instance_guid} did not start (see {layout.apps / (instance_guid + '.log')})")
-        time.sleep(0.05)
-    return process.pid, int(port_file.read_text())
+    if response.status_code != 200:
+        raise SystemExit(f"error: the cell did not start {instance_guid}: {response.status_code} {response.text}")
+    return response.json()
 
 
-def stop_pid(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+def stop_on_cell(layout: Layout, instance_guid: str) -> None:
+    response = requests.delete(f"{_cell_api(layout)}/instances/{instance_guid}", timeout=30)
+    if response.status_code not in (200, 404):
+        raise SystemExit(f"error: the cell did not stop {instance_guid}: {response.status_code} {response.text}")
 
 
-def stop_all(layout: Layout) -> None:
-    state = load(layout)
-    for app in state.values():
-        for instance in app["instances"]:
-            stop_pid(instance["pid"])
-    if state:
+def forget_all(layout: Layout) -> None:
+    """The cell stops its instances when the tier stops; forget what was pushed."""
+    if load(layout):
         save(layout, {})

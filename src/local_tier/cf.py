@@ -1,6 +1,6 @@
 """`python -m local_tier.cf` (scripts/cf-local): stands in for `cf push` and friends against the local tier.
-It starts sample app processes, tells the BBS double about them as Diego would (desired LRP with routes,
-instances RUNNING), and sets weights through Copilot's Cloud Controller API as Cloud Controller would."""
+It starts sample app instances on the local tier's cell (each behind a v58 TLS proxy), tells the BBS
+double about them as Diego would (desired LRP with routes, instances RUNNING), and sets weights through Copilot's Cloud Controller API as Cloud Controller would."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import argparse
 import hashlib
 import sys
 
-import grpc
 import requests
 
 from copilot.protos import cc_copilot_pb2 as api
 from copilot.protos import cc_copilot_pb2_grpc as api_grpc
-from local_tier import apps, render
+from local_tier import apps, launch
 from local_tier.__main__ import ports, running
 from local_tier.layout import Layout
 
@@ -44,18 +43,18 @@ class Local:
         )
 
     def start(self, name: str, index: int) -> None:
+        """As Diego would: the cell starts the instance behind its TLS proxy, then BBS reports it RUNNING
+        with the net info the rep reports (v58: only the TLS proxy port is mapped)."""
         app = self.state[name]
         guid = f"{app['process_guid']}-{index}-{hashlib.sha256(str(len(app['instances'])).encode()).hexdigest()[:6]}"
-        pid, port = apps.start_instance(self.layout, guid, app.get("static_dir"))
-        self.call(
-            "POST", "/instances", {"process_guid": app["process_guid"], "index": index, "host_port": port, "instance_guid": guid}
-        )
-        app["instances"].append({"index": index, "guid": guid, "pid": pid, "port": port})
+        net_info = apps.start_on_cell(self.layout, guid, app.get("static_dir"))
+        self.call("POST", "/instances", {"process_guid": app["process_guid"], "index": index, **net_info})
+        app["instances"].append({"index": index, "guid": guid, "port": net_info["host_tls_proxy_port"]})
 
     def stop_instance(self, name: str, instance: dict) -> None:
         app = self.state[name]
         self.call("POST", "/instances/remove", {"process_guid": app["process_guid"], "index": instance["index"]})
-        apps.stop_pid(instance["pid"])
+        apps.stop_on_cell(self.layout, instance["guid"])
         app["instances"].remove(instance)
 
     def curl(self, route: str) -> str:
@@ -133,13 +132,7 @@ def map_route(local: Local, args: argparse.Namespace, add: bool) -> None:
 def set_weights(local: Local, args: argparse.Namespace) -> None:
     """Maps the route to each named app with a weight, through Copilot's Cloud Controller API."""
     host, _, path = args.route.partition("/")
-    variables = render.variables(local.layout)
-    credentials = grpc.ssl_channel_credentials(
-        variables["cc_ca"]["certificate"].encode(),
-        variables["cc_client"]["private_key"].encode(),
-        variables["cc_client"]["certificate"].encode(),
-    )
-    with grpc.secure_channel(f"127.0.0.1:{local.ports['copilot_cc_port']}", credentials) as channel:
+    with launch.cc_channel(local.layout, local.ports) as channel:
         stub = api_grpc.CloudControllerCopilotStub(channel)
         route_guid = "route-" + hashlib.sha256(args.route.encode()).hexdigest()[:12]
         stub.UpsertRoute(api.UpsertRouteRequest(route=api.Route(guid=route_guid, host=host, path="/" + path if path else "")))

@@ -45,9 +45,9 @@ def prepare(layout: Layout, ports: dict[str, int], ops_files: Sequence[Path] = (
     return render.render(layout, manifest)
 
 
-def start(layout: Layout, processes: list[Process], bbs_double: list[str] | None) -> list[str]:
-    """Starts supervisord with the jobs' processes (and the BBS double's command, if given)."""
-    names = supervisor.write_config(layout, processes, bbs_double)
+def start(layout: Layout, processes: list[Process], stand_ins: dict[str, list[str]] | None = None) -> list[str]:
+    """Starts supervisord with the stand-ins' commands (name -> argv) and the jobs' processes."""
+    names = supervisor.write_config(layout, processes, stand_ins)
     result = supervisor.supervisord(layout)
     if result.returncode != 0:
         raise RuntimeError(f"supervisord did not start: {result.stderr or result.stdout}")
@@ -105,10 +105,18 @@ def readiness_checks(layout: Layout, ports: dict[str, int]) -> list[tuple[str, C
     ]
 
 
-def wait_ready(layout: Layout, ports: dict[str, int], *, quiet: bool = False, timeout: float = READY_TIMEOUT) -> bool:
-    """Waits for each readiness check in turn, printing each step and how long it took."""
+def wait_ready(
+    layout: Layout,
+    ports: dict[str, int],
+    *,
+    quiet: bool = False,
+    timeout: float = READY_TIMEOUT,
+    first: Sequence[tuple[str, Callable[[], object]]] = (),
+) -> bool:
+    """Waits for each readiness check in turn (`first`, e.g. the stand-ins, then the tier's), printing
+    each step and how long it took."""
     deadline = time.monotonic() + timeout
-    for name, check in readiness_checks(layout, ports):
+    for name, check in [*first, *readiness_checks(layout, ports)]:
         if not quiet:
             print(f"  waiting for {name} ...", end="", flush=True)
         started = time.monotonic()

@@ -36,9 +36,9 @@ def program(name: str, argv: list[str], env: dict[str, str], log: Path, pre_star
     return "\n".join(lines) + "\n"
 
 
-def write_config(layout: Layout, processes: list[Process], bbs_double: list[str] | None) -> list[str]:
-    """Writes supervisord.conf (with the BBS double as a program too, if its command is given);
-    returns the program names in start order."""
+def write_config(layout: Layout, processes: list[Process], stand_ins: dict[str, list[str]] | None = None) -> list[str]:
+    """Writes supervisord.conf: the stand-ins for what is not here (name -> command: the BBS double,
+    the cell), started first, then the jobs' processes; returns the program names in start order."""
     sections = [
         "[unix_http_server]",
         f"file={layout.supervisor_socket}",
@@ -56,9 +56,10 @@ def write_config(layout: Layout, processes: list[Process], bbs_double: list[str]
         "",
     ]
     names = []
-    if bbs_double is not None:
-        sections.append(program("bbs-double", bbs_double, {}, layout.logs / "bbs-double" / "bbs-double.log", priority=10))
-        names.append("bbs-double")
+    for name, command in (stand_ins or {}).items():
+        sections.append(program(name, command, {}, layout.logs / name / f"{name}.log", priority=10))
+        (layout.logs / name).mkdir(parents=True, exist_ok=True)
+        names.append(name)
     for priority, process in enumerate(processes, start=20):
         name = f"{process.job}-{process.name}" if process.name != process.job else process.job
         sections.append(
@@ -68,7 +69,6 @@ def write_config(layout: Layout, processes: list[Process], bbs_double: list[str]
         )
         names.append(name)
     for directory in {
-        layout.logs / "bbs-double",
         *(layout.logs / p.job for p in processes),
         *(layout.root / "data" / p.job for p in processes),
         *(layout.run / p.job for p in processes),
