@@ -149,7 +149,7 @@ def parse(data: object) -> Config:
     if root.has("cc"):
         section = root.section("cc")
         cc = CCConfig(
-            listen=section.address("listen", "127.0.0.1:9000"),
+            listen=section.address("listen", "0.0.0.0:9001"),  # the copilot job spec's cc.listen_address
             cert=section.file("cert"),
             key=section.file("key"),
             client_ca=section.file("client_ca"),
@@ -160,7 +160,7 @@ def parse(data: object) -> Config:
     if root.has("registrar"):
         section = root.section("registrar")
         registrar = RegistrarConfig(
-            listen=section.address("listen", "127.0.0.1:9003"),
+            listen=section.address("listen", "0.0.0.0:9003"),  # registrar.listen_address
             cert=section.file("cert"),
             key=section.file("key"),
             client_ca=section.file("client_ca"),

@@ -1,6 +1,7 @@
 """`python -m local_tier.cf` (scripts/cf-local): stands in for `cf push` and friends against the local tier.
 It starts sample app instances on the local tier's cell (each behind a v58 TLS proxy), tells the BBS
-double about them as Diego would (desired LRP with routes, instances RUNNING), and sets weights through Copilot's Cloud Controller API as Cloud Controller would."""
+double about them as Diego would (desired LRP with routes, instances RUNNING), and sets weights through
+Copilot's Cloud Controller API as Cloud Controller would."""
 
 from __future__ import annotations
 
