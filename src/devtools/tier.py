@@ -242,6 +242,13 @@ def start_tier(
     return tier
 
 
+def start_tier_with_ops(workdir: Path, name: str, ops_yaml: str) -> Tier:
+    """A tier with one more ops-file, given as YAML text (per-test properties), written into `workdir`."""
+    ops = Path(workdir) / f"{name}.yml"
+    ops.write_text(ops_yaml)
+    return start_tier(Path(workdir) / "tier", ops_files=[ops])
+
+
 def tails(layout: Layout, lines: int = 30) -> str:
     out = []
     for log in sorted(layout.logs.rglob("*.log")):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.tier import Tier, start_tier, wait_until
+from devtools.tier import Tier, start_tier_with_ops, wait_until
 
 
 def _route(tier: Tier, unique: str, name: str) -> tuple[str, str]:
@@ -88,10 +88,7 @@ _NO_CLIENT_CERTIFICATE = """\
 
 @pytest.fixture(scope="module")
 def tier_without_client_certificate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
-    workdir = tmp_path_factory.mktemp("tier-no-client-cert")
-    ops = workdir / "no-client-certificate.yml"
-    ops.write_text(_NO_CLIENT_CERTIFICATE)
-    tier = start_tier(workdir / "tier", ops_files=[ops])
+    tier = start_tier_with_ops(tmp_path_factory.mktemp("tier-no-client-cert"), "no-client-certificate", _NO_CLIENT_CERTIFICATE)
     yield tier
     tier.stop()
 

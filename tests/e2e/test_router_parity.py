@@ -24,7 +24,7 @@ import requests
 
 from devtools.cell import CellInstance
 from devtools.ports import free_port
-from devtools.tier import Tier, start_tier, wait_until
+from devtools.tier import Tier, start_tier_with_ops, wait_until
 from devtools.websocket import WebSocketClient
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -46,10 +46,7 @@ _OVERLAY_OPS = """
 @pytest.fixture(scope="module")
 def overlay_tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
     """A tier with instance routing and the access log on (see _OVERLAY_OPS)."""
-    workdir = tmp_path_factory.mktemp("tier-parity-overlay")
-    ops = workdir / "instance-routing-and-access-log.yml"
-    ops.write_text(_OVERLAY_OPS)
-    tier = start_tier(workdir / "tier", ops_files=[ops])
+    tier = start_tier_with_ops(tmp_path_factory.mktemp("tier-parity-overlay"), "instance-routing-and-access-log", _OVERLAY_OPS)
     yield tier
     tier.stop()
 

@@ -62,3 +62,4 @@ def _wait_until(predicate: Callable[[], object], timeout: float = 10.0, message:
 def wait_until() -> Callable[..., None]:
     """`wait_until(predicate, timeout=10, message=...)`: polls with a deadline, raises AssertionError on timeout."""
     return _wait_until
+

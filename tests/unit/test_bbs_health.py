@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pytest
 import requests
+from copilot_helpers import copilot_config
 
 from bbs_double.server import BBSDouble
-from copilot.config import parse
 from copilot.main import Copilot
 
 pytestmark = pytest.mark.timeout(60)
@@ -17,20 +17,7 @@ pytestmark = pytest.mark.timeout(60)
 def test_health_reports_bbs_stale_while_no_stream_is_up(bbs_double: BBSDouble, bbs_pki, wait_until: Callable[..., None]) -> None:
     bbs_double.desire_lrp("pg", http_routes=[{"hostnames": ["a.example.com"], "port": 8080}])
     bbs_double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
-    config = parse(
-        {
-            "bbs": {
-                "url": bbs_double.url,
-                "ca_cert": str(bbs_pki.client.ca_cert),
-                "client_cert": str(bbs_pki.client.client_cert),
-                "client_key": str(bbs_pki.client.client_key),
-                "reconcile_interval_seconds": 30,
-                "max_backoff_seconds": 0.1,
-            },
-            "mcp": {"listen": "127.0.0.1:0"},
-            "health": {"listen": "127.0.0.1:0"},
-        }
-    )
+    config = copilot_config(bbs_double.url, bbs_pki, reconcile_interval_seconds=30)
     copilot = Copilot(config)
     copilot.start()
     try:

@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import requests
+from copilot_helpers import copilot_config
 
 from bbs_double.server import BBSDouble
-from copilot.config import parse
 from copilot.health import HealthServer
 from copilot.main import Copilot
 
@@ -76,20 +76,7 @@ def test_copilot_reports_bbs_state(bbs_double: BBSDouble, bbs_pki, wait_until: C
     bbs_double.desire_lrp("pg", http_routes=[{"hostnames": ["a.example.com", "b.example.com/api"], "port": 8080}], instances=2)
     bbs_double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
     bbs_double.start_instance("pg", 1, address="10.0.0.2", host_port=61001)
-    config = parse(
-        {
-            "bbs": {
-                "url": bbs_double.url,
-                "ca_cert": str(bbs_pki.client.ca_cert),
-                "client_cert": str(bbs_pki.client.client_cert),
-                "client_key": str(bbs_pki.client.client_key),
-                "reconcile_interval_seconds": 1,
-                "max_backoff_seconds": 0.1,
-            },
-            "mcp": {"listen": "127.0.0.1:0"},
-            "health": {"listen": "127.0.0.1:0"},
-        }
-    )
+    config = copilot_config(bbs_double.url, bbs_pki, reconcile_interval_seconds=1)
     copilot = Copilot(config)
     copilot.start()
     try:
