@@ -343,3 +343,20 @@ def test_router_holds_the_instance_identity_ca_for_route_integrity(pki, tmp_path
         "instance_identity_ca_file": "/var/vcap/jobs/istio-router/config/certs/instance_identity_ca.crt"}),
         tmp_path / "copilot")["config/copilot.yml"].read_text())
     assert copilot["gateway"]["instance_identity_ca_file"].endswith("instance_identity_ca.crt")
+
+
+def test_router_serves_its_backend_client_certificate_under_the_name_copilot_gives(pki, tmp_path):
+    """backends.cert_chain (cf-deployment: gorouter_backend_tls) is served as backend-client, the name
+    Copilot's gateway.backend_client_certificate gives the instances' TLS policies."""
+    properties, links = cases(pki)["istio-router"]["defaults"]
+    backends = {"cert_chain": pki.client.cert, "private_key": pki.client.key}
+    rendered = render("istio-router", {**properties, "backends": backends}, tmp_path, links=links)
+    sds = yaml.safe_load(rendered["config/sds.yml"].read_text())
+    [served] = [c for c in sds["certificates"] if c["name"] == "backend-client"]
+    assert served["certificate_chain"] == pki.client.cert and served["private_key"] == pki.client.key
+    copilot = yaml.safe_load(render("copilot", copilot_properties(pki, gateway={"backend_client_certificate": "backend-client"}),
+                                    tmp_path / "copilot")["config/copilot.yml"].read_text())
+    assert copilot["gateway"]["backend_client_certificate"] == "backend-client"
+    assert copilot["gateway"]["certificate_dir"] == sds["file_cert_dir"]
+    with pytest.raises(RenderError, match="backends.cert_chain and backends.private_key"):
+        render("istio-router", {**properties, "backends": {"cert_chain": pki.client.cert}}, tmp_path / "half", links=links)
