@@ -3,7 +3,8 @@ proxy port, the cell's Envoy accepts only a client certificate signed by service
 it lists (the router's gorouter_backend_tls), and the router accepts an instance only with a certificate
 naming a guid of the process it meant to reach. Negative controls: a cell that does not trust the
 router's CA, a router without its client certificate, and a stale address now held by another app: each
-answers 503 with X-Cf-Routererror, never another app's response."""
+answers 503 with X-Cf-Routererror, never another app's response; a stale address held by another
+instance of the same app is refused too (each instance is checked against its own guid)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from devtools.tier import Tier, start_tier_with_ops, wait_until
 
@@ -45,6 +47,26 @@ def test_a_stale_address_held_by_another_app_gets_503(tier: Tier, apps, unique) 
         assert response.status_code == 503
         assert response.headers["X-Cf-Routererror"].startswith("endpoint_failure")
         assert f"{unique}-a0" not in response.text
+
+
+def test_each_instance_is_checked_against_its_own_guid(tier: Tier, apps, unique) -> None:
+    # BBS reports two instances of one process, but instance 1's address is held by instance 0 (a stale
+    # address inside the same app): the router refuses it as gorouter does, and retries on instance 0.
+    # (Instance 0's proxy also listens on its container address, a second address presenting its identity.)
+    host, process = _route(tier, unique, "a")
+    a0 = tier.start_instance(process, 0, f"{unique}-a0")
+    apps.append(a0)
+    stale = {"address": a0.container_ip, "host_tls_proxy_port": a0.container_tls_proxy_port}
+    tier.bbs.start_instance(process, 1, **{**a0.net_info(), **stale, "instance_guid": f"{unique}-a1"})
+    wait_until(lambda: tier.get(host).status_code == 200, message="the route")
+    bodies = {tier.get(host).text.strip() for _ in range(30)}
+    assert bodies == {f"{unique}-a0"}
+
+    def san_failures() -> int:
+        stats = requests.get(f"http://127.0.0.1:{tier.ports['router_admin_port']}/stats?filter=ssl.fail_verify_san", timeout=5)
+        return sum(int(line.rsplit(":", 1)[1]) for line in stats.text.splitlines() if host in line)
+
+    assert san_failures() > 0  # the handshakes with instance 1's endpoint failed on its name
 
 
 def test_a_cell_that_does_not_trust_the_routers_ca_refuses_it(tier: Tier, apps, unique, tmp_path: Path) -> None:

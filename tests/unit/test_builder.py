@@ -6,11 +6,14 @@ import pytest
 
 from copilot.istio import kinds
 from copilot.istio.builder import (
+    IDENTITY_PLACEHOLDER_NAME,
+    IDENTITY_SERVICE_PORT,
     INSTANCE_GUID_LABEL,
     INSTANCE_INDEX_LABEL,
     SERVICE_PORT,
     SERVICE_PORT_NAME,
     SUBSET_LABEL,
+    TLS_HOSTNAME_LABEL,
     GatewaySettings,
     build_gateway,
     build_host,
@@ -204,7 +207,7 @@ INTEGRITY = GatewaySettings(
 )
 
 
-def test_route_integrity_is_one_subset_per_process_checking_its_instance_guids() -> None:
+def test_route_integrity_is_one_subset_per_process_with_each_endpoint_named_by_its_guid() -> None:
     # v58 cells: no plain host port, only the TLS proxy port (host_tls_proxy_port).
     routes = HostRoutes(
         "a.example.com",
@@ -217,9 +220,16 @@ def test_route_integrity_is_one_subset_per_process_checking_its_instance_guids()
     assert tls.mode == pb.ClientTLSSettings.MUTUAL
     assert (tls.client_certificate, tls.private_key) == ("/certs/backend-client.crt", "/certs/backend-client.key")
     assert tls.ca_certificates == "/certs/instance_identity_ca.crt"
-    assert list(tls.subject_alt_names) == ["guid-a", "guid-b"]
-    assert [dict(e.ports)[SERVICE_PORT_NAME] for e in se.endpoints] == [61010, 61020]
-    assert [route.destination.subset for route in vs.http[0].route] == [subset_name("web", 8080)]
+    # No instance in the DestinationRule (it does not change when instances do): the placeholder name,
+    # which no certificate has, until the router filter checks each endpoint's own hostname.
+    assert list(tls.subject_alt_names) == [IDENTITY_PLACEHOLDER_NAME] and tls.sni == IDENTITY_PLACEHOLDER_NAME
+    assert [(dict(e.ports)[SERVICE_PORT_NAME], e.labels[TLS_HOSTNAME_LABEL]) for e in se.endpoints] == [
+        (61010, "guid-b"), (61020, "guid-a"),
+    ]
+    assert [p.number for p in se.ports] == [IDENTITY_SERVICE_PORT]
+    assert [(r.destination.subset, r.destination.port.number) for r in vs.http[0].route] == [
+        (subset_name("web", 8080), IDENTITY_SERVICE_PORT),
+    ]
 
 
 def test_route_integrity_never_falls_back_to_a_plain_port() -> None:
@@ -228,9 +238,17 @@ def test_route_integrity_never_falls_back_to_a_plain_port() -> None:
         "a.example.com",
         {"": [dest("web", 8080, 100, Backend("10.0.0.1", 61001, 0, "guid-a", 0), Backend("10.0.0.2", 0, 61020, "guid-b", 1))]},
     )
-    _, dr, se = (o.spec for o in build_host(INTEGRITY, routes))
+    _, _, se = (o.spec for o in build_host(INTEGRITY, routes))
     assert [(e.address, dict(e.ports)[SERVICE_PORT_NAME]) for e in se.endpoints] == [("10.0.0.2", 61020)]
-    assert list(dr.subsets[0].traffic_policy.tls.subject_alt_names) == ["guid-b"]
+
+
+def test_the_destination_rule_does_not_change_when_instances_do() -> None:
+    one = HostRoutes("a.example.com", {"": [dest("web", 8080, 100, Backend("10.0.0.1", 0, 61001, "guid-a", 0))]})
+    two = HostRoutes(
+        "a.example.com",
+        {"": [dest("web", 8080, 100, Backend("10.0.0.1", 0, 61001, "guid-a", 0), Backend("10.0.0.2", 0, 61002, "guid-b", 1))]},
+    )
+    assert build_host(INTEGRITY, one)[1].spec == build_host(INTEGRITY, two)[1].spec
 
 
 def test_without_a_client_certificate_the_router_offers_none() -> None:
@@ -249,5 +267,6 @@ def test_tcp_routes_reach_cells_over_tls_with_the_client_certificate() -> None:
     se = next(o.spec for o in objects if o.kind == kinds.SERVICE_ENTRY)
     dr = next(o.spec for o in objects if o.kind == kinds.DESTINATION_RULE)
     assert [dict(e.ports) for e in se.endpoints] == [{"tcp": 61001}]
+    # TCP clusters have no hostname per endpoint: the instances' guids are listed.
     assert dr.traffic_policy.tls.mode == pb.ClientTLSSettings.MUTUAL
     assert list(dr.traffic_policy.tls.subject_alt_names) == ["guid-a"]

@@ -9,6 +9,7 @@ from google.protobuf import json_format
 from copilot.istio import kinds
 from copilot.istio.builder import (
     APP_INSTANCE_HEADER,
+    IDENTITY_SERVICE_PORT,
     INSTANCE_GUID_LABEL,
     INSTANCE_INDEX_LABEL,
     INSTANCE_LABEL,
@@ -74,7 +75,12 @@ def test_router_objects_answer_unknown_routes_and_carry_the_router_filter() -> N
     patches = json_format.MessageToDict(ef)["configPatches"]
     assert [(p["applyTo"], p["patch"]["operation"]) for p in patches] == [
         ("HTTP_FILTER", "MERGE"), ("HTTP_FILTER", "INSERT_BEFORE"), ("HTTP_FILTER", "INSERT_FIRST"), ("NETWORK_FILTER", "MERGE"),
+        ("CLUSTER", "MERGE"),
     ]
+    identity = patches[-1]
+    assert identity["match"]["cluster"]["portNumber"] == IDENTITY_SERVICE_PORT
+    tls = identity["patch"]["value"]["transport_socket"]["typed_config"]
+    assert tls["auto_host_sni"] is True and tls["auto_sni_san_validation"] is True
     upstream = patches[0]["patch"]["value"]["typed_config"]["upstream_http_filters"]
     assert [f["name"] for f in upstream] == [
         "envoy.filters.http.header_mutation", "cf.instance_headers", "envoy.filters.http.upstream_codec",

@@ -16,13 +16,19 @@ import socket
 from dataclasses import dataclass, field
 
 from copilot.istio.kinds import DESTINATION_RULE, GATEWAY, SERVICE_ENTRY, VIRTUAL_SERVICE, IstioObject
-from copilot.istio.router_filter import build_router_filter
+from copilot.istio.router_filter import IDENTITY_SERVICE_PORT, build_router_filter
 from copilot.model import Backend, Destination, normalize_hostname, normalize_weights
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.routing_table import HostRoutes, InternalService, TcpPortRoutes
 
 SERVICE_PORT = 8080
 SERVICE_PORT_NAME = "http"
+# istiod (with the change scripts/build-go-tools makes) copies this endpoint label into the Envoy
+# endpoint's hostname, which the router uses as SNI and as the SAN the instance's certificate must name.
+TLS_HOSTNAME_LABEL = "copilot.cloudfoundry.org/tls-hostname"
+# The SNI and SAN of identity-checked clusters until the router filter replaces both with the endpoint's
+# hostname: no certificate names it, so without the filter nothing is accepted (fail closed).
+IDENTITY_PLACEHOLDER_NAME = "instance-identity.copilot.invalid"
 SUBSET_LABEL = "cf-subset"
 INSTANCE_LABEL = "cf-instance"
 # istiod copies these endpoint labels into the endpoint's `istio.workload` metadata, which the router
@@ -35,8 +41,6 @@ UNKNOWN_ROUTE_NAME = "cf-unknown-route"
 TLS_VERSIONS = {"1.2": pb.ServerTLSSettings.TLSV1_2, "1.3": pb.ServerTLSSettings.TLSV1_3}
 _LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
 _HEADER_VALUE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
-# A SAN no instance certificate has: a subset whose instances are all gone accepts nobody.
-_NO_INSTANCE_SAN = "no-instance.copilot.invalid"
 
 
 @dataclass(frozen=True)
@@ -75,10 +79,10 @@ class GatewaySettings:
     # VirtualService and DestinationRule (a full istiod push) instead of only its endpoints (EDS).
     instance_routing: bool = False
     # Route integrity: the Diego instance-identity CA, as a path on the router. When set, an instance
-    # with a TLS proxy port is reached over TLS on that port, and only if its certificate names one of
-    # its process's instance guids: a stale address now held by another app answers 503, never that
-    # app's response. One cluster per process (the SAN list is the process's instance guids), so an
-    # instance coming or going changes its process's DestinationRule.
+    # with a TLS proxy port is reached over TLS on that port, and only if its certificate names that
+    # instance's guid: a stale address now held by another instance answers 503 (or the request goes
+    # to another instance), never that instance's response. One cluster per process, and an instance
+    # coming or going changes only endpoints.
     instance_identity_ca_file: str = ""
     # The client certificate the router presents to instances' TLS proxies and TCP backends, by name in
     # certificate_dir (v58 cells refuse a router without one). "" = none.
@@ -176,6 +180,7 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
     host = normalize_hostname(routes.host, "host")
     svc = service_host(host)
     name = f"{settings.namespace}/{object_name(host)}"
+    port = IDENTITY_SERVICE_PORT if any(_integrity(settings, d) for d in _unique_destinations(routes)) else SERVICE_PORT
 
     vs = pb.VirtualService(hosts=[host], gateways=[settings.ref])
     # Context paths first, longest first; the root route last.
@@ -183,16 +188,14 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         destinations = routes.paths[path]
         path_matches = [pb.StringMatch(exact=path), pb.StringMatch(prefix=path + "/")] if path else [None]
         if settings.instance_routing:
-            _add_instance_routes(vs, path, path_matches, destinations, svc)
+            _add_instance_routes(vs, path, path_matches, destinations, svc, port)
         route = vs.http.add(name=path or "/")
         for uri in path_matches:
             if uri is not None:
                 route.match.add(uri=uri)
         targets = _route_targets(settings, destinations)
         for subset, dest, weight in targets:
-            target = route.route.add(
-                destination=pb.Destination(host=svc, subset=subset, port=pb.PortSelector(number=SERVICE_PORT))
-            )
+            target = route.route.add(destination=pb.Destination(host=svc, subset=subset, port=pb.PortSelector(number=port)))
             if len(targets) > 1:
                 target.weight = weight
             if _HEADER_VALUE_RE.fullmatch(dest.app_guid):
@@ -207,7 +210,7 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         location=pb.ServiceEntry.MESH_INTERNAL,
         resolution=pb.ServiceEntry.STATIC,
     )
-    se.ports.add(number=SERVICE_PORT, protocol="HTTP", name=SERVICE_PORT_NAME)
+    se.ports.add(number=port, protocol="HTTP", name=SERVICE_PORT_NAME)
     seen: set[str] = set()
     for dest in _unique_destinations(routes):
         subset = subset_name(dest.process_guid, dest.container_port)
@@ -216,7 +219,7 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         seen.add(subset)
         backends = _routable_backends(settings, dest)
         integrity = _integrity(settings, dest)
-        policy = _traffic_policy(settings, dest, sorted({b.instance_guid for b in backends}) if integrity else None)
+        policy = _traffic_policy(settings, dest, integrity)
         entry = dr.subsets.add(name=subset, labels={SUBSET_LABEL: subset})
         if policy is not None:
             entry.traffic_policy.CopyFrom(policy)
@@ -226,13 +229,14 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
             if backend.instance_guid and _LABEL_VALUE_RE.fullmatch(backend.instance_guid):
                 labels[INSTANCE_GUID_LABEL] = backend.instance_guid
                 labels[INSTANCE_INDEX_LABEL] = str(backend.index)
+                if integrity:
+                    labels[TLS_HOSTNAME_LABEL] = backend.instance_guid
             if backend.instance_guid and settings.instance_routing and dest.app_guid:
                 instance = instance_subset_name(dest.process_guid, dest.container_port, backend.instance_guid)
                 labels[INSTANCE_LABEL] = instance
                 instance_entry = dr.subsets.add(name=instance, labels={INSTANCE_LABEL: instance})
-                instance_policy = _traffic_policy(settings, dest, [backend.instance_guid] if integrity else None)
-                if instance_policy is not None:
-                    instance_entry.traffic_policy.CopyFrom(instance_policy)
+                if policy is not None:
+                    instance_entry.traffic_policy.CopyFrom(policy)
             se.endpoints.add(
                 address=backend.address,
                 ports={SERVICE_PORT_NAME: backend.tls_port if integrity else backend.port},
@@ -253,10 +257,11 @@ def _integrity(settings: GatewaySettings, dest: Destination) -> bool:
 
 def _routable_backends(settings: GatewaySettings, dest: Destination) -> list[Backend]:
     """The backends a destination's subset gets: under route integrity only instances with a TLS proxy
-    port and a guid to check (fail closed: never the plain port beside them); otherwise those with a
-    plain port (a TLS proxy port alone cannot be verified without the identity CA)."""
+    port and a guid to check (fail closed: never the plain port beside them, nor a guid that cannot be a
+    label); otherwise those with a plain port (a TLS proxy port alone cannot be verified without the
+    identity CA)."""
     if _integrity(settings, dest):
-        return [b for b in dest.backends if b.tls_port and b.instance_guid]
+        return [b for b in dest.backends if b.tls_port and _LABEL_VALUE_RE.fullmatch(b.instance_guid)]
     return [b for b in dest.backends if b.port]
 
 
@@ -269,13 +274,16 @@ def _route_targets(settings: GatewaySettings, destinations: list[Destination]) -
     ]
 
 
-def _identity_tls(settings: GatewaySettings, instance_guids: list[str]) -> pb.ClientTLSSettings:
+def _identity_tls(settings: GatewaySettings, instance_guids: list[str] | None = None) -> pb.ClientTLSSettings:
     """TLS to instances' proxy ports (Diego's instance identity): the certificate must chain to the
-    identity CA and name one of `instance_guids`; the router presents its backend client certificate."""
+    identity CA, and the router presents its backend client certificate. Which name it must carry:
+    `instance_guids` (a cluster whose endpoints carry no hostname, as TCP routes), else the endpoint's
+    own hostname (its instance guid) through the router filter, which replaces the placeholder name."""
     tls = pb.ClientTLSSettings(
         mode=pb.ClientTLSSettings.SIMPLE,
         ca_certificates=settings.instance_identity_ca_file,
-        subject_alt_names=instance_guids or [_NO_INSTANCE_SAN],
+        subject_alt_names=instance_guids or [IDENTITY_PLACEHOLDER_NAME],
+        sni=IDENTITY_PLACEHOLDER_NAME if instance_guids is None else "",
     )
     _add_client_certificate(settings, tls)
     return tls
@@ -289,12 +297,10 @@ def _add_client_certificate(settings: GatewaySettings, tls: pb.ClientTLSSettings
         tls.private_key = f"{directory}/{settings.backend_client_certificate}.key"
 
 
-def _traffic_policy(
-    settings: GatewaySettings, dest: Destination, instance_guids: list[str] | None = None
-) -> pb.TrafficPolicy | None:
+def _traffic_policy(settings: GatewaySettings, dest: Destination, integrity: bool = False) -> pb.TrafficPolicy | None:
     """A subset's policy: TLS to backends that need it (a platform backend's SAN, or under route
-    integrity the instances' guids), HTTP/2 to processes whose route says http2."""
-    if not dest.tls_san and dest.protocol != "http2" and instance_guids is None:
+    integrity each instance's identity), HTTP/2 to processes whose route says http2."""
+    if not dest.tls_san and dest.protocol != "http2" and not integrity:
         return None  # the common case without route integrity, kept cheap: no policy
     policy = pb.TrafficPolicy()
     if dest.tls_san:
@@ -308,8 +314,8 @@ def _traffic_policy(
                 sni=dest.tls_san,
             )
         )
-    elif instance_guids is not None:
-        policy.tls.CopyFrom(_identity_tls(settings, instance_guids))
+    elif integrity:
+        policy.tls.CopyFrom(_identity_tls(settings))
     if dest.protocol == "http2":
         policy.connection_pool.http.h2_upgrade_policy = pb.ConnectionPoolSettings.HTTPSettings.UPGRADE
     return policy if policy.ListFields() else None
@@ -328,7 +334,7 @@ def _instance_targets(destinations: list[Destination]) -> list[tuple[str, Destin
 
 
 def _add_instance_routes(
-    vs: pb.VirtualService, path: str, path_matches: list, destinations: list[Destination], svc: str
+    vs: pb.VirtualService, path: str, path_matches: list, destinations: list[Destination], svc: str, port: int
 ) -> None:
     """X-CF-App-Instance: <app guid>:<index> goes to that instance; an instance the route does not have
     gets 400 with X-Cf-Routererror: unknown_route, as in gorouter."""
@@ -345,7 +351,7 @@ def _add_instance_routes(
             destination=pb.Destination(
                 host=svc,
                 subset=instance_subset_name(dest.process_guid, dest.container_port, backend.instance_guid),
-                port=pb.PortSelector(number=SERVICE_PORT),
+                port=pb.PortSelector(number=port),
             )
         )
         target.headers.request.set["X-CF-ApplicationID"] = dest.app_guid

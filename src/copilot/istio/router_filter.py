@@ -18,6 +18,8 @@ managers (context GATEWAY, selected by the Gateway's labels):
    sets a session cookie (JSESSIONID by default) or the request carried one, as gorouter does.
 3. `X-Cf-Routererror` on the router's own 502/503/504 answers (the connection manager's local reply
    mappers, by response flag): `no_endpoints` or `endpoint_failure`, as gorouter names them.
+4. Route integrity per instance (CLUSTER patch on the clusters of IDENTITY_SERVICE_PORT): SNI from, and
+   the certificate's SAN checked against, each endpoint's hostname (the instance guid).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from copilot.istio.kinds import ENVOY_FILTER, IstioObject
 from copilot.protos import istio_networking_pb2 as pb
 
 ROUTER_FILTER_NAME = "cf-router"
+# Route integrity: the service port of hosts whose app instances are reached on their TLS proxy ports
+# (builder.py). The filter finds their clusters by it and checks each instance's identity.
+IDENTITY_SERVICE_PORT = 8443
 STICKY_COOKIE = "__VCAP_ID__"
 # A cookie name is an RFC 6265 token; we also keep Lua-significant characters out.
 COOKIE_NAME_RE = re.compile(r"^[A-Za-z0-9!#$&'*+.^_`|~-]+$")
@@ -233,8 +238,29 @@ def build_router_filter(namespace: str, selector: dict[str, str], sticky_cookie_
             }),
         ),
     )
+    ef.config_patches.add(
+        apply_to=pb.EnvoyFilter.CLUSTER,
+        match=pb.EnvoyFilter.EnvoyConfigObjectMatch(
+            context=pb.EnvoyFilter.GATEWAY, cluster=pb.EnvoyFilter.ClusterMatch(port_number=IDENTITY_SERVICE_PORT)
+        ),
+        patch=pb.EnvoyFilter.Patch(operation=pb.EnvoyFilter.Patch.MERGE, value=_struct(_IDENTITY_CHECK)),
+    )
     return IstioObject(ENVOY_FILTER, f"{namespace}/{ROUTER_FILTER_NAME}", ef)
 
+
+# Route integrity per instance, as gorouter checks it: each connection to an app instance's TLS proxy
+# sends the endpoint's hostname (its instance guid, from Copilot's endpoint label) as SNI and accepts only
+# a certificate whose DNS SAN is that name; it replaces the DestinationRule's placeholder SNI and SAN.
+_IDENTITY_CHECK = {
+    "transport_socket": {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "auto_host_sni": True,
+            "auto_sni_san_validation": True,
+        },
+    }
+}
 
 # gorouter's X-Cf-Routererror on the answers the router gives itself when no instance answered: no
 # instance to send to (503 no_endpoints), or every attempt failed to connect or complete its TLS
