@@ -44,6 +44,12 @@ class RouterAdmin:
     def listeners(self) -> str:
         return requests.get(f"http://127.0.0.1:{self.port}/listeners", timeout=5).text
 
+    def rejected_updates(self) -> dict[str, int]:
+        """Config updates from istiod this Envoy rejected (NACKed), by xDS type: all should be 0."""
+        stats = requests.get(f"http://127.0.0.1:{self.port}/stats?filter=update_rejected$", timeout=5).text
+        counts = (line.rsplit(":", 1) for line in stats.splitlines() if ":" in line)
+        return {name.strip(): int(value) for name, value in counts if int(value)}
+
     def cluster_count(self) -> int:
         stats = requests.get(f"http://127.0.0.1:{self.port}/stats?filter=^cluster_manager.active_clusters$", timeout=5)
         return int(stats.text.split(":")[1])

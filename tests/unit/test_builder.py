@@ -216,6 +216,7 @@ def test_route_integrity_is_one_subset_per_process_with_each_endpoint_named_by_i
     vs, dr, se = (o.spec for o in build_host(INTEGRITY, routes))
     [subset] = dr.subsets  # no cluster per instance
     assert subset.name == subset_name("web", 8080)
+    assert dr.traffic_policy.tls == subset.traffic_policy.tls  # the host's default cluster too
     tls = subset.traffic_policy.tls
     assert tls.mode == pb.ClientTLSSettings.MUTUAL
     assert (tls.client_certificate, tls.private_key) == ("/certs/backend-client.crt", "/certs/backend-client.key")

@@ -205,6 +205,10 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         _unknown_route(vs.http.add(name="unknown-route"), 404, "404 Not Found: Requested route does not exist.\n")
 
     dr = pb.DestinationRule(host=svc)
+    if port == IDENTITY_SERVICE_PORT:
+        # istiod's default cluster of the host (no subset) is on the identity port too: it gets the same
+        # TLS, so the router filter's identity check has a validation context there as well.
+        dr.traffic_policy.tls.CopyFrom(_identity_tls(settings))
     se = pb.ServiceEntry(
         hosts=[svc],
         location=pb.ServiceEntry.MESH_INTERNAL,
