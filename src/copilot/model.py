@@ -195,6 +195,11 @@ class Instance:
         return None
 
 
+# The process guid prefix of destinations that are platform VMs registered by route registrars, not
+# Diego processes.
+PLATFORM_PROCESS_PREFIX = "platform:"
+
+
 @dataclass
 class Destination:
     """A weighted target of a route: a process on one of its container ports."""
@@ -208,6 +213,11 @@ class Destination:
     tls_san: str = ""
     # The app (Diego log guid) the process belongs to: X-CF-ApplicationID, and X-CF-App-Instance's guid.
     app_guid: str = ""
+
+    @property
+    def on_diego(self) -> bool:
+        """Whether the backends are Diego app instances (not platform VMs a route registrar registered)."""
+        return not self.process_guid.startswith(PLATFORM_PROCESS_PREFIX)
 
 
 @dataclass(frozen=True, order=True, slots=True)

@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from copilot.model import (
+    PLATFORM_PROCESS_PREFIX,
     Backend,
     CCRoute,
     CCState,
@@ -356,7 +357,7 @@ class RoutingTable:
             backend = Backend(r.address, r.tls_port if tls else r.port, r.tls_port)
             groups[(r.path, r.source, san)].append(backend)
         return [
-            (path, Destination(f"platform:{source}:{san}", 0, 1, "http1", sorted(backends), san))
+            (path, Destination(f"{PLATFORM_PROCESS_PREFIX}{source}:{san}", 0, 1, "http1", sorted(backends), san))
             for (path, source, san), backends in sorted(groups.items())
         ]
 

@@ -255,8 +255,10 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
 
 
 def _integrity(settings: GatewaySettings, dest: Destination) -> bool:
-    """Whether a destination's instances are reached on their TLS proxy ports with their identity checked."""
-    return bool(settings.instance_identity_ca_file) and not dest.tls_san and any(b.tls_port for b in dest.backends)
+    """Whether a destination's instances are reached on their TLS proxy ports with their identity checked:
+    every Diego process's once the identity CA is configured, decided by the settings alone, so a host's
+    objects do not change shape when its first instances arrive (only its endpoints change)."""
+    return bool(settings.instance_identity_ca_file) and not dest.tls_san and dest.on_diego
 
 
 def _routable_backends(settings: GatewaySettings, dest: Destination) -> list[Backend]:
