@@ -949,11 +949,7 @@ class BBSDouble:
         copy keeps serving until remove_instance(..., evacuating=True); start_instance() at the
         index claims and starts the replacement."""
         with self._lock:
-            if (process_guid, index, EVACUATING) in self._actual:
-                raise ValueError(f"actual LRP {process_guid!r} index {index} is already evacuating")
-            current = self._get_actual(process_guid, index)
-            if current.state != RUNNING:
-                raise ValueError(f"actual LRP {process_guid!r} index {index} is {current.state}; only a RUNNING one evacuates")
+            current = self._running_ordinary(process_guid, index, EVACUATING, "evacuating", "evacuates")
             evacuating = _copy(current)
             evacuating.presence = EVACUATING
             evacuating.since = time.time_ns()
@@ -964,6 +960,15 @@ class BBSDouble:
             self._actual[(process_guid, index, ORDINARY)] = replacement
             self._emit_created(replacement)
 
+    def _running_ordinary(self, process_guid: str, index: int, copy: int, copy_name: str, verb: str) -> bbs.ActualLRP:
+        """The RUNNING ORDINARY instance at the index, which has no `copy` (EVACUATING or SUSPECT) yet."""
+        if (process_guid, index, copy) in self._actual:
+            raise ValueError(f"actual LRP {process_guid!r} index {index} is already {copy_name}")
+        current = self._get_actual(process_guid, index)
+        if current.state != RUNNING:
+            raise ValueError(f"actual LRP {process_guid!r} index {index} is {current.state}; only a RUNNING one {verb}")
+        return current
+
     def suspect_instance(self, process_guid: str, index: int) -> None:
         """The RUNNING ORDINARY instance's cell vanished: it becomes SUSPECT (presence 2).
 
@@ -971,11 +976,7 @@ class BBSDouble:
         actual_lrp_instance_created of the UNCLAIMED ORDINARY replacement. The SUSPECT copy keeps
         serving; start_instance() at the index runs the replacement and then removes it."""
         with self._lock:
-            if (process_guid, index, SUSPECT) in self._actual:
-                raise ValueError(f"actual LRP {process_guid!r} index {index} is already suspect")
-            current = self._get_actual(process_guid, index)
-            if current.state != RUNNING:
-                raise ValueError(f"actual LRP {process_guid!r} index {index} is {current.state}; only a RUNNING one is suspect")
+            current = self._running_ordinary(process_guid, index, SUSPECT, "suspect", "is suspect")
             suspect = _copy(current)
             suspect.presence = SUSPECT
             self._bump(suspect)
