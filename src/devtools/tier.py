@@ -22,7 +22,7 @@ from bbs_double.server import BBSDouble
 from devtools.cell import Cell, CellInstance, CellPKI
 from devtools.certs import CA, CertPair
 from devtools.peers import REPO
-from devtools.ports import free_port
+from devtools.ports import free_ports
 from local_tier import launch, render, supervisor
 from local_tier.layout import Layout
 
@@ -209,7 +209,7 @@ def start_tier(
     """Renders and starts the tier under `workdir` on free loopback ports; `ops_files` are applied after
     the test certificates; `preload` fills the BBS double before Copilot first lists it."""
     layout = Layout(Path(workdir).resolve())
-    ports = {name: free_port() for name in launch.default_ports()}
+    ports = free_ports(list(launch.default_ports()))
     processes = launch.prepare(layout, ports, [*([TEST_OPS] if test_certificates else []), *ops_files])
     variables = render.variables(layout)
     bbs_server, diego_ca = _pair(layout, variables, "bbs_server"), _ca(layout, variables, "diego_ca")

@@ -14,7 +14,7 @@ import requests
 import yaml
 
 from devtools import peers
-from devtools.ports import free_port
+from devtools.ports import free_ports
 
 SCRIPTS = peers.REPO / "scripts"
 
@@ -29,7 +29,7 @@ def _listening(port: int) -> bool:
 def local(tmp_path: Path):
     # A root and ports of its own, so the test never meets a tier someone else runs on this machine.
     names = yaml.safe_load((peers.REPO / "manifests" / "local-ports.yml").read_text())
-    ports = {name: free_port() for name in names}
+    ports = free_ports(list(names))
     env = {**os.environ, "ISTIO_ROUTING_LOCAL_ROOT": str(tmp_path / "local")}
 
     def run(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
