@@ -153,7 +153,7 @@ def test_health_check_failure_deregisters_and_recovery_registers_again(pki, copi
     flag.write_text("")
     check = script(tmp_path, "check", f'test -e "{flag}" || {{ echo "not healthy"; exit 3; }}')
     config = parse(config_data(pki, [copilot.port], [
-        route(health_check={"name": "api-health", "script_path": check, "timeout_seconds": 2}),
+        route(health_check={"name": "api-health", "script_path": check, "timeout_seconds": 0.15}),
         route("always", port=8080),
     ]))
     registrar = Registrar(config)
