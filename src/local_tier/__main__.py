@@ -13,19 +13,8 @@ import yaml
 
 from devtools import peers
 from local_tier import apps, launch, render, supervisor
+from local_tier.launch import ports, running
 from local_tier.layout import Layout
-
-
-def ports(layout: Layout) -> dict[str, int]:
-    values = yaml.safe_load(render.PORTS.read_text())
-    overrides = layout.root / "ports.yml"
-    if overrides.is_file():
-        values.update(yaml.safe_load(overrides.read_text()) or {})
-    return {k: int(v) for k, v in values.items()}
-
-
-def running(layout: Layout) -> bool:
-    return layout.supervisor_conf.is_file() and supervisor.ctl(layout, "pid").returncode == 0
 
 
 def start(layout: Layout, overrides: dict[str, str]) -> int:

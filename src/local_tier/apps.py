@@ -7,6 +7,7 @@ import json
 
 import requests
 
+from local_tier.launch import ports
 from local_tier.layout import Layout
 
 
@@ -21,8 +22,6 @@ def save(layout: Layout, state: dict) -> None:
 
 
 def _cell_api(layout: Layout) -> str:
-    from local_tier.__main__ import ports
-
     return f"http://127.0.0.1:{ports(layout)['cell_admin_port']}"
 
 

@@ -14,7 +14,7 @@ import requests
 from copilot.protos import cc_copilot_pb2 as api
 from copilot.protos import cc_copilot_pb2_grpc as api_grpc
 from local_tier import apps, launch
-from local_tier.__main__ import ports, running
+from local_tier.launch import ports, running
 from local_tier.layout import Layout
 
 DEFAULT_DOMAIN = "apps.local"

@@ -31,6 +31,20 @@ def default_ports() -> dict[str, int]:
     return {name: int(port) for name, port in yaml.safe_load(render.PORTS.read_text()).items()}
 
 
+def ports(layout: Layout) -> dict[str, int]:
+    """The ports of the local tier at `layout`: the defaults with the `-v` overrides its start kept."""
+    values = default_ports()
+    overrides = layout.root / "ports.yml"
+    if overrides.is_file():
+        values.update({k: int(v) for k, v in (yaml.safe_load(overrides.read_text()) or {}).items()})
+    return values
+
+
+def running(layout: Layout) -> bool:
+    """Whether the supervisord of the tier at `layout` answers."""
+    return layout.supervisor_conf.is_file() and supervisor.ctl(layout, "pid").returncode == 0
+
+
 def listening(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.3)
