@@ -213,6 +213,9 @@ class Destination:
     tls_san: str = ""
     # The app (Diego log guid) the process belongs to: X-CF-ApplicationID, and X-CF-App-Instance's guid.
     app_guid: str = ""
+    # The route service bound to the route (host + path) this destination serves, "" when none: the
+    # router must never send such a route's requests straight to the app.
+    route_service_url: str = ""
 
     @property
     def on_diego(self) -> bool:

@@ -319,11 +319,14 @@ class RoutingTable:
         """The routes of one host with their backends, or None when no process routes to it."""
         with self._lock:
             paths: dict[str, list[Destination]] = defaultdict(list)
+            services: dict[str, str] = {}
             for guid in sorted(self._hosts.get(host, ())):
                 for route in self._desired[guid].http:
                     if route.host != host:
                         continue
                     paths[route.path].append(self._destination(guid, route))
+                    if route.route_service_url:
+                        services.setdefault(route.path, route.route_service_url)
             # Precedence: where Cloud Controller maps a host+path, its mappings (and weights) replace what
             # DesiredLRPs say for that host+path; elsewhere the DesiredLRP routes stand.
             for route_guid in sorted(self._cc_hosts.get(host, ())):
@@ -336,6 +339,11 @@ class RoutingTable:
                 paths[path].append(destination)
             if not paths:
                 return None
+            # A route service is bound to a route (host + path), whoever maps it: every destination of
+            # that path carries it, Cloud Controller's mappings and platform registrations included.
+            for path, url in services.items():
+                for destination in paths.get(path, ()):
+                    destination.route_service_url = url
             for destinations in paths.values():
                 _normalize(destinations)
             return HostRoutes(host, dict(paths))

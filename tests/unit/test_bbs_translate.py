@@ -82,6 +82,10 @@ def test_invalid_hostname_is_skipped_but_the_entrys_other_hostnames_kept(caplog:
         ({"hostnames": ["a.example.com"]}, "cf-router.port"),
         ({"hostnames": ["a.example.com"], "port": 8080, "protocol": "tcp"}, "cf-router.protocol"),
         ({"hostnames": ["a.example.com"], "port": 8080, "route_service_url": 5}, "cf-router.route_service_url"),
+        (
+            {"hostnames": ["a.example.com"], "port": 8080, "route_service_url": "http://rs.example.com"},
+            "cf-router.route_service_url",
+        ),
         ({"hostnames": "a.example.com", "port": 8080}, "cf-router.hostnames"),
         ({"port": 8080}, "cf-router.hostnames"),
     ],

@@ -271,3 +271,18 @@ def test_tcp_routes_reach_cells_over_tls_with_the_client_certificate() -> None:
     # TCP clusters have no hostname per endpoint: the instances' guids are listed.
     assert dr.traffic_policy.tls.mode == pb.ClientTLSSettings.MUTUAL
     assert list(dr.traffic_policy.tls.subject_alt_names) == ["guid-a"]
+
+
+def test_a_route_bound_to_a_route_service_is_refused_not_routed() -> None:
+    bound = Destination("web", 8080, 100, "http1", [Backend("10.0.0.1", 61001)], route_service_url="https://rs.example.org")
+    routes = HostRoutes("app.example.com", {"/guarded": [bound], "": [dest("web", 8080, 100, Backend("10.0.0.1", 61001))]})
+    vs, _, _ = build(routes)
+    guarded = [r for r in vs.http if r.name.startswith("/guarded")]
+    assert [r.name for r in guarded] == ["/guarded route service (websocket)", "/guarded route service"]
+    for route, status in zip(guarded, (503, 502), strict=True):
+        assert list(route.route) == []  # no destination: the app is never reached
+        assert route.direct_response.status == status
+        assert dict(route.headers.response.set) == {"X-Cf-Routererror": "route_service_unsupported"}
+        assert [(m.uri.exact, m.uri.prefix) for m in route.match] == [("/guarded", ""), ("", "/guarded/")]
+    assert guarded[0].match[0].headers["upgrade"].regex == "(?i)websocket"
+    assert [d.destination.subset for d in vs.http[-1].route] == [subset_name("web", 8080)]  # "/" still served

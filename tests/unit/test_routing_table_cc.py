@@ -250,3 +250,24 @@ def test_replace_cc_state_dirties_only_what_changed(mapped: RoutingTable) -> Non
     mapped.replace_cc_state(CCState(routes, state.mappings, state.associations))
     assert dirty(mapped) == ({"b.example.com"}, set())
     assert mapped.cc_state().routes == routes
+
+
+def test_a_route_service_bound_by_a_desired_lrp_stays_on_the_path_cc_maps(table: RoutingTable) -> None:
+    # CC's mappings replace the DesiredLRP's destinations for a host+path, but not its route service:
+    # the route (host + path) is bound, whoever maps it, so the router never serves around it.
+    table.upsert_process(
+        "lrp",
+        ProcessRoutes(
+            http=(
+                HttpRoute("a.example.com", "", 8080, "http1", "https://rs.example.org"),
+                HttpRoute("a.example.com", "/open", 8080),
+            )
+        ),
+    )
+    table.upsert_process("c1-v1", process())
+    table.upsert_cc_route(CCRoute("r", "a.example.com"))
+    table.map_route("r", "c1", 1)
+    table.upsert_association("c1", ("c1-v1",))
+    routes = table.host_routes("a.example.com")
+    assert [(d.process_guid, d.route_service_url) for d in routes.paths[""]] == [("c1-v1", "https://rs.example.org")]
+    assert [(d.process_guid, d.route_service_url) for d in routes.paths["/open"]] == [("lrp", "")]

@@ -37,6 +37,8 @@ INSTANCE_GUID_LABEL = "service.istio.io/canonical-name"
 INSTANCE_INDEX_LABEL = "service.istio.io/canonical-revision"
 APP_INSTANCE_HEADER = "x-cf-app-instance"
 ROUTER_ERROR_HEADER = "X-Cf-Routererror"
+ROUTE_SERVICE_UNSUPPORTED = "route_service_unsupported"
+ROUTE_SERVICE_UNSUPPORTED_BODY = "502 Bad Gateway: Support for route services is disabled.\n"
 UNKNOWN_ROUTE_NAME = "cf-unknown-route"
 TLS_VERSIONS = {"1.2": pb.ServerTLSSettings.TLSV1_2, "1.3": pb.ServerTLSSettings.TLSV1_3}
 _LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
@@ -161,10 +163,28 @@ def build_router_objects(settings: GatewaySettings) -> list[IstioObject]:
     ]
 
 
-def _unknown_route(route: pb.HTTPRoute, status: int, body: str) -> pb.HTTPRoute:
+def _unknown_route(route: pb.HTTPRoute, status: int, body: str, error: str = "unknown_route") -> pb.HTTPRoute:
     route.direct_response.CopyFrom(pb.HTTPDirectResponse(status=status, body=pb.HTTPBody(string=body)))
-    route.headers.response.set[ROUTER_ERROR_HEADER] = "unknown_route"
+    route.headers.response.set[ROUTER_ERROR_HEADER] = error
     return route
+
+
+def _add_route_service_refusal(vs: pb.VirtualService, path: str, path_matches: list) -> None:
+    """A route bound to a route service fails closed: the router cannot honour route services yet, so it
+    answers as gorouter does without route_services_secret (502, or 503 to a WebSocket upgrade, with
+    X-Cf-Routererror: route_service_unsupported) and never sends the request to the app."""
+    websocket = vs.http.add(name=f"{path or '/'} route service (websocket)")
+    for uri in path_matches:
+        match = websocket.match.add(headers={"upgrade": pb.StringMatch(regex="(?i)websocket")})
+        if uri is not None:
+            match.uri.CopyFrom(uri)
+    body = ROUTE_SERVICE_UNSUPPORTED_BODY.replace("502 Bad Gateway", "503 Service Unavailable")
+    _unknown_route(websocket, 503, body, ROUTE_SERVICE_UNSUPPORTED)
+    route = vs.http.add(name=f"{path or '/'} route service")
+    for uri in path_matches:
+        if uri is not None:
+            route.match.add(uri=uri)
+    _unknown_route(route, 502, ROUTE_SERVICE_UNSUPPORTED_BODY, ROUTE_SERVICE_UNSUPPORTED)
 
 
 def build_unknown_route(settings: GatewaySettings) -> IstioObject:
@@ -187,6 +207,9 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
     for path in sorted(routes.paths, key=lambda p: (-len(p), p)):
         destinations = routes.paths[path]
         path_matches = [pb.StringMatch(exact=path), pb.StringMatch(prefix=path + "/")] if path else [None]
+        if any(d.route_service_url for d in destinations):
+            _add_route_service_refusal(vs, path, path_matches)
+            continue
         if settings.instance_routing:
             _add_instance_routes(vs, path, path_matches, destinations, svc, port)
         route = vs.http.add(name=path or "/")

@@ -53,6 +53,9 @@ def process_routes(desired: bbs_pb2.DesiredLRP) -> ProcessRoutes:
             service = entry.get("route_service_url") or ""
             if not isinstance(service, str):
                 raise InvalidRoute("cf-router.route_service_url", "must be a string")
+            if service and not service.startswith("https"):
+                # gorouter drops such a registration whole: never route around a route service.
+                raise InvalidRoute("cf-router.route_service_url", f"{service[:200]!r} must be an https URL")
         except InvalidRoute as error:
             _skip(desired.process_guid, "cf-router", error)
             continue
