@@ -36,3 +36,16 @@ BBS_UNRECOGNIZED = Counter(
     ["field"],
     registry=REGISTRY,
 )
+REGISTRAR_CONNECTIONS_REFUSED = Counter(
+    "copilot_registrar_connections_refused_total",
+    "Registrar API connections closed unanswered: over a connection limit, TLS handshake failed or too slow, "
+    "request not received in time",
+    ["reason"],
+    registry=REGISTRY,
+)
+ISTIOD_NACKS = Counter(
+    "copilot_istiod_nacks_total",
+    "Responses istiod rejected (a request with error_detail), by type",
+    ["type_url"],
+    registry=REGISTRY,
+)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -52,11 +54,11 @@ def pki(tmp_path_factory) -> PKI:
 class Copilot:
     """A RoutingTable behind Copilot's real RegistrarApi on loopback."""
 
-    def __init__(self, pki: PKI, address: str = "127.0.0.1:0") -> None:
+    def __init__(self, pki: PKI, address: str = "127.0.0.1:0", **limits: float) -> None:
         self.table = RoutingTable()
         self.changes = 0
         self.api = RegistrarApi(self.table, self._changed, address, cert=pki.server.cert_path, key=pki.server.key_path,
-                                client_ca=pki.client.cert_path.parent / "client-ca.crt")
+                                client_ca=pki.client.cert_path.parent / "client-ca.crt", **limits)
         self.api.start()
         self.port = self.api.port
 
@@ -308,3 +310,201 @@ def test_registration_model_matches_copilot():
     [(registration, ttl)] = parse_registrations({"registrations": [item]})
     assert registration == Registration("api.sys.example.com", "", "10.0.0.1", 9022, 9024, "api.sys.example.com", "api/api")
     assert ttl == 30.0
+
+
+# ---------------------------------------------------------------- the API's connections and bodies
+
+
+def client_hello() -> bytes:
+    """The first flight of a real TLS client (its ClientHello record), without a socket."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname=SERVER_NAME)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """True once the server has closed the connection (end of stream or reset); never blocks."""
+    sock.setblocking(False)
+    try:
+        while True:
+            if not sock.recv(4096):  # an alert the server sent first is read past
+                return True
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False
+    except OSError:  # a reset, or a TLS alert on an ssl socket
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def tls_connect(pki: PKI, port: int, client: CertPair | None) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=pki.ca)
+    if client is not None:
+        context.load_cert_chain(client.cert_path, client.key_path)
+    return context.wrap_socket(connect(port), server_hostname=SERVER_NAME)
+
+
+def refused(reason: str) -> float:
+    from copilot.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value("copilot_registrar_connections_refused_total", {"reason": reason}) or 0.0
+
+
+def exchange(pki: PKI, port: int, head: bytes, body: bytes = b"") -> tuple[int, dict]:
+    """Sends a hand-written request over mutual TLS; returns the status and the JSON answer (the server closes)."""
+    with tls_connect(pki, port, pki.client) as tls:
+        tls.sendall(head + body)
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def test_idle_and_half_handshaken_connections_do_not_stop_registration(pki, wait_until):
+    """Silent TCP connections and one that sent half a ClientHello are each waited for in their own thread,
+    while a registrar registers and renews as usual (before the fix its first request waited behind them)."""
+    copilot = Copilot(pki, handshake_timeout=60)  # long: they are still held while the registrar is served
+    idle = [connect(copilot.port) for _ in range(12)]
+    hello = client_hello()
+    partial = connect(copilot.port)
+    partial.sendall(hello[: len(hello) // 2])
+    try:
+        wait_until(lambda: copilot.api.open_connections() == 13, message="the idle connections accepted")
+        config = parse(config_data(pki, [copilot.port], [route()]))
+        client = CopilotClient(config.copilot)  # 2 s request timeout
+        for _ in range(3):  # register, then renew twice
+            assert client.send("POST", registrations(config.routes[0], config)) == []
+        assert len(copilot.registered()) == 1 and copilot.changes == 3
+        assert not any(closed_by_server(s) for s in [*idle, partial])
+    finally:
+        for s in [*idle, partial]:
+            s.close()
+        copilot.api.stop()
+
+
+def test_idle_slow_and_trickling_connections_are_closed_after_their_timeout(pki, wait_until):
+    copilot = Copilot(pki, handshake_timeout=0.5, request_timeout=1.0)
+    handshakes, requests = refused("handshake"), refused("request_timeout")
+    hello = client_hello()
+    try:
+        idle = [connect(copilot.port) for _ in range(3)]
+        partial = connect(copilot.port)
+        partial.sendall(hello[: len(hello) // 2])
+        # A ClientHello a byte at a time: the handshake has one deadline, not one per read.
+        trickle = connect(copilot.port)
+        started = time.monotonic()
+        for byte in hello[:200]:
+            if closed_by_server(trickle):
+                break
+            trickle.sendall(bytes([byte]))
+            time.sleep(0.05)  # the trickle's pace (200 bytes would take 10 s), not a wait for the server
+        assert closed_by_server(trickle) and time.monotonic() - started < 5
+        wait_until(lambda: all(closed_by_server(s) for s in [*idle, partial]), message="the idle connections closed")
+        wait_until(lambda: refused("handshake") >= handshakes + 5, message="the handshake timeouts counted")
+
+        # Handshaken with a good certificate, then headers that never end: closed after request_timeout.
+        slow = tls_connect(pki, copilot.port, pki.client)
+        slow.sendall(b"POST /v1/registrations HTTP/1.1\r\nHost: copilot\r\n")
+        started = time.monotonic()
+        for _ in range(100):
+            try:
+                slow.sendall(b"X")
+            except OSError:
+                break
+            if closed_by_server(slow):
+                break
+            time.sleep(0.05)  # a header trickled as slowloris sends it
+        assert closed_by_server(slow) and time.monotonic() - started < 5
+        wait_until(lambda: refused("request_timeout") == requests + 1, message="the request timeout counted")
+        wait_until(lambda: copilot.api.open_connections() == 0, message="every slot released")
+        assert copilot.registered() == set()
+    finally:
+        copilot.api.stop()
+
+
+def test_connections_over_the_limits_are_closed_at_once(pki, wait_until):
+    """A peer holds at most max_connections_per_peer slots, everyone at most max_connections."""
+    copilot = Copilot(pki, max_connections=5, max_connections_per_peer=3)
+    limited = refused("limit")
+    held = []
+    try:
+        held = [connect(copilot.port, "127.0.0.2") for _ in range(3)]
+        extra = connect(copilot.port, "127.0.0.2")
+        wait_until(lambda: closed_by_server(extra), message="the peer's fourth connection closed")
+        assert refused("limit") == limited + 1
+        config = parse(config_data(pki, [copilot.port], [route()]))
+        assert CopilotClient(config.copilot).send("POST", registrations(config.routes[0], config)) == []  # another peer
+        held += [connect(copilot.port, "127.0.0.3") for _ in range(2)]
+        wait_until(lambda: copilot.api.open_connections() == 5, message="five connections held")
+        late = connect(copilot.port)
+        wait_until(lambda: closed_by_server(late), message="a sixth connection closed")
+        assert refused("limit") == limited + 2
+        assert not any(closed_by_server(s) for s in held)
+    finally:
+        for s in held:
+            s.close()
+        copilot.api.stop()
+
+
+def test_a_client_without_a_certificate_is_refused(pki, copilots):
+    copilot = copilots[0]
+    body = json.dumps({"registrations": [{"host": "evil.example.com", "address": "10.0.0.9", "port": 80}]}).encode()
+    head = f"POST /v1/registrations HTTP/1.1\r\nHost: copilot\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    # The handshake fails (TLS 1.2), or the server's alert arrives on the first read (TLS 1.3).
+    with pytest.raises(OSError), tls_connect(pki, copilot.port, None) as tls:
+        tls.sendall(head + body)
+        tls.recv(1024)
+    assert copilot.registered() == set()
+    assert exchange(pki, copilot.port, head, body)[0] == 200  # the same request with the certificate
+
+
+def head(headers: str, method: str = "POST") -> bytes:
+    return f"{method} /v1/registrations HTTP/1.1\r\nHost: copilot\r\n{headers}\r\n".encode()
+
+
+BODY = json.dumps({"registrations": [{"host": "api.example.com", "address": "10.0.0.1", "port": 80}]}).encode()
+
+
+@pytest.mark.parametrize(("headers", "status", "error"), [
+    ("Content-Length: -1\r\n", 400, "Content-Length: '-1' is not a number of bytes"),
+    ("Content-Length: +44\r\n", 400, "Content-Length: '+44' is not a number of bytes"),
+    ("Content-Length: 0x2c\r\n", 400, "Content-Length: '0x2c' is not a number of bytes"),
+    ("Content-Length: 44\r\nContent-Length: 44\r\n", 400, "Content-Length: is given more than once"),
+    ("", 411, "Content-Length: is required"),
+    ("Transfer-Encoding: chunked\r\n", 411, "Transfer-Encoding: not accepted, send the body with a Content-Length"),
+    ("Transfer-Encoding: chunked\r\nContent-Length: 44\r\n", 411, "Transfer-Encoding: not accepted"),
+    (f"Content-Length: {4 << 20 | 1}\r\n", 413, f"body: larger than {4 << 20} bytes"),
+    (f"Content-Length: {'9' * 5000}\r\n", 413, f"body: larger than {4 << 20} bytes"),
+])
+def test_a_body_without_a_usable_length_is_refused_unread(pki, copilots, headers, status, error):
+    copilot = copilots[0]
+    answer = exchange(pki, copilot.port, head(headers), BODY)  # the body is sent (and ends) regardless
+    assert answer == (status, {"error": answer[1]["error"]})
+    assert answer[1]["error"].startswith(error)
+    assert copilot.registered() == set()
+    assert exchange(pki, copilot.port, head(f"Content-Length: {len(BODY)}\r\n"), BODY)[0] == 200
+    assert len(copilot.registered()) == 1
+
+
+def test_a_body_shorter_than_its_length_is_refused(pki, copilots, wait_until):
+    copilot = copilots[0]
+    with tls_connect(pki, copilot.port, pki.client) as tls:
+        tls.sendall(head("Content-Length: 1000\r\n") + BODY)  # valid JSON, then the connection ends
+    wait_until(lambda: copilot.api.open_connections() == 0, message="the request handled")
+    assert copilot.registered() == set()
+
+
+def test_a_body_is_read_to_its_length_and_no_further(pki, copilots):
+    copilot = copilots[0]
+    assert exchange(pki, copilot.port, head(f"Content-Length: {len(BODY)}\r\n"), BODY + b"garbage past the length") == (
+        200, {"registered": 1})
+    nested = b"[" * 100_000
+    assert exchange(pki, copilot.port, head(f"Content-Length: {len(nested)}\r\n"), nested) == (
+        400, {"error": "body: nested too deeply"})
