@@ -1,6 +1,8 @@
 """A loopback-only JSON control API for a running BBS double, so demos and the local push command can act
 as a Diego cell would: desire LRPs with routes, start, crash, evacuate, suspect, retire and remove
-instances, and make BBS requests fail. Each call emits the events a real BBS does (bbs_double.server).
+instances, and inject faults (failing requests, a hang, a restart with or without its state, closed
+event streams). Each call emits the events a real BBS does (bbs_double.server). `AdminClient` is its
+typed client.
 
     POST /desired_lrps          {"process_guid", "http_routes", "tcp_routes", "internal_routes", "instances"}
     DELETE /desired_lrps/<guid>
@@ -16,7 +18,11 @@ instances, and make BBS requests fail. Each call emits the events a real BBS doe
     POST /failures              {"path" (default "*"), "error_type" (a number or a name, default 0),
                                  "count" (default 1), "message", "http_status"}: fail the next requests
     DELETE /failures            cancel every injected failure
-    GET  /state                 desired process guids and their instances
+    POST /hang                  stop answering (connections accepted, nothing answered or streamed)
+    DELETE /hang                answer again (held requests and events go out)
+    POST /restart               {"keep_state" (default true)}: restart on the same port; false: empty
+    POST /event_streams/close   end the open event streams cleanly
+    GET  /state                 desired process guids and their instances, "hung", "subscribers"
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import requests
 
 from bbs_double.server import BBSDouble
 from copilot.protos import bbs_pb2
@@ -95,6 +104,21 @@ class AdminServer:
             if method == "DELETE" and path == "/failures":
                 double.clear_failures()
                 return 200, {}
+            if method == "POST" and path == "/hang":
+                double.hang()
+                return 200, {"hung": True}
+            if method == "DELETE" and path == "/hang":
+                double.resume()
+                return 200, {"hung": False}
+            if method == "POST" and path == "/restart":
+                keep_state = body.get("keep_state", True)
+                if not isinstance(keep_state, bool):
+                    raise TypeError("keep_state must be true or false")
+                double.restart(keep_state=keep_state)  # cuts the BBS connections, not this API's
+                return 200, {"restarted": True, "keep_state": keep_state}
+            if method == "POST" and path == "/event_streams/close":
+                double.close_event_streams()
+                return 200, {}
             if method == "POST" and path == "/instances/remove":
                 double.remove_instance(body["process_guid"], int(body["index"]), evacuating=bool(body.get("evacuating")))
                 return 200, {}
@@ -156,4 +180,61 @@ def _state(double: BBSDouble) -> dict:
     return {
         "desired_lrps": {d.process_guid: {"instances": d.instances} for d in double.desired_lrps()},
         "actual_lrps": instances,
+        "hung": double.hung,
+        "subscribers": double.subscriber_count(),
     }
+
+
+class AdminError(RuntimeError):
+    """The admin API refused a call (4xx) or could not be reached."""
+
+
+class AdminClient:
+    """A typed client of the admin API (the double in another process, as `./scripts/run-local` runs it)."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self._url = url.rstrip("/")
+        self._timeout = timeout
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            response = requests.request(method, self._url + path, json=body or {}, timeout=self._timeout)
+        except requests.RequestException as error:
+            raise AdminError(f"BBS double admin API {method} {path}: {error}") from error
+        if response.status_code != 200:
+            raise AdminError(f"BBS double admin API {method} {path}: {response.status_code} {response.text}")
+        return response.json()
+
+    def state(self) -> dict[str, Any]:
+        return self._call("GET", "/state")
+
+    def fail_requests(
+        self,
+        path: str = "*",
+        error_type: int | str = 0,
+        *,
+        count: int = 1,
+        message: str = "",
+        http_status: int | None = None,
+    ) -> None:
+        """As BBSDouble.fail_requests; `error_type` may be an Error.Type name ("Unrecoverable")."""
+        body: dict[str, Any] = {"path": path, "error_type": error_type, "count": count, "message": message}
+        if http_status is not None:
+            body["http_status"] = http_status
+        self._call("POST", "/failures", body)
+
+    def clear_failures(self) -> None:
+        self._call("DELETE", "/failures")
+
+    def hang(self) -> None:
+        self._call("POST", "/hang")
+
+    def resume(self) -> None:
+        self._call("DELETE", "/hang")
+
+    def restart(self, *, keep_state: bool = True) -> None:
+        """Returns once the double listens again (empty unless `keep_state`)."""
+        self._call("POST", "/restart", {"keep_state": keep_state})
+
+    def close_event_streams(self) -> None:
+        self._call("POST", "/event_streams/close")

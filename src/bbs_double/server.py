@@ -27,10 +27,23 @@ instance); each emits the event sequence a real BBS emits (as observed on bbs@8a
   SUSPECT copy is removed once the replacement runs;
 - RetireActualLRP: actual_lrp_instance_removed twice.
 
-`fail_requests()` makes the next N requests of an endpoint fail: with any `Error.Type` in the
-response's `error` field (any number, including ones no client knows), or with a bare HTTP status
-such as the 503 a BBS answers until its migrations finish. Modification tags carry a per-record
-epoch and an index bumped on every change; `since` is unix nanoseconds.
+Faults, for tests of what a client does when its BBS misbehaves (also on the admin API,
+bbs_double.admin):
+
+- `fail_requests()` makes the next N requests of an endpoint fail: with any `Error.Type` in the
+  response's `error` field (any number, including ones no client knows), or with a bare HTTP status
+  such as the 503 a BBS answers until its migrations finish;
+- `hang()` until `resume()`: connections are still accepted (TCP and the TLS handshake) but no request
+  is answered and open event streams send nothing, as a BBS stuck on its database or stopped
+  (SIGSTOP) behaves; what was held is answered and sent on `resume()`;
+- `restart(keep_state=...)`: the process restarts on the same port (every event stream ends, every
+  connection is cut); with `keep_state=False` it comes back empty, as a BBS whose database was lost or
+  replaced, and, as such a BBS, sends no event about what it lost;
+- `close_event_streams()` ends the open streams cleanly.
+
+`requests_received(path)` counts the requests each endpoint received, so a test can wait for a
+client's next request instead of sleeping. Modification tags carry a per-record epoch and an index
+bumped on every change; `since` is unix nanoseconds.
 """
 
 from __future__ import annotations
@@ -170,6 +183,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         path = self.path.split("?", 1)[0]
         double = self.server.double
+        double._count_request(path)
+        if not double._wait_while_hung():  # stopping while hung: the connection is cut unanswered
+            self.close_connection = True
+            return
         route = double._routes().get(path)
         if route is None and path != EVENTS_PATH:
             self._not_found()
@@ -222,6 +239,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _not_found(self) -> None:
         self._discard_body()
+        if not self.server.double._wait_while_hung():
+            self.close_connection = True
+            return
         payload = b"404 page not found\n"
         self.send_response(404)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
@@ -285,6 +305,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             event_id = 0
+            double = self.server.double
             while True:
                 try:
                     event = subscriber.events.get(timeout=_SUBSCRIBER_CHECK_INTERVAL)
@@ -292,6 +313,9 @@ class _Handler(BaseHTTPRequestHandler):
                     if self._client_gone():
                         return
                     continue
+                while not double._answering.wait(_SUBSCRIBER_CHECK_INTERVAL):  # hung: hold it until resumed
+                    if self._client_gone():
+                        return
                 if event is None:
                     self.wfile.write(b"0\r\n\r\n")
                     return
@@ -413,6 +437,9 @@ class BBSDouble:
         self._actual: dict[_ActualKey, bbs.ActualLRP] = {}
         self._subscribers: list[_Subscriber] = []
         self._failures: dict[str, _Failure] = {}  # path ("*": any endpoint) -> requests still to fail
+        self._requests: dict[str, int] = {}  # path -> requests received
+        self._answering = threading.Event()  # cleared while hung
+        self._answering.set()
         self._server: _TLSServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -456,6 +483,7 @@ class BBSDouble:
         with self._lock:
             self._stopping = True
             subscribers = list(self._subscribers)
+        self._answering.set()  # held requests end unanswered, held streams get their end
         self.close_event_streams()
         server.shutdown()
         server.server_close()
@@ -467,6 +495,20 @@ class BBSDouble:
             thread.join(timeout=_STREAM_DRAIN_TIMEOUT)
         self._server = None
         self._thread = None
+
+    def restart(self, *, keep_state: bool = True) -> None:
+        """Restart on the same port, as the BBS process would: stop() (every event stream ends with
+        `0\\r\\n\\r\\n`, every other connection is cut), then start(). With `keep_state=False` the
+        desired and actual LRPs are gone, as with a BBS whose database was lost or replaced, and no event
+        tells subscribers so (a real BBS has nothing to send about records it does not have). Injected
+        failures are kept (they stand for what the restarted BBS answers, e.g. 503 until its migrations
+        finish); a hang ends."""
+        self.stop()
+        if not keep_state:
+            with self._lock:
+                self._desired.clear()
+                self._actual.clear()
+        self.start()
 
     def __enter__(self) -> BBSDouble:
         self.start()
@@ -527,6 +569,35 @@ class BBSDouble:
             return len(self._subscribers)
 
     # ------------------------------------------------------------------ injected failures
+
+    def hang(self) -> None:
+        """Stop answering until resume(): connections are accepted and TLS handshakes complete, but
+        requests get no answer and open event streams send nothing (events are kept for them)."""
+        self._answering.clear()
+
+    def resume(self) -> None:
+        """End a hang: held requests are answered, held events sent."""
+        self._answering.set()
+
+    @property
+    def hung(self) -> bool:
+        return not self._answering.is_set()
+
+    def _wait_while_hung(self) -> bool:
+        """Blocks a request while hung; False if the double is stopping (the request goes unanswered)."""
+        self._answering.wait()
+        with self._lock:
+            return not self._stopping
+
+    def _count_request(self, path: str) -> None:
+        with self._lock:
+            self._requests[path] = self._requests.get(path, 0) + 1
+
+    def requests_received(self, path: str = "*") -> int:
+        """How many requests `path` ("*": any path) received since the double was created, answered
+        or not (a hung or failed request counts)."""
+        with self._lock:
+            return sum(self._requests.values()) if path == "*" else self._requests.get(path, 0)
 
     def fail_requests(
         self,

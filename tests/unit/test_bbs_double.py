@@ -7,6 +7,8 @@ import json
 import re
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -722,3 +724,144 @@ def test_admin_api_drives_failures_and_the_new_lifecycle_calls(double: BBSDouble
         assert call("POST", "/failures", {"error_type": "NoSuchType"}).status_code == 400
     finally:
         admin.stop()
+
+
+# ---------------------------------------------------------------------- faults: hang, restart
+
+
+def _in_thread(call) -> tuple[threading.Event, list]:
+    """Runs `call` in a thread; returns (done, [result or exception])."""
+    done, box = threading.Event(), []
+
+    def run() -> None:
+        try:
+            box.append(call())
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            box.append(error)
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done, box
+
+
+def test_a_hung_double_accepts_but_answers_nothing_until_resumed(double: BBSDouble, pki: PKI, stream: RawStream) -> None:
+    double.desire_lrp("before")
+    assert stream.read_event()[1] == "desired_lrp_created"
+    double.hang()
+    assert double.hung
+    pings = double.requests_received("/v1/ping")
+    answered, box = _in_thread(lambda: post(double, pki, "/v1/ping"))
+    wait_for(lambda: double.requests_received("/v1/ping") == pings + 1)  # received (TLS done), not answered
+    double.desire_lrp("while-hung")  # an event for the open stream: held, as the answer is
+    stream.sock.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        stream.read_chunk()
+    assert not answered.is_set()
+    stream.sock.settimeout(TIMEOUT)
+
+    double.resume()
+    assert answered.wait(TIMEOUT) and box[0].status_code == 200
+    assert bbs.PingResponse.FromString(box[0].content).available is True
+    event_id, event_type, data = stream.read_event()
+    assert (event_id, event_type) == (1, "desired_lrp_created")
+    assert bbs.DesiredLRPCreatedEvent.FromString(data).desired_lrp.process_guid == "while-hung"
+
+
+def test_stopping_a_hung_double_ends_its_streams_and_held_requests(double: BBSDouble, pki: PKI, stream: RawStream) -> None:
+    double.hang()
+    answered, box = _in_thread(lambda: post(double, pki, "/v1/actual_lrps/list"))
+    wait_for(lambda: double.requests_received("/v1/actual_lrps/list") == 1)
+    double.stop()
+    assert stream.read_chunk() == b""  # the stream's end
+    assert answered.wait(TIMEOUT) and isinstance(box[0], requests.ConnectionError)  # cut, unanswered
+    double.start()
+    assert not double.hung
+
+
+def test_restart_keeping_state_ends_streams_and_serves_the_same_lrps(double: BBSDouble, pki: PKI, stream: RawStream) -> None:
+    double.desire_lrp("web", http_routes=[http_route("a.example.com")])
+    double.start_instance("web", 0, host_port=61000, instance_guid="ig-0")
+    before = bbs.ActualLRPsResponse.FromString(post(double, pki, "/v1/actual_lrps/list").content)
+    port = double.port
+    double.restart()
+    while stream.read_chunk():  # the events so far, then the stream's end
+        pass
+    assert double.port == port
+    after = bbs.ActualLRPsResponse.FromString(post(double, pki, "/v1/actual_lrps/list").content)
+    assert after == before and len(after.actual_lrps) == 1
+
+
+def test_restart_empty_loses_every_lrp_and_says_nothing_about_it(double: BBSDouble, pki: PKI) -> None:
+    double.desire_lrp("web", http_routes=[http_route("a.example.com")])
+    double.start_instance("web", 0, host_port=61000)
+    double.fail_requests("/v1/desired_lrps/list.r3", http_status=503, count=1)
+    first = RawStream(double, pki)
+    try:
+        double.restart(keep_state=False)
+        assert first.read_chunk() == b""  # the old stream ends with nothing about the lost records
+    finally:
+        first.close()
+    again = RawStream(double, pki)
+    try:
+        assert bbs.ActualLRPsResponse.FromString(post(double, pki, "/v1/actual_lrps/list").content).actual_lrps == []
+        listing = post(double, pki, "/v1/desired_lrp_routing_infos/list")
+        assert bbs.DesiredLRPsResponse.FromString(listing.content).desired_lrps == []
+        assert post(double, pki, "/v1/desired_lrps/list.r3").status_code == 503  # injected failures survive
+        again.sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            again.read_chunk()  # no event on the new stream either
+    finally:
+        again.close()
+    with pytest.raises(requests.exceptions.SSLError):  # still mutual TLS only
+        requests.post(double.url + "/v1/ping", verify=str(pki.ca.cert_path), timeout=TIMEOUT)
+
+
+def test_requests_received_counts_per_path(double: BBSDouble, pki: PKI) -> None:
+    start = double.requests_received()
+    post(double, pki, "/v1/ping")
+    post(double, pki, "/v1/ping")
+    post(double, pki, "/v1/actual_lrps/list")
+    assert double.requests_received("/v1/ping") == 2 and double.requests_received() == start + 3
+
+
+def test_admin_client_drives_the_faults(double: BBSDouble, pki: PKI) -> None:
+    from bbs_double.admin import AdminClient, AdminError, AdminServer
+
+    admin = AdminServer(double)
+    admin.start()
+    try:
+        client = AdminClient(f"http://127.0.0.1:{admin.port}", timeout=TIMEOUT)
+        double.desire_lrp("web")
+        client.hang()
+        assert client.state()["hung"] is True and double.hung
+        client.resume()
+        assert client.state()["hung"] is False
+        stream = RawStream(double, pki)
+        try:
+            wait_for(lambda: client.state()["subscribers"] == 1)
+            client.close_event_streams()
+            assert stream.read_chunk() == b""
+        finally:
+            stream.close()
+        client.restart()
+        assert list(client.state()["desired_lrps"]) == ["web"]
+        client.restart(keep_state=False)
+        assert client.state()["desired_lrps"] == {}
+        assert post(double, pki, "/v1/ping").status_code == 200
+        client.fail_requests("/v1/actual_lrps/list", "Deadlock", count=1)
+        assert bbs.ActualLRPsResponse.FromString(post(double, pki, "/v1/actual_lrps/list").content).error.type == 28
+        client.fail_requests(http_status=503, count=2)
+        assert double.pending_failures() == 2
+        client.clear_failures()
+        assert double.pending_failures() == 0
+        with pytest.raises(AdminError, match="400"):
+            client.fail_requests(error_type="NoSuchType")
+    finally:
+        admin.stop()
+
+
+def wait_for(predicate, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
