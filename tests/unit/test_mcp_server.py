@@ -240,6 +240,44 @@ def test_nack_is_logged_and_not_answered(client: AdsClient, snapshot: Snapshot, 
     assert names(client.recv()) == ["cf/a", "cf/b", "cf/c"]
 
 
+def nacks(type_url: str) -> float:
+    from copilot.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value("copilot_istiod_nacks_total", {"type_url": type_url}) or 0.0
+
+
+def test_a_nack_is_counted_and_logged_once_per_rejected_response(
+    client: AdsClient, snapshot: Snapshot, caplog: pytest.LogCaptureFixture, wait_until
+) -> None:
+    caplog.set_level(logging.ERROR, logger="copilot.xds.mcp_server")
+    before = nacks(VS)
+    client.send(VS)
+    first = client.recv()
+    client.ack(first)
+    put(snapshot, "cf/c", "c.example.com")
+    second = client.recv()
+    client.send(VS, nonce=second.nonce, version=first.version_info, error="VirtualService cf/c: port out of range")
+    wait_until(lambda: nacks(VS) == before + 1, timeout=WAIT, message="the NACK counted")
+    # istiod repeating its NACK of the same response: neither counted nor logged again. The request
+    # after it (answered) shows the server has read past it.
+    client.send(VS, nonce=second.nonce, version=first.version_info, error="VirtualService cf/c: port out of range")
+    client.send(SE)
+    assert client.recv().type_url == SE
+    assert nacks(VS) == before + 1
+    [record] = [r for r in caplog.records if r.getMessage() == "istiod rejected config"]
+    assert record.error == "VirtualService cf/c: port out of range"  # type: ignore[attr-defined]
+    assert (record.type_url, record.nonce) == (VS, second.nonce)  # type: ignore[attr-defined]
+    assert record.rejected_version == second.version_info  # type: ignore[attr-defined]
+    assert record.kept_version == first.version_info  # type: ignore[attr-defined]
+    # The next response rejected is another NACK.
+    put(snapshot, "cf/d", "d.example.com")
+    third = client.recv()
+    client.send(VS, nonce=third.nonce, version=first.version_info, error="VirtualService cf/d: port out of range")
+    wait_until(lambda: nacks(VS) == before + 2, timeout=WAIT, message="the second NACK counted")
+    wait_until(lambda: len([r for r in caplog.records if r.getMessage() == "istiod rejected config"]) == 2, timeout=WAIT)
+    assert nacks(SE) == 0
+
+
 def test_several_types_on_one_stream(client: AdsClient, snapshot: Snapshot) -> None:
     put(snapshot, "cf/se", "se.example.com", SE)
     client.send(VS)

@@ -2,7 +2,9 @@
 
 Every type istiod asks for is answered (empty when we hold none), each response carries the full
 set for its type, and a change in the snapshot is pushed to every subscribed stream at once.
-Responses are assembled from pre-encoded resources (see snapshot.py).
+Responses are assembled from pre-encoded resources (see snapshot.py). A response istiod rejects (a
+NACK: a request with error_detail) is not answered; it is counted in `copilot_istiod_nacks_total`
+and logged with istiod's message, once per rejected response (type and nonce) on a stream.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from concurrent import futures
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
+from copilot import metrics
 from copilot.xds.snapshot import Snapshot
 from copilot.xds.wire import length_delimited
 
@@ -48,6 +51,7 @@ class _Stream:
         self.peer = peer
         self.sent_version: dict[str, str] = {}
         self.sent_nonce: dict[str, str] = {}
+        self.nacked_nonce: dict[str, str] = {}  # the last response of each type istiod rejected
         self.nonces = itertools.count(1)
         self.inbox: queue.Queue[object] = queue.Queue()
 
@@ -173,10 +177,24 @@ class McpServer:
     def _answer(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest) -> bytes | None:
         type_url = request.type_url
         if request.HasField("error_detail"):
-            log.error(
-                "istiod rejected config",
-                extra={"type_url": type_url, "version": request.version_info, "error": request.error_detail.message},
-            )
+            # Not answered: istiod keeps what it had, and the next change is pushed. Resending the same
+            # state would be rejected again.
+            if stream.nacked_nonce.get(type_url) != request.response_nonce:
+                stream.nacked_nonce[type_url] = request.response_nonce
+                metrics.ISTIOD_NACKS.labels(type_url).inc()
+                log.error(
+                    "istiod rejected config",
+                    extra={
+                        "peer": stream.peer,
+                        "type_url": type_url,
+                        "nonce": request.response_nonce,
+                        "rejected_version": stream.sent_version.get(type_url, "")
+                        if request.response_nonce == stream.sent_nonce.get(type_url)
+                        else "",
+                        "kept_version": request.version_info,
+                        "error": request.error_detail.message,
+                    },
+                )
             return None
         latest = stream.sent_nonce.get(type_url)
         if latest is not None and request.response_nonce:
