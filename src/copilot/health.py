@@ -1,4 +1,11 @@
-"""The HTTP endpoint for operators and load balancers: /health (JSON) and /metrics (Prometheus)."""
+"""The HTTP endpoint for operators, load balancers and monitors: /health (readiness, JSON), /live
+(liveness, JSON) and /metrics (Prometheus).
+
+- `/health` answers 200 only while Copilot serves istiod (BBS listed, first snapshot published, not
+  stopping) and 503 otherwise, always with the same JSON body: the status says why.
+- `/live` answers 200 while the process works (this server answers, and the liveness callback finds
+  nothing broken), whether or not Copilot is ready: restart on /live, route or alert on /health.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +18,28 @@ from prometheus_client import exposition
 
 from copilot.metrics import REGISTRY
 
+Status = Callable[[], tuple[bool, dict]]
+
+
+def _always_live() -> tuple[bool, dict]:
+    return True, {"live": True}
+
 
 class HealthServer:
-    def __init__(self, address: str, status: Callable[[], tuple[bool, dict]], before_scrape: Callable[[], None]) -> None:
+    def __init__(
+        self, address: str, status: Status, before_scrape: Callable[[], None], live: Status = _always_live
+    ) -> None:
+        """`status` is readiness (ready, details) for /health, `live` liveness (live, details) for /live."""
         host, _, port = address.rpartition(":")
-        status_fn, refresh = status, before_scrape
+        status_fn, live_fn, refresh = status, live, before_scrape
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                if self.path == "/health":
-                    healthy, details = status_fn()
-                    self._send(200 if healthy else 503, "application/json", json.dumps(details).encode())
-                elif self.path == "/metrics":
+                path = self.path.split("?", 1)[0]
+                if path in ("/health", "/live"):
+                    ok, details = (status_fn if path == "/health" else live_fn)()
+                    self._send(200 if ok else 503, "application/json", json.dumps(details).encode())
+                elif path == "/metrics":
                     refresh()
                     self._send(200, exposition.CONTENT_TYPE_LATEST, exposition.generate_latest(REGISTRY))
                 else:

@@ -10,7 +10,7 @@ import threading
 
 import grpc
 
-from copilot import logs, metrics
+from copilot import logs, metrics, model
 from copilot.config import Config, ConfigError, load
 from copilot.health import HealthServer
 from copilot.publisher import Publisher, PublishLoop
@@ -31,6 +31,8 @@ class Copilot:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        # Every source refuses loopback/link-local backends unless the operator's allow-list names them.
+        model.allow_internal_networks(config.backends.allowed_internal_networks)
         self.table = RoutingTable()
         self.snapshot = Snapshot()
         self.publisher = Publisher(self.table, self.snapshot, config.gateway)
@@ -54,8 +56,9 @@ class Copilot:
         # istiod gets no answer until the sources have been read: BBS listed, and (with CC) the first
         # BulkSync applied or bulk_sync_hold_seconds passed. A restart never announces an empty world.
         self.ready = threading.Event()
+        self._stopping = threading.Event()
         self.mcp = McpServer(self.snapshot, on_push=_record_push, ready=self.ready)
-        self.health = HealthServer(config.health_listen, self.status, self.refresh_metrics)
+        self.health = HealthServer(config.health_listen, self.status, self.refresh_metrics, live=self.live)
 
     def publish(self) -> None:
         """Asks for a publish; it happens on the publisher thread, right away or after the one running."""
@@ -100,6 +103,7 @@ class Copilot:
         log.info("serving istiod")
 
     def stop(self) -> None:
+        self._stopping.set()  # /health answers 503 from now on; /live until the health server goes, last
         if self.registrar is not None:
             self.registrar.stop()
         if self._cc_server is not None:
@@ -111,22 +115,39 @@ class Copilot:
         self.health.stop()
 
     def status(self) -> tuple[bool, dict]:
-        # BBS is synced only while an event stream is up after a listing; without one the last known
-        # routes are still served (so HTTP 200), but the status says so instead of "ok".
+        """Readiness, for /health: ready while istiod is served (BBS listed, and with CC the first BulkSync
+        or its hold passed, and that state published) until `stop()` begins. A BBS event stream that went
+        down after that keeps Copilot ready, since the last known routes are still served (and every
+        Copilot shares the BBS): the status says `bbs_stale` instead of `ok`, with the staleness."""
+        stopping = self._stopping.is_set()
+        serving = self.ready.is_set()
         synced = self.watcher is None or (self.watcher.synced.is_set() and self.watcher.live)
         cc_synced = self.cc_api is None or self.cc_api.bulk_synced.is_set()
         staleness = self.watcher.staleness() if self.watcher is not None else 0.0
         routes, backends = self.table.counts()
-        return True, {
-            "status": "ok" if synced else "bbs_stale",
+        if stopping:
+            state = "stopping"
+        elif not serving:
+            state = "starting"
+        else:
+            state = "ok" if synced else "bbs_stale"
+        ready = serving and not stopping
+        return ready, {
+            "status": state,
+            "ready": ready,
             "bbs_synced": synced,
             "cc_bulk_synced": cc_synced,
-            "serving_istiod": self.ready.is_set(),
+            "serving_istiod": serving,
             "bbs_staleness_seconds": round(staleness, 3),
             "routes": routes,
             "backends": backends,
             "istiod_streams": self.mcp.stream_count(),
         }
+
+    def live(self) -> tuple[bool, dict]:
+        """Liveness, for /live: the process answers, ready or not (it never depends on BBS, Cloud
+        Controller or istiod, so restarting on it cannot make an outage of theirs worse)."""
+        return True, {"live": True, "ready": self.ready.is_set() and not self._stopping.is_set()}
 
     def refresh_metrics(self) -> None:
         routes, backends = self.table.counts()

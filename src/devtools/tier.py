@@ -166,7 +166,19 @@ class Tier:
         )
 
     def copilot_health(self) -> dict:
+        """Copilot's /health body (it answers 503 with the same body until ready: see copilot_ready)."""
         return requests.get(f"http://127.0.0.1:{self.ports['copilot_health_port']}/health", timeout=5).json()
+
+    def copilot_ready(self) -> bool:
+        """Copilot's readiness: /health is 200 only while it serves istiod."""
+        return requests.get(f"http://127.0.0.1:{self.ports['copilot_health_port']}/health", timeout=5).status_code == 200
+
+    def router_health(self) -> int | None:
+        """The router's load-balancer check (/health on its static listener): the status, None if refused."""
+        try:
+            return requests.get(f"http://127.0.0.1:{self.ports['router_health_port']}/health", timeout=5).status_code
+        except requests.ConnectionError:
+            return None
 
     def metrics(self) -> str:
         return requests.get(f"http://127.0.0.1:{self.ports['copilot_health_port']}/metrics", timeout=5).text

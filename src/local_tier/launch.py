@@ -91,8 +91,15 @@ def cloud_controller_sync(layout: Layout, ports: dict[str, int], request: api.Bu
         stub.BulkSync(bulk_sync_chunks(request or api.BulkSyncRequest()), timeout=30)
 
 
-def _health(ports: dict[str, int]) -> dict:
-    return requests.get(f"http://127.0.0.1:{ports['copilot_health_port']}/health", timeout=1).json()
+def _copilot_ready(ports: dict[str, int]) -> bool:
+    """Copilot's readiness: its /health answers 200 once it serves istiod (BBS listed, first snapshot
+    published), 503 before (and while stopping)."""
+    return requests.get(f"http://127.0.0.1:{ports['copilot_health_port']}/health", timeout=1).status_code == 200
+
+
+def _router_healthy(ports: dict[str, int]) -> bool:
+    """The router's load-balancer health check: 200 only once Envoy has its listeners and routes from istiod."""
+    return requests.get(f"http://127.0.0.1:{ports['router_health_port']}/health", timeout=1).status_code == 200
 
 
 def _envoy_live(ports: dict[str, int]) -> bool:
@@ -112,10 +119,11 @@ def readiness_checks(layout: Layout, ports: dict[str, int]) -> list[tuple[str, C
     return [
         ("BBS", lambda: listening(ports["bbs_port"])),
         ("Copilot's Cloud Controller API (first BulkSync)", lambda: _synced(layout, ports)),
-        ("Copilot synced with BBS", lambda: _health(ports).get("serving_istiod")),
+        ("Copilot synced with BBS", lambda: _copilot_ready(ports)),
         ("istiod serving xDS", lambda: listening(ports["istiod_grpc_port"])),
         ("Envoy live", lambda: _envoy_live(ports)),
         ("router listening (HTTP and HTTPS)", lambda: all(listening(ports[f"router_{s}_port"]) for s in ("http", "https"))),
+        ("router healthy (load balancer check)", lambda: _router_healthy(ports)),
     ]
 
 

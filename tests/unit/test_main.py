@@ -67,7 +67,7 @@ def test_check_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 @pytest.mark.timeout(60)
-def test_runs_serves_health_and_stops_on_sigterm(tmp_path: Path) -> None:
+def test_runs_serves_health_and_stops_on_sigterm(tmp_path: Path, wait_until) -> None:
     path = tmp_path / "c.yml"
     path.write_text("mcp:\n  listen: 127.0.0.1:0\nhealth:\n  listen: 127.0.0.1:0\n")
     process = subprocess.Popen(
@@ -90,8 +90,12 @@ def test_runs_serves_health_and_stops_on_sigterm(tmp_path: Path) -> None:
                 break
         assert started is not None, "copilot never logged that it started"
         assert started["mcp_port"] > 0 and started["tls"] is False
-        health = requests.get(f"http://127.0.0.1:{started['health_port']}/health", timeout=5).json()
-        assert health["status"] == "ok" and health["bbs_synced"] is True
+        base = f"http://127.0.0.1:{started['health_port']}"
+        assert requests.get(base + "/live", timeout=5).status_code == 200
+        # Ready (200) once the first snapshot is published; without sources that follows the start at once.
+        wait_until(lambda: requests.get(base + "/health", timeout=5).status_code == 200, message="copilot ready")
+        health = requests.get(base + "/health", timeout=5).json()
+        assert health["status"] == "ok" and health["ready"] is True and health["bbs_synced"] is True
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     finally:
