@@ -30,6 +30,18 @@ BBS_STALENESS = Gauge(
     "copilot_bbs_staleness_seconds", "Seconds since BBS last confirmed Copilot's state (0 while subscribed)", registry=REGISTRY
 )
 BBS_SYNCS = Counter("copilot_bbs_syncs_total", "Full listings of BBS applied", registry=REGISTRY)
+BBS_WITHDRAWAL_HELD = Gauge(
+    "copilot_bbs_withdrawal_held",
+    "1 while a BBS listing that would withdraw most routes is held (bbs.withdrawal_hold_seconds), else 0",
+    registry=REGISTRY,
+)
+BBS_WITHDRAWAL_HOLDS = Counter(
+    "copilot_bbs_withdrawal_holds_total",
+    "Mass withdrawals by a BBS listing: held (a hold began), applied (it persisted past the hold), "
+    "cleared (a later listing no longer withdrew most routes)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 BBS_UNRECOGNIZED = Counter(
     "copilot_bbs_unrecognized_total",
     "Values from BBS that Copilot does not know (error type, event type, state, presence), by field",

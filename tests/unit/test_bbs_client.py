@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -216,11 +217,8 @@ def test_decode_bad_event(event_type: str, data: str, problem: str) -> None:
     assert problem in str(result) and "event 9" in str(result)
 
 
-def test_bbs_error_field_becomes_bbs_error(bbs_double: BBSDouble, bbs_pki, monkeypatch: pytest.MonkeyPatch) -> None:
-    def failing(body: bytes):
-        return bbs.ActualLRPsResponse(error=bbs.Error(type=bbs.Error.Timeout, message="database is slow"))
-
-    monkeypatch.setattr(bbs_double, "_list_actual_lrps", failing)
+def test_bbs_error_field_becomes_bbs_error(bbs_double: BBSDouble, bbs_pki) -> None:
+    bbs_double.fail_requests("/v1/actual_lrps/list", bbs.Error.Timeout, message="database is slow")
     client = BBSClient(bbs_double.url, bbs_pki.client, timeout=5)
     try:
         with pytest.raises(BBSError, match="Timeout: database is slow"):
@@ -281,3 +279,69 @@ def test_unknown_event_type_is_counted_as_unrecognized(bbs_double: BBSDouble, cl
     bad = decode_event("2", "desired_lrp_removed", "!!")
     assert isinstance(bad, MalformedEvent) and bad.reason == "undecodable payload"
     assert unrecognized("event") == before + 1
+
+
+# ---------------------------------------------------------------- timeouts: a hung BBS, a quiet one
+
+
+def in_thread(call, timeout: float):
+    """`call()`'s result (or exception) if it returns within `timeout`; fails the test if it blocks."""
+    box: list = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box.append(call())
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            box.append(error)
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(timeout), f"still blocked after {timeout}s"
+    return box[0]
+
+
+def test_subscribing_to_a_hung_bbs_fails_within_the_timeout(bbs_double: BBSDouble, bbs_pki) -> None:
+    """A BBS that accepts the subscription but never answers must not hold the subscriber forever
+    (before the fix the subscription had no read timeout at all)."""
+    client = BBSClient(bbs_double.url, bbs_pki.client, timeout=0.5)
+    try:
+        bbs_double.hang()
+        started = time.monotonic()
+        result = in_thread(client.open_events, timeout=5)
+        assert isinstance(result, BBSError) and "timed out" in str(result)
+        assert time.monotonic() - started < 3
+        pinged = in_thread(lambda: client.ping(timeout=0.3), timeout=5)
+        assert isinstance(pinged, BBSError) and "timed out" in str(pinged)
+        bbs_double.resume()
+        client.open_events().close()
+        assert client.ping() is True
+    finally:
+        client.close()
+
+
+def test_an_idle_stream_outlives_the_request_timeout(bbs_double: BBSDouble, bbs_pki) -> None:
+    """A real BBS sends nothing on an idle stream (no heartbeats): silence longer than the request
+    timeout is not a failure, and the next event arrives on the same stream."""
+    client = BBSClient(bbs_double.url, bbs_pki.client, timeout=0.3)
+    stream = client.open_events()
+    try:
+        iterator = iter(stream)
+        box: list = []
+        done = threading.Event()
+
+        def read() -> None:
+            try:
+                box.append(next(iterator))
+            except BaseException as error:  # noqa: BLE001 - handed to the test
+                box.append(error)
+            done.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        assert not done.wait(1.5), f"the idle stream ended: {box}"  # five request timeouts of silence
+        bbs_double.desire_lrp("pg-1")
+        assert done.wait(5) and isinstance(box[0], Event) and box[0].type == "desired_lrp_created"
+        assert bbs_double.subscriber_count() == 1
+    finally:
+        stream.close()
+        client.close()

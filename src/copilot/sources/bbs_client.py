@@ -5,6 +5,11 @@ any `Error.Type`, known or not, undecodable events) becomes a BBSError or a Malf
 never another exception. Values Copilot does not know (an error type, an event type, ...) are
 reported through `report_unrecognized`: counted in `copilot_bbs_unrecognized_total{field}` and
 logged once per (field, value).
+
+Every request, and the event subscription until BBS has answered it, times out (`timeout`); the
+open event stream then has no read timeout, because a real BBS sends nothing on an idle stream (no
+heartbeats): a quiet foundation's healthy stream can be silent for hours. A hung BBS is detected by
+the watcher's pings instead (bbs_watcher).
 """
 
 from __future__ import annotations
@@ -109,8 +114,9 @@ class BBSClient:
         self._session.verify = str(tls.ca_cert)
         self._session.trust_env = False  # REQUESTS_CA_BUNDLE and proxy variables must not override BBS mutual TLS
 
-    def ping(self) -> bool:
-        return bool(self._call("/v1/ping", None, bbs_pb2.PingResponse).available)
+    def ping(self, timeout: float | None = None) -> bool:
+        """BBS's answer to /v1/ping (`available`), within `timeout` (default: the client's)."""
+        return bool(self._call("/v1/ping", None, bbs_pb2.PingResponse, timeout=timeout).available)
 
     def desired_lrp_routing_infos(self) -> list[bbs_pb2.DesiredLRP]:
         response = self._call("/v1/desired_lrp_routing_infos/list", bbs_pb2.DesiredLRPsRequest(), bbs_pb2.DesiredLRPsResponse)
@@ -121,14 +127,17 @@ class BBSClient:
         return list(response.actual_lrps)
 
     def open_events(self) -> EventStream:
-        """Subscribes to /v1/events/lrp_instances.r1 for every cell; returns once the server has answered."""
+        """Subscribes to /v1/events/lrp_instances.r1 for every cell; returns once the server has answered.
+
+        BBS must answer within the timeout (a hung BBS would otherwise hold the subscriber forever);
+        the open stream then blocks on reads for as long as BBS has nothing to send."""
         try:
             response = self._session.post(
                 self._url + "/v1/events/lrp_instances.r1",
                 data=bbs_pb2.EventsByCellId(cell_id="").SerializeToString(),
                 headers={"Content-Type": "application/x-protobuf"},
                 stream=True,
-                timeout=(self._timeout, None),
+                timeout=(self._timeout, self._timeout),
             )
         except requests.RequestException as error:
             raise BBSError(f"cannot subscribe to BBS events: {error}") from error
@@ -137,16 +146,26 @@ class BBSClient:
                 raise _http_error("events subscription", response)
             finally:
                 response.close()
+        sock = _socket(response)
+        if sock is None:
+            response.close()
+            raise BBSError("BBS events subscription: no connection to read the stream from")
+        sock.settimeout(None)  # the headers came in time; an idle stream is not a failure
         return EventStream(response)
 
     def close(self) -> None:
         self._session.close()
 
-    def _call(self, path: str, request: Message | None, response_type: type[Message]) -> Message:
+    def _call(
+        self, path: str, request: Message | None, response_type: type[Message], *, timeout: float | None = None
+    ) -> Message:
         body = request.SerializeToString() if request is not None else b""
         try:
             http = self._session.post(
-                self._url + path, data=body, headers={"Content-Type": "application/x-protobuf"}, timeout=self._timeout
+                self._url + path,
+                data=body,
+                headers={"Content-Type": "application/x-protobuf"},
+                timeout=self._timeout if timeout is None else timeout,
             )
         except requests.RequestException as error:
             raise BBSError(f"BBS {path}: {error}") from error
@@ -180,12 +199,17 @@ class EventStream:
 
     def close(self) -> None:
         """Ends the stream, unblocking a reader in another thread (closing alone does not interrupt a read)."""
-        connection = getattr(self._response.raw, "_connection", None)
-        sock = getattr(connection, "sock", None)
+        sock = _socket(self._response)
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         self._response.close()
+
+
+def _socket(response: requests.Response) -> socket.socket | None:
+    """The socket a streamed response is read from (urllib3 keeps its connection until it is released)."""
+    connection = getattr(response.raw, "connection", None)
+    return getattr(connection, "sock", None)
 
 
 def _http_error(what: str, http: requests.Response) -> BBSError:
