@@ -13,6 +13,8 @@ import yaml
 from copilot.istio.builder import TLS_VERSIONS, Certificate, GatewaySettings
 from copilot.istio.router_filter import COOKIE_NAME_RE, STICKY_COOKIE
 from copilot.model import InvalidRoute, normalize_hostname
+from copilot.router_groups_api import RouterGroup, RouterGroupError, router_group
+from copilot.uaa_token import RSAPublicKey, load_public_keys
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _CERT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -59,6 +61,23 @@ class RegistrarConfig:
     client_ca: Path
 
 
+# routing-api's default router group in cf-deployment v58 (the copilot job spec's routing_api.router_groups).
+DEFAULT_ROUTER_GROUPS = (router_group("default-tcp", "tcp", "1024-1033"),)
+
+
+@dataclass(frozen=True)
+class RoutingApiConfig:
+    """routing-api's router groups for Cloud Controller and the cf CLI (router_groups_api.py): HTTPS,
+    requests authorized by UAA tokens signed with one of `uaa_verification_keys` and issued by `uaa_issuer`."""
+
+    cert: Path
+    key: Path
+    uaa_issuer: str
+    uaa_verification_keys: tuple[RSAPublicKey, ...]
+    listen: str = "0.0.0.0:3001"
+    router_groups: tuple[RouterGroup, ...] = DEFAULT_ROUTER_GROUPS
+
+
 @dataclass(frozen=True)
 class Config:
     bbs: BBSConfig | None
@@ -69,6 +88,7 @@ class Config:
     log_level: str = "info"
     cc: CCConfig | None = None
     registrar: RegistrarConfig | None = None
+    routing_api: RoutingApiConfig | None = None
 
 
 def load(path: str | Path) -> Config:
@@ -166,11 +186,67 @@ def parse(data: object) -> Config:
             client_ca=section.file("client_ca"),
         )
         section.done()
+    routing_api = _routing_api(root.section("routing_api"), gateway) if root.has("routing_api") else None
     log_level = root.string("log_level", "info")
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     root.done()
-    return Config(bbs, mcp_listen, mcp_tls, health_listen, gateway, log_level, cc, registrar)
+    return Config(bbs, mcp_listen, mcp_tls, health_listen, gateway, log_level, cc, registrar, routing_api=routing_api)
+
+
+def _routing_api(section: _Section, gateway: GatewaySettings) -> RoutingApiConfig:
+    """routing_api: {listen, cert, key, uaa_issuer, uaa_verification_keys (a PEM file of public keys or
+    certificates), router_groups: [{name, type, reservable_ports, guid}]}."""
+    keys_file = section.file("uaa_verification_keys")
+    try:
+        keys = load_public_keys(keys_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ConfigError(f"{section.key('uaa_verification_keys')}: {keys_file}: {error}") from None
+    groups = _router_groups(section, gateway) if section.has("router_groups") else DEFAULT_ROUTER_GROUPS
+    config = RoutingApiConfig(
+        listen=section.address("listen", "0.0.0.0:3001"),  # the copilot job spec's routing_api.listen_address
+        cert=section.file("cert"),
+        key=section.file("key"),
+        uaa_issuer=section.string("uaa_issuer"),
+        uaa_verification_keys=keys,
+        router_groups=groups,
+    )
+    section.done()
+    return config
+
+
+def _router_groups(section: _Section, gateway: GatewaySettings) -> tuple[RouterGroup, ...]:
+    """Router groups as routing-api validates them, with unique names and guids; TCP groups' ports must not
+    overlap (one router fleet serves every group) nor take the Gateway's HTTP(S) ports."""
+    groups: list[RouterGroup] = []
+    taken: list[tuple[int, int, str]] = []
+    for index, entry in enumerate(section.list("router_groups")):
+        item = _Section(entry, f"{section.key('router_groups')}[{index}]")
+        ports = item._get("reservable_ports", "")
+        ports = str(ports) if isinstance(ports, int) and not isinstance(ports, bool) else ports  # YAML: 1024
+        try:
+            group = router_group(item._get("name", None), item._get("type", None), ports, item._get("guid", None))
+        except RouterGroupError as error:
+            raise ConfigError(f"{item.key(error.field)}: {str(error).removeprefix(error.field + ': ')}") from None
+        item.done()
+        for other in groups:
+            if other.name == group.name:
+                raise ConfigError(f"{item.key('name')}: router group {group.name!r} is given twice")
+            if other.guid == group.guid:
+                raise ConfigError(f"{item.key('guid')}: {group.guid!r} is also the guid of router group {other.name!r}")
+        for first, last in group.ports:
+            for port in (gateway.http_port, gateway.https_port):
+                if port and first <= port <= last:
+                    raise ConfigError(f"{item.key('reservable_ports')}: port {port} is the routers' HTTP(S) port")
+            for other_first, other_last, other in taken:
+                if first <= other_last and other_first <= last:
+                    raise ConfigError(
+                        f"{item.key('reservable_ports')}: {first}-{last} overlaps router group {other!r}"
+                        " (one router fleet serves every group)"
+                    )
+        taken += [(first, last, group.name) for first, last in group.ports]
+        groups.append(group)
+    return tuple(groups)
 
 
 def _certificates(gw: _Section) -> tuple[Certificate, ...]:

@@ -14,12 +14,14 @@ from copilot import logs, metrics, model
 from copilot.config import Config, ConfigError, load
 from copilot.health import HealthServer
 from copilot.publisher import Publisher, PublishLoop
+from copilot.router_groups_api import RouterGroupsServer
 from copilot.routing_table import RoutingTable
 from copilot.sources.bbs_client import BBSClient, TLSFiles
 from copilot.sources.bbs_watcher import BBSWatcher
 from copilot.sources.cc_api import CloudControllerCopilot
 from copilot.sources.cc_api import serve as serve_cc_api
 from copilot.sources.registrar_api import RegistrarApi
+from copilot.uaa_token import TokenValidator
 from copilot.xds.mcp_server import McpServer
 from copilot.xds.snapshot import Snapshot
 
@@ -53,6 +55,11 @@ class Copilot:
         if config.registrar is not None:
             r = config.registrar
             self.registrar = RegistrarApi(self.table, self.publish, r.listen, cert=r.cert, key=r.key, client_ca=r.client_ca)
+        self.routing_api: RouterGroupsServer | None = None
+        if config.routing_api is not None:  # routing-api's router groups, for Cloud Controller and the cf CLI
+            ra = config.routing_api
+            validator = TokenValidator(ra.uaa_verification_keys, ra.uaa_issuer)
+            self.routing_api = RouterGroupsServer(ra.listen, ra.router_groups, validator, cert=ra.cert, key=ra.key)
         # istiod gets no answer until the sources have been read: BBS listed, and (with CC) the first
         # BulkSync applied or bulk_sync_hold_seconds passed. A restart never announces an empty world.
         self.ready = threading.Event()
@@ -84,6 +91,9 @@ class Copilot:
         if self.registrar is not None:
             self.registrar.start()
             log.info("registrar api listening", extra={"port": self.registrar.port})
+        if self.routing_api is not None:
+            self.routing_api.start()
+            log.info("router groups api listening", extra={"port": self.routing_api.port})
         threading.Thread(target=self._become_ready, name="ready", daemon=True).start()
         self.health.start()
         if self.watcher is not None:
@@ -106,6 +116,8 @@ class Copilot:
         self._stopping.set()  # /health answers 503 from now on; /live until the health server goes, last
         if self.registrar is not None:
             self.registrar.stop()
+        if self.routing_api is not None:
+            self.routing_api.stop()
         if self._cc_server is not None:
             self._cc_server.stop(0.5).wait()
         if self.watcher is not None:
