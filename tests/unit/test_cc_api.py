@@ -1,6 +1,7 @@
 """Copilot's Cloud Controller API (`api.CloudControllerCopilot`) over real gRPC and mutual TLS on loopback,
 driven with our own generated stubs (the cf-copilot field numbers): every RPC against the RoutingTable,
-who may connect, what is refused and that a refusal changes nothing, and BulkSync at ~50 MB."""
+who may connect, what is refused and that a refusal changes nothing (oversized fields and messages
+too), and BulkSync at ~50 MB."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from copilot.protos import cc_copilot_pb2 as api
 from copilot.protos import cc_copilot_pb2_grpc as api_grpc
 from copilot.publisher import Publisher
 from copilot.routing_table import RoutingTable
-from copilot.sources.cc_api import CloudControllerCopilot, serve
+from copilot.sources.cc_api import MAX_BULK_SYNC_CHUNKS, MAX_MESSAGE_BYTES, CloudControllerCopilot, serve
+from copilot.sources.cc_validation import MAX_BULK_ENTRIES, MAX_DIEGO_PROCESS_GUIDS, MAX_GUID_LENGTH
 from copilot.xds.snapshot import Snapshot
 from devtools.certs import make_ca
 
@@ -457,6 +459,28 @@ INVALID = [
         "capi_diego_process_association.capi_process_guid",
     ),
     ("DeleteCapiDiegoProcessAssociation", api.DeleteCapiDiegoProcessAssociationRequest(), "capi_process_guid"),
+    # oversized fields, each within the message limit
+    ("UpsertRoute", api.UpsertRouteRequest(route=route("g" * 1_000_000, "a.example.com")), "route.guid"),
+    ("UpsertRoute", api.UpsertRouteRequest(route=route("r9", "a" * 1_000_000)), "route.host"),
+    ("UpsertRoute", api.UpsertRouteRequest(route=route("r9", "a.example.com", "/a" * 1000)), "route.path"),
+    ("UpsertRoute", api.UpsertRouteRequest(route=route("r9", "a.apps.internal", internal=True, vip="1" * 100)), "route.vip"),
+    ("DeleteRoute", api.DeleteRouteRequest(guid="r" * 257), "guid"),
+    ("MapRoute", api.MapRouteRequest(route_mapping=mapping("r" * 257, "c1")), "route_mapping.route_guid"),
+    ("UnmapRoute", api.UnmapRouteRequest(route_mapping=mapping("r1", "c" * 257)), "route_mapping.capi_process_guid"),
+    (
+        "UpsertCapiDiegoProcessAssociation",
+        api.UpsertCapiDiegoProcessAssociationRequest(
+            capi_diego_process_association=association("c1", *(f"c1-{i}" for i in range(MAX_DIEGO_PROCESS_GUIDS + 1)))
+        ),
+        "capi_diego_process_association.diego_process_guids",
+    ),
+    (
+        "UpsertCapiDiegoProcessAssociation",
+        api.UpsertCapiDiegoProcessAssociationRequest(capi_diego_process_association=association("c1", "d" * 257)),
+        "capi_diego_process_association.diego_process_guids",
+    ),
+    ("DeleteCapiDiegoProcessAssociation", api.DeleteCapiDiegoProcessAssociationRequest(capi_process_guid="c" * 257),
+     "capi_process_guid"),
 ]
 
 
@@ -474,6 +498,81 @@ def test_invalid_request_is_refused_naming_the_field_and_changes_nothing(
     assert refused.value.details().startswith(f"{field}:"), refused.value.details()
     assert served.table.cc_state() == before
     assert len(served.changes) == changes
+
+
+def test_a_message_over_the_limit_is_refused_and_changes_nothing(stub, served: Served) -> None:
+    """A 15 MB guid, and an association of 400,000 guids (the sizes observed), are refused by gRPC itself."""
+    seed(stub)
+    before, changes = served.table.cc_state(), len(served.changes)
+    oversized = [
+        lambda: upsert_route(stub, route("g" * (15 << 20), "a.example.com")),
+        lambda: upsert_association(stub, association("c1", *(f"{i:036x}" for i in range(400_000)))),
+        lambda: upsert_route(stub, route("g" * MAX_MESSAGE_BYTES, "a.example.com")),
+    ]
+    for call in oversized:
+        with pytest.raises(grpc.RpcError) as refused:
+            call()
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+    assert served.table.cc_state() == before
+    assert len(served.changes) == changes
+    assert stub.Health(api.HealthRequest(), timeout=TIMEOUT).healthy
+
+
+def test_the_largest_valid_requests_fit_the_message_limit(stub, served: Served) -> None:
+    diego_guids = [f"{i:0{MAX_GUID_LENGTH}d}" for i in range(MAX_DIEGO_PROCESS_GUIDS)]
+    upsert_association(stub, association("c" * MAX_GUID_LENGTH, *diego_guids))
+    assert served.table.cc_state().associations["c" * MAX_GUID_LENGTH] == tuple(diego_guids)
+    upsert_route(stub, route("g" * MAX_GUID_LENGTH, ".".join(["a" * 63] * 3 + ["a" * 61]), "/a" * 512))
+    assert len(served.table.cc_state().routes) == 1
+
+
+def test_bulk_sync_with_an_oversized_field_or_list_is_refused_naming_it(stub, served: Served) -> None:
+    seed(stub)
+    before, changes = served.table.cc_state(), len(served.changes)
+    big_guid = api.BulkSyncRequest(routes=[route("r1", "a.example.com"), route("g" * (15 << 20), "b.example.com")])
+    too_many = b"\x12\x00" * (MAX_BULK_ENTRIES + 1)  # MAX_BULK_ENTRIES + 1 (empty) routes
+    cases = [
+        (chunks(big_guid.SerializeToString()), f"routes[1].guid: {15 << 20} characters, more than {MAX_GUID_LENGTH}"),
+        (chunks(too_many), f"routes: {MAX_BULK_ENTRIES + 1} entries, more than {MAX_BULK_ENTRIES}"),
+    ]
+    for request_chunks, details in cases:
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.BulkSync(request_chunks, timeout=60)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == details
+    assert served.table.cc_state() == before
+    assert len(served.changes) == changes
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    """What BulkSync uses of a grpc.ServicerContext."""
+
+    def abort(self, code: grpc.StatusCode, details: str):
+        raise _Aborted(code, details)
+
+
+def test_bulk_sync_of_too_many_chunks_is_refused() -> None:
+    """An endless stream of empty chunks ends (the byte bound alone would never be reached)."""
+    table = RoutingTable()
+    servicer = CloudControllerCopilot(table, lambda: None)
+    empty = api.BulkSyncRequestChunk()
+    sent = 0
+
+    def endless():
+        nonlocal sent
+        while True:
+            sent += 1
+            yield empty
+
+    with pytest.raises(_Aborted) as aborted:
+        servicer.BulkSync(endless(), _Context())
+    assert aborted.value.args == (grpc.StatusCode.RESOURCE_EXHAUSTED, f"chunk: bulk sync exceeds {MAX_BULK_SYNC_CHUNKS} chunks")
+    assert sent == MAX_BULK_SYNC_CHUNKS + 1
+    assert not servicer.bulk_synced.is_set()
 
 
 @pytest.mark.parametrize("weight", [1, 128])

@@ -2,6 +2,8 @@
 
 Every request is validated before anything changes: a rejected request (InvalidArgument, naming the
 field) leaves the routing table exactly as it was. BulkSync replaces the whole CC slice atomically.
+Sizes are bounded: each field (cc_validation), each gRPC message (MAX_MESSAGE_BYTES, else
+ResourceExhausted) and a whole BulkSync (MAX_BULK_SYNC_BYTES in at most MAX_BULK_SYNC_CHUNKS chunks).
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ from copilot.sources import cc_validation
 
 log = logging.getLogger(__name__)
 
+# gRPC's default receive limit, which cf-copilot's server ran with and Cloud Controller's client is built
+# for: CC streams a BulkSync in 64 KiB chunks (chunking exists because one message hit this limit), and
+# the largest valid unary request, an association of MAX_DIEGO_PROCESS_GUIDS guids of MAX_GUID_LENGTH
+# characters, is about 260 KB.
+MAX_MESSAGE_BYTES = 4 << 20
+# A whole BulkSync. 100,000 routes (hosts of ~50 characters, a fifth with a path) with 125,000 mappings
+# and 100,000 associations serialize to about 31 MB; 150,000 of each, two Diego guids per association,
+# to about 55 MB (tests/unit/test_cc_api.py). 512 MB leaves room for ten times a large foundation.
 MAX_BULK_SYNC_BYTES = 512 << 20
+MAX_BULK_SYNC_CHUNKS = 1 << 20  # 8,192 of CC's 64 KiB chunks make MAX_BULK_SYNC_BYTES
 
 
 class CloudControllerCopilot(api_grpc.CloudControllerCopilotServicer):
@@ -41,8 +52,7 @@ class CloudControllerCopilot(api_grpc.CloudControllerCopilotServicer):
         return api.UpsertRouteResponse()
 
     def DeleteRoute(self, request: api.DeleteRouteRequest, context: grpc.ServicerContext) -> api.DeleteRouteResponse:  # noqa: N802
-        if not request.guid:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "guid: is required")
+        _valid(context, lambda: cc_validation.guid(request.guid, "guid"))
         self._table.delete_cc_route(request.guid)
         self._on_change()
         return api.DeleteRouteResponse()
@@ -66,8 +76,7 @@ class CloudControllerCopilot(api_grpc.CloudControllerCopilotServicer):
         return api.UpsertCapiDiegoProcessAssociationResponse()
 
     def DeleteCapiDiegoProcessAssociation(self, request, context):  # noqa: N802
-        if not request.capi_process_guid:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "capi_process_guid: is required")
+        _valid(context, lambda: cc_validation.guid(request.capi_process_guid, "capi_process_guid"))
         self._table.delete_association(request.capi_process_guid)
         self._on_change()
         return api.DeleteCapiDiegoProcessAssociationResponse()
@@ -79,6 +88,8 @@ class CloudControllerCopilot(api_grpc.CloudControllerCopilotServicer):
             received += len(chunk.chunk)
             if received > MAX_BULK_SYNC_BYTES:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"chunk: bulk sync exceeds {MAX_BULK_SYNC_BYTES} bytes")
+            if len(chunks) == MAX_BULK_SYNC_CHUNKS:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"chunk: bulk sync exceeds {MAX_BULK_SYNC_CHUNKS} chunks")
             chunks.append(chunk.chunk)
         try:
             request = api.BulkSyncRequest.FromString(b"".join(chunks))
@@ -116,6 +127,9 @@ class CloudControllerCopilot(api_grpc.CloudControllerCopilotServicer):
 
 def bulk_state(request: api.BulkSyncRequest) -> CCState:
     """Validates a whole BulkSync; the first problem found rejects all of it."""
+    cc_validation.entries(len(request.routes), "routes")
+    cc_validation.entries(len(request.route_mappings), "route_mappings")
+    cc_validation.entries(len(request.capi_diego_process_associations), "capi_diego_process_associations")
     routes = {}
     for i, message in enumerate(request.routes):
         route = cc_validation.route(message, f"routes[{i}]")
@@ -144,7 +158,7 @@ def serve(
     """Listens with mutual TLS: a client certificate signed by `client_ca` is required."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="cc-api"),
-        options=[("grpc.max_receive_message_length", 16 << 20), ("grpc.so_reuseport", 0)],
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
     )
     api_grpc.add_CloudControllerCopilotServicer_to_server(servicer, server)
     credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
