@@ -4,6 +4,14 @@ An HTTPS endpoint with mutual TLS: `POST /v1/registrations` registers or renews,
 Body: {"registrations": [{"host", "path", "address", "port", "tls_port", "server_cert_domain_san",
 "source", "ttl_seconds"}]}. A whole request is validated before anything changes (400 naming the
 field). Registrations that are not renewed within their TTL expire, as gorouter pruned stale routes.
+
+The listener (`0.0.0.0:9003` in production) is open to every VM, so no client can hold it: each
+connection runs in its own thread, its TLS handshake within `handshake_timeout` and its whole request
+within `request_timeout` (one deadline, however slowly it trickles in); at most `max_connections`
+connections are open at once and `max_connections_per_peer` from one address, and one over a limit is
+closed at once (each closure counted in `copilot_registrar_connections_refused_total{reason}`). A body
+needs exactly one Content-Length, digits only, of at most MAX_BODY_BYTES (else 400, 411 without one
+or with a Transfer-Encoding, 413): reading stops at the Content-Length (and its 8 KiB read buffer).
 """
 
 from __future__ import annotations
