@@ -61,6 +61,17 @@ class RegistrarConfig:
     client_ca: Path
 
 
+@dataclass(frozen=True)
+class ServiceDiscoveryConfig:
+    """The `*.apps.internal` lookup API bosh-dns-adapter calls (service-discovery-controller's, see
+    service_discovery.py): HTTPS with mutual TLS, clients signed by client_ca."""
+
+    listen: str
+    cert: Path
+    key: Path
+    client_ca: Path
+
+
 # routing-api's default router group in cf-deployment v58 (the copilot job spec's routing_api.router_groups).
 DEFAULT_ROUTER_GROUPS = (router_group("default-tcp", "tcp", "1024-1033"),)
 
@@ -88,6 +99,7 @@ class Config:
     log_level: str = "info"
     cc: CCConfig | None = None
     registrar: RegistrarConfig | None = None
+    service_discovery: ServiceDiscoveryConfig | None = None
     routing_api: RoutingApiConfig | None = None
 
 
@@ -186,12 +198,23 @@ def parse(data: object) -> Config:
             client_ca=section.file("client_ca"),
         )
         section.done()
+    service_discovery = None
+    if root.has("service_discovery"):
+        section = root.section("service_discovery")
+        service_discovery = ServiceDiscoveryConfig(
+            listen=section.address("listen", "0.0.0.0:8054"),  # service_discovery.listen_address
+            cert=section.file("cert"),
+            key=section.file("key"),
+            client_ca=section.file("client_ca"),
+        )
+        section.done()
     routing_api = _routing_api(root.section("routing_api"), gateway) if root.has("routing_api") else None
     log_level = root.string("log_level", "info")
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     root.done()
-    return Config(bbs, mcp_listen, mcp_tls, health_listen, gateway, log_level, cc, registrar, routing_api=routing_api)
+    return Config(bbs, mcp_listen, mcp_tls, health_listen, gateway, log_level, cc, registrar, routing_api=routing_api,
+                  service_discovery=service_discovery)
 
 
 def _routing_api(section: _Section, gateway: GatewaySettings) -> RoutingApiConfig:

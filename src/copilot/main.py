@@ -16,6 +16,7 @@ from copilot.health import HealthServer
 from copilot.publisher import Publisher, PublishLoop
 from copilot.router_groups_api import RouterGroupsServer
 from copilot.routing_table import RoutingTable
+from copilot.service_discovery import AddressTable, ServiceDiscoveryServer
 from copilot.sources.bbs_client import BBSClient, TLSFiles
 from copilot.sources.bbs_watcher import BBSWatcher
 from copilot.sources.cc_api import CloudControllerCopilot
@@ -55,6 +56,14 @@ class Copilot:
         if config.registrar is not None:
             r = config.registrar
             self.registrar = RegistrarApi(self.table, self.publish, r.listen, cert=r.cert, key=r.key, client_ca=r.client_ca)
+        # *.apps.internal for bosh-dns-adapter: not warm until the first full BBS listing is applied.
+        self.service_discovery = None
+        if config.service_discovery is not None:
+            sd, watcher = config.service_discovery, self.watcher
+            addresses = AddressTable(self.table, watcher.synced.is_set if watcher is not None else lambda: True)
+            self.service_discovery = ServiceDiscoveryServer(
+                addresses, sd.listen, cert=sd.cert, key=sd.key, client_ca=sd.client_ca
+            )
         self.routing_api: RouterGroupsServer | None = None
         if config.routing_api is not None:  # routing-api's router groups, for Cloud Controller and the cf CLI
             ra = config.routing_api
@@ -69,6 +78,8 @@ class Copilot:
 
     def publish(self) -> None:
         """Asks for a publish; it happens on the publisher thread, right away or after the one running."""
+        if self.service_discovery is not None:
+            self.service_discovery.invalidate()  # its next answer is built from the changed table
         self.publish_loop.request()
 
     def _publish_now(self) -> None:
@@ -91,6 +102,9 @@ class Copilot:
         if self.registrar is not None:
             self.registrar.start()
             log.info("registrar api listening", extra={"port": self.registrar.port})
+        if self.service_discovery is not None:
+            self.service_discovery.start()
+            log.info("service discovery listening", extra={"port": self.service_discovery.port})
         if self.routing_api is not None:
             self.routing_api.start()
             log.info("router groups api listening", extra={"port": self.routing_api.port})
@@ -116,6 +130,8 @@ class Copilot:
         self._stopping.set()  # /health answers 503 from now on; /live until the health server goes, last
         if self.registrar is not None:
             self.registrar.stop()
+        if self.service_discovery is not None:
+            self.service_discovery.stop()
         if self.routing_api is not None:
             self.routing_api.stop()
         if self._cc_server is not None:

@@ -315,6 +315,24 @@ class RoutingTable:
             _normalize(destinations)
             return InternalService(host, route.vip, destinations)
 
+    def internal_addresses(self) -> dict[str, list[str]]:
+        """Service discovery's names (service_discovery.py): for every DesiredLRP `internal-router`
+        hostname, its name and `<index>.<name>` mapped to the sorted container addresses of the
+        RUNNING, routable instances (what route-emitter registered with service-discovery-controller).
+        Names without such an instance are left out. Read-only; O(processes)."""
+        with self._lock:
+            names: dict[str, set[str]] = defaultdict(set)
+            for guid, routes in self._desired.items():
+                if not routes.internal:
+                    continue
+                for instance in self._instances.get(guid, {}).values():
+                    if not instance.serving or not instance.instance_address:
+                        continue
+                    for route in routes.internal:
+                        names[route.host].add(instance.instance_address)
+                        names[f"{instance.index}.{route.host}"].add(instance.instance_address)
+            return {name: sorted(addresses) for name, addresses in names.items()}
+
     def host_routes(self, host: str) -> HostRoutes | None:
         """The routes of one host with their backends, or None when no process routes to it."""
         with self._lock:
