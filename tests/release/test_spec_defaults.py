@@ -34,6 +34,7 @@ def test_copilot_code_defaults_are_the_spec_defaults(pki, tmp_path) -> None:
     routing_api = {"enabled": True, "server_cert": pki.server.cert, "server_key": pki.server.key,
                    "uaa": {"issuer": "https://uaa.example.com/oauth/token", "verification_keys": [pki.ca]}}
     properties = copilot_properties(pki, cc={"enabled": True, **tls}, registrar={"enabled": True, **tls}, routing_api=routing_api)
+    properties["service_discovery"] = {"enabled": True, **tls}
     rendered = render("copilot", properties, tmp_path)
     text = rendered["config/copilot.yml"].read_text().replace("/var/vcap/jobs/copilot", str(tmp_path))
     rendered["config/copilot.yml"].write_text(text)
@@ -44,6 +45,7 @@ def test_copilot_code_defaults_are_the_spec_defaults(pki, tmp_path) -> None:
         "bbs": {key: files["bbs"][key] for key in ("url", "ca_cert", "client_cert", "client_key")},
         "cc": {key: files["cc"][key] for key in ("cert", "key", "client_ca")},
         "registrar": {key: files["registrar"][key] for key in ("cert", "key", "client_ca")},
+        "service_discovery": {key: files["service_discovery"][key] for key in ("cert", "key", "client_ca")},
         "routing_api": {key: files["routing_api"][key] for key in ("cert", "key", "uaa_issuer", "uaa_verification_keys")},
     }
     from_code = parse_copilot_config(minimal)
