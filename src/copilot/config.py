@@ -38,6 +38,12 @@ class BBSConfig:
     client_key: Path
     reconcile_interval_seconds: float = 30.0
     max_backoff_seconds: float = 10.0
+    liveness_check_interval_seconds: float = 5.0
+    # A listing withdrawing more than `fraction` of the routed instances (or desired LRPs), and at
+    # least `minimum` of them, is held this long (0: never) unless BBS lists its state again.
+    withdrawal_hold_seconds: float = 120.0
+    withdrawal_hold_fraction: float = 0.5
+    withdrawal_hold_minimum: int = 3
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,10 @@ def parse(data: object) -> Config:
             client_key=section.file("client_key"),
             reconcile_interval_seconds=section.number("reconcile_interval_seconds", 30.0, minimum=1),
             max_backoff_seconds=section.number("max_backoff_seconds", 10.0, minimum=0.1),
+            liveness_check_interval_seconds=section.number("liveness_check_interval_seconds", 5.0, minimum=0.1),
+            withdrawal_hold_seconds=section.number("withdrawal_hold_seconds", 120.0, minimum=0),
+            withdrawal_hold_fraction=section.number("withdrawal_hold_fraction", 0.5, minimum=0, maximum=1),
+            withdrawal_hold_minimum=int(section.number("withdrawal_hold_minimum", 3, minimum=1, integer=True)),
         )
         section.done()
     mcp_tls = None

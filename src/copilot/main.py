@@ -18,7 +18,7 @@ from copilot.router_groups_api import RouterGroupsServer
 from copilot.routing_table import RoutingTable
 from copilot.service_discovery import AddressTable, ServiceDiscoveryServer
 from copilot.sources.bbs_client import BBSClient, TLSFiles
-from copilot.sources.bbs_watcher import BBSWatcher
+from copilot.sources.bbs_watcher import BBSWatcher, WithdrawalGuard
 from copilot.sources.cc_api import CloudControllerCopilot
 from copilot.sources.cc_api import serve as serve_cc_api
 from copilot.sources.registrar_api import RegistrarApi
@@ -49,6 +49,12 @@ class Copilot:
                 self.publish,
                 reconcile_interval=config.bbs.reconcile_interval_seconds,
                 max_backoff=config.bbs.max_backoff_seconds,
+                liveness_interval=config.bbs.liveness_check_interval_seconds,
+                withdrawal_guard=WithdrawalGuard(
+                    fraction=config.bbs.withdrawal_hold_fraction,
+                    minimum=config.bbs.withdrawal_hold_minimum,
+                    hold_seconds=config.bbs.withdrawal_hold_seconds,
+                ),
             )
         self.cc_api = CloudControllerCopilot(self.table, self.publish) if config.cc is not None else None
         self._cc_server = None
@@ -167,6 +173,7 @@ class Copilot:
             "cc_bulk_synced": cc_synced,
             "serving_istiod": serving,
             "bbs_staleness_seconds": round(staleness, 3),
+            "bbs_withdrawal_hold": self.watcher.held_withdrawal() if self.watcher is not None else None,
             "routes": routes,
             "backends": backends,
             "istiod_streams": self.mcp.stream_count(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from copilot import metrics
 from copilot.model import HttpRoute, ProcessRoutes
 from copilot.routing_table import RoutingTable
 from copilot.sources.bbs_client import BBSClient
-from copilot.sources.bbs_watcher import BBSWatcher
+from copilot.sources.bbs_watcher import BBSWatcher, WithdrawalGuard
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,12 +35,13 @@ def served(table: RoutingTable, host: str = HOST) -> list[tuple[str, int]]:
 
 
 class Harness:
-    def __init__(self, double: BBSDouble, client: BBSClient) -> None:
+    def __init__(self, double: BBSDouble, client: BBSClient, **watcher_options: Any) -> None:
         self.double = double
         self.table = RoutingTable()
         self.changes = 0
         self._lock = threading.Lock()
-        self.watcher = BBSWatcher(client, self.table, self._changed, reconcile_interval=0.5, max_backoff=0.1)
+        options = {"reconcile_interval": 0.5, "max_backoff": 0.1, **watcher_options}
+        self.watcher = BBSWatcher(client, self.table, self._changed, **options)
 
     def _changed(self) -> None:
         with self._lock:
@@ -47,12 +49,24 @@ class Harness:
 
 
 @pytest.fixture
-def harness(bbs_double: BBSDouble, bbs_pki, wait_until: Callable[..., None]) -> Iterator[Harness]:
-    harness = Harness(bbs_double, BBSClient(bbs_double.url, bbs_pki.client, timeout=2))
-    yield harness
-    started = time.monotonic()
-    harness.watcher.stop()
-    assert time.monotonic() - started < 6, "stop() took too long"
+def make_harness(bbs_double: BBSDouble, bbs_pki) -> Iterator[Callable[..., Harness]]:
+    """`make_harness(timeout=2, **BBSWatcher options)`: a watcher of the double, stopped after the test."""
+    made: list[Harness] = []
+
+    def make(timeout: float = 2, **watcher_options: Any) -> Harness:
+        made.append(Harness(bbs_double, BBSClient(bbs_double.url, bbs_pki.client, timeout=timeout), **watcher_options))
+        return made[-1]
+
+    yield make
+    for harness in made:
+        started = time.monotonic()
+        harness.watcher.stop()
+        assert time.monotonic() - started < 6, "stop() took too long"
+
+
+@pytest.fixture
+def harness(make_harness: Callable[..., Harness]) -> Harness:
+    return make_harness()
 
 
 def start(harness: Harness, wait_until: Callable[..., None]) -> None:
@@ -116,8 +130,8 @@ def test_events_are_applied_incrementally(harness: Harness, wait_until) -> None:
     wait_until(lambda: table.hosts() == [], message="the removed process's routes to go")
 
 
-def test_events_are_applied_without_a_resync(harness: Harness, wait_until) -> None:
-    harness.watcher._reconcile_interval = 3600  # only events can bring changes in
+def test_events_are_applied_without_a_resync(make_harness, wait_until) -> None:
+    harness = make_harness(reconcile_interval=3600)  # only events can bring changes in
     start(harness, wait_until)
     syncs = metrics.BBS_SYNCS._value.get()
     harness.double.desire_lrp("pg", http_routes=route(HOST))
@@ -235,17 +249,13 @@ def test_stop_ends_the_threads(harness: Harness, wait_until) -> None:
     assert harness.table.hosts() == []
 
 
-def test_staleness_grows_while_bbs_cannot_list(harness: Harness, wait_until, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_staleness_grows_while_bbs_cannot_list(harness: Harness, wait_until) -> None:
     """BBS half-broken (events subscribe, listings fail): nothing confirms our state, so staleness must grow."""
     start(harness, wait_until)
-
-    def broken(body: bytes):
-        raise RuntimeError("database unavailable")  # the double answers HTTP 500
-
-    monkeypatch.setattr(harness.double, "_list_actual_lrps", broken)
+    harness.double.fail_requests("/v1/actual_lrps/list", http_status=500, count=1_000_000, message="database unavailable")
     harness.double.close_event_streams()
     wait_until(lambda: harness.watcher.staleness() > 1.0, timeout=5, message="staleness to grow past 1s")
-    monkeypatch.undo()
+    harness.double.clear_failures()
     wait_until(lambda: harness.watcher.staleness() == 0.0, timeout=5, message="staleness back to 0 once BBS lists again")
 
 
@@ -364,3 +374,164 @@ def test_real_sequences_route_like_route_emitter(harness: Harness, wait_until) -
 
     double.retire_instance("pg", 1)
     wait_until(lambda: served(table) == [("10.0.0.4", 63000)], message="the retired instance to go")
+
+
+# ---------------------------------------------------------------- a hung BBS (no heartbeats on a real one)
+
+
+def test_a_hung_bbs_makes_staleness_rise_and_is_resubscribed_once_it_answers(make_harness, wait_until) -> None:
+    """Before the fix a hung BBS showed staleness 0 for as long as the reconcile took to notice (here: never)."""
+    harness = make_harness(timeout=0.5, reconcile_interval=3600, liveness_interval=0.2)
+    double, table, watcher = harness.double, harness.table, harness.watcher
+    double.desire_lrp("pg", http_routes=route(HOST))
+    double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    start(harness, wait_until)
+    wait_until(lambda: watcher.staleness() == 0.0, message="staleness 0 while subscribed")
+    liveness_errors = metrics.BBS_ERRORS.labels("liveness")._value.get()
+
+    double.hang()
+    hung_at = time.monotonic()
+    wait_until(lambda: watcher.staleness() > 0.5, timeout=5, message="staleness to rise while BBS is hung")
+    assert time.monotonic() - hung_at < 2  # a ping interval and a ping timeout, not a reconcile interval
+    assert not watcher.live
+    wait_until(lambda: watcher.staleness() > time.monotonic() - hung_at, timeout=5, message="staleness to keep rising")
+    assert served(table) == [("10.0.0.1", 61000)]  # last known routes kept
+    assert metrics.BBS_ERRORS.labels("liveness")._value.get() == liveness_errors + 1
+
+    double.resume()
+    wait_until(lambda: watcher.live and watcher.staleness() == 0.0, message="live again once BBS answers")
+    double.start_instance("pg", 1, address="10.0.0.2", host_port=61001)
+    wait_until(lambda: len(served(table)) == 2, message="events on the new stream")
+
+
+def test_a_quiet_healthy_stream_is_never_torn_down(make_harness, wait_until) -> None:
+    """Silence many request timeouts long: pings keep confirming BBS, the one subscription stays up."""
+    from bbs_double.server import EVENTS_PATH
+
+    harness = make_harness(timeout=0.3, reconcile_interval=3600, liveness_interval=0.1)
+    start(harness, wait_until)
+    subscriptions = harness.double.requests_received(EVENTS_PATH)
+    syncs = metrics.BBS_SYNCS._value.get()
+    pings = harness.double.requests_received("/v1/ping")
+    wait_until(lambda: harness.double.requests_received("/v1/ping") >= pings + 15, message="15 pings (1.5 s of silence)")
+    assert harness.double.requests_received(EVENTS_PATH) == subscriptions
+    assert metrics.BBS_SYNCS._value.get() == syncs
+    assert harness.watcher.live and harness.watcher.staleness() == 0.0
+    harness.double.desire_lrp("pg", http_routes=route(HOST))
+    wait_until(lambda: table_has(harness.table, HOST), message="the next event on the same stream")
+
+
+# ---------------------------------------------------------------- a BBS that lost its state
+
+
+def fill(double: BBSDouble, apps: int, instances: int) -> list[tuple[str, int]]:
+    """`apps` processes of `instances` RUNNING instances each, app<n>.example.com; returns their backends."""
+    backends = []
+    for app in range(apps):
+        double.desire_lrp(f"pg-{app}", http_routes=route(f"app{app}.example.com"), instances=instances)
+        for index in range(instances):
+            port = 61000 + app * 100 + index
+            double.start_instance(f"pg-{app}", index, address="10.0.0.1", host_port=port, instance_guid=f"ig-{app}-{index}")
+            backends.append(("10.0.0.1", port))
+    return backends
+
+
+def all_served(table: RoutingTable, apps: int) -> list[tuple[str, int]]:
+    return sorted(b for app in range(apps) for b in served(table, f"app{app}.example.com"))
+
+
+def holds(outcome: str) -> float:
+    return metrics.BBS_WITHDRAWAL_HOLDS.labels(outcome)._value.get()
+
+
+def test_a_bbs_restarted_with_its_state_loses_nothing(make_harness, wait_until) -> None:
+    harness = make_harness(withdrawal_guard=WithdrawalGuard(fraction=0.5, minimum=2, hold_seconds=30))
+    backends = fill(harness.double, apps=3, instances=2)
+    start(harness, wait_until)
+    assert all_served(harness.table, 3) == sorted(backends)
+    syncs, held = metrics.BBS_SYNCS._value.get(), holds("held")
+    harness.double.restart(keep_state=True)
+    wait_until(lambda: metrics.BBS_SYNCS._value.get() > syncs and harness.watcher.live, message="the resync after the restart")
+    assert all_served(harness.table, 3) == sorted(backends)
+    assert not harness.watcher.withdrawal_held and holds("held") == held
+
+
+def test_a_bbs_restarted_empty_is_held_then_applied_if_it_persists(make_harness, wait_until) -> None:
+    """Before the fix every route went the moment the empty BBS was listed."""
+    hold = 1.5
+    harness = make_harness(withdrawal_guard=WithdrawalGuard(fraction=0.5, minimum=2, hold_seconds=hold))
+    double, table, watcher = harness.double, harness.table, harness.watcher
+    backends = fill(double, apps=3, instances=2)
+    start(harness, wait_until)
+    held, applied = holds("held"), holds("applied")
+
+    double.restart(keep_state=False)
+    wait_until(lambda: watcher.withdrawal_held, message="the empty listing to be held")
+    held_at = time.monotonic()
+    assert all_served(table, 3) == sorted(backends)  # nothing withdrawn while held
+    assert metrics.BBS_WITHDRAWAL_HELD._value.get() == 1 and holds("held") == held + 1
+    details = watcher.held_withdrawal()
+    assert details is not None
+    assert (details["instances_withdrawn"], details["instances_known"]) == (6, 6)
+    assert (details["desired_lrps_withdrawn"], details["desired_lrps_known"]) == (3, 3)
+    assert 0 < details["applied_in_seconds"] <= hold
+    assert watcher.live and watcher.staleness() == 0.0  # BBS answers: the hold is reported on its own
+
+    # events still apply during the hold (the restarted BBS is being filled again)
+    double.desire_lrp("pg-new", http_routes=route("new.example.com"))
+    double.start_instance("pg-new", 0, address="10.0.0.9", host_port=62000)
+    wait_until(lambda: served(table, "new.example.com") == [("10.0.0.9", 62000)], message="events during the hold")
+    assert all_served(table, 3) == sorted(backends)
+
+    # the withdrawal persists: applied once the hold is over (at the latest a reconcile interval later)
+    wait_until(lambda: table.hosts() == ["new.example.com"], timeout=10, message="the persisting withdrawal to be applied")
+    assert time.monotonic() - held_at >= hold - 0.2
+    assert not watcher.withdrawal_held and metrics.BBS_WITHDRAWAL_HELD._value.get() == 0
+    assert holds("applied") == applied + 1
+
+
+def test_a_hold_ends_when_bbs_lists_its_state_again(make_harness, wait_until) -> None:
+    """A BBS restored with its state after an empty restart: nothing was withdrawn, the hold is dropped."""
+    harness = make_harness(withdrawal_guard=WithdrawalGuard(fraction=0.5, minimum=2, hold_seconds=60))
+    double, table, watcher = harness.double, harness.table, harness.watcher
+    backends = fill(double, apps=2, instances=2)
+    start(harness, wait_until)
+    cleared = holds("cleared")
+    double.restart(keep_state=False)
+    wait_until(lambda: watcher.withdrawal_held, message="the empty listing to be held")
+    fill(double, apps=2, instances=2)  # its state comes back (same instances)
+    wait_until(lambda: not watcher.withdrawal_held, message="the next listing to end the hold")
+    assert holds("cleared") == cleared + 1
+    assert all_served(table, 2) == sorted(backends)
+
+
+def test_a_real_mass_stop_converges_event_by_event(make_harness, wait_until) -> None:
+    """Removal events are BBS saying what went: never held, however many."""
+    harness = make_harness(withdrawal_guard=WithdrawalGuard(fraction=0.5, minimum=2, hold_seconds=60))
+    double, table, watcher = harness.double, harness.table, harness.watcher
+    fill(double, apps=4, instances=3)
+    start(harness, wait_until)
+    held = holds("held")
+    started = time.monotonic()
+    for app in range(4):
+        for index in range(3):
+            double.remove_instance(f"pg-{app}", index)
+    wait_until(lambda: all_served(table, 4) == [], timeout=5, message="every stopped instance to go")
+    for app in range(3):
+        double.remove_desired_lrp(f"pg-{app}")
+    wait_until(lambda: table.hosts() == ["app3.example.com"], timeout=5, message="the deleted apps' routes to go")
+    assert time.monotonic() - started < 5
+    syncs = metrics.BBS_SYNCS._value.get()
+    wait_until(lambda: metrics.BBS_SYNCS._value.get() >= syncs + 2, message="two reconciles agreeing")
+    assert not watcher.withdrawal_held and holds("held") == held
+
+
+def test_a_small_withdrawal_by_listing_is_applied_at_once(make_harness, wait_until) -> None:
+    """Below the minimum (or below the fraction) a listing is applied as it comes."""
+    harness = make_harness(withdrawal_guard=WithdrawalGuard(fraction=0.5, minimum=10, hold_seconds=60))
+    fill(harness.double, apps=2, instances=2)
+    start(harness, wait_until)
+    held = holds("held")
+    harness.double.restart(keep_state=False)
+    wait_until(lambda: harness.table.hosts() == [], message="the listing to be applied")
+    assert holds("held") == held and not harness.watcher.withdrawal_held

@@ -171,3 +171,27 @@ def test_load_errors(tmp_path: Path) -> None:
     (tmp_path / "list.yml").write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="^config: must be a mapping"):
         load(tmp_path / "list.yml")
+
+
+def test_bbs_liveness_and_withdrawal_hold(files: dict[str, str]) -> None:
+    defaults = parse(full(files)).bbs
+    assert defaults is not None
+    assert (defaults.liveness_check_interval_seconds, defaults.withdrawal_hold_seconds) == (5.0, 120.0)
+    assert (defaults.withdrawal_hold_fraction, defaults.withdrawal_hold_minimum) == (0.5, 3)
+    data = full(files)
+    data["bbs"].update(
+        liveness_check_interval_seconds=0.5, withdrawal_hold_seconds=0, withdrawal_hold_fraction=0.8, withdrawal_hold_minimum=1
+    )
+    bbs = parse(data).bbs
+    assert bbs is not None
+    assert (bbs.liveness_check_interval_seconds, bbs.withdrawal_hold_seconds) == (0.5, 0)
+    assert (bbs.withdrawal_hold_fraction, bbs.withdrawal_hold_minimum) == (0.8, 1)
+    for key, value, problem in (
+        ("liveness_check_interval_seconds", 0, "out of range"),
+        ("withdrawal_hold_seconds", -1, "out of range"),
+        ("withdrawal_hold_fraction", 1.5, "out of range"),
+        ("withdrawal_hold_minimum", 0, "out of range"),
+        ("withdrawal_hold_minimum", 2.5, "must be an integer"),
+    ):
+        message = error_of(_set(full(files), f"bbs.{key}", value))
+        assert message.startswith(f"bbs.{key}: ") and problem in message

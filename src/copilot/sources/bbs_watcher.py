@@ -6,6 +6,22 @@ Nothing BBS sends can stop the watcher: any exception in subscribing, listing, r
 an event ends the current stream; the loop backs off, resubscribes and re-lists. `live` (and so the
 health endpoint's `bbs_synced`) is true only while a listed stream is up.
 
+A hung BBS: the event stream has no read timeout, since a real BBS sends nothing on an idle stream
+(no heartbeats), so silence proves nothing either way. While a stream is up the watcher pings BBS
+every `liveness_interval` seconds; a ping not answered within that time (or a failed reconcile) makes
+the stream suspect: it is closed and the loop resubscribes and re-lists, and staleness counts from
+the last time BBS answered (a ping, a listing or an event), rising for as long as BBS stays hung.
+
+A peer that lost its state: a full listing that would withdraw most routes (more than
+`WithdrawalGuard.fraction` of the serving instances or of the desired LRPs Copilot knows, and at least
+`minimum` of them) is held, not applied: the table keeps what it has, events keep being applied, the
+hold is reported (`copilot_bbs_withdrawal_held`, a warning, `withdrawal_held`), and the reconcile
+lists again when the hold ends. A listing that still withdraws most routes after `hold_seconds` is
+applied; one that no longer does (BBS got its state back) is applied at once and ends the hold.
+Events are never held: a real mass stop reaches Copilot as one removed event per instance or desired
+LRP, each an explicit statement by BBS, while a BBS that lost its state sends no event about what it
+lost; only a listing can withdraw by absence, so only listings are guarded (docs/operating.md).
+
 Events are applied the way route-emitter applies them, tolerating the real BBS's sequences and its
 lack of ordering: a removed event only removes the entry if it is the same instance (a crash with a
 quick restart sends the new UNCLAIMED instance before the removal of the old one); a new instance
@@ -16,11 +32,13 @@ removed, the replacement once it runs).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from copilot import metrics
 from copilot.model import Instance
@@ -43,6 +61,45 @@ InstanceGuids = dict[tuple[str, int, int], tuple[str, bool]]
 _MIN_BACKOFF = 0.5
 
 
+@dataclass(frozen=True)
+class WithdrawalGuard:
+    """Which full listings are held instead of applied: those withdrawing more than `fraction` of the
+    serving instances (or of the desired LRPs) Copilot knows, and at least `minimum` of them; applied
+    once they have persisted for `hold_seconds` (0: never held)."""
+
+    fraction: float = 0.5
+    minimum: int = 3
+    hold_seconds: float = 120.0
+
+    def is_mass(self, withdrawn: int, known: int) -> bool:
+        return self.hold_seconds > 0 and withdrawn >= self.minimum and withdrawn > self.fraction * known
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """What a listing would withdraw: serving instances and desired LRPs, and how many are known."""
+
+    instances: int
+    known_instances: int
+    processes: int
+    known_processes: int
+
+    def log_fields(self) -> dict[str, int]:
+        return {
+            "instances_withdrawn": self.instances,
+            "instances_known": self.known_instances,
+            "desired_lrps_withdrawn": self.processes,
+            "desired_lrps_known": self.known_processes,
+        }
+
+
+@dataclass(frozen=True)
+class _Hold:
+    since: float  # monotonic time the first such listing was held
+    until: float  # monotonic time from which such a listing is applied
+    withdrawal: Withdrawal  # what the latest held listing would withdraw
+
+
 class BBSWatcher:
     def __init__(
         self,
@@ -52,32 +109,46 @@ class BBSWatcher:
         *,
         reconcile_interval: float = 30.0,
         max_backoff: float = 10.0,
+        liveness_interval: float = 5.0,
+        withdrawal_guard: WithdrawalGuard | None = None,
     ) -> None:
         self._client = client
         self._table = table
         self._on_change = on_change
         self._reconcile_interval = reconcile_interval
         self._max_backoff = max_backoff
+        self._liveness_interval = liveness_interval
+        self._guard = withdrawal_guard if withdrawal_guard is not None else WithdrawalGuard()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # the reconcile loop recomputes when it lists next (a hold began, stop)
         self._lock = threading.Lock()  # one of {full sync, event application} at a time
         self._events_applied = 0
         self._stream: EventStream | None = None
         self._confirmed_at: float | None = None  # monotonic time BBS last confirmed our state; None = never
+        self._heard_at: float | None = None  # monotonic time BBS last answered (listing, ping, event)
         self._live = False  # subscribed and listed: the event stream keeps our state confirmed
+        self._suspect = False  # Copilot is ending the live stream: BBS stopped answering
         self._started_at = time.monotonic()
         self._guids: InstanceGuids = {}
+        self._process_guids: set[str] = set()  # desired LRPs in the table
+        self._hold: _Hold | None = None
         self._malformed_seen: set[tuple[str, str]] = set()
         self.synced = threading.Event()  # set once the first full listing is applied (and never cleared)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        for target, name in ((self._run_events, "bbs-events"), (self._run_reconcile, "bbs-reconcile")):
+        for target, name in (
+            (self._run_events, "bbs-events"),
+            (self._run_reconcile, "bbs-reconcile"),
+            (self._run_liveness, "bbs-liveness"),
+        ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         stream = self._stream
         if stream is not None:
             stream.close()
@@ -91,11 +162,30 @@ class BBSWatcher:
         return self._live
 
     def staleness(self) -> float:
-        """0 while the event stream is up; else seconds since it went down (or since start)."""
-        if self._live:
+        """0 while the event stream is up and BBS answers; else seconds since BBS last confirmed our state
+        (the stream went down, or for a hung BBS its last answer), or since start."""
+        if self._live and not self._suspect:
             return 0.0
-        since = self._confirmed_at if self._confirmed_at is not None else self._started_at
-        return time.monotonic() - since
+        since = self._heard_at if self._live else self._confirmed_at
+        return time.monotonic() - (since if since is not None else self._started_at)
+
+    @property
+    def withdrawal_held(self) -> bool:
+        """True while a listing that would withdraw most routes is held (the module docstring)."""
+        return self._hold is not None
+
+    def held_withdrawal(self) -> dict[str, float] | None:
+        """The hold, for status pages: what the latest held listing would withdraw, for how long it has
+        been held, and in how many seconds it is applied if BBS still lists that; None without a hold."""
+        hold = self._hold
+        if hold is None:
+            return None
+        held_for = time.monotonic() - hold.since
+        return {
+            **hold.withdrawal.log_fields(),
+            "held_seconds": round(held_for, 3),
+            "applied_in_seconds": round(max(0.0, hold.until - time.monotonic()), 3),
+        }
 
     # ---- the event loop: subscribe, list, apply events; on failure back off and start over
     def _run_events(self) -> None:
@@ -113,7 +203,7 @@ class BBSWatcher:
                         break
                     self._apply(item)
                 if not self._stop.is_set():
-                    raise BBSError("BBS closed the event stream")
+                    raise BBSError("BBS stopped answering; stream ended" if self._suspect else "BBS closed the event stream")
             except BBSError as error:
                 if self._stop.is_set():
                     break
@@ -136,32 +226,71 @@ class BBSWatcher:
     def _end_stream(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:
-            try:
-                stream.close()
-            except Exception:  # noqa: BLE001 - closing is best effort; the loop must go on
-                log.debug("closing the BBS event stream failed", exc_info=True)
-        if self._live:  # only a stream that was listed and live confirmed our state until now
-            self._confirmed_at = time.monotonic()
+            _close(stream)
+        if self._live:
+            # A stream that ended by itself confirmed our state until now; one Copilot ended because BBS
+            # stopped answering confirmed it only until BBS last answered.
+            heard = self._heard_at if self._suspect else None
+            self._confirmed_at = heard if heard is not None else time.monotonic()
             self._live = False
+        self._suspect = False
+
+    def _give_up_on(self, stream: EventStream) -> None:
+        """BBS stopped answering: end its stream (the event loop then resubscribes and re-lists)."""
+        if self._stream is stream and not self._stop.is_set():
+            self._suspect = True
+            _close(stream)
 
     def _run_reconcile(self) -> None:
-        while not self._stop.wait(self._reconcile_interval):
-            if self._stream is None:
+        next_listing = time.monotonic() + self._reconcile_interval
+        while not self._stop.is_set():
+            due = next_listing
+            hold = self._hold
+            if hold is not None:  # list again when the hold ends: apply the withdrawal if it persists
+                due = min(due, hold.until)
+            self._wake.wait(max(0.0, due - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            if time.monotonic() < due:
+                continue  # woken to recompute (a hold began)
+            next_listing = time.monotonic() + self._reconcile_interval
+            stream = self._stream
+            if stream is None:
                 continue
             try:
                 self.sync()
             except Exception as error:  # BBSError or anything else: the event loop resubscribes and re-lists
                 metrics.BBS_ERRORS.labels("reconcile").inc()
                 log.warning("BBS reconcile failed; reconnecting", extra={"error": f"{type(error).__name__}: {error}"})
-                stream = self._stream
-                if stream is not None:
-                    try:
-                        stream.close()
-                    except Exception:  # noqa: BLE001
-                        log.debug("closing the BBS event stream failed", exc_info=True)
+                self._give_up_on(stream)
 
-    def sync(self) -> None:
-        """Lists BBS and makes the table match; retried if events landed while listing."""
+    def _run_liveness(self) -> None:
+        """Pings BBS while a stream is up: the stream alone cannot tell a hung BBS from a quiet one."""
+        while not self._stop.wait(self._liveness_interval):
+            stream = self._stream
+            if stream is None or not self._live:
+                continue
+            try:
+                problem = None if self._client.ping(timeout=self._liveness_interval) else "BBS says it is not available"
+            except Exception as error:  # noqa: BLE001 - BBSError, or anything else: BBS did not answer as it should
+                problem = f"{type(error).__name__}: {error}"
+            if self._stream is not stream:
+                continue
+            if problem is None:
+                self._heard_at = time.monotonic()
+                continue
+            metrics.BBS_ERRORS.labels("liveness").inc()
+            heard = self._heard_at
+            log.warning(
+                "BBS did not answer a ping; its event stream may be hung: resubscribing, serving last known routes",
+                extra={"error": problem, "last_answer_seconds_ago": round(time.monotonic() - heard, 3) if heard else None},
+            )
+            self._give_up_on(stream)
+
+    def sync(self) -> bool:
+        """Lists BBS and makes the table match, unless the listing is held (a mass withdrawal: the module
+        docstring); retried if events landed while listing. Returns whether the listing was applied."""
         for _ in range(3):
             seen = self._events_applied
             desired = self._client.desired_lrp_routing_infos()
@@ -169,20 +298,78 @@ class BBSWatcher:
             with self._lock:
                 if self._events_applied != seen:
                     continue
-                self._replace(desired, actual)
+                applied = self._replace(desired, actual)
                 break
         else:
             with self._lock:
-                self._replace(desired, actual)
-        self._confirmed_at = time.monotonic()
-        metrics.BBS_SYNCS.inc()
+                applied = self._replace(desired, actual)
+        self._confirmed_at = self._heard_at = time.monotonic()
         self.synced.set()
-        self._on_change()
+        if applied:
+            metrics.BBS_SYNCS.inc()
+            self._on_change()
+        return applied
 
-    def _replace(self, desired: list[bbs_pb2.DesiredLRP], actual: list[bbs_pb2.ActualLRP]) -> None:
+    def _replace(self, desired: list[bbs_pb2.DesiredLRP], actual: list[bbs_pb2.ActualLRP]) -> bool:
         processes, instances, guids = translate_listing(desired, actual)
+        if self._held(self._withdrawal(processes, instances)):
+            return False
         self._table.replace_bbs_state(processes, instances)
         self._guids = guids
+        self._process_guids = set(processes)
+        return True
+
+    # ---- the withdrawal guard (call with the lock held)
+    def _withdrawal(self, processes: dict, instances: dict[str, dict[InstanceKey, Instance]]) -> Withdrawal:
+        serving = {guid for guid, is_serving in self._guids.values() if is_serving and guid}
+        listed = {i.instance_guid for by_key in instances.values() for i in by_key.values() if i.serving and i.instance_guid}
+        return Withdrawal(
+            instances=len(serving - listed),
+            known_instances=len(serving),
+            processes=len(self._process_guids - processes.keys()),
+            known_processes=len(self._process_guids),
+        )
+
+    def _held(self, withdrawal: Withdrawal) -> bool:
+        """Whether this listing is held rather than applied; starts, keeps or ends the hold."""
+        guard, hold, now = self._guard, self._hold, time.monotonic()
+        mass = guard.is_mass(withdrawal.instances, withdrawal.known_instances) or guard.is_mass(
+            withdrawal.processes, withdrawal.known_processes
+        )
+        if not mass:
+            if hold is not None:
+                self._end_hold("cleared")
+                log.warning(
+                    "BBS lists most routes again; the held withdrawal is dropped",
+                    extra={"held_seconds": round(now - hold.since, 3), **withdrawal.log_fields()},
+                )
+            return False
+        if hold is None:
+            self._hold = _Hold(now, now + guard.hold_seconds, withdrawal)
+            metrics.BBS_WITHDRAWAL_HELD.set(1)
+            metrics.BBS_WITHDRAWAL_HOLDS.labels("held").inc()
+            log.warning(
+                "BBS listing would withdraw most routes (did BBS lose its state?); held, serving the last known "
+                "routes, applied if BBS still lists that after the hold",
+                extra={"hold_seconds": guard.hold_seconds, **withdrawal.log_fields()},
+            )
+            self._wake.set()  # the reconcile lists again when the hold ends
+            return True
+        if now < hold.until:
+            self._hold = dataclasses.replace(hold, withdrawal=withdrawal)
+            log.debug("BBS listing still withdraws most routes; held", extra=withdrawal.log_fields())
+            return True
+        self._end_hold("applied")
+        log.warning(
+            "BBS listing withdrew most routes for longer than the hold; applied",
+            extra={"held_seconds": round(now - hold.since, 3), **withdrawal.log_fields()},
+        )
+        return False
+
+    def _end_hold(self, outcome: str) -> None:
+        self._hold = None
+        metrics.BBS_WITHDRAWAL_HELD.set(0)
+        metrics.BBS_WITHDRAWAL_HOLDS.labels(outcome).inc()
 
     # ---- events
     def _apply(self, item: Event | MalformedEvent) -> None:
@@ -201,8 +388,22 @@ class BBSWatcher:
         with self._lock:
             self._events_applied += 1
             apply_event(self._table, item, self._guids)
+            if item.type in ("desired_lrp_created", "desired_lrp_changed", "desired_lrp_removed"):
+                desired = item.message.after if item.type == "desired_lrp_changed" else item.message.desired_lrp
+                if item.type == "desired_lrp_removed":
+                    self._process_guids.discard(desired.process_guid)
+                else:
+                    self._process_guids.add(desired.process_guid)
+        self._heard_at = time.monotonic()
         metrics.BBS_EVENTS.labels(item.type).inc()
         self._on_change()
+
+
+def _close(stream: EventStream) -> None:
+    try:
+        stream.close()
+    except Exception:  # noqa: BLE001 - closing is best effort; the loop must go on
+        log.debug("closing the BBS event stream failed", exc_info=True)
 
 
 def apply_event(table: RoutingTable, event: Event, guids: InstanceGuids | None = None) -> None:
