@@ -27,8 +27,9 @@ STANDALONE = REPO / "manifests" / "istio-routing.yml"
 SYSTEM_DOMAIN = "sys.example.com"
 
 REMOVED_GROUPS = {"router", "tcp-router", "nats"}
+# bosh-dns-adapter stays: Copilot serves the service-discovery-controller API it calls.
 REMOVED_JOBS = {"gorouter", "tcp_router", "nats", "nats-tls", "routing-api", "route_emitter", "route_registrar",
-                "service-discovery-controller", "bosh-dns-adapter"}
+                "service-discovery-controller"}
 NATS_VARIABLES = {"nats_password", "nats_internal_ca", "nats_internal_cert", "nats_ca", "nats_client_cert", "nats_server_cert"}
 ROUTING_API_VARIABLES = {
     "routing_api_ca", "routing_api_tls", "routing_api_tls_client", "routing_api_database_password",
