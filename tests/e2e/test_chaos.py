@@ -29,6 +29,7 @@ BUDGET = {
 }
 MAX_REQUESTS = 3000  # per case: the loop is bounded in count as well as in time
 INTERVAL = 0.01
+APP_INSTANCES = 3
 
 
 @dataclass
@@ -78,15 +79,21 @@ def chaos_tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
 
 @pytest.fixture(scope="module")
 def app(chaos_tier: Tier) -> Iterator[str]:
-    """An app with two instances on the cell, serving `chaos.example.com`."""
+    """An app with three instances on the cell, serving `chaos.example.com` (three: a BBS listing that
+    withdraws all of them is above the withdrawal guard's default minimum)."""
     host = "chaos.example.com"
-    chaos_tier.bbs.desire_lrp("chaos-pg", http_routes=[{"hostnames": [host], "port": 8080}], instances=2)
-    instances = [chaos_tier.start_instance("chaos-pg", i, f"chaos-i{i}") for i in range(2)]
+    _desire(chaos_tier, host)
+    instances = [chaos_tier.start_instance("chaos-pg", i, f"chaos-i{i}") for i in range(APP_INSTANCES)]
     seen: set[str] = set()
-    wait_until(lambda: seen.add(chaos_tier.get(host).text.strip()) or len(seen) == 2, timeout=30, message="both instances")
+    wait_until(lambda: seen.add(chaos_tier.get(host).text.strip()) or len(seen) == 3, timeout=30, message="every instance")
+    chaos_tier.extra["chaos_instances"] = instances
     yield host
     for instance in instances:
         instance.stop()
+
+
+def _desire(tier: Tier, host: str) -> None:
+    tier.bbs.desire_lrp("chaos-pg", http_routes=[{"hostnames": [host], "port": 8080}], instances=APP_INSTANCES)
 
 
 def _kill(tier: Tier, program: str) -> None:
@@ -129,8 +136,7 @@ def test_istiod_killed(chaos_tier: Tier, app: str) -> None:
 
 def test_bbs_restarted_with_its_state(chaos_tier: Tier, app: str) -> None:
     def case() -> None:
-        chaos_tier.bbs.stop()  # streams end, connections are cut; the LRPs are kept
-        chaos_tier.bbs.start()
+        chaos_tier.bbs.restart(keep_state=True)  # streams end, connections are cut; the LRPs are kept
         wait_until(lambda: chaos_tier.bbs.subscriber_count() > 0, timeout=60, message="copilot to subscribe again")
         wait_until(lambda: chaos_tier.copilot_health()["bbs_synced"], timeout=60, message="copilot to relist")
 
@@ -142,13 +148,30 @@ def test_bbs_restarted_with_its_state(chaos_tier: Tier, app: str) -> None:
 def test_app_instance_killed(chaos_tier: Tier, app: str) -> None:
     # A third instance dies (its process and its container proxy) and Diego has not noticed yet: the
     # router must stop sending it requests by itself.
-    doomed = chaos_tier.start_instance("chaos-pg", 2, "chaos-i2")
+    doomed = chaos_tier.start_instance("chaos-pg", APP_INSTANCES, "chaos-doomed")
     seen: set[str] = set()
-    wait_until(lambda: seen.add(chaos_tier.get(app).text.strip()) or "chaos-i2" in seen, timeout=30, message="chaos-i2")
+    wait_until(lambda: seen.add(chaos_tier.get(app).text.strip()) or "chaos-doomed" in seen, timeout=30, message="it to serve")
 
     traffic = Traffic(chaos_tier, app)
     try:
         traffic.during(doomed.stop, settle=200)
     finally:
-        chaos_tier.bbs.remove_instance("chaos-pg", 2)
+        chaos_tier.bbs.remove_instance("chaos-pg", APP_INSTANCES)
     _report("app instance killed", traffic)
+
+
+def test_bbs_restarted_empty_and_restored(chaos_tier: Tier, app: str) -> None:
+    # The BBS comes back without its database (a lost or replaced one): its listing would withdraw every
+    # route. Copilot holds it (docs/operating.md, "A BBS that lost its state"); the operator restores the
+    # state, Diego's events bring it back, and no request fails meanwhile.
+    def case() -> None:
+        chaos_tier.bbs.restart(keep_state=False)
+        wait_until(lambda: chaos_tier.copilot_health().get("bbs_withdrawal_hold"), timeout=60, message="the hold")
+        _desire(chaos_tier, app)
+        for index, instance in enumerate(chaos_tier.extra["chaos_instances"]):
+            chaos_tier.bbs.start_instance("chaos-pg", index, **instance.net_info())
+        wait_until(lambda: chaos_tier.copilot_health()["bbs_synced"], timeout=60, message="copilot subscribed again")
+
+    traffic = Traffic(chaos_tier, app)
+    traffic.during(case)
+    _report("bbs restarted empty", traffic)
