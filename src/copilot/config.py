@@ -96,6 +96,15 @@ class RoutingApiConfig:
 
 
 @dataclass(frozen=True)
+class BackendsConfig:
+    """Which backend addresses routes may reach. Loopback, link-local and unspecified addresses are
+    refused (copilot.model.INTERNAL_NETWORKS) unless one of `allowed_internal_networks` (CIDRs)
+    contains them."""
+
+    allowed_internal_networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     bbs: BBSConfig | None
     mcp_listen: str = "127.0.0.1:15030"
@@ -107,6 +116,7 @@ class Config:
     registrar: RegistrarConfig | None = None
     service_discovery: ServiceDiscoveryConfig | None = None
     routing_api: RoutingApiConfig | None = None
+    backends: BackendsConfig = field(default_factory=BackendsConfig)
 
 
 def load(path: str | Path) -> Config:
@@ -218,13 +228,27 @@ def parse(data: object) -> Config:
             client_ca=section.file("client_ca"),
         )
         section.done()
+    backends_section = root.section("backends") if root.has("backends") else _Section({}, "backends")
+    backends = BackendsConfig(_networks(backends_section, "allowed_internal_networks"))
+    backends_section.done()
     routing_api = _routing_api(root.section("routing_api"), gateway) if root.has("routing_api") else None
     log_level = root.string("log_level", "info")
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     root.done()
     return Config(bbs, mcp_listen, mcp_tls, health_listen, gateway, log_level, cc, registrar, routing_api=routing_api,
-                  service_discovery=service_discovery)
+                  service_discovery=service_discovery, backends=backends)
+
+
+def _networks(section: _Section, name: str) -> tuple[str, ...]:
+    """A list of CIDRs (an address alone is its /32 or /128), normalised."""
+    networks = []
+    for value in section.string_list(name, []):
+        try:
+            networks.append(str(ipaddress.ip_network(value)))
+        except ValueError as error:
+            raise ConfigError(f"{section.key(name)}: {value!r} is not a network (CIDR): {error}") from None
+    return tuple(networks)
 
 
 def _routing_api(section: _Section, gateway: GatewaySettings) -> RoutingApiConfig:

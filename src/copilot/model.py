@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 SSH_PORT = 2222
@@ -10,6 +12,7 @@ _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME_RE = re.compile(rf"^(?:\*\.)?{_LABEL}(?:\.{_LABEL})*$")
 _PATH_SEGMENT_RE = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@%]+$")
 PROTOCOLS = ("http1", "http2")
+_MAX_IP_LENGTH = 45  # the longest textual IPv6 address (with an embedded IPv4 address)
 
 
 class InvalidRoute(ValueError):
@@ -62,6 +65,80 @@ def validate_port(value: object, field_name: str) -> int:
     if value == SSH_PORT:
         raise InvalidRoute(field_name, "port 2222 is Diego's SSH port and is never routed")
     return value
+
+
+def validate_ip(value: object, field_name: str) -> str:
+    """An IPv4 or IPv6 address as istiod and Envoy take an endpoint's: no zone, no leading zeros, no name."""
+    if not isinstance(value, str) or not value or len(value) > _MAX_IP_LENGTH or "%" in value:
+        raise InvalidRoute(field_name, f"{_shown(value)} is not an IP address")
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidRoute(field_name, f"{_shown(value)} is not an IP address") from None
+    return value
+
+
+def validate_mapped_port(value: object, field_name: str) -> int:
+    """A port of a Diego port mapping: 1..65535, or 0 where BBS means "none" (a host port or TLS proxy
+    port the cell did not map). Anything else istiod would refuse (`port number ... must be in the
+    range 1..65535`), so it never gets that far."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 65536:
+        raise InvalidRoute(field_name, f"{_shown(value)} is not a port number")
+    return value
+
+
+# Addresses a route must not reach unless the operator allows them (copilot's
+# backends.allowed_internal_networks): the router's own host (loopback, where its admin API listens;
+# the unspecified address, which connects there too) and link-local addresses (a cloud's metadata
+# service at 169.254.169.254). An IPv4-mapped IPv6 address is judged as its IPv4 address.
+INTERNAL_NETWORKS = tuple(
+    ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "::/128", "::1/128", "fe80::/10")
+)
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class BackendAddresses:
+    """Which backend addresses may be routed: any valid IP except INTERNAL_NETWORKS, unless an allowed
+    network (the operator's allow-list) contains it."""
+
+    def __init__(self, allowed: Iterable[str | IPNetwork] = ()) -> None:
+        self.allowed: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in allowed)
+
+    def check(self, value: object, field_name: str) -> str:
+        """`value` if it is an IP address a route may reach; else InvalidRoute naming `field_name`."""
+        address = validate_ip(value, field_name)
+        ip = ipaddress.ip_address(address)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        internal = next((n for n in INTERNAL_NETWORKS if ip.version == n.version and ip in n), None)
+        if internal is not None and not any(ip.version == n.version and ip in n for n in self.allowed):
+            raise InvalidRoute(
+                field_name,
+                f"{address} is in {internal}, which routes never reach (loopback, link-local or unspecified) "
+                "unless backends.allowed_internal_networks names it",
+            )
+        return address
+
+
+# The process-wide policy, set from Copilot's configuration at start (`allow_internal_networks`).
+_backend_addresses = BackendAddresses()
+
+
+def allow_internal_networks(networks: Iterable[str | IPNetwork]) -> None:
+    """Sets the operator's allow-list (backends.allowed_internal_networks) every source checks against."""
+    global _backend_addresses
+    _backend_addresses = BackendAddresses(networks)
+
+
+def check_backend_address(value: object, field_name: str) -> str:
+    """`value` if it is an IP address a route may reach under the configured allow-list, else InvalidRoute."""
+    return _backend_addresses.check(value, field_name)
+
+
+def _shown(value: object) -> str:
+    """A value for an error message, cut short: bad input can be large."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -157,10 +234,13 @@ class Instance:
     prefer_instance_address: bool
     ports: tuple[PortMapping, ...] = ()
     availability_zone: str = ""
+    # Why Copilot refuses to route this instance although BBS may say it serves (an address that is
+    # not an IP, or one routes must not reach); "" when nothing is wrong.
+    rejected: str = ""
 
     @property
     def serving(self) -> bool:
-        return self.state == "RUNNING" and self.routable
+        return self.state == "RUNNING" and self.routable and not self.rejected
 
     def container_backend_for(self, container_port: int) -> Backend | None:
         """The container address and port, for container-to-container (internal) routes."""

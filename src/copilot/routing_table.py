@@ -2,6 +2,12 @@
 
 Sources write their own slice; the table tracks which hosts a change touched so the Istio config
 is rebuilt only for those ("dirty" hosts), which is what keeps one event cheap at 100k routes.
+
+Instances are kept by what identifies them, as BBS and route-emitter do: process guid, index,
+instance guid and presence. Two instances at one index (an evacuating copy and its replacement, or a
+restarted instance whose predecessor's removal has not arrived yet) both serve, and removing one never
+removes the other. Only serving instances are kept: an update saying an instance no longer serves
+removes it.
 """
 
 from __future__ import annotations
@@ -24,8 +30,14 @@ from copilot.model import (
     normalize_weights,
 )
 
-# An ActualLRP is identified by its process, index and presence (ORDINARY=0, EVACUATING=1, SUSPECT=2).
-InstanceKey = tuple[int, int]
+# An instance within its process: (index, instance guid, presence), presence as BBS's ORDINARY=0,
+# EVACUATING=1, SUSPECT=2 (an evacuating copy has its instance's guid).
+InstanceKey = tuple[int, str, int]
+
+
+def instance_key(presence: int, instance: Instance) -> InstanceKey:
+    """The key of an instance (with its presence) in the table and in `replace_bbs_state`'s listing."""
+    return (instance.index, instance.instance_guid, presence)
 
 
 @dataclass
@@ -105,37 +117,48 @@ class RoutingTable:
             self._instances.pop(process_guid, None)
 
     def upsert_instance(self, presence: int, instance: Instance) -> None:
+        """Records an instance as BBS reports it; one that does not serve (any more) is removed."""
+        if not instance.serving:
+            self.remove_instance(instance.process_guid, instance.index, presence, instance.instance_guid)
+            return
         with self._lock:
             per_process = self._instances[instance.process_guid]
-            key = (instance.index, presence)
+            key = instance_key(presence, instance)
             if per_process.get(key) == instance:
                 return
             per_process[key] = instance
             self._touch_process(instance.process_guid)
 
-    def remove_instance(self, process_guid: str, index: int, presence: int) -> None:
+    def remove_instance(self, process_guid: str, index: int, presence: int, instance_guid: str) -> None:
+        """Removes that one instance; another one at the same index and presence stays."""
         with self._lock:
             per_process = self._instances.get(process_guid)
-            if per_process and per_process.pop((index, presence), None) is not None:
+            if per_process and per_process.pop((index, instance_guid, presence), None) is not None:
                 self._touch_process(process_guid)
                 if not per_process:
                     del self._instances[process_guid]
 
     def replace_bbs_state(self, processes: dict[str, ProcessRoutes], instances: dict[str, dict[InstanceKey, Instance]]) -> None:
-        """Makes the BBS slice exactly what a full listing says; only what differs becomes dirty."""
+        """Makes the BBS slice exactly what a full listing says (its instances keyed by `instance_key`;
+        those that do not serve are left out); only what differs becomes dirty."""
+        listed = {}
+        for guid, by_key in instances.items():
+            serving = {key: instance for key, instance in by_key.items() if instance.serving}
+            if serving:
+                listed[guid] = serving
         with self._lock:
             for guid in list(self._desired):
                 if guid not in processes:
                     self.remove_process(guid)
             for guid in list(self._instances):
-                if guid not in instances:
+                if guid not in listed:
                     self._touch_process(guid)
                     del self._instances[guid]
             for guid, routes in processes.items():
                 self.upsert_process(guid, routes)
-            for guid, by_key in instances.items():
+            for guid, by_key in listed.items():
                 if self._instances.get(guid) != by_key:
-                    self._instances[guid] = dict(by_key)
+                    self._instances[guid] = by_key
                     self._touch_process(guid)
 
     # ---- Cloud Controller slice (callers validate; see sources/cc_validation.py)
@@ -286,7 +309,7 @@ class RoutingTable:
                 for route in self._desired[guid].tcp:
                     if route.external_port != port:
                         continue
-                    for _, instance in self._instances.get(guid, {}).items():
+                    for instance in self._instances.get(guid, {}).values():
                         backend = instance.backend_for(route.container_port)
                         if backend is not None:
                             backends.add(backend)
@@ -366,6 +389,11 @@ class RoutingTable:
                 _normalize(destinations)
             return HostRoutes(host, dict(paths))
 
+    def serving_instance_guids(self) -> set[str]:
+        """The instance guids of every serving instance in the BBS slice."""
+        with self._lock:
+            return {key[1] for per in self._instances.values() for key in per if key[1]}
+
     def counts(self) -> tuple[int, int]:
         """(routes, backends): http routes known, and serving instances."""
         with self._lock:
@@ -435,14 +463,14 @@ class RoutingTable:
         (self._dirty_internal if route.internal else self._dirty).add(route.host)
 
     def _destination(self, guid: str, route: HttpRoute, *, container: bool = False) -> Destination:
-        backends = []
-        for _, instance in sorted(self._instances.get(guid, {}).items()):
+        backends = set()  # one instance listed twice (ordinary and evacuating) is one backend
+        for instance in self._instances.get(guid, {}).values():
             if container:
                 backend = instance.container_backend_for(route.container_port)
             else:
                 backend = instance.backend_for(route.container_port)
             if backend is not None:
-                backends.append(backend)
+                backends.add(backend)
         desired = self._desired.get(guid)
         app_guid = desired.app_guid if desired is not None else ""
         return Destination(guid, route.container_port, 1, route.protocol, sorted(backends), app_guid=app_guid)

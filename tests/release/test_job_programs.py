@@ -145,7 +145,9 @@ def test_a_tier_started_from_rendered_jobs_routes_serves_sds_and_drains(pki, tmp
         copilot_props = copilot_properties(pki, bbs={"url": bbs.url, "max_backoff_seconds": 1},
                                            mcp={"listen_address": f"127.0.0.1:{mcp_port}"},
                                            health={"listen_address": f"127.0.0.1:{health_port}"},
-                                           gateway={"http_port": http_port})
+                                           gateway={"http_port": http_port},
+                                           # the app listens on loopback here, which routes reach only when allowed
+                                           backends={"allowed_internal_networks": ["127.0.0.0/8"]})
         out = tmp_path / "copilot"
         rendered = render("copilot", copilot_props, out)
         install(rendered, "copilot", out)

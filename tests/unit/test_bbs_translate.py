@@ -8,18 +8,25 @@ import base64
 import itertools
 import json
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from bbs_double.server import BBSDouble
-from copilot import metrics
+from copilot import invalid_input, metrics, model
 from copilot.model import HttpRoute, InternalRoute, PortMapping, ProcessRoutes, TcpRoute
 from copilot.protos import bbs_pb2 as bbs
 from copilot.routing_table import RoutingTable
 from copilot.sources import bbs_translate
 from copilot.sources.bbs_client import Event, decode_event
-from copilot.sources.bbs_watcher import InstanceGuids, apply_event, translate_listing
+from copilot.sources.bbs_watcher import apply_event, translate_listing
+
+
+@pytest.fixture(autouse=True)
+def _fresh_reports() -> None:
+    """Each test sees its bad input reported as new (Copilot reports an item once per process)."""
+    invalid_input.forget()
 
 
 def desired(**routes: object) -> bbs.DesiredLRP:
@@ -274,7 +281,6 @@ class Feed:
         self._subscriber = self.double._subscribe("")
         assert self._subscriber is not None
         self.table = RoutingTable()
-        self.guids: InstanceGuids = {}
 
     def take(self) -> list[Event]:
         events = []
@@ -288,7 +294,7 @@ class Feed:
 
     def apply(self, events: list[Event]) -> None:
         for event in events:
-            apply_event(self.table, event, self.guids)
+            apply_event(self.table, event)
 
     def served(self) -> list[tuple[str, int]]:
         routes = self.table.host_routes(HOST)
@@ -396,8 +402,282 @@ def test_a_listing_in_the_middle_of_an_evacuation_routes_the_instance_once(feed:
     evacuating = bbs.ActualLRP()
     evacuating.CopyFrom(running)
     evacuating.presence = bbs.ActualLRP.EVACUATING
-    processes, instances, guids = translate_listing(feed.double.desired_lrps(), [running, evacuating])
+    processes, instances = translate_listing(feed.double.desired_lrps(), [running, evacuating])
     feed.table.replace_bbs_state(processes, instances)
-    assert list(instances["pg"]) == [(0, bbs.ActualLRP.EVACUATING)]
-    assert guids == {("pg", 0, bbs.ActualLRP.EVACUATING): (running.actual_lrp_instance_key.instance_guid, True)}
+    assert list(instances["pg"]) == [(0, running.actual_lrp_instance_key.instance_guid, bbs.ActualLRP.EVACUATING)]
     assert feed.served() == [("10.0.0.1", 61000)]
+
+
+# ---------------------------------------------------------------- bad input stays with its instance
+#
+# One instance with a bad address or port is dropped (counted once in copilot_invalid_input_total,
+# logged once), and the process's other instances are routed as usual.
+
+
+def invalid(field: str, source: str = "bbs") -> float:
+    return invalid_input.INVALID_INPUT.labels(source, field)._value.get()
+
+
+def running(index: int, guid: str, address: str = "10.0.0.5", *ports: bbs.PortMapping, **net: object) -> bbs.ActualLRP:
+    """A RUNNING ORDINARY ActualLRP of process "pg" (host address, host ports)."""
+    lrp = bbs.ActualLRP(state="RUNNING", presence=bbs.ActualLRP.ORDINARY)
+    lrp.actual_lrp_key.CopyFrom(bbs.ActualLRPKey(process_guid="pg", index=index, domain="cf-apps"))
+    lrp.actual_lrp_instance_key.CopyFrom(bbs.ActualLRPInstanceKey(instance_guid=guid, cell_id="cell-1"))
+    mappings = list(ports) or [bbs.PortMapping(container_port=8080, host_port=61000 + index)]
+    lrp.actual_lrp_net_info.CopyFrom(bbs.ActualLRPNetInfo(address=address, ports=mappings, **net))  # type: ignore[arg-type]
+    return lrp
+
+
+def listed(*lrps: bbs.ActualLRP) -> RoutingTable:
+    """A table made from a listing of "pg" (routing HOST on 8080) with these instances."""
+    desired_lrp = desired(cf_router=[{"hostnames": [HOST], "port": 8080}])
+    desired_lrp.process_guid = "pg"
+    table = RoutingTable()
+    table.replace_bbs_state(*translate_listing([desired_lrp], list(lrps)))
+    return table
+
+
+def served_by(table: RoutingTable) -> list[tuple[str, str, int]]:
+    routes = table.host_routes(HOST)
+    assert routes is not None
+    return sorted((b.instance_guid, b.address, b.port) for d in routes.paths[""] for b in d.backends)
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "copilot.sources.bbs_translate" and r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("net", "field"),
+    [
+        ({"address": "not-an-ip"}, "actual_lrp_net_info.address"),
+        ({"address": "999.1.1.1"}, "actual_lrp_net_info.address"),
+        ({"address": "10.0.0.010"}, "actual_lrp_net_info.address"),  # leading zeros: istiod refuses them
+        ({"address": "fd00::1%eth0"}, "actual_lrp_net_info.address"),  # a zone: not an endpoint address
+        ({"address": "10.0.0.6", "instance_address": "not-an-ip"}, "actual_lrp_net_info.instance_address"),
+        ({"address": "10.0.0.6", "instance_address": "999.1.1.1"}, "actual_lrp_net_info.instance_address"),
+    ],
+)
+def test_an_instance_with_a_bad_address_is_dropped_and_the_others_routed(
+    caplog: pytest.LogCaptureFixture, net: dict, field: str
+) -> None:
+    caplog.set_level(logging.WARNING, logger="copilot.sources.bbs_translate")
+    before = invalid(field)
+    address = net.pop("address")
+    bad = running(1, "bad", address, **net)
+    table = listed(running(0, "good-0"), bad, running(2, "good-2", "10.0.0.7"))
+    assert served_by(table) == [("good-0", "10.0.0.5", 61000), ("good-2", "10.0.0.7", 61002)]
+    instance = bbs_translate.instance(bad)
+    assert not instance.serving and instance.rejected.startswith(f"{field}: ")
+    assert instance.backend_for(8080) is None and instance.container_backend_for(8080) is None
+    assert invalid(field) == before + 1
+    [record] = warnings(caplog)
+    assert (record.process_guid, record.index, record.instance_guid) == ("pg", 1, "bad")  # type: ignore[attr-defined]
+    assert record.error.startswith(f"{field}: ")  # type: ignore[attr-defined]
+
+
+def test_a_bad_instance_is_logged_and_counted_once_not_on_every_reconcile(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="copilot.sources.bbs_translate")
+    field = "actual_lrp_net_info.address"
+    before = invalid(field)
+    bad = running(1, "bad", "not-an-ip")
+    for _ in range(3):  # the first listing, two reconciles
+        listed(running(0, "good-0"), bad)
+    table = RoutingTable()
+    apply_event(table, Event("1", "actual_lrp_instance_created", bbs.ActualLRPInstanceCreatedEvent(actual_lrp=bad)))
+    apply_event(table, Event("2", "actual_lrp_instance_removed", bbs.ActualLRPInstanceRemovedEvent(actual_lrp=bad)))
+    assert len(warnings(caplog)) == 1
+    assert invalid(field) == before + 1
+    listed(running(1, "bad", "not-an-ip-either"))  # another bad value is another offending item
+    assert len(warnings(caplog)) == 2 and invalid(field) == before + 2
+
+
+def test_an_instance_moving_to_a_bad_address_stops_being_routed_there() -> None:
+    table = listed(running(0, "good-0"), running(1, "moving"))
+    moved = running(1, "moving", "not-an-ip")
+    change = bbs.ActualLRPInstanceChangedEvent(
+        actual_lrp_key=moved.actual_lrp_key, actual_lrp_instance_key=moved.actual_lrp_instance_key
+    )
+    change.before.CopyFrom(bbs.ActualLRPInfo(state="RUNNING", actual_lrp_net_info=running(1, "moving").actual_lrp_net_info))
+    change.after.CopyFrom(bbs.ActualLRPInfo(state="RUNNING", actual_lrp_net_info=moved.actual_lrp_net_info))
+    apply_event(table, Event("1", "actual_lrp_instance_changed", change))
+    assert served_by(table) == [("good-0", "10.0.0.5", 61000)]
+
+
+@pytest.mark.parametrize(
+    ("mapping", "field"),
+    [
+        ({"container_port": 8080, "host_port": 70000}, "actual_lrp_net_info.ports.host_port"),
+        (
+            {"container_port": 8080, "host_port": 61001, "host_tls_proxy_port": 70000},
+            "actual_lrp_net_info.ports.host_tls_proxy_port",
+        ),
+        (
+            {"container_port": 8080, "host_port": 61001, "container_tls_proxy_port": 65536},
+            "actual_lrp_net_info.ports.container_tls_proxy_port",
+        ),
+        ({"container_port": 70000, "host_port": 61001}, "actual_lrp_net_info.ports.container_port"),
+        ({"container_port": 0, "host_port": 61001}, "actual_lrp_net_info.ports.container_port"),
+    ],
+)
+def test_a_port_mapping_with_a_port_istiod_refuses_is_dropped(
+    caplog: pytest.LogCaptureFixture, mapping: dict, field: str
+) -> None:
+    caplog.set_level(logging.WARNING, logger="copilot.sources.bbs_translate")
+    before = invalid(field)
+    other = bbs.PortMapping(container_port=9090, host_port=61002)
+    instance = bbs_translate.instance(running(1, "bad-port", "10.0.0.6", bbs.PortMapping(**mapping), other))
+    assert instance.ports == (PortMapping(9090, 61002),)  # the instance's other mapping is kept
+    assert instance.serving and instance.backend_for(8080) is None
+    assert invalid(field) == before + 1
+    [record] = warnings(caplog)
+    assert record.error.startswith(f"{field}: ")  # type: ignore[attr-defined]
+    table = listed(running(0, "good-0"), running(1, "bad-port", "10.0.0.6", bbs.PortMapping(**mapping)))
+    assert served_by(table) == [("good-0", "10.0.0.5", 61000)]
+    assert len(warnings(caplog)) == 1  # the same item: not logged again
+
+
+def test_zero_is_an_unmapped_port_not_a_bad_one() -> None:
+    before = sum(s.value for m in invalid_input.INVALID_INPUT.collect() for s in m.samples if s.name.endswith("_total"))
+    v58 = bbs.PortMapping(container_port=8080, host_port=0, container_tls_proxy_port=61001, host_tls_proxy_port=40001)
+    instance = bbs_translate.instance(running(0, "v58", "10.0.0.5", v58))
+    assert instance.ports == (PortMapping(8080, 0, 61001, 40001),)
+    backend = instance.backend_for(8080)
+    assert backend is not None and (backend.port, backend.tls_port) == (0, 40001)
+    after = sum(s.value for m in invalid_input.INVALID_INPUT.collect() for s in m.samples if s.name.endswith("_total"))
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        ({"hostnames": ["a.example.com"], "port": 70000}, "cf-router.port"),
+        ({"hostnames": ["a.example.com"], "port": 0}, "cf-router.port"),
+    ],
+)
+def test_a_route_with_a_port_istiod_refuses_is_skipped_and_counted(
+    caplog: pytest.LogCaptureFixture, entry: dict, field: str
+) -> None:
+    caplog.set_level(logging.WARNING, logger="copilot.sources.bbs_translate")
+    before = invalid(field)
+    for _ in range(2):  # a listing and a reconcile
+        routes = http(entry, {"hostnames": ["kept.example.com"], "port": 8080})
+        assert routes.http == (HttpRoute("kept.example.com", "", 8080),)
+    assert invalid(field) == before + 1
+    assert len([r for r in caplog.records if r.getMessage() == "route skipped"]) == 1
+
+
+def test_a_tcp_route_with_a_port_istiod_refuses_is_skipped_and_counted() -> None:
+    before = invalid("tcp-router.external_port"), invalid("tcp-router.container_port")
+    routes = bbs_translate.process_routes(
+        desired(
+            tcp_router=[
+                {"external_port": 70000, "container_port": 8080},
+                {"external_port": 61001, "container_port": 65536},
+                {"external_port": 61002, "container_port": 8080},
+            ]
+        )
+    )
+    assert routes.tcp == (TcpRoute(61002, 8080),)
+    assert (invalid("tcp-router.external_port"), invalid("tcp-router.container_port")) == (before[0] + 1, before[1] + 1)
+
+
+# ---------------------------------------------------------------- addresses routes must not reach
+
+
+@pytest.fixture
+def allow_list() -> Iterator[Callable[[list[str]], None]]:
+    yield model.allow_internal_networks
+    model.allow_internal_networks(())
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["127.0.0.1", "127.1.2.3", "::1", "169.254.169.254", "fe80::1", "febf::1", "0.0.0.0", "0.1.2.3", "::", "::ffff:127.0.0.1",
+     "::ffff:169.254.169.254"],
+)
+def test_an_instance_on_a_loopback_link_local_or_unspecified_address_is_refused(
+    caplog: pytest.LogCaptureFixture, address: str
+) -> None:
+    caplog.set_level(logging.WARNING, logger="copilot.sources.bbs_translate")
+    field = "actual_lrp_net_info.address"
+    before = invalid(field)
+    table = listed(running(0, "good-0"), running(1, "internal", address))
+    assert served_by(table) == [("good-0", "10.0.0.5", 61000)]
+    assert invalid(field) == before + 1
+    [record] = warnings(caplog)
+    assert "backends.allowed_internal_networks" in record.error  # type: ignore[attr-defined]
+
+
+def test_a_container_address_on_loopback_is_refused_too() -> None:
+    instance = bbs_translate.instance(running(1, "internal", "10.0.0.6", instance_address="127.0.0.1"))
+    assert not instance.serving and instance.rejected.startswith("actual_lrp_net_info.instance_address: ")
+
+
+@pytest.mark.parametrize(
+    "address", ["10.0.0.1", "192.168.1.1", "172.16.0.1", "100.64.0.1", "fd00::1", "2001:db8::1", "::ffff:10.0.0.1"]
+)
+def test_other_addresses_are_routed(address: str) -> None:
+    assert bbs_translate.instance(running(0, "ok", address)).serving
+
+
+def test_the_operators_allow_list_lets_named_internal_networks_through(allow_list: Callable[[list[str]], None]) -> None:
+    allow_list(["127.0.0.0/8", "fe80::/64"])
+    table = listed(
+        running(0, "cell-local", "127.0.0.1", instance_address="127.1.0.5"),
+        running(1, "mapped", "::ffff:127.0.0.2"),
+        running(2, "link-local-v6", "fe80::5"),
+        running(3, "metadata", "169.254.169.254"),  # not named: still refused
+        running(4, "other-v6-link-local", "fe80:0:0:1::5"),  # outside fe80::/64
+    )
+    assert served_by(table) == [
+        ("cell-local", "127.0.0.1", 61000),
+        ("link-local-v6", "fe80::5", 61002),
+        ("mapped", "::ffff:127.0.0.2", 61001),
+    ]
+
+
+# ---------------------------------------------------------------- instance identity
+
+
+def lrp_event(kind: str, lrp: bbs.ActualLRP) -> Event:
+    message = (bbs.ActualLRPInstanceCreatedEvent if kind == "created" else bbs.ActualLRPInstanceRemovedEvent)(actual_lrp=lrp)
+    return Event("0", f"actual_lrp_instance_{kind}", message)
+
+
+def test_two_instances_with_one_index_both_serve_from_events_and_each_is_removed_alone() -> None:
+    desired_lrp = desired(cf_router=[{"hostnames": [HOST], "port": 8080}])
+    desired_lrp.process_guid = "pg"
+    table = RoutingTable()
+    apply_event(table, Event("0", "desired_lrp_created", bbs.DesiredLRPCreatedEvent(desired_lrp=desired_lrp)))
+    first, second = running(0, "first", "10.0.0.5"), running(0, "second", "10.0.0.6")
+    apply_event(table, lrp_event("created", first))
+    apply_event(table, lrp_event("created", second))
+    assert served_by(table) == [("first", "10.0.0.5", 61000), ("second", "10.0.0.6", 61000)]
+    apply_event(table, lrp_event("removed", first))
+    assert served_by(table) == [("second", "10.0.0.6", 61000)]
+    apply_event(table, lrp_event("created", first))
+    apply_event(table, lrp_event("removed", second))
+    assert served_by(table) == [("first", "10.0.0.5", 61000)]
+
+
+def test_two_instances_with_one_index_in_a_listing_both_serve() -> None:
+    table = listed(running(0, "first", "10.0.0.5"), running(0, "second", "10.0.0.6"))
+    assert served_by(table) == [("first", "10.0.0.5", 61000), ("second", "10.0.0.6", 61000)]
+    apply_event(table, lrp_event("removed", running(0, "first", "10.0.0.5")))
+    assert served_by(table) == [("second", "10.0.0.6", 61000)]
+
+
+def test_a_removed_event_for_one_presence_leaves_the_evacuating_copy() -> None:
+    """The evacuating copy of an instance serves until its own removal, even if BBS also reports the
+    removal of the instance's ORDINARY copy (same guid) in any order."""
+    ordinary = running(0, "moving", "10.0.0.5")
+    evacuating = bbs.ActualLRP()
+    evacuating.CopyFrom(ordinary)
+    evacuating.presence = bbs.ActualLRP.EVACUATING
+    table = listed(ordinary)
+    apply_event(table, lrp_event("created", evacuating))
+    apply_event(table, lrp_event("removed", ordinary))
+    assert served_by(table) == [("moving", "10.0.0.5", 61000)]
+    apply_event(table, lrp_event("removed", evacuating))
+    assert served_by(table) == []

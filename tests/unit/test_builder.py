@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from copilot import invalid_input
 from copilot.istio import kinds
 from copilot.istio.builder import (
     IDENTITY_PLACEHOLDER_NAME,
@@ -183,11 +184,51 @@ def test_changed_input_gives_different_bytes() -> None:
     assert build_host(SETTINGS, changed)[2].spec != build_host(SETTINGS, sample())[2].spec
 
 
-@pytest.mark.parametrize("address", ["", "not-an-ip", "10.0.0", "10.0.0.256", "example.com", "fd00::zz"])
-def test_bad_backend_address_raises_value_error(address: str) -> None:
-    routes = HostRoutes("bad.example.com", {"": [dest("p", 8080, 100, Backend(address, 61000))]})
-    with pytest.raises(ValueError, match="not an IP address"):
-        build_host(SETTINGS, routes)
+def dropped(field: str) -> float:
+    return invalid_input.INVALID_INPUT.labels("builder", field)._value.get()
+
+
+@pytest.mark.parametrize(
+    "address", ["", "not-an-ip", "999.1.1.1", "10.0.0", "10.0.0.256", "10.0.0.01", "example.com", "fd00::zz", "fd00::1%eth0"]
+)
+def test_an_endpoint_with_a_bad_address_is_left_out_and_the_host_built(address: str) -> None:
+    """The last line of defence: one endpoint istiod would refuse never costs the host its other endpoints."""
+    invalid_input.forget()
+    before = dropped("endpoint.address")
+    good = Backend("10.0.0.1", 61000, 0, "good", 0)
+    routes = HostRoutes("bad.example.com", {"": [dest("p", 8080, 100, good, Backend(address, 61001, 0, "bad", 1))]})
+    _, _, se = build(routes)
+    assert [(e.address, e.ports[SERVICE_PORT_NAME]) for e in se.endpoints] == [("10.0.0.1", 61000)]
+    assert dropped("endpoint.address") == before + 1
+    build(routes)  # rebuilt: not counted again
+    assert dropped("endpoint.address") == before + 1
+
+
+@pytest.mark.parametrize(("port", "tls_port", "settings"), [(70000, 0, SETTINGS), (0, 70000, None), (61001, 65536, None)])
+def test_an_endpoint_with_a_port_istiod_refuses_is_left_out(port: int, tls_port: int, settings: GatewaySettings | None) -> None:
+    invalid_input.forget()
+    settings = settings or INTEGRITY
+    before = dropped("endpoint.port")
+    good = Backend("10.0.0.1", 61000, 61443, "good", 0)
+    routes = HostRoutes("bad.example.com", {"": [dest("p", 8080, 100, good, Backend("10.0.0.2", port, tls_port, "bad", 1))]})
+    se = build_host(settings, routes)[2].spec
+    assert [e.address for e in se.endpoints] == ["10.0.0.1"]  # type: ignore[attr-defined]
+    assert dropped("endpoint.port") == before + 1
+
+
+def test_tcp_and_internal_routes_leave_out_bad_endpoints_too() -> None:
+    from copilot.istio.builder import build_internal, build_tcp
+    from copilot.routing_table import InternalService, TcpPortRoutes
+
+    invalid_input.forget()
+    backends = [Backend("10.0.0.1", 61000), Backend("not-an-ip", 61001), Backend("10.0.0.3", 70000)]
+    tcp = build_tcp(SETTINGS, TcpPortRoutes(1024, backends))
+    se = next(o.spec for o in tcp if o.kind == kinds.SERVICE_ENTRY)
+    assert [(e.address, e.ports["tcp"]) for e in se.endpoints] == [("10.0.0.1", 61000)]  # type: ignore[attr-defined]
+    destination = dest("p", 8080, 1, Backend("10.255.1.1", 8080), Backend("x", 8080))
+    service = InternalService("app.apps.internal", "10.255.0.1", [destination])
+    [internal] = build_internal(SETTINGS, service)
+    assert [e.address for e in internal.spec.endpoints] == ["10.255.1.1"]  # type: ignore[attr-defined]
 
 
 def test_bad_host_raises_value_error() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from copilot import metrics
+from copilot import invalid_input
 from copilot.istio import kinds
 from copilot.istio.builder import GatewaySettings, object_name
 from copilot.model import HttpRoute, Instance, PortMapping, ProcessRoutes
@@ -96,20 +96,27 @@ def test_removed_host_is_deleted(setup) -> None:
     assert snapshot.names(VS) == ["cf/cf-unknown-route"]  # what answers unknown routes stays
 
 
-def test_a_bad_host_keeps_what_it_had_and_does_not_block_others(setup) -> None:
+def test_a_bad_instance_is_left_out_and_its_host_keeps_following_changes(setup) -> None:
+    """One instance with an address istiod would refuse (one that reached the table without passing a
+    source's check) costs only its own endpoint: its host still gets new instances and loses removed ones."""
     table, snapshot, publisher = setup
     table.upsert_process("p", process("a.example.com"))
     table.upsert_process("q", process("b.example.com"))
     table.upsert_instance(0, instance("p"))
     publisher.publish()
-    rejected = metrics.HOSTS_REJECTED._value.get()
-    table.upsert_instance(1, instance("p", 1, address="not-an-ip"))
+    invalid_input.forget()
+    dropped = invalid_input.INVALID_INPUT.labels("builder", "endpoint.address")._value.get()
+    table.upsert_instance(0, instance("p", 1, address="not-an-ip"))
+    table.upsert_instance(0, instance("p", 2, address="10.0.0.2"))  # a new instance of the same app
     table.upsert_instance(0, instance("q"))
     publisher.publish()
-    assert publisher.rejected_hosts == 1
-    assert metrics.HOSTS_REJECTED._value.get() == rejected + 1  # copilot_hosts_rejected_total
-    assert endpoints(snapshot, "a.example.com") == ["10.0.0.1:61000"]
+    assert publisher.rejected_hosts == 0
+    assert invalid_input.INVALID_INPUT.labels("builder", "endpoint.address")._value.get() == dropped + 1
+    assert endpoints(snapshot, "a.example.com") == ["10.0.0.1:61000", "10.0.0.2:61002"]
     assert endpoints(snapshot, "b.example.com") == ["10.0.0.1:61000"]
+    table.remove_instance("p", 0, 0, "p-0")
+    publisher.publish()
+    assert endpoints(snapshot, "a.example.com") == ["10.0.0.2:61002"]
 
 
 def test_publish_everything_rebuilds_every_host(setup) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from copilot.model import Backend, HttpRoute, Instance, PortMapping, ProcessRoutes
-from copilot.routing_table import RoutingTable
+from copilot.routing_table import RoutingTable, instance_key
 
 ORDINARY, EVACUATING = 0, 1
 
@@ -93,15 +93,17 @@ def test_instance_changes_mark_only_the_process_hosts(table: RoutingTable) -> No
     assert table.take_dirty_hosts() == {"a.example.com", "shared.example.com"}
     table.upsert_instance(ORDINARY, instance("pb", 0, host_port=62000, state="CRASHED"))
     assert table.take_dirty_hosts() == {"b.example.com", "shared.example.com"}
-    table.remove_instance("pa", 1, ORDINARY)
+    table.remove_instance("pa", 1, ORDINARY, "pa-1")
     assert table.take_dirty_hosts() == {"a.example.com", "shared.example.com"}
 
 
 def test_removing_an_unknown_instance_marks_nothing(table: RoutingTable) -> None:
-    table.remove_instance("pa", 7, ORDINARY)
-    table.remove_instance("pa", 0, EVACUATING)
-    table.remove_instance("nope", 0, ORDINARY)
+    table.remove_instance("pa", 7, ORDINARY, "pa-7")
+    table.remove_instance("pa", 0, EVACUATING, "pa-0")
+    table.remove_instance("pa", 0, ORDINARY, "another-guid")
+    table.remove_instance("nope", 0, ORDINARY, "nope-0")
     assert table.take_dirty_hosts() == set()
+    assert table.counts() == (4, 2)
 
 
 def test_instances_of_a_process_without_routes_mark_nothing() -> None:
@@ -122,12 +124,61 @@ def test_evacuating_and_ordinary_instances_are_distinct(table: RoutingTable) -> 
     table.upsert_instance(EVACUATING, evacuating)
     [(_, served)] = backends(table, "a.example.com")
     assert [b.port for b in served] == [61000, 63000]
-    table.remove_instance("pa", 0, ORDINARY)
+    table.remove_instance("pa", 0, ORDINARY, "pa-0")
     [(_, served)] = backends(table, "a.example.com")
     assert [b.port for b in served] == [63000]
-    table.remove_instance("pa", 0, EVACUATING)
+    table.remove_instance("pa", 0, EVACUATING, "pa-0")
     [(_, served)] = backends(table, "a.example.com")
     assert served == []
+
+
+def test_one_instance_listed_ordinary_and_evacuating_is_one_backend(table: RoutingTable) -> None:
+    table.upsert_instance(EVACUATING, instance("pa", 0))  # the same instance, address and ports
+    [(_, served)] = backends(table, "a.example.com")
+    assert [(b.instance_guid, b.port) for b in served] == [("pa-0", 61000)]
+
+
+# ---------------------------------------------------------------- instance identity
+
+
+def test_two_instances_at_one_index_both_serve_and_each_is_removed_alone(table: RoutingTable) -> None:
+    """Instances are kept by instance guid, not by index alone: a second instance at index 0 (a restart
+    whose predecessor's removal has not arrived, or a bad BBS) does not replace the first one."""
+    second = instance("pa", 0, host_port=64000, instance_guid="pa-0-second")
+    table.upsert_instance(ORDINARY, second)
+    assert table.take_dirty_hosts() == {"a.example.com", "shared.example.com"}
+    [(_, served)] = backends(table, "a.example.com")
+    assert sorted((b.instance_guid, b.port) for b in served) == [("pa-0", 61000), ("pa-0-second", 64000)]
+    assert table.counts() == (4, 3)
+    table.remove_instance("pa", 0, ORDINARY, "pa-0")
+    [(_, served)] = backends(table, "a.example.com")
+    assert [(b.instance_guid, b.port) for b in served] == [("pa-0-second", 64000)]
+    table.upsert_instance(ORDINARY, instance("pa", 0))  # the first one back, then the second one removed
+    table.remove_instance("pa", 0, ORDINARY, "pa-0-second")
+    [(_, served)] = backends(table, "a.example.com")
+    assert [(b.instance_guid, b.port) for b in served] == [("pa-0", 61000)]
+
+
+def test_an_update_saying_an_instance_no_longer_serves_removes_only_that_instance(table: RoutingTable) -> None:
+    table.upsert_instance(ORDINARY, instance("pa", 0, host_port=64000, instance_guid="pa-0-second"))
+    table.upsert_instance(ORDINARY, instance("pa", 0, instance_guid="pa-0-second", state="CRASHED"))
+    [(_, served)] = backends(table, "a.example.com")
+    assert [b.instance_guid for b in served] == ["pa-0"]
+    table.take_dirty_hosts()
+    table.upsert_instance(ORDINARY, instance("pa", 0, instance_guid="pa-0-third", state="UNCLAIMED"))
+    assert table.take_dirty_hosts() == set()  # a new instance that does not serve yet changes nothing
+    [(_, served)] = backends(table, "a.example.com")
+    assert [b.instance_guid for b in served] == ["pa-0"]
+
+
+def test_a_listing_with_two_instances_at_one_index_serves_both(table: RoutingTable) -> None:
+    both = [instance("pa", 0), instance("pa", 0, host_port=64000, instance_guid="pa-0-second")]
+    table.replace_bbs_state(
+        {"pa": routes("a.example.com", "shared.example.com"), "pb": routes("b.example.com", "shared.example.com")},
+        {"pa": {instance_key(ORDINARY, i): i for i in both}},
+    )
+    [(_, served)] = backends(table, "a.example.com")
+    assert sorted(b.instance_guid for b in served) == ["pa-0", "pa-0-second"]
 
 
 # ---------------------------------------------------------------- full listings
@@ -139,8 +190,8 @@ def test_replace_bbs_state_marks_only_what_differs(table: RoutingTable) -> None:
         "pc": routes("c.example.com"),  # new
     }  # pb is gone
     instances = {
-        "pa": {(0, ORDINARY): instance("pa", 0)},  # unchanged
-        "pc": {(0, ORDINARY): instance("pc", 0)},
+        "pa": {(0, "pa-0", ORDINARY): instance("pa", 0)},  # unchanged
+        "pc": {(0, "pc-0", ORDINARY): instance("pc", 0), (1, "pc-1", ORDINARY): instance("pc", 1, state="CRASHED")},
     }
     table.replace_bbs_state(processes, instances)
     assert table.take_dirty_hosts() == {"b.example.com", "shared.example.com", "c.example.com"}
@@ -152,7 +203,7 @@ def test_replace_bbs_state_marks_only_what_differs(table: RoutingTable) -> None:
 def test_replace_bbs_state_with_changed_instances_marks_their_hosts(table: RoutingTable) -> None:
     table.replace_bbs_state(
         {"pa": routes("a.example.com", "shared.example.com"), "pb": routes("b.example.com", "shared.example.com")},
-        {"pa": {(0, ORDINARY): instance("pa", 0), (1, ORDINARY): instance("pa", 1)}},  # pb's instance gone
+        {"pa": {(0, "pa-0", ORDINARY): instance("pa", 0), (1, "pa-1", ORDINARY): instance("pa", 1)}},  # pb's instance gone
     )
     assert table.take_dirty_hosts() == {"a.example.com", "b.example.com", "shared.example.com"}
     assert backends(table, "b.example.com") == [("pb", [])]
@@ -161,10 +212,10 @@ def test_replace_bbs_state_with_changed_instances_marks_their_hosts(table: Routi
 
 
 def test_replace_bbs_state_does_not_alias_the_listing(table: RoutingTable) -> None:
-    listing = {"pa": {(0, ORDINARY): instance("pa", 0)}}
+    listing = {"pa": {(0, "pa-0", ORDINARY): instance("pa", 0)}}
     table.replace_bbs_state({"pa": routes("a.example.com")}, listing)
     table.take_dirty_hosts()
-    listing["pa"][(1, ORDINARY)] = instance("pa", 1)
+    listing["pa"][(1, "pa-1", ORDINARY)] = instance("pa", 1)
     [(_, served)] = backends(table, "a.example.com")
     assert len(served) == 1
 

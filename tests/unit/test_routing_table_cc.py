@@ -190,7 +190,7 @@ def test_association_of_an_unmapped_process_dirties_nothing(mapped: RoutingTable
 def test_instance_changes_of_an_associated_diego_process_dirty_its_cc_routes(mapped: RoutingTable) -> None:
     mapped.upsert_instance(0, instance("d1", 1, instance_address="10.255.0.2"))
     assert dirty(mapped) == ({"a.example.com"}, {"app.apps.internal"})
-    mapped.remove_instance("d1", 1, 0)
+    mapped.remove_instance("d1", 1, 0, "d1-1")
     assert dirty(mapped) == ({"a.example.com"}, {"app.apps.internal"})
     mapped.upsert_instance(0, instance("d2", 0, address="10.0.0.9"))
     assert dirty(mapped) == ({"b.example.com"}, set())
@@ -211,7 +211,7 @@ def test_removing_an_associated_diego_process_dirties_its_cc_routes(mapped: Rout
 
 
 def test_a_bbs_resync_that_drops_an_associated_process_dirties_its_cc_routes(mapped: RoutingTable) -> None:
-    mapped.replace_bbs_state({"d2": process(("b.example.com", "", 8080))}, {"d2": {(0, 0): instance("d2")}})
+    mapped.replace_bbs_state({"d2": process(("b.example.com", "", 8080))}, {"d2": {(0, "d2-0", 0): instance("d2")}})
     hosts, internal = dirty(mapped)
     assert "a.example.com" in hosts and internal == {"app.apps.internal"}
     assert mapped.host_routes("a.example.com").paths["/cc"][0].backends == []

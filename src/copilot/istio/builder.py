@@ -5,19 +5,24 @@ process and port, and one per app instance) and a ServiceEntry with STATIC endpo
 port a Gateway, a VirtualService and a ServiceEntry.
 
 Names are derived from the host (or port), so two Copilots fed the same state emit identical config.
+
+A last line of defence: an endpoint istiod would refuse (an address that is not an IP, a port outside
+1..65535) is left out, counted (copilot_invalid_input_total{source="builder"}) and logged once, and the
+host is built with its other endpoints. The sources validate first, so this should never happen.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import re
-import socket
 from dataclasses import dataclass, field
 
+from copilot import invalid_input
 from copilot.istio.kinds import DESTINATION_RULE, GATEWAY, SERVICE_ENTRY, VIRTUAL_SERVICE, IstioObject
 from copilot.istio.router_filter import IDENTITY_SERVICE_PORT, build_router_filter
-from copilot.model import Backend, Destination, normalize_hostname, normalize_weights
+from copilot.model import Backend, Destination, InvalidRoute, normalize_hostname, normalize_weights, validate_ip
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.routing_table import HostRoutes, InternalService, TcpPortRoutes
 
@@ -43,6 +48,8 @@ UNKNOWN_ROUTE_NAME = "cf-unknown-route"
 TLS_VERSIONS = {"1.2": pb.ServerTLSSettings.TLSV1_2, "1.3": pb.ServerTLSSettings.TLSV1_3}
 _LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
 _HEADER_VALUE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -251,7 +258,8 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         if policy is not None:
             entry.traffic_policy.CopyFrom(policy)
         for backend in backends:
-            _check_address(backend.address)
+            if not _endpoint_ok(backend.address, backend.tls_port if integrity else backend.port):
+                continue
             labels = {SUBSET_LABEL: subset}
             if backend.instance_guid and _LABEL_VALUE_RE.fullmatch(backend.instance_guid):
                 labels[INSTANCE_GUID_LABEL] = backend.instance_guid
@@ -422,8 +430,8 @@ def build_tcp(settings: GatewaySettings, routes: TcpPortRoutes) -> list[IstioObj
     # v58 cells: the router presents its client certificate and checks the instances' identity.
     integrity = bool(settings.instance_identity_ca_file) and any(b.tls_port for b in routes.backends)
     backends = [b for b in routes.backends if (b.tls_port and b.instance_guid if integrity else b.port)]
+    backends = [b for b in backends if _endpoint_ok(b.address, b.tls_port if integrity else b.port)]
     for backend in backends:
-        _check_address(backend.address)
         se.endpoints.add(
             address=backend.address,
             ports={"tcp": backend.tls_port if integrity else backend.port},
@@ -465,7 +473,8 @@ def build_internal(settings: GatewaySettings, service: InternalService) -> list[
         se.ports.add(number=port, protocol="TCP", name=f"tcp-{port}")
     for dest in service.destinations:
         for backend in dest.backends:
-            _check_address(backend.address)
+            if not _endpoint_ok(backend.address, backend.port):
+                continue
             se.endpoints.add(
                 address=backend.address,
                 ports={f"tcp-{dest.container_port}": backend.port},
@@ -486,7 +495,19 @@ def _unique_destinations(routes: HostRoutes) -> list[Destination]:
 
 
 def _check_address(address: str) -> None:
+    """Raises ValueError (InvalidRoute) unless `address` is an IP address istiod accepts."""
+    validate_ip(address, "address")
+
+
+def _endpoint_ok(address: str, port: int) -> bool:
+    """Whether istiod accepts an endpoint with this address and port; one it would refuse is counted and
+    logged once, and the caller leaves it out (never the whole host)."""
     try:
-        socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
-    except OSError:
-        raise ValueError(f"backend address {address!r} is not an IP address") from None
+        validate_ip(address, "endpoint.address")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise InvalidRoute("endpoint.port", f"{port!r} is not in 1..65535")
+    except InvalidRoute as error:
+        if invalid_input.first_sight("builder", error.field, (str(address)[:64], port)):
+            log.warning("endpoint left out (reported once)", extra={"error": str(error)})
+        return False
+    return True

@@ -6,6 +6,13 @@ their payload says. Presence does not affect serving: an EVACUATING copy keeps s
 removed, and so does a SUSPECT one (its cell vanished) until BBS removes it once the replacement
 runs. A state or presence Copilot does not know is reported (copilot_bbs_unrecognized_total) and
 handled as documented: an unknown state never serves, an unknown presence is routed like any other.
+
+Bad input stays with its item (see copilot.invalid_input: counted once in
+copilot_invalid_input_total{source="bbs",field}, logged once): an instance whose address or
+instance address is not an IP address, or is one routes must not reach (loopback, link-local,
+unspecified, unless backends.allowed_internal_networks names it), is never routed (`rejected`); a
+port mapping with a port outside 1..65535 (0 means "not mapped" for host and TLS proxy ports) is
+dropped and the instance's other mappings kept; a bad route entry is skipped and the others kept.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 
+from copilot import invalid_input
 from copilot.model import (
     PROTOCOLS,
     HttpRoute,
@@ -22,8 +30,10 @@ from copilot.model import (
     PortMapping,
     ProcessRoutes,
     TcpRoute,
+    check_backend_address,
     normalize_hostname,
     split_route_hostname,
+    validate_mapped_port,
     validate_port,
 )
 from copilot.protos import bbs_pb2
@@ -124,20 +134,57 @@ def _check(key: bbs_pb2.ActualLRPKey, state: str, presence: int) -> None:
 
 
 def _instance(key, instance_key, net, state: str, routable: bool, az: str) -> Instance:
+    guid = instance_key.instance_guid
+    rejected = ""
+    for name in ("address", "instance_address"):
+        value = getattr(net, name)
+        if not value:
+            continue  # no net info yet (UNCLAIMED, CLAIMED, CRASHED) or no container address
+        try:
+            check_backend_address(value, f"actual_lrp_net_info.{name}")
+        except InvalidRoute as error:
+            rejected = rejected or str(error)
+            _report(key, guid, error, value, "instance not routed")
+    ports = []
+    for mapping in net.ports:
+        try:
+            ports.append(_port_mapping(mapping))
+        except InvalidRoute as error:
+            _report(key, guid, error, (mapping.container_port, mapping.host_port, mapping.container_tls_proxy_port,
+                                       mapping.host_tls_proxy_port), "port mapping skipped")
     return Instance(
         process_guid=key.process_guid,
         index=key.index,
-        instance_guid=instance_key.instance_guid,
+        instance_guid=guid,
         state=state,
         routable=routable,
         address=net.address,
         instance_address=net.instance_address,
         prefer_instance_address=net.preferred_address == bbs_pb2.ActualLRPNetInfo.INSTANCE,
-        ports=tuple(
-            PortMapping(p.container_port, p.host_port, p.container_tls_proxy_port, p.host_tls_proxy_port) for p in net.ports
-        ),
+        ports=tuple(ports),
         availability_zone=az,
+        rejected=rejected,
     )
+
+
+def _port_mapping(mapping: bbs_pb2.PortMapping) -> PortMapping:
+    """A port mapping whose every port istiod accepts; a container port is always required."""
+    if mapping.container_port == 0:
+        raise InvalidRoute("actual_lrp_net_info.ports.container_port", "0 is not a port number")
+    ports = [
+        validate_mapped_port(getattr(mapping, name), f"actual_lrp_net_info.ports.{name}")
+        for name in ("container_port", "host_port", "container_tls_proxy_port", "host_tls_proxy_port")
+    ]
+    return PortMapping(*ports)
+
+
+def _report(key: bbs_pb2.ActualLRPKey, guid: str, error: InvalidRoute, value: object, message: str) -> None:
+    item = (key.process_guid[:256], key.index, guid[:256], value if isinstance(value, tuple) else str(value)[:256])
+    if invalid_input.first_sight("bbs", error.field, item):
+        log.warning(
+            f"{message} (reported once)",
+            extra={"process_guid": key.process_guid, "index": key.index, "instance_guid": guid, "error": str(error)},
+        )
 
 
 def _entries(process_guid: str, raw: dict, router: str) -> list[dict]:
@@ -156,5 +203,10 @@ def _entries(process_guid: str, raw: dict, router: str) -> list[dict]:
     return value
 
 
-def _skip(process_guid: str, router: str, error: Exception) -> None:
-    log.warning("route skipped", extra={"process_guid": process_guid, "router": router, "error": str(error)})
+def _skip(process_guid: str, router: str, error: InvalidRoute) -> None:
+    """A route entry (or one of its hostnames) skipped: counted and logged the first time it is seen."""
+    text = str(error)
+    if invalid_input.first_sight("bbs", error.field, (process_guid[:256], text[:256], len(text))):
+        if len(text) > 512:
+            text = text[:509] + "..."
+        log.warning("route skipped", extra={"process_guid": process_guid, "router": router, "error": text})

@@ -23,11 +23,11 @@ LRP, each an explicit statement by BBS, while a BBS that lost its state sends no
 lost; only a listing can withdraw by absence, so only listings are guarded (docs/operating.md).
 
 Events are applied the way route-emitter applies them, tolerating the real BBS's sequences and its
-lack of ordering: a removed event only removes the entry if it is the same instance (a crash with a
-quick restart sends the new UNCLAIMED instance before the removal of the old one); a new instance
-that does not serve yet (UNCLAIMED, CLAIMED) does not displace a serving one at its index; and an
-instance that starts EVACUATING replaces its own ORDINARY entry (the evacuating copy serves until
-removed, the replacement once it runs).
+lack of ordering. An event is about one instance (process guid, index, instance guid, presence: the
+routing table's key) and never touches another at the same index: a crash with a quick restart sends
+the new UNCLAIMED instance before the removal of the old one, and two instances at one index both
+serve until each one's own removal. An instance that starts EVACUATING replaces its own ORDINARY
+entry (the evacuating copy serves until removed, the replacement once it runs).
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from copilot import metrics
-from copilot.model import Instance
+from copilot.model import Instance, ProcessRoutes
 from copilot.protos import bbs_pb2
-from copilot.routing_table import InstanceKey, RoutingTable
+from copilot.routing_table import InstanceKey, RoutingTable, instance_key
 from copilot.sources import bbs_translate
 from copilot.sources.bbs_client import BBSClient, BBSError, Event, EventStream, MalformedEvent
 
@@ -51,12 +51,6 @@ log = logging.getLogger(__name__)
 
 ORDINARY = bbs_pb2.ActualLRP.ORDINARY
 EVACUATING = bbs_pb2.ActualLRP.EVACUATING
-
-# The instance behind each table entry, keyed (process guid, index, presence): its guid and whether
-# it serves. Events about one instance never remove another one that took its place, and a new
-# instance that does not serve yet never displaces a serving one (route-emitter keys endpoints by
-# instance guid; the table keys them by index and presence).
-InstanceGuids = dict[tuple[str, int, int], tuple[str, bool]]
 
 _MIN_BACKOFF = 0.5
 
@@ -129,7 +123,6 @@ class BBSWatcher:
         self._live = False  # subscribed and listed: the event stream keeps our state confirmed
         self._suspect = False  # Copilot is ending the live stream: BBS stopped answering
         self._started_at = time.monotonic()
-        self._guids: InstanceGuids = {}
         self._process_guids: set[str] = set()  # desired LRPs in the table
         self._hold: _Hold | None = None
         self._malformed_seen: set[tuple[str, str]] = set()
@@ -311,17 +304,16 @@ class BBSWatcher:
         return applied
 
     def _replace(self, desired: list[bbs_pb2.DesiredLRP], actual: list[bbs_pb2.ActualLRP]) -> bool:
-        processes, instances, guids = translate_listing(desired, actual)
+        processes, instances = translate_listing(desired, actual)
         if self._held(self._withdrawal(processes, instances)):
             return False
         self._table.replace_bbs_state(processes, instances)
-        self._guids = guids
         self._process_guids = set(processes)
         return True
 
     # ---- the withdrawal guard (call with the lock held)
     def _withdrawal(self, processes: dict, instances: dict[str, dict[InstanceKey, Instance]]) -> Withdrawal:
-        serving = {guid for guid, is_serving in self._guids.values() if is_serving and guid}
+        serving = self._table.serving_instance_guids()
         listed = {i.instance_guid for by_key in instances.values() for i in by_key.values() if i.serving and i.instance_guid}
         return Withdrawal(
             instances=len(serving - listed),
@@ -387,7 +379,7 @@ class BBSWatcher:
             return
         with self._lock:
             self._events_applied += 1
-            apply_event(self._table, item, self._guids)
+            apply_event(self._table, item)
             if item.type in ("desired_lrp_created", "desired_lrp_changed", "desired_lrp_removed"):
                 desired = item.message.after if item.type == "desired_lrp_changed" else item.message.desired_lrp
                 if item.type == "desired_lrp_removed":
@@ -406,85 +398,49 @@ def _close(stream: EventStream) -> None:
         log.debug("closing the BBS event stream failed", exc_info=True)
 
 
-def apply_event(table: RoutingTable, event: Event, guids: InstanceGuids | None = None) -> None:
-    """Applies one decoded BBS event to the routing table; `guids` tracks which instance is behind each entry."""
-    guids = {} if guids is None else guids
+def apply_event(table: RoutingTable, event: Event) -> None:
+    """Applies one decoded BBS event to the routing table."""
     message = event.message
     if event.type == "desired_lrp_created":
         desired = message.desired_lrp
         table.upsert_process(desired.process_guid, bbs_translate.process_routes(desired))
     elif event.type == "desired_lrp_removed":
-        process_guid = message.desired_lrp.process_guid
-        table.remove_process(process_guid)  # its instances go with it
-        for entry in [entry for entry in guids if entry[0] == process_guid]:
-            del guids[entry]
+        table.remove_process(message.desired_lrp.process_guid)  # its instances go with it
     elif event.type == "desired_lrp_changed":
         table.upsert_process(message.after.process_guid, bbs_translate.process_routes(message.after))
     elif event.type == "actual_lrp_instance_created":
         lrp = message.actual_lrp
-        _upsert(table, guids, lrp.presence, bbs_translate.instance(lrp))
+        instance = bbs_translate.instance(lrp)
+        if lrp.presence == EVACUATING and instance.instance_guid:
+            # route-emitter unregisters the ORDINARY entry of an instance that starts evacuating
+            table.remove_instance(instance.process_guid, instance.index, ORDINARY, instance.instance_guid)
+        table.upsert_instance(lrp.presence, instance)
     elif event.type == "actual_lrp_instance_changed":
         key, instance_key = message.actual_lrp_key, message.actual_lrp_instance_key
         if message.before.presence != message.after.presence:
-            _remove(table, guids, key.process_guid, key.index, message.before.presence, instance_key.instance_guid)
-        _upsert(table, guids, message.after.presence, bbs_translate.instance_from_info(key, instance_key, message.after))
+            table.remove_instance(key.process_guid, key.index, message.before.presence, instance_key.instance_guid)
+        table.upsert_instance(message.after.presence, bbs_translate.instance_from_info(key, instance_key, message.after))
     elif event.type == "actual_lrp_instance_removed":
         lrp = message.actual_lrp
         key = lrp.actual_lrp_key
-        _remove(table, guids, key.process_guid, key.index, lrp.presence, lrp.actual_lrp_instance_key.instance_guid)
+        table.remove_instance(key.process_guid, key.index, lrp.presence, lrp.actual_lrp_instance_key.instance_guid)
     # actual_lrp_crashed carries no routing change of its own: the created/removed (quick restart) or
     # changed (to CRASHED) events that come with it do.
 
 
-def _upsert(table: RoutingTable, guids: InstanceGuids, presence: int, instance: Instance) -> None:
-    entry = (instance.process_guid, instance.index, presence)
-    if presence == EVACUATING and instance.instance_guid:
-        # route-emitter unregisters the ORDINARY entry of an instance that starts evacuating
-        _remove(table, guids, instance.process_guid, instance.index, ORDINARY, instance.instance_guid, only_if_same=True)
-    stored = guids.get(entry)
-    if stored is not None and stored[0] != instance.instance_guid and stored[1] and not instance.serving:
-        # a replacement not running yet: the serving instance keeps its place until it is removed
-        return
-    table.upsert_instance(presence, instance)
-    guids[entry] = (instance.instance_guid, instance.serving)
-
-
-def _remove(
-    table: RoutingTable,
-    guids: InstanceGuids,
-    process_guid: str,
-    index: int,
-    presence: int,
-    instance_guid: str,
-    *,
-    only_if_same: bool = False,
-) -> None:
-    """Removes the entry if it is `instance_guid`'s (or, unless `only_if_same`, if we do not know whose it is)."""
-    entry = (process_guid, index, presence)
-    if entry in guids:
-        if guids[entry][0] != instance_guid:
-            return  # another instance took this place (e.g. the UNCLAIMED one of a quick restart)
-        del guids[entry]
-    elif only_if_same:
-        return
-    table.remove_instance(process_guid, index, presence)
-
-
 def translate_listing(
     desired: list[bbs_pb2.DesiredLRP], actual: list[bbs_pb2.ActualLRP]
-) -> tuple[dict, dict[str, dict[InstanceKey, Instance]], InstanceGuids]:
-    """A full listing as the table's BBS slice: processes, instances, and the guid behind each entry."""
+) -> tuple[dict[str, ProcessRoutes], dict[str, dict[InstanceKey, Instance]]]:
+    """A full listing as the table's BBS slice: processes, and instances by `instance_key`."""
     processes = {lrp.process_guid: bbs_translate.process_routes(lrp) for lrp in desired}
     instances: dict[str, dict[InstanceKey, Instance]] = defaultdict(dict)
-    guids: InstanceGuids = {}
     for lrp in actual:
-        key = lrp.actual_lrp_key
         instance = bbs_translate.instance(lrp)
-        instances[key.process_guid][(key.index, lrp.presence)] = instance
-        guids[(key.process_guid, key.index, lrp.presence)] = (instance.instance_guid, instance.serving)
-    for (process_guid, index, presence), (guid, _) in list(guids.items()):
-        ordinary = (process_guid, index, ORDINARY)
-        if presence == EVACUATING and guid and guids.get(ordinary, ("",))[0] == guid:
-            del instances[process_guid][(index, ORDINARY)]
-            del guids[ordinary]
-    return processes, dict(instances), guids
+        instances[instance.process_guid][instance_key(lrp.presence, instance)] = instance
+    for by_key in instances.values():
+        # An instance listed ORDINARY and EVACUATING (a listing in the middle of an evacuation) is its
+        # evacuating copy, as after the events.
+        for index, guid, presence in list(by_key):
+            if presence == EVACUATING and guid:
+                by_key.pop((index, guid, ORDINARY), None)
+    return processes, dict(instances)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import io
-import ipaddress
 import json
 import logging
 import socket
@@ -31,7 +30,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from copilot import metrics
-from copilot.model import InvalidRoute, Registration, normalize_hostname, normalize_path
+from copilot.model import InvalidRoute, Registration, check_backend_address, normalize_hostname, normalize_path
 from copilot.routing_table import RoutingTable
 
 log = logging.getLogger(__name__)
@@ -59,11 +58,9 @@ def parse_registrations(body: object) -> list[tuple[Registration, float]]:
             raise InvalidRoute(f"{field}.{unknown[0]}", "unknown field")
         host = normalize_hostname(item.get("host"), f"{field}.host")
         path = normalize_path(item.get("path") or "", f"{field}.path")
-        address = item.get("address")
-        try:
-            ipaddress.ip_address(address)
-        except (ValueError, TypeError):
-            raise InvalidRoute(f"{field}.address", f"{address!r} is not an IP address") from None
+        # An IP address, and never loopback/link-local/unspecified unless backends.allowed_internal_networks
+        # names it: a platform route must not reach the router's own admin API or a metadata service.
+        address = check_backend_address(item.get("address"), f"{field}.address")
         port, tls_port = _port(item, "port", field), _port(item, "tls_port", field)
         if not port and not tls_port:
             raise InvalidRoute(f"{field}.port", "port or tls_port is required")
