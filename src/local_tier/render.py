@@ -77,6 +77,7 @@ def render(layout: Layout, manifest: dict) -> list[Process]:
         "copilot": {},
         "pilot-discovery": {"copilot": links["copilot"]},
         "istio-router": {"pilot": links["pilot"], "copilot": links["copilot"]},
+        "istio-route-registrar": {"copilot": links["copilot"]},
     }
     processes: list[Process] = []
     for job, properties in jobs.items():
@@ -126,6 +127,7 @@ def lay_out_packages(layout: Layout) -> None:
         "copilot/bin/copilot": f'exec env PYTHONPATH="{src}" "{python}" -m copilot.main "$@"',
         "router-sds/bin/router-sds": f'exec env PYTHONPATH="{src}" "{python}" -m router_sds "$@"',
         "envoy/bin/envoy": f'exec "{peers.envoy()}" "$@"',
+        "istio-route-registrar/bin/istio-route-registrar": f'exec env PYTHONPATH="{src}" "{python}" -m route_registrar "$@"',
         "pilot-discovery/bin/pilot-discovery": f'exec "{peers.pilot_discovery()}" "$@"',
         # The errand's cf CLI: a stand-in mapping the commands it uses onto the local tier.
         "cf-cli/bin/cf": f'exec env PYTHONPATH="{src}" ISTIO_ROUTING_LOCAL_ROOT="{layout.root}" '
