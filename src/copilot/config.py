@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from copilot.istio.builder import TLS_VERSIONS, Certificate, GatewaySettings
+from copilot.istio.builder import TLS_VERSIONS, Certificate, GatewaySettings, OutlierDetection
 from copilot.istio.router_filter import COOKIE_NAME_RE, STICKY_COOKIE
 from copilot.model import InvalidRoute, normalize_hostname
 from copilot.router_groups_api import RouterGroup, RouterGroupError, router_group
@@ -195,6 +195,7 @@ def parse(data: object) -> Config:
         sticky_session_cookies=tuple(cookies),
         instance_routing=gw.boolean("instance_routing", defaults.instance_routing),
         backend_client_certificate=_certificate_name(gw, "backend_client_certificate"),
+        outlier_detection=_outlier_detection(gw.section("outlier_detection") if gw.has("outlier_detection") else None),
     )
     gw.done()
     cc = None
@@ -304,6 +305,28 @@ def _router_groups(section: _Section, gateway: GatewaySettings) -> tuple[RouterG
         taken += [(first, last, group.name) for first, last in group.ports]
         groups.append(group)
     return tuple(groups)
+
+
+def _outlier_detection(section: _Section | None) -> OutlierDetection:
+    """gateway.outlier_detection: {consecutive_failures (0: off), base_ejection_seconds,
+    max_ejection_percent (1..100), min_health_percent (0..100)}; see builder.OutlierDetection."""
+    defaults = OutlierDetection()
+    if section is None:
+        return defaults
+    value = OutlierDetection(
+        consecutive_failures=int(
+            section.number("consecutive_failures", defaults.consecutive_failures, minimum=0, maximum=1000, integer=True)
+        ),
+        base_ejection_seconds=section.number("base_ejection_seconds", defaults.base_ejection_seconds, minimum=0.001),
+        max_ejection_percent=int(
+            section.number("max_ejection_percent", defaults.max_ejection_percent, minimum=1, maximum=100, integer=True)
+        ),
+        min_health_percent=int(
+            section.number("min_health_percent", defaults.min_health_percent, minimum=0, maximum=100, integer=True)
+        ),
+    )
+    section.done()
+    return value
 
 
 def _certificates(gw: _Section) -> tuple[Certificate, ...]:

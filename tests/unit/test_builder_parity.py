@@ -154,7 +154,7 @@ def test_tcp_port_gets_its_own_gateway_virtual_service_and_endpoints() -> None:
         (kinds.DESTINATION_RULE, "cf/cf-tcp-1024"),
     ]
     gateway, vs, se, dr = (o.spec for o in objects)
-    assert not dr.HasField("traffic_policy")  # plain ports: no TLS without route integrity
+    assert not dr.traffic_policy.HasField("tls")  # plain ports: no TLS without route integrity
     [server] = gateway.servers
     assert (server.port.number, server.port.protocol, server.bind) == (1024, "TCP", "127.0.0.1")
     assert list(vs.gateways) == ["cf/cf-tcp-1024"]  # never bound to the HTTP gateway

@@ -62,6 +62,33 @@ class Certificate:
 
 
 @dataclass(frozen=True)
+class OutlierDetection:
+    """Passive health checking by the routers (Envoy outlier detection on every app and platform
+    cluster), as gorouter stops using an endpoint it failed to reach: after `consecutive_failures`
+    locally originated failures in a row on one endpoint (connection refused or timed out, reset before
+    a response, TLS handshake or certificate check failed) the routers send it nothing for
+    `base_ejection_seconds` times the number of its ejections (Envoy caps that at 300 s), then try it
+    again. Responses never count, 5xx included: an app's own 502/503 reaches its client as with
+    gorouter. At most `max_ejection_percent` of a cluster is ejected, and below `min_health_percent`
+    of it healthy the routers use every endpoint again (Envoy's panic mode), so an app whose instances
+    are all ejected, a one-instance app among them, keeps being tried. `consecutive_failures` 0: off."""
+
+    consecutive_failures: int = 3
+    base_ejection_seconds: float = 30.0
+    max_ejection_percent: int = 100
+    min_health_percent: int = 1
+
+
+@dataclass(frozen=True)
+class RouteServiceSettings:
+    """Route services on: the loopback ports of the routers' route-service proxy (proxy_port) and of the
+    Gateway server it hands requests back to once their route service returned them (gateway_port)."""
+
+    proxy_port: int = 7070
+    gateway_port: int = 7071
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     """Where the router's Gateway lives and what it listens on."""
 
@@ -96,6 +123,8 @@ class GatewaySettings:
     # The client certificate the router presents to instances' TLS proxies and TCP backends, by name in
     # certificate_dir (v58 cells refuse a router without one). "" = none.
     backend_client_certificate: str = ""
+    # How the routers stop sending requests to an endpoint that fails (see OutlierDetection).
+    outlier_detection: OutlierDetection = field(default_factory=OutlierDetection)
 
     @property
     def ref(self) -> str:
@@ -235,6 +264,7 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         _unknown_route(vs.http.add(name="unknown-route"), 404, "404 Not Found: Requested route does not exist.\n")
 
     dr = pb.DestinationRule(host=svc)
+    _add_outlier_detection(settings, dr)  # every subset inherits it (none sets its own)
     if port == IDENTITY_SERVICE_PORT:
         # istiod's default cluster of the host (no subset) is on the identity port too: it gets the same
         # TLS, so the router filter's identity check has a validation context there as well.
@@ -332,6 +362,24 @@ def _add_client_certificate(settings: GatewaySettings, tls: pb.ClientTLSSettings
         tls.mode = pb.ClientTLSSettings.MUTUAL
         tls.client_certificate = f"{directory}/{settings.backend_client_certificate}.crt"
         tls.private_key = f"{directory}/{settings.backend_client_certificate}.key"
+
+
+def _add_outlier_detection(settings: GatewaySettings, dr: pb.DestinationRule) -> None:
+    """Ejects an endpoint after consecutive locally originated failures only (settings.outlier_detection).
+    Istio would otherwise apply Envoy's default of 5 consecutive 5xx responses: its 5xx detector is
+    turned off explicitly (a present wrapper holding 0), its gateway-error one stays off (unset)."""
+    od = settings.outlier_detection
+    if od.consecutive_failures <= 0:
+        return
+    out = dr.traffic_policy.outlier_detection
+    out.split_external_local_origin_errors = True
+    out.consecutive_local_origin_failures.value = od.consecutive_failures
+    out.consecutive_5xx_errors.SetInParent()  # 0: responses never eject
+    out.base_ejection_time.FromMilliseconds(round(od.base_ejection_seconds * 1000))
+    # Ejections end at the first sweep after their time: sweep at least every 10 s (Envoy's default).
+    out.interval.FromMilliseconds(round(min(od.base_ejection_seconds, 10.0) * 1000))
+    out.max_ejection_percent = od.max_ejection_percent
+    out.min_health_percent = od.min_health_percent
 
 
 def _traffic_policy(settings: GatewaySettings, dest: Destination, integrity: bool = False) -> pb.TrafficPolicy | None:
@@ -438,6 +486,7 @@ def build_tcp(settings: GatewaySettings, routes: TcpPortRoutes) -> list[IstioObj
             locality=backend.availability_zone,
         )
     dr = pb.DestinationRule(host=svc)
+    _add_outlier_detection(settings, dr)
     if integrity:
         dr.traffic_policy.tls.CopyFrom(_identity_tls(settings, sorted({b.instance_guid for b in backends})))
     return [
