@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from copilot.istio.builder import TLS_VERSIONS, Certificate, GatewaySettings, OutlierDetection
+from copilot.istio.builder import TLS_VERSIONS, Certificate, GatewaySettings, OutlierDetection, RouteServiceSettings
 from copilot.istio.router_filter import COOKIE_NAME_RE, STICKY_COOKIE
 from copilot.model import InvalidRoute, normalize_hostname
 from copilot.router_groups_api import RouterGroup, RouterGroupError, router_group
@@ -196,6 +196,7 @@ def parse(data: object) -> Config:
         instance_routing=gw.boolean("instance_routing", defaults.instance_routing),
         backend_client_certificate=_certificate_name(gw, "backend_client_certificate"),
         outlier_detection=_outlier_detection(gw.section("outlier_detection") if gw.has("outlier_detection") else None),
+        route_services=_route_services(gw, http_port, https_port),
     )
     gw.done()
     cc = None
@@ -305,6 +306,24 @@ def _router_groups(section: _Section, gateway: GatewaySettings) -> tuple[RouterG
         taken += [(first, last, group.name) for first, last in group.ports]
         groups.append(group)
     return tuple(groups)
+
+
+def _route_services(gw: _Section, http_port: int, https_port: int) -> RouteServiceSettings | None:
+    """gateway.route_services: {proxy_port, gateway_port}, the routers' loopback ports of the
+    route-service proxy and of the Gateway server it hands verified requests back to. Absent: off."""
+    if not gw.has("route_services"):
+        return None
+    section = gw.section("route_services")
+    defaults = RouteServiceSettings()
+    proxy_port = int(section.number("proxy_port", defaults.proxy_port, minimum=1, maximum=65535, integer=True))
+    gateway_port = int(section.number("gateway_port", defaults.gateway_port, minimum=1, maximum=65535, integer=True))
+    if gateway_port == proxy_port:
+        raise ConfigError(f"{section.key('gateway_port')}: {gateway_port} is also proxy_port")
+    for name, port in (("proxy_port", proxy_port), ("gateway_port", gateway_port)):
+        if port in (http_port, https_port):
+            raise ConfigError(f"{section.key(name)}: {port} is a port of the router's Gateway")
+    section.done()
+    return RouteServiceSettings(proxy_port, gateway_port)
 
 
 def _outlier_detection(section: _Section | None) -> OutlierDetection:

@@ -126,6 +126,7 @@ def lay_out_packages(layout: Layout) -> None:
     wrappers = {
         "copilot/bin/copilot": f'exec env PYTHONPATH="{src}" "{python}" -m copilot.main "$@"',
         "router-sds/bin/router-sds": f'exec env PYTHONPATH="{src}" "{python}" -m router_sds "$@"',
+        "router-sds/bin/route-services": f'exec env PYTHONPATH="{src}" "{python}" -m route_services "$@"',
         "envoy/bin/envoy": f'exec "{peers.envoy()}" "$@"',
         "istio-route-registrar/bin/istio-route-registrar": f'exec env PYTHONPATH="{src}" "{python}" -m route_registrar "$@"',
         "pilot-discovery/bin/pilot-discovery": f'exec "{peers.pilot_discovery()}" "$@"',

@@ -389,33 +389,3 @@ def test_access_log_has_one_line_per_request(overlay_tier: Tier, apps, unique) -
     assert f'"{instance.cell_ip}:{instance.host_tls_proxy_port}"' in line, line
     assert f'app_id:"{app_guid}"' in line and 'app_index:"0"' in line and f'instance_id:"{unique}-i0"' in line
 
-
-# ---------------------------------------------------------------- route services (fail closed)
-
-
-def test_a_route_bound_to_a_route_service_fails_closed(tier: Tier, apps, unique) -> None:
-    # Route services are not honoured yet: a bound route must never reach the app (that would bypass an
-    # authentication or rate-limiting service). Gorouter's answer without route_services_secret: 502, or
-    # 503 to a WebSocket upgrade, with X-Cf-Routererror: route_service_unsupported. The host's other
-    # paths, without a service, keep serving.
-    host = f"{unique}.example.com"
-    tier.bbs.desire_lrp(
-        f"{unique}-pg",
-        http_routes=[
-            {"hostnames": [host], "port": 8080},
-            {"hostnames": [f"{host}/guarded"], "port": 8080, "route_service_url": "https://rs.example.org/check"},
-        ],
-    )
-    apps.append(tier.start_instance(f"{unique}-pg", 0, f"{unique}-i0"))
-    wait_until(lambda: tier.get(host).status_code == 200, message=f"{host} to serve")
-    for path in ("/guarded", "/guarded/deeper?x=1"):
-        refused = tier.get(host, path)
-        assert (refused.status_code, refused.headers.get("X-Cf-Routererror")) == (502, "route_service_unsupported")
-        assert f"{unique}-i0" not in refused.text
-    client = WebSocketClient(("127.0.0.1", tier.http_port), host, path="/guarded")
-    try:
-        assert (client.accepted, client.status) == (False, 503), (client.status, client.headers)
-        assert client.headers.get("x-cf-routererror") == "route_service_unsupported"
-    finally:
-        client.close()
-    assert tier.get(host, "/other").text.strip() == f"{unique}-i0"

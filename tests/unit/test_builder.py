@@ -318,12 +318,14 @@ def test_a_route_bound_to_a_route_service_is_refused_not_routed() -> None:
     bound = Destination("web", 8080, 100, "http1", [Backend("10.0.0.1", 61001)], route_service_url="https://rs.example.org")
     routes = HostRoutes("app.example.com", {"/guarded": [bound], "": [dest("web", 8080, 100, Backend("10.0.0.1", 61001))]})
     vs, _, _ = build(routes)
-    guarded = [r for r in vs.http if r.name.startswith("/guarded")]
-    assert [r.name for r in guarded] == ["/guarded route service (websocket)", "/guarded route service"]
-    for route, status in zip(guarded, (503, 502), strict=True):
-        assert list(route.route) == []  # no destination: the app is never reached
-        assert route.direct_response.status == status
-        assert dict(route.headers.response.set) == {"X-Cf-Routererror": "route_service_unsupported"}
-        assert [(m.uri.exact, m.uri.prefix) for m in route.match] == [("/guarded", ""), ("", "/guarded/")]
-    assert guarded[0].match[0].headers["upgrade"].regex == "(?i)websocket"
+    # Route services off (the default): gorouter without route_services_secret answers 502 to every
+    # request of the route, WebSocket upgrades included (it checks that route services are on first).
+    [route] = [r for r in vs.http if r.name.startswith("/guarded")]
+    assert route.name == "/guarded route service"
+    assert list(route.route) == []  # no destination: the app is never reached
+    assert route.direct_response.status == 502
+    assert route.direct_response.body.string == "502 Bad Gateway: Support for route services is disabled.\n"
+    assert dict(route.headers.response.set) == {"X-Cf-Routererror": "route_service_unsupported"}
+    assert [(m.uri.exact, m.uri.prefix) for m in route.match] == [("/guarded", ""), ("", "/guarded/")]
+    assert list(vs.gateways) == [SETTINGS.ref]
     assert [d.destination.subset for d in vs.http[-1].route] == [subset_name("web", 8080)]  # "/" still served

@@ -44,6 +44,24 @@ APP_INSTANCE_HEADER = "x-cf-app-instance"
 ROUTER_ERROR_HEADER = "X-Cf-Routererror"
 ROUTE_SERVICE_UNSUPPORTED = "route_service_unsupported"
 ROUTE_SERVICE_UNSUPPORTED_BODY = "502 Bad Gateway: Support for route services is disabled.\n"
+ROUTE_SERVICE_WEBSOCKET_BODY = (
+    "503 Service Unavailable: Websocket requests are not supported for routes bound to Route Services.\n"
+)
+# Route services (GatewaySettings.route_services): the loopback Gateway the route-service proxy hands
+# verified requests back to, and the proxy itself as a service (the istio-router job's route-services
+# process, on the router's loopback).
+ROUTE_SERVICE_GATEWAY_NAME = "cf-route-services"
+ROUTE_SERVICE_PROXY_NAME = "cf-route-service-proxy"
+ROUTE_SERVICE_PROXY_HOST = "route-service-proxy.copilot.internal"
+# What a route tells the proxy about itself (the proxy trusts them because it listens on loopback only;
+# the router filter drops client-sent ones). Must equal route_services.proxy's *_HEADER names.
+ROUTE_SERVICE_HOST_HEADER = "x-cf-rs-route-host"
+ROUTE_SERVICE_PATH_HEADER = "x-cf-rs-route-path"
+ROUTE_SERVICE_URL_HEADER = "x-cf-rs-route-service-url"
+ROUTE_SERVICE_EXCLUDED_HEADER = "x-cf-rs-route-excluded-paths"
+ROUTE_SERVICE_FORWARDED_PROTO_HEADER = "x-cf-rs-forwarded-proto"
+_ROUTE_SERVICE_URL_RE = re.compile(r"^https://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]{1,2040}$")
+_CONTEXT_PATH_RE = re.compile(r"^/[A-Za-z0-9\-._~:/@!$&'()*+,;=%]{0,1000}$")
 UNKNOWN_ROUTE_NAME = "cf-unknown-route"
 TLS_VERSIONS = {"1.2": pb.ServerTLSSettings.TLSV1_2, "1.3": pb.ServerTLSSettings.TLSV1_3}
 _LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
@@ -125,10 +143,17 @@ class GatewaySettings:
     backend_client_certificate: str = ""
     # How the routers stop sending requests to an endpoint that fails (see OutlierDetection).
     outlier_detection: OutlierDetection = field(default_factory=OutlierDetection)
+    # Route services (gorouter's protocol, through the routers' route-service proxy). None: a route
+    # bound to a route service fails closed, as gorouter without route_services_secret.
+    route_services: RouteServiceSettings | None = None
 
     @property
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def route_services_ref(self) -> str:
+        return f"{self.namespace}/{ROUTE_SERVICE_GATEWAY_NAME}"
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -192,10 +217,35 @@ def _server_tls(settings: GatewaySettings, cert: Certificate) -> pb.ServerTLSSet
 
 def build_router_objects(settings: GatewaySettings) -> list[IstioObject]:
     """The objects that do not depend on routes: the Gateway, the unknown-route answer, the router filter."""
-    return [
+    objects = [
         build_gateway(settings),
         build_unknown_route(settings),
         build_router_filter(settings.namespace, settings.selector, settings.sticky_session_cookies),
+    ]
+    if settings.route_services is not None:
+        objects += build_route_service_objects(settings, settings.route_services)
+    return objects
+
+
+def build_route_service_objects(settings: GatewaySettings, route_services: RouteServiceSettings) -> list[IstioObject]:
+    """The route-service proxy on the routers' loopback (a service routes can send requests to), and the
+    loopback-only Gateway server it hands verified requests back to. Only hosts with a route service
+    bind their VirtualService to that Gateway, so it holds their routes alone."""
+    gateway = pb.Gateway(selector=settings.selector)
+    gateway.servers.add(
+        port=pb.Port(number=route_services.gateway_port, protocol="HTTP", name="route-services"),
+        hosts=["*"],
+        name="route-services",
+        bind="127.0.0.1",
+    )
+    se = pb.ServiceEntry(
+        hosts=[ROUTE_SERVICE_PROXY_HOST], location=pb.ServiceEntry.MESH_INTERNAL, resolution=pb.ServiceEntry.STATIC
+    )
+    se.ports.add(number=route_services.proxy_port, protocol="HTTP", name="http")
+    se.endpoints.add(address="127.0.0.1")
+    return [
+        IstioObject(GATEWAY, settings.route_services_ref, gateway),
+        IstioObject(SERVICE_ENTRY, f"{settings.namespace}/{ROUTE_SERVICE_PROXY_NAME}", se),
     ]
 
 
@@ -206,21 +256,93 @@ def _unknown_route(route: pb.HTTPRoute, status: int, body: str, error: str = "un
 
 
 def _add_route_service_refusal(vs: pb.VirtualService, path: str, path_matches: list) -> None:
-    """A route bound to a route service fails closed: the router cannot honour route services yet, so it
-    answers as gorouter does without route_services_secret (502, or 503 to a WebSocket upgrade, with
-    X-Cf-Routererror: route_service_unsupported) and never sends the request to the app."""
-    websocket = vs.http.add(name=f"{path or '/'} route service (websocket)")
-    for uri in path_matches:
-        match = websocket.match.add(headers={"upgrade": pb.StringMatch(regex="(?i)websocket")})
-        if uri is not None:
-            match.uri.CopyFrom(uri)
-    body = ROUTE_SERVICE_UNSUPPORTED_BODY.replace("502 Bad Gateway", "503 Service Unavailable")
-    _unknown_route(websocket, 503, body, ROUTE_SERVICE_UNSUPPORTED)
+    """A route bound to a route service fails closed when route services are off (or its route service
+    URL cannot be passed on): it answers as gorouter does without route_services_secret, 502 with
+    X-Cf-Routererror: route_service_unsupported (WebSocket upgrades too: gorouter checks that route
+    services are on first), and never sends the request to the app."""
     route = vs.http.add(name=f"{path or '/'} route service")
     for uri in path_matches:
         if uri is not None:
             route.match.add(uri=uri)
     _unknown_route(route, 502, ROUTE_SERVICE_UNSUPPORTED_BODY, ROUTE_SERVICE_UNSUPPORTED)
+
+
+def _envoy_literal(value: str) -> str:
+    """A header value Envoy sets as it is: `%` starts a command operator in route header values."""
+    return value.replace("%", "%%")
+
+
+def _route_service_url(destinations: list[Destination]) -> str:
+    return next((d.route_service_url for d in destinations if d.route_service_url), "")
+
+
+def _add_route_service_routes(
+    vs: pb.VirtualService,
+    settings: GatewaySettings,
+    route_services: RouteServiceSettings,
+    host: str,
+    path: str,
+    destinations: list[Destination],
+    excluded: list[str],
+    svc: str,
+    port: int,
+) -> None:
+    """gorouter's route service protocol for one route (host + context path), in three parts:
+
+    1. a WebSocket upgrade is refused (503 route_service_unsupported), as gorouter does;
+    2. on the loopback Gateway only, where the route-service proxy hands back requests whose signature it
+       verified: the app, as any route (X-CF-App-Instance routes too), X-Forwarded-Proto restored;
+    3. on the router's Gateway: the route-service proxy, told the route's host, path and service URL
+       (and the longer context paths of the host, which are other routes). It signs and sends requests
+       without a signature to the route service, checks those that come back with one.
+    """
+    public, internal = settings.ref, settings.route_services_ref
+    label = path or "/"
+    path_matches = [pb.StringMatch(exact=path), pb.StringMatch(prefix=path + "/")] if path else [None]
+
+    websocket = vs.http.add(name=f"{label} route service (websocket)")
+    for uri in path_matches:
+        match = websocket.match.add(headers={"upgrade": pb.StringMatch(regex="(?i)websocket")}, gateways=[public])
+        if uri is not None:
+            match.uri.CopyFrom(uri)
+    _unknown_route(websocket, 503, ROUTE_SERVICE_WEBSOCKET_BODY, ROUTE_SERVICE_UNSUPPORTED)
+
+    if settings.instance_routing:
+        first = len(vs.http)
+        _add_instance_routes(vs, path, path_matches, destinations, svc, port)
+        for route in vs.http[first:]:
+            for match in route.match:
+                match.gateways[:] = [internal]
+    verified = vs.http.add(name=f"{label} route service (verified)")
+    for uri in path_matches:
+        match = verified.match.add(gateways=[internal])
+        if uri is not None:
+            match.uri.CopyFrom(uri)
+    _add_route_targets(verified, settings, destinations, svc, port)
+    # Envoy's loopback listener would say "http"; the proxy passes on what the router saw.
+    verified.headers.request.set["x-forwarded-proto"] = f"%REQ({ROUTE_SERVICE_FORWARDED_PROTO_HEADER})%"
+
+    to_proxy = vs.http.add(name=f"{label} route service")
+    for uri in path_matches:
+        match = to_proxy.match.add(gateways=[public])
+        if uri is not None:
+            match.uri.CopyFrom(uri)
+    to_proxy.route.add(
+        destination=pb.Destination(host=ROUTE_SERVICE_PROXY_HOST, port=pb.PortSelector(number=route_services.proxy_port))
+    )
+    headers = to_proxy.headers.request.set
+    headers[ROUTE_SERVICE_HOST_HEADER] = host
+    headers[ROUTE_SERVICE_PATH_HEADER] = _envoy_literal(path or "/")
+    headers[ROUTE_SERVICE_URL_HEADER] = _envoy_literal(_route_service_url(destinations))
+    if excluded:
+        headers[ROUTE_SERVICE_EXCLUDED_HEADER] = _envoy_literal(" ".join(excluded))
+    to_proxy.retries.SetInParent()  # attempts 0: a route service's answer (a 503 too) is passed on, never retried
+
+
+def _route_service_ok(path: str, url: str, excluded: list[str]) -> bool:
+    """Whether the route's service URL and context paths can be handed to the proxy as header values."""
+    paths = [*excluded, *([path] if path else [])]
+    return bool(_ROUTE_SERVICE_URL_RE.fullmatch(url)) and all(_CONTEXT_PATH_RE.fullmatch(p) for p in paths)
 
 
 def build_unknown_route(settings: GatewaySettings) -> IstioObject:
@@ -239,12 +361,20 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
     port = IDENTITY_SERVICE_PORT if any(_integrity(settings, d) for d in _unique_destinations(routes)) else SERVICE_PORT
 
     vs = pb.VirtualService(hosts=[host], gateways=[settings.ref])
+    route_services = settings.route_services
+    if route_services is not None and any(_route_service_url(ds) for ds in routes.paths.values()):
+        vs.gateways.append(settings.route_services_ref)
     # Context paths first, longest first; the root route last.
     for path in sorted(routes.paths, key=lambda p: (-len(p), p)):
         destinations = routes.paths[path]
         path_matches = [pb.StringMatch(exact=path), pb.StringMatch(prefix=path + "/")] if path else [None]
-        if any(d.route_service_url for d in destinations):
-            _add_route_service_refusal(vs, path, path_matches)
+        if _route_service_url(destinations):
+            # The longer context paths under this one are other routes: a signature for them is not this route's.
+            excluded = sorted(p for p in routes.paths if p != path and (not path or p.startswith(path + "/")))
+            if route_services is not None and _route_service_ok(path, _route_service_url(destinations), excluded):
+                _add_route_service_routes(vs, settings, route_services, host, path, destinations, excluded, svc, port)
+            else:
+                _add_route_service_refusal(vs, path, path_matches)
             continue
         if settings.instance_routing:
             _add_instance_routes(vs, path, path_matches, destinations, svc, port)
@@ -252,13 +382,7 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         for uri in path_matches:
             if uri is not None:
                 route.match.add(uri=uri)
-        targets = _route_targets(settings, destinations)
-        for subset, dest, weight in targets:
-            target = route.route.add(destination=pb.Destination(host=svc, subset=subset, port=pb.PortSelector(number=port)))
-            if len(targets) > 1:
-                target.weight = weight
-            if _HEADER_VALUE_RE.fullmatch(dest.app_guid):
-                target.headers.request.set["X-CF-ApplicationID"] = dest.app_guid
+        _add_route_targets(route, settings, destinations, svc, port)
     if "" not in routes.paths:
         # The host is known but not this path: gorouter's unknown route.
         _unknown_route(vs.http.add(name="unknown-route"), 404, "404 Not Found: Requested route does not exist.\n")
@@ -313,6 +437,19 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         IstioObject(DESTINATION_RULE, name, dr),
         IstioObject(SERVICE_ENTRY, name, se),
     ]
+
+
+def _add_route_targets(
+    route: pb.HTTPRoute, settings: GatewaySettings, destinations: list[Destination], svc: str, port: int
+) -> None:
+    """A route's destinations: a process subset each (weighted when several), with X-CF-ApplicationID."""
+    targets = _route_targets(settings, destinations)
+    for subset, dest, weight in targets:
+        target = route.route.add(destination=pb.Destination(host=svc, subset=subset, port=pb.PortSelector(number=port)))
+        if len(targets) > 1:
+            target.weight = weight
+        if _HEADER_VALUE_RE.fullmatch(dest.app_guid):
+            target.headers.request.set["X-CF-ApplicationID"] = dest.app_guid
 
 
 def _integrity(settings: GatewaySettings, dest: Destination) -> bool:

@@ -84,6 +84,11 @@ function envoy_on_request(handle)
   local headers = handle:headers()
   -- Only the router sets X-CF-ApplicationID (per route); drop what a client sent.
   headers:remove("x-cf-applicationid")
+  -- Only Copilot's routes tell the route-service proxy about a route; drop what a client sent.
+  headers:remove("x-cf-rs-route-host")
+  headers:remove("x-cf-rs-route-path")
+  headers:remove("x-cf-rs-route-service-url")
+  headers:remove("x-cf-rs-route-excluded-paths")
   if names_session_cookie(headers, "cookie", "([^=;%%s]+)=") then
     handle:streamInfo():dynamicMetadata():set("cf.sticky", "session", "1")
   end
@@ -168,6 +173,8 @@ def build_router_filter(namespace: str, selector: dict[str, str], sticky_cookie_
                 "mutations": {
                     "request_mutations": [
                         {"remove": _WORKLOAD_HEADER},
+                        # The route-service proxy's X-Forwarded-Proto for the app's route: used, then dropped.
+                        {"remove": "x-cf-rs-forwarded-proto"},
                         _set(_WORKLOAD_HEADER, "%UPSTREAM_METADATA(istio:workload)%"),
                         _set("x-request-start", "%START_TIME(%s%3f)%"),
                         _set("x-vcap-request-id", "%REQ(x-request-id)%"),
