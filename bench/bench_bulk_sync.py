@@ -79,7 +79,7 @@ def run_server(pki: Path, routes: int, bbs: bool) -> None:
         processes = {diego_guid(i): ProcessRoutes(http=(HttpRoute(host(i), "", 8080),)) for i in range(routes)}
         instances = {
             diego_guid(i): {
-                (index, 0): Instance(
+                (index, f"{i}-{index}", 0): Instance(
                     diego_guid(i),
                     index,
                     f"{i}-{index}",

@@ -47,7 +47,7 @@ def _instance(guid: str, index: int, port: int) -> Instance:
 
 def measure(routes: int, events: int) -> dict:
     processes = {f"pg-{i}": ProcessRoutes(http=(HttpRoute(f"app-{i}.apps.example.com", "", 8080),)) for i in range(routes)}
-    instances = {f"pg-{i}": {(idx, 0): _instance(f"pg-{i}", idx, i) for idx in range(2)} for i in range(routes)}
+    instances = {f"pg-{i}": {(idx, f"pg-{i}-{idx}", 0): _instance(f"pg-{i}", idx, i) for idx in range(2)} for i in range(routes)}
     table, snapshot = RoutingTable(), Snapshot()
     publisher = Publisher(table, snapshot, GatewaySettings())
     started = time.perf_counter()

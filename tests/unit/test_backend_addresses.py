@@ -119,3 +119,25 @@ def test_copilot_applies_the_allow_list_of_its_config(allow_list: None) -> None:
         else:
             with pytest.raises(InvalidRoute):
                 model.check_backend_address("127.0.0.1", "a")
+
+
+def test_the_cheap_first_look_never_misses_an_internal_network() -> None:
+    """BackendAddresses looks at a few bytes before the networks (it runs for every listed instance):
+    every address of INTERNAL_NETWORKS, first and last, must get past that look, and be refused."""
+    import ipaddress
+
+    for network in model.INTERNAL_NETWORKS:
+        for ip in (network.network_address, network.broadcast_address, network.network_address + network.num_addresses // 2):
+            with pytest.raises(InvalidRoute):
+                BackendAddresses().check(str(ip), "a")
+            if ip.version == 4:
+                with pytest.raises(InvalidRoute):
+                    BackendAddresses().check(f"::ffff:{ip}", "a")
+        kind = ipaddress.IPv4Address if network.version == 4 else ipaddress.IPv6Address
+        for outside in (int(network.network_address) - 1, int(network.broadcast_address) + 1):
+            if not 0 <= outside < 2**network.max_prefixlen:
+                continue
+            address = kind(outside)
+            if not any(address in n for n in model.INTERNAL_NETWORKS if n.version == address.version):
+                assert BackendAddresses().check(str(address), "a") == str(address)
+    assert BackendAddresses().check("::2", "a") == "::2"  # ::/127 is looked at, only :: and ::1 are refused

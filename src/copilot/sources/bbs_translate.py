@@ -169,6 +169,9 @@ def _instance(key, instance_key, net, state: str, routable: bool, az: str) -> In
 
 def _port_mapping(mapping: bbs_pb2.PortMapping) -> PortMapping:
     """A port mapping whose every port istiod accepts; a container port is always required."""
+    ports = (mapping.container_port, mapping.host_port, mapping.container_tls_proxy_port, mapping.host_tls_proxy_port)
+    if ports[0] and max(ports) < 65536:  # the common case, cheap (uint32: never negative)
+        return PortMapping(*ports)
     if mapping.container_port == 0:
         raise InvalidRoute("actual_lrp_net_info.ports.container_port", "0 is not a port number")
     ports = [
