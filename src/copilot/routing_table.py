@@ -342,19 +342,23 @@ class RoutingTable:
         """Service discovery's names (service_discovery.py): for every DesiredLRP `internal-router`
         hostname, its name and `<index>.<name>` mapped to the sorted container addresses of the
         RUNNING, routable instances (what route-emitter registered with service-discovery-controller).
-        Names without such an instance are left out. Read-only; O(processes)."""
+        Names without such an instance are left out. Read-only; O(processes), the lock held only to
+        copy what is needed (routes and instances are immutable)."""
         with self._lock:
-            names: dict[str, set[str]] = defaultdict(set)
-            for guid, routes in self._desired.items():
-                if not routes.internal:
+            taken = [
+                (routes.internal, list(self._instances.get(guid, {}).values()))
+                for guid, routes in self._desired.items()
+                if routes.internal
+            ]
+        names: dict[str, set[str]] = defaultdict(set)
+        for internal, instances in taken:
+            for instance in instances:
+                if not instance.serving or not instance.instance_address:
                     continue
-                for instance in self._instances.get(guid, {}).values():
-                    if not instance.serving or not instance.instance_address:
-                        continue
-                    for route in routes.internal:
-                        names[route.host].add(instance.instance_address)
-                        names[f"{instance.index}.{route.host}"].add(instance.instance_address)
-            return {name: sorted(addresses) for name, addresses in names.items()}
+                for route in internal:
+                    names[route.host].add(instance.instance_address)
+                    names[f"{instance.index}.{route.host}"].add(instance.instance_address)
+        return {name: sorted(addresses) for name, addresses in names.items()}
 
     def host_routes(self, host: str) -> HostRoutes | None:
         """The routes of one host with their backends, or None when no process routes to it."""

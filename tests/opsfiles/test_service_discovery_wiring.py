@@ -83,7 +83,9 @@ def test_stage1_keeps_bosh_dns_adapter_on_the_controller(stage1, enabled):
     assert "provides" not in controller  # not aliased: its link keeps the name bosh-dns-adapter names
     assert _providers(stage1, LINK) == [] and _providers(stage1, ALIAS) == ["istio-control/copilot"]
     assert job(stage1, "diego-cell", "route_emitter")["properties"]["internal_routes"]["enabled"] is True  # NATS stays
-    assert job(stage1, "istio-control", "copilot") == job(enabled, "istio-control", "copilot")
+    copilot1, copilot2 = job(stage1, "istio-control", "copilot"), job(enabled, "istio-control", "copilot")
+    assert copilot1["provides"] == copilot2["provides"]  # Copilot serves the same in both stages
+    assert copilot1["properties"]["service_discovery"] == copilot2["properties"]["service_discovery"]
 
 
 def _ask(context: ssl.SSLContext, port: int, path: str) -> tuple[int, bytes]:
@@ -116,6 +118,7 @@ def test_bosh_dns_adapters_certificate_is_answered_by_the_rendered_copilot(gener
     server = ServiceDiscoveryServer(AddressTable(table, lambda: True), "127.0.0.1:0", cert=sd.cert, key=sd.key,
                                     client_ca=sd.client_ca)
     server.start()
+    server.addresses.refresh()  # the first snapshot now, rather than waiting for the refresher
     try:
         # bosh-dns-adapter's side, from its properties in the same manifest: its client certificate
         # (dnshttps.client.tls) and the CA it trusts for the server (dnshttps.server.ca).

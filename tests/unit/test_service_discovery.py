@@ -9,6 +9,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,16 @@ from copilot.service_discovery import SERVER_NAME, AddressTable, ServiceDiscover
 from devtools.certs import CertPair, make_ca
 
 APP = "app.apps.internal"
+
+
+def _wait_until(predicate, timeout: float = 10.0, message: str = "condition") -> None:
+    """Polls `predicate` until it is true (the conftest's wait_until, for helpers outside a test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
 @dataclass
@@ -69,18 +80,22 @@ class Served:
         return self.server.port
 
     def changed(self, names: dict[str, list[str]]) -> None:
+        """A source changes the table and reports it; returns once the answers have it."""
         self.table.names = names
         self.server.invalidate()
+        _wait_until(lambda: self.server.addresses.names() == names, message="the change in the snapshot")
 
 
 def serve(pki: SdPKI, **options) -> Served:
+    """A server whose table is rebuilt only when a change is reported (max_age: an hour)."""
     table, warm = FakeTable(), threading.Event()
     warm.set()
+    addresses = AddressTable(table, warm.is_set, max_age=3600)
     server = ServiceDiscoveryServer(
-        AddressTable(table, warm.is_set), "127.0.0.1:0", cert=pki.server.cert_path, key=pki.server.key_path,
-        client_ca=pki.ca, **options,
+        addresses, "127.0.0.1:0", cert=pki.server.cert_path, key=pki.server.key_path, client_ca=pki.ca, **options
     )
     server.start()
+    _wait_until(lambda: addresses.warm, message="the first snapshot")
     return Served(server, table, warm)
 
 
@@ -176,7 +191,9 @@ def test_not_warm_is_500_until_the_first_listing_and_only_then(served: Served, p
         assert (status, content) == (500, b"address table is not warm\n")
         assert headers["Content-Type"] == "text/plain; charset=utf-8"
         assert headers["X-Content-Type-Options"] == "nosniff"
-    served.warm.set()
+    served.warm.set()  # the first BBS listing applied: warm from the next rebuild on
+    served.server.invalidate()
+    _wait_until(lambda: served.server.addresses.warm, message="warm")
     assert get(served, f"/v1/registration/{APP}.", pki)[:3:2] == (200, body("10.0.0.1"))
 
 
@@ -198,7 +215,8 @@ def test_any_method_and_the_last_path_segment_as_the_controller(served: Served, 
     assert (status, content) == (404, b"404 page not found\n")
 
 
-def test_a_reported_change_is_in_the_next_answer(served: Served, pki: SdPKI) -> None:
+def test_a_reported_change_is_in_the_answers_at_once(served: Served, pki: SdPKI) -> None:
+    """(The table is rebuilt only on a reported change here: `changed` waits for that rebuild.)"""
     served.changed({APP: ["10.0.0.1", "10.0.0.2"]})
     with connect(served.port, client_context(pki)) as tls:  # one kept-alive connection, as the adapter's
         assert request(tls, f"/v1/registration/{APP}.")[2] == body("10.0.0.1", "10.0.0.2")
@@ -215,16 +233,61 @@ def test_lookups_between_changes_do_not_rebuild_the_table(served: Served, pki: S
         builds = served.table.builds
         for _ in range(20):
             request(tls, f"/v1/registration/{APP}.")
+        request(tls, "/routes")
     assert served.table.builds == builds
 
 
 def test_a_table_is_rebuilt_when_older_than_its_max_age() -> None:
     table = FakeTable()
-    addresses = AddressTable(table, lambda: True, max_age=0.0)
-    table.names = {APP: ["10.0.0.1"]}  # no change reported
-    assert addresses.lookup(APP) == ["10.0.0.1"]
-    table.names = {}
-    assert addresses.lookup(APP) == []
+    addresses = AddressTable(table, lambda: True, max_age=0.05)
+    addresses.start()
+    try:
+        table.names = {APP: ["10.0.0.1"]}  # no change reported
+        _wait_until(lambda: addresses.lookup(APP) == ["10.0.0.1"], message="a rebuild without a reported change")
+    finally:
+        addresses.stop()
+
+
+def test_rebuilds_are_paced_by_their_cost() -> None:
+    """A busy BBS reporting changes all the time: a rebuild taking 50 ms is followed by a pause of at least
+    150 ms, so in one second there are at most 6, and every change is still taken."""
+
+    class SlowTable(FakeTable):
+        def internal_addresses(self) -> dict[str, list[str]]:
+            time.sleep(0.05)  # the cost of a rebuild of a large table
+            return super().internal_addresses()
+
+    table = SlowTable()
+    addresses = AddressTable(table, lambda: True, max_age=3600)
+    addresses.start()
+    try:
+        _wait_until(lambda: addresses.rebuilds == 1, message="the first snapshot")
+        deadline, count = time.monotonic() + 1.0, 0
+        while time.monotonic() < deadline:
+            count += 1
+            table.names = {APP: [f"10.0.{count // 250}.{count % 250}"]}
+            addresses.invalidate()
+        assert 2 <= addresses.rebuilds - 1 <= 6
+        _wait_until(lambda: addresses.names() == table.names, message="the last change")
+    finally:
+        addresses.stop()
+
+
+def test_a_failing_rebuild_keeps_the_last_snapshot() -> None:
+    table = FakeTable()
+    addresses = AddressTable(table, lambda: True, max_age=3600)
+    table.names = {APP: ["10.0.0.1"]}
+    addresses.refresh()
+    table.internal_addresses = lambda: 1 / 0  # type: ignore[method-assign]
+    addresses.start()
+    try:
+        addresses.invalidate()
+        assert addresses.lookup(APP) == ["10.0.0.1"]
+        table.internal_addresses = lambda: {}  # type: ignore[method-assign]
+        addresses.invalidate()
+        _wait_until(lambda: addresses.lookup(APP) == [], message="the next rebuild")
+    finally:
+        addresses.stop()
 
 
 # ---------------------------------------------------------------------------------------------- the routing table
