@@ -1,6 +1,6 @@
 """The rendered configs are accepted by the programs that read them: Copilot's config loader,
 `envoy --mode validate`, and a whole tier started from rendered jobs only (BBS double -> Copilot ->
-istiod -> Envoy + router-sds) that routes an app, serves a certificate over SDS and drains."""
+istiod -> mutual TLS -> Envoy + router-sds) that routes an app, serves a certificate over SDS and drains."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from test_job_templates import cases
 from copilot.config import load as load_copilot_config
 from devtools import peers
 from devtools.apps import AppInstance
-from devtools.ports import free_port, wait_for_port
+from devtools.certs import make_ca
+from devtools.ports import free_port, free_ports, wait_for_port
 from devtools.processes import ManagedProcess
 from devtools.tier import wait_until
 
@@ -57,6 +58,7 @@ def test_copilot_loads_the_rendered_config(case, pki, tmp_path):
 def test_envoy_validates_the_rendered_bootstrap(case, pki, tmp_path):
     properties, links = cases(pki)["istio-router"][case]
     rendered = render("istio-router", properties, tmp_path, links=links)
+    install(rendered, "istio-router", tmp_path)  # Envoy loads the files the bootstrap names (istiod's TLS)
     result = subprocess.run([str(peers.envoy()), "--mode", "validate", "-c", str(rendered["config/envoy.json"])],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -155,10 +157,17 @@ def test_a_tier_started_from_rendered_jobs_routes_serves_sds_and_drains(pki, tmp
         tier.start("copilot", [sys.executable, "-m", "copilot.main", *process["args"]], {"PYTHONPATH": str(SRC)})
         assert wait_for_port(mcp_port, timeout=30), tier.logs()
 
-        # istiod, fed by Copilot through the copilot link
-        grpc_port, pilot_http, monitoring, ctrlz = free_port(), free_port(), free_port(), free_port()
+        # istiod, fed by Copilot through the copilot link, serving the router over mutual TLS
+        ports = free_ports(["grpc", "secure", "http", "monitoring", "ctrlz"])
+        grpc_port, secure_port, pilot_http = ports["grpc"], ports["secure"], ports["http"]
+        xds_ca = make_ca(tmp_path / "xds", "xds-ca")
+        istiod_cert = xds_ca.issue("istiod", tmp_path / "xds", dns_names=["istiod.service.cf.internal"], client=False)
+        router_cert = xds_ca.issue("router", tmp_path / "xds", dns_names=["istio-router"], server=False)
         pilot_props = {"grpc_address": "127.0.0.1", "grpc_port": grpc_port, "http_port": pilot_http,
-                       "monitoring_port": monitoring, "ctrlz_port": ctrlz, "debounce_after": "10ms"}
+                       "secure_grpc_address": "127.0.0.1", "secure_grpc_port": secure_port,
+                       "tls": {"cert": istiod_cert.cert_path.read_text(), "key": istiod_cert.key_path.read_text(),
+                               "ca_cert": xds_ca.cert_path.read_text()},
+                       "monitoring_port": ports["monitoring"], "ctrlz_port": ports["ctrlz"], "debounce_after": "10ms"}
         out = tmp_path / "pilot-discovery"
         rendered = render("pilot-discovery", pilot_props, out, links={"copilot": copilot_link(copilot_props)})
         install(rendered, "pilot-discovery", out)
@@ -168,12 +177,15 @@ def test_a_tier_started_from_rendered_jobs_routes_serves_sds_and_drains(pki, tmp
         istiod = tier.start("istiod", [str(peers.pilot_discovery()), *process["args"]], process["env"])
         assert wait_for_port(pilot_http, timeout=30), tier.logs()
         assert wait_for_port(grpc_port, timeout=60), f"istiod never synced its config source:\n{tier.logs()}"
+        assert wait_for_port(secure_port, timeout=30), tier.logs()
         assert istiod.running
 
         # the router: Envoy + router-sds, with a TLS listener added that asks router-sds for "apps"
         admin_port, lb_port, tls_port = free_port(), free_port(), free_port()
         router_props = {
             "admin_port": admin_port, "health": {"port": lb_port}, "drain": {"lb_deregister_seconds": 0, "seconds": 1},
+            "pilot_tls": {"ca_cert": xds_ca.cert_path.read_text(), "client_cert": router_cert.cert_path.read_text(),
+                          "client_key": router_cert.key_path.read_text()},
             "sds": {"listen_address": f"unix://{short}/sds.sock",
                     "certificates": [{"name": "apps", "cert_chain": pki.server.cert, "private_key": pki.server.key}]},
         }

@@ -25,6 +25,16 @@ from bosh_render import RenderError
 ROUTE = {"name": "a", "port": 1, "uris": ["a.b"]}
 
 
+def pilot_tls(pki, **overrides) -> dict:
+    """istio-router's pilot_tls: the CA of istiod's certificate and the router's client certificate."""
+    return {"ca_cert": pki.ca, "client_cert": pki.client.cert, "client_key": pki.client.key, **overrides}
+
+
+def secure_pilot_link(pki, properties: dict | None = None, **kwargs) -> dict:
+    """The pilot link of a pilot-discovery serving its secure xDS port (tls.* set)."""
+    return pilot_link({"tls": {"cert": pki.server.cert}, **(properties or {})}, **kwargs)
+
+
 def cases(pki) -> dict[str, dict[str, tuple[dict, dict]]]:
     """job -> case name -> (properties, links): defaults (only what is required) and non-defaults."""
     return {
@@ -46,7 +56,8 @@ def cases(pki) -> dict[str, dict[str, tuple[dict, dict]]]:
         "pilot-discovery": {
             "defaults": ({}, {"copilot": copilot_link()}),
             "custom": ({
-                "grpc_address": "10.0.0.1", "grpc_port": 15011, "http_port": 18080, "monitoring_address": "0.0.0.0",
+                "grpc_address": "127.0.0.2", "grpc_port": 15011, "http_port": 18080, "monitoring_address": "0.0.0.0",
+                "secure_grpc_address": "10.0.0.1", "secure_grpc_port": 15013,
                 "tls": {"cert": pki.server.cert, "key": pki.server.key, "ca_cert": pki.ca},
                 "copilot_tls": {"ca_cert": pki.ca, "sni": "copilot.service.cf.internal"},
                 "cluster_id": "cf", "root_namespace": "cf-root", "pod_namespace": "cf", "debounce_after": "10ms",
@@ -57,15 +68,17 @@ def cases(pki) -> dict[str, dict[str, tuple[dict, dict]]]:
             )}),
         },
         "istio-router": {
-            "defaults": ({}, {"pilot": pilot_link()}),
+            "defaults": ({"pilot_tls": pilot_tls(pki)}, {"pilot": secure_pilot_link(pki)}),
             "custom": ({
+                "pilot_tls": pilot_tls(pki, server_name="pilot.example"),
                 "namespace": "cf", "labels": {"istio": "ingress", "zone": "a"}, "istio_version": "1.30.3",
                 "admin_port": 19000, "health": {"port": 8002, "path": "/healthz"}, "drain": {"seconds": 3},
                 "log_level": "debug", "concurrency": 2,
                 "sds": {"listen_address": "127.0.0.1:15090", "certificates": [
                     {"name": "apps", "cert_chain": pki.server.cert, "private_key": pki.server.key},
                 ]},
-            }, {"pilot": pilot_link({"grpc_port": 15011, "cluster_id": "cf"}, addresses=("pilot-0.example", "pilot-1.example")),
+            }, {"pilot": secure_pilot_link(pki, {"grpc_port": 15011, "secure_grpc_port": 15013, "cluster_id": "cf"},
+                                           addresses=("pilot-0.example", "pilot-1.example")),
                 "copilot": copilot_link()}),
         },
         "istio-route-registrar": {
@@ -241,9 +254,11 @@ def test_pilot_flags_and_env(pki, tmp_path):
     bpm = yaml.safe_load(rendered["config/bpm.yml"].read_text())
     process = bpm["processes"][0]
     assert process["args"][:2] == ["discovery", "--registries="]
-    assert "--secureGRPCAddr=" in process["args"] and "--grpcAddr=0.0.0.0:15010" in process["args"]
+    # No TLS material: the secure port is off and the plaintext one is on loopback, so istiod serves nobody else.
+    assert "--secureGRPCAddr=" in process["args"] and "--grpcAddr=127.0.0.1:15010" in process["args"]
     assert process["env"] == {
-        "ENABLE_CA_SERVER": "false", "PILOT_ENABLE_ALPN_FILTER": "false", "PILOT_ENABLE_METADATA_EXCHANGE": "false",
+        "ENABLE_CA_SERVER": "false", "XDS_AUTH": "true", "PILOT_ENABLE_XDS_IDENTITY_CHECK": "false",
+        "PILOT_ENABLE_ALPN_FILTER": "false", "PILOT_ENABLE_METADATA_EXCHANGE": "false",
         "POD_NAMESPACE": "istio-system", "PILOT_DEBOUNCE_AFTER": "100ms", "PILOT_DEBOUNCE_MAX": "10s",
     }
     assert process["hooks"]["pre_start"] == "/var/vcap/jobs/pilot-discovery/bin/wait-for-copilot"
@@ -251,14 +266,34 @@ def test_pilot_flags_and_env(pki, tmp_path):
     args = yaml.safe_load(render("pilot-discovery", properties, tmp_path / "b", links=links)["config/bpm.yml"].read_text())[
         "processes"][0]["args"]
     certs = "/var/vcap/jobs/pilot-discovery/config/certs"
-    for flag in ("--secureGRPCAddr=0.0.0.0:15012", f"--tlsCertFile={certs}/tls.crt", f"--tlsKeyFile={certs}/tls.key",
-                 f"--caCertFile={certs}/ca.crt", "--clusterID=cf", "--grpcAddr=10.0.0.1:15011"):
+    for flag in ("--secureGRPCAddr=10.0.0.1:15013", f"--tlsCertFile={certs}/tls.crt", f"--tlsKeyFile={certs}/tls.key",
+                 f"--caCertFile={certs}/ca.crt", "--clusterID=cf", "--grpcAddr=127.0.0.2:15011"):
         assert flag in args
 
 
+def test_pilot_plaintext_xds_listens_on_loopback_only(pki, tmp_path):
+    """istiod's plaintext port (15010) authenticates nobody: by default and with TLS it binds loopback, and a
+    non-loopback grpc_address does not render. Only the secure port (mutual TLS) listens beyond loopback."""
+    tls = {"tls": {"cert": pki.server.cert, "key": pki.server.key, "ca_cert": pki.ca}}
+    for name, properties in {"defaults": {}, "tls": tls, "ipv6": {"grpc_address": "::1"}}.items():
+        rendered = render("pilot-discovery", properties, tmp_path / name, links={"copilot": copilot_link()})
+        args = yaml.safe_load(rendered["config/bpm.yml"].read_text())["processes"][0]["args"]
+        [grpc] = [a for a in args if a.startswith("--grpcAddr=")]
+        assert grpc in ("--grpcAddr=127.0.0.1:15010", "--grpcAddr=[::1]:15010"), (name, grpc)
+        if name == "tls":
+            assert "--secureGRPCAddr=0.0.0.0:15012" in args
+        for flag in ("--httpAddr=", "--monitoringAddr=", "--ctrlz_address="):
+            [value] = [a for a in args if a.startswith(flag)]
+            assert value.removeprefix(flag).startswith("127.0.0.1"), value
+    for address in ("0.0.0.0", "10.0.0.1", "::", "istiod.example.com"):
+        with pytest.raises(RenderError, match=f"grpc_address: {address} is not a loopback address"):
+            render("pilot-discovery", {"grpc_address": address}, tmp_path / "bad", links={"copilot": copilot_link()})
+
+
 def test_router_bootstrap_node_and_xds_endpoints(pki, tmp_path):
-    links = {"pilot": pilot_link(addresses=("10.0.1.1", "10.0.1.2", "10.0.1.3"))}
-    rendered = render("istio-router", {}, tmp_path / "a", links=links, spec={"ip": "10.0.2.7", "index": 1})
+    links = {"pilot": secure_pilot_link(pki, addresses=("10.0.1.1", "10.0.1.2", "10.0.1.3"))}
+    rendered = render("istio-router", {"pilot_tls": pilot_tls(pki)}, tmp_path / "a", links=links,
+                      spec={"ip": "10.0.2.7", "index": 1})
     bootstrap = json.loads(rendered["config/envoy.json"].read_text())
     assert bootstrap["node"]["id"] == "router~10.0.2.7~istio-router-1.istio-system~istio-system.svc.cluster.local"
     assert bootstrap["node"]["metadata"] == {"NAMESPACE": "istio-system", "LABELS": {"app": "istio-router"},
@@ -268,7 +303,7 @@ def test_router_bootstrap_node_and_xds_endpoints(pki, tmp_path):
     xds = clusters["xds-grpc"]
     assert xds["type"] == "STATIC"
     assert [e["endpoint"]["address"]["socket_address"] for e in xds["load_assignment"]["endpoints"][0]["lb_endpoints"]] == [
-        {"address": a, "port_value": 15010} for a in ("10.0.1.1", "10.0.1.2", "10.0.1.3")]
+        {"address": a, "port_value": 15012} for a in ("10.0.1.1", "10.0.1.2", "10.0.1.3")]  # istiod's secure port
     assert clusters["sds-grpc"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
         "pipe": {"path": "/var/vcap/data/istio-router/sds/sds.sock"}}
     listener = bootstrap["static_resources"]["listeners"][0]
@@ -280,12 +315,13 @@ def test_router_bootstrap_node_and_xds_endpoints(pki, tmp_path):
 
 
 def test_router_takes_namespace_and_labels_from_the_copilot_link_unless_set(pki, tmp_path):
-    links = {"pilot": pilot_link({"cluster_id": "cf"}),
+    links = {"pilot": secure_pilot_link(pki, {"cluster_id": "cf"}),
              "copilot": copilot_link({"gateway": {"namespace": "routing", "selector": {"istio": "cf-router"}}})}
-    node = json.loads(render("istio-router", {}, tmp_path / "a", links=links)["config/envoy.json"].read_text())["node"]
+    tls = {"pilot_tls": pilot_tls(pki)}
+    node = json.loads(render("istio-router", tls, tmp_path / "a", links=links)["config/envoy.json"].read_text())["node"]
     assert node["metadata"]["NAMESPACE"] == "routing" and node["metadata"]["LABELS"] == {"istio": "cf-router"}
     assert node["metadata"]["CLUSTER_ID"] == "cf" and node["id"].endswith("~routing.svc.cluster.local")
-    node = json.loads(render("istio-router", {"namespace": "own", "labels": {"a": "b"}}, tmp_path / "b", links=links)[
+    node = json.loads(render("istio-router", {**tls, "namespace": "own", "labels": {"a": "b"}}, tmp_path / "b", links=links)[
         "config/envoy.json"].read_text())["node"]
     assert node["metadata"]["NAMESPACE"] == "own" and node["metadata"]["LABELS"] == {"a": "b"}
 
@@ -363,3 +399,64 @@ def test_router_serves_its_backend_client_certificate_under_the_name_copilot_giv
     assert copilot["gateway"]["certificate_dir"] == sds["file_cert_dir"]
     with pytest.raises(RenderError, match="backends.cert_chain and backends.private_key"):
         render("istio-router", {**properties, "backends": {"cert_chain": pki.client.cert}}, tmp_path / "half", links=links)
+
+
+# --- xDS between the routers and istiod: mutual TLS only ------------------------------------------
+
+
+def test_router_reaches_istiod_over_mutual_tls_on_the_secure_port(pki, tmp_path):
+    """The xds-grpc cluster: TLS to the pilot link's secure port, istiod's certificate checked against
+    pilot_tls.ca_cert and pilot_tls.server_name (SNI and SAN), the router's client certificate presented."""
+    properties, links = cases(pki)["istio-router"]["custom"]
+    rendered = render("istio-router", properties, tmp_path / "custom", links=links)
+    clusters = {c["name"]: c for c in json.loads(rendered["config/envoy.json"].read_text())["static_resources"]["clusters"]}
+    xds = clusters["xds-grpc"]
+    assert {e["endpoint"]["address"]["socket_address"]["port_value"]
+            for e in xds["load_assignment"]["endpoints"][0]["lb_endpoints"]} == {15013}
+    socket = xds["transport_socket"]
+    assert socket["name"] == "envoy.transport_sockets.tls"
+    context = socket["typed_config"]
+    certs = "/var/vcap/jobs/istio-router/config/certs/pilot"
+    assert context["@type"] == "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+    assert context["sni"] == "pilot.example"
+    common = context["common_tls_context"]
+    assert common["alpn_protocols"] == ["h2"]
+    assert common["tls_certificates"] == [{"certificate_chain": {"filename": f"{certs}/client.crt"},
+                                           "private_key": {"filename": f"{certs}/client.key"}}]
+    assert common["validation_context"] == {
+        "trusted_ca": {"filename": f"{certs}/ca.crt"},
+        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "pilot.example"}}],
+    }
+    assert rendered["config/certs/pilot/ca.crt"].read_text().strip() == pki.ca.strip()
+    assert rendered["config/certs/pilot/client.crt"].read_text().strip() == pki.client.cert.strip()
+    assert rendered["config/certs/pilot/client.key"].read_text().strip() == pki.client.key.strip()
+    assert "transport_socket" not in clusters["sds-grpc"]  # router-sds is the job's own, on a private socket
+
+    defaults, default_links = cases(pki)["istio-router"]["defaults"]
+    context = next(c for c in json.loads(render("istio-router", defaults, tmp_path / "defaults", links=default_links)[
+        "config/envoy.json"].read_text())["static_resources"]["clusters"] if c["name"] == "xds-grpc")["transport_socket"]
+    assert context["typed_config"]["sni"] == "istiod.service.cf.internal"
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    (lambda pki: None, "pilot_tls.ca_cert, pilot_tls.client_cert, pilot_tls.client_key: required"),
+    (lambda pki: {"ca_cert": pki.ca}, "pilot_tls.client_cert, pilot_tls.client_key: required"),
+    (lambda pki: pilot_tls(pki, ca_cert="not a pem"), "pilot_tls.ca_cert: must be a PEM certificate"),
+    (lambda pki: pilot_tls(pki, client_key="not a pem"), "pilot_tls.client_key: must be a PEM private key"),
+    (lambda pki: pilot_tls(pki, server_name=""), "pilot_tls.server_name: must not be empty"),
+])
+def test_router_without_its_istiod_tls_does_not_render(given, message, pki, tmp_path):
+    properties = {} if given(pki) is None else {"pilot_tls": given(pki)}
+    with pytest.raises(RenderError, match=message):
+        render("istio-router", properties, tmp_path, links={"pilot": secure_pilot_link(pki)})
+
+
+def test_router_refuses_a_pilot_without_its_secure_port(pki, tmp_path):
+    """A pilot-discovery without tls.* serves xDS on loopback only: no router elsewhere could reach it."""
+    with pytest.raises(RenderError, match="link pilot: istiod serves no secure xDS port"):
+        render("istio-router", {"pilot_tls": pilot_tls(pki)}, tmp_path, links={"pilot": pilot_link()})
+
+
+def test_pilot_link_carries_the_secure_port(pki):
+    link = secure_pilot_link(pki, {"secure_grpc_port": 16012})
+    assert link["properties"]["secure_grpc_port"] == 16012 and link["properties"]["tls"]["cert"] == pki.server.cert

@@ -58,7 +58,9 @@ def test_router_sds_code_defaults_are_the_spec_defaults(pki, tmp_path) -> None:
     from router_sds.config import load as load_sds_config
     from router_sds.config import parse as parse_sds_config
 
-    rendered = render("istio-router", {}, tmp_path, links={"pilot": pilot_link()})
+    pilot_tls = {"ca_cert": pki.ca, "client_cert": pki.client.cert, "client_key": pki.client.key}
+    rendered = render("istio-router", {"pilot_tls": pilot_tls}, tmp_path,
+                      links={"pilot": pilot_link({"tls": {"cert": pki.server.cert}})})
     from_job = load_sds_config(rendered["config/sds.yml"])
     from_code = parse_sds_config({"listen": from_job.listen, "file_cert_dir": from_job.file_cert_dir})
     assert from_code == from_job
