@@ -38,6 +38,8 @@ ROUTING_API_VARIABLES = {
 }
 # Platform routes whose backend job goes away with the Istio tier (routing-api's own API).
 ROUTES_OF_REMOVED_JOBS = {("api", "routing-api")}
+# Cloud Controller's jobs, which keep asking routing-api's router groups (Copilot serves them).
+ROUTING_API_CLIENTS = {"cloud_controller_ng", "cloud_controller_worker", "cloud_controller_clock"}
 _VAR_RE = re.compile(r"\(\(\s*!?([A-Za-z0-9_.\-/]+?)\s*\)\)")
 
 

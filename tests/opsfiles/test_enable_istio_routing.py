@@ -10,6 +10,7 @@ from opsfile_helpers import (
     REMOVED_GROUPS,
     REMOVED_JOBS,
     ROUTES_OF_REMOVED_JOBS,
+    ROUTING_API_CLIENTS,
     ROUTING_API_VARIABLES,
     group,
     job,
@@ -33,7 +34,8 @@ def test_no_nats_or_routing_api_variable_or_property_is_left_in_any_job(result):
         assert not used & NATS_VARIABLES, f"{where}/{item['name']} still uses {used & NATS_VARIABLES}"
         assert not used & ROUTING_API_VARIABLES, f"{where}/{item['name']} still uses {used & ROUTING_API_VARIABLES}"
         assert "nats" not in properties, f"{where}/{item['name']} still has nats properties"
-        assert (properties.get("routing_api") or {}).get("enabled") is not True, f"{where}/{item['name']} uses routing-api"
+        if (properties.get("routing_api") or {}).get("enabled") is True:  # routing-api's clients, and Copilot serving it
+            assert item["name"] in ROUTING_API_CLIENTS | {"copilot"}, f"{where}/{item['name']} uses routing-api"
     declared = {v["name"] for v in result["variables"]}
     assert not declared & (NATS_VARIABLES | ROUTING_API_VARIABLES)
 
@@ -47,7 +49,7 @@ def test_every_referenced_variable_is_declared(result):
 
 def test_the_istio_groups_are_there_with_the_routers_load_balancer_wiring(result, base):
     control = group(result, "istio-control")
-    assert [j["name"] for j in control["jobs"]] == ["copilot", "pilot-discovery"]
+    assert [j["name"] for j in control["jobs"]] == ["copilot", "pilot-discovery", "istio-route-registrar"]
     assert all(j["release"] == "istio-routing" for j in control["jobs"])
     copilot = job(result, "istio-control", "copilot")["properties"]
     assert copilot["registrar"]["enabled"] is True and copilot["registrar"]["listen_address"].startswith("0.0.0.0:")
@@ -80,6 +82,10 @@ def test_every_platform_route_is_carried_by_istio_route_registrar(result, base):
     after = registrar_routes(result, "istio-route-registrar")
     assert before, "the base manifest has no route_registrar routes?"
     expected = {key: route for key, route in before.items() if key not in ROUTES_OF_REMOVED_JOBS}
+    # routing-api's own route moves to istio-control, where Copilot serves router groups: the same
+    # definition (api.<sys>/routing, tls_port 3001, its SAN, 20 s), without routing-api's health check script.
+    routing_api = {k: v for k, v in before[("api", "routing-api")].items() if k != "health_check"}
+    expected[("istio-control", "routing-api")] = routing_api
     assert after == expected  # the very same route definitions, TLS settings and health checks included
     hosts = {uri.split("/")[0].split(".")[0] for route in after.values() for uri in route["uris"]}
     assert {"api", "uaa", "login", "doppler", "log-cache", "log-stream", "blobstore", "proxy"} <= hosts
@@ -91,8 +97,7 @@ def test_every_platform_route_is_carried_by_istio_route_registrar(result, base):
 
 def test_certificate_variables_are_signed_by_cas_in_the_manifest(result):
     variables = {v["name"]: v for v in result["variables"]}
-    ours = ["copilot_bbs_client", "copilot_registrar_server", "istio_route_registrar_client", "istiod_xds_server",
-            "istio_router_xds_client"]
+    ours = ["copilot_bbs_client", "copilot_registrar_server", "istio_route_registrar_client"]
     for name in ours:
         ca = variables[name]["options"]["ca"]
         assert variables[ca]["type"] == "certificate" and variables[ca]["options"].get("is_ca") is True
@@ -109,31 +114,8 @@ def test_dns_aliases_point_at_groups_that_exist(result):
     assert not {"nats.service.cf.internal", "_.nats.service.cf.internal", "routing-api.service.cf.internal"} & set(domains)
     assert [t["instance_group"] for t in domains["copilot.service.cf.internal"]["targets"]] == ["istio-control"]
     assert [t["instance_group"] for t in domains["istio-router.service.cf.internal"]["targets"]] == ["istio-router"]
-    assert [t["instance_group"] for t in domains["istiod.service.cf.internal"]["targets"]] == ["istio-control"]
     targets = {t["instance_group"] for a in aliases for t in a["targets"]}
     assert not targets & REMOVED_GROUPS
-
-
-def test_routers_reach_istiod_over_mutual_tls_with_a_ca_of_its_own(result):
-    """istiod serves the routers on its secure port only (plaintext stays on the job's loopback default),
-    with a certificate naming what the routers verify; it lets in clients of istio_xds_ca, which signs
-    nothing but these two certificates."""
-    pilot = job(result, "istio-control", "pilot-discovery")["properties"]
-    assert pilot["tls"] == {"cert": "((istiod_xds_server.certificate))", "key": "((istiod_xds_server.private_key))",
-                            "ca_cert": "((istio_router_xds_client.ca))"}
-    assert "grpc_address" not in pilot  # the job's default, 127.0.0.1
-    router = job(result, "istio-router", "istio-router")["properties"]
-    assert router["pilot_tls"] == {"ca_cert": "((istiod_xds_server.ca))",
-                                   "client_cert": "((istio_router_xds_client.certificate))",
-                                   "client_key": "((istio_router_xds_client.private_key))",
-                                   "server_name": "istiod.service.cf.internal"}
-    variables = {v["name"]: v for v in result["variables"]}
-    server, client = variables["istiod_xds_server"]["options"], variables["istio_router_xds_client"]["options"]
-    assert server["ca"] == client["ca"] == "istio_xds_ca" and variables["istio_xds_ca"]["options"]["is_ca"] is True
-    assert "istiod.service.cf.internal" in server["alternative_names"] and server["extended_key_usage"] == ["server_auth"]
-    assert client["alternative_names"] and client["extended_key_usage"] == ["client_auth"]
-    assert [v["name"] for v in variables.values() if (v.get("options") or {}).get("ca") == "istio_xds_ca"] == [
-        "istiod_xds_server", "istio_router_xds_client"]
 
 
 def test_cells_keep_tls_proxy_ports_and_routers_verify_instances(result):
