@@ -97,7 +97,8 @@ def test_every_platform_route_is_carried_by_istio_route_registrar(result, base):
 
 def test_certificate_variables_are_signed_by_cas_in_the_manifest(result):
     variables = {v["name"]: v for v in result["variables"]}
-    ours = ["copilot_bbs_client", "copilot_registrar_server", "istio_route_registrar_client"]
+    ours = ["copilot_bbs_client", "copilot_registrar_server", "istio_route_registrar_client", "istiod_xds_server",
+            "istio_router_xds_client"]
     for name in ours:
         ca = variables[name]["options"]["ca"]
         assert variables[ca]["type"] == "certificate" and variables[ca]["options"].get("is_ca") is True
@@ -114,8 +115,31 @@ def test_dns_aliases_point_at_groups_that_exist(result):
     assert not {"nats.service.cf.internal", "_.nats.service.cf.internal", "routing-api.service.cf.internal"} & set(domains)
     assert [t["instance_group"] for t in domains["copilot.service.cf.internal"]["targets"]] == ["istio-control"]
     assert [t["instance_group"] for t in domains["istio-router.service.cf.internal"]["targets"]] == ["istio-router"]
+    assert [t["instance_group"] for t in domains["istiod.service.cf.internal"]["targets"]] == ["istio-control"]
     targets = {t["instance_group"] for a in aliases for t in a["targets"]}
     assert not targets & REMOVED_GROUPS
+
+
+def test_routers_reach_istiod_over_mutual_tls_with_a_ca_of_its_own(result):
+    """istiod serves the routers on its secure port only (plaintext stays on the job's loopback default),
+    with a certificate naming what the routers verify; it lets in clients of istio_xds_ca, which signs
+    nothing but these two certificates."""
+    pilot = job(result, "istio-control", "pilot-discovery")["properties"]
+    assert pilot["tls"] == {"cert": "((istiod_xds_server.certificate))", "key": "((istiod_xds_server.private_key))",
+                            "ca_cert": "((istio_router_xds_client.ca))"}
+    assert "grpc_address" not in pilot  # the job's default, 127.0.0.1
+    router = job(result, "istio-router", "istio-router")["properties"]
+    assert router["pilot_tls"] == {"ca_cert": "((istiod_xds_server.ca))",
+                                   "client_cert": "((istio_router_xds_client.certificate))",
+                                   "client_key": "((istio_router_xds_client.private_key))",
+                                   "server_name": "istiod.service.cf.internal"}
+    variables = {v["name"]: v for v in result["variables"]}
+    server, client = variables["istiod_xds_server"]["options"], variables["istio_router_xds_client"]["options"]
+    assert server["ca"] == client["ca"] == "istio_xds_ca" and variables["istio_xds_ca"]["options"]["is_ca"] is True
+    assert "istiod.service.cf.internal" in server["alternative_names"] and server["extended_key_usage"] == ["server_auth"]
+    assert client["alternative_names"] and client["extended_key_usage"] == ["client_auth"]
+    assert [v["name"] for v in variables.values() if (v.get("options") or {}).get("ca") == "istio_xds_ca"] == [
+        "istiod_xds_server", "istio_router_xds_client"]
 
 
 def test_cells_keep_tls_proxy_ports_and_routers_verify_instances(result):

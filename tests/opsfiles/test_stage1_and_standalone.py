@@ -36,7 +36,8 @@ def test_stage1_and_stage2_declare_the_same_istio_pieces(stage1, enabled):
     router2["jobs"][0]["properties"]["upstream_tls"]["ca_certs"].remove("((copilot_routing_api_tls.ca))")
     assert {k: v for k, v in router2.items() if k != "vm_extensions"} == router1
     ours = {"copilot_routing_api_ca", "copilot_routing_api_tls",  # stage 2 serves router groups with them
-            "copilot_bbs_client", "copilot_registrar_server", "istio_route_registrar_ca", "istio_route_registrar_client"}
+            "copilot_bbs_client", "copilot_registrar_server", "istio_route_registrar_ca", "istio_route_registrar_client",
+            "istio_xds_ca", "istiod_xds_server", "istio_router_xds_client"}
     assert [v for v in stage1["variables"] if v["name"] in ours] == [v for v in enabled["variables"] if v["name"] in ours]
     assert len(ours) == len([v for v in enabled["variables"] if v["name"] in ours])
 
@@ -51,8 +52,12 @@ def test_standalone_manifest_interpolates_and_renders(tmp_path):
     copilot_props = job(manifest, "istio-control", "copilot")["properties"]
     copilot_link = link_from_job(REPO / "jobs" / "copilot", "copilot", copilot_props)
     render_job(REPO / "jobs" / "copilot", copilot_props, out_dir=tmp_path / "copilot")
-    render_job(REPO / "jobs" / "pilot-discovery", {}, links={"copilot": copilot_link}, out_dir=tmp_path / "pilot")
-    pilot_link = link_from_job(REPO / "jobs" / "pilot-discovery", "pilot", {})
+    pilot_props = job(manifest, "istio-control", "pilot-discovery")["properties"]
+    pilot = render_job(REPO / "jobs" / "pilot-discovery", pilot_props, links={"copilot": copilot_link},
+                       out_dir=tmp_path / "pilot")
+    args = yaml.safe_load(pilot["config/bpm.yml"].read_text())["processes"][0]["args"]
+    assert "--grpcAddr=127.0.0.1:15010" in args and "--secureGRPCAddr=0.0.0.0:15012" in args
+    pilot_link = link_from_job(REPO / "jobs" / "pilot-discovery", "pilot", pilot_props)
     render_job(REPO / "jobs" / "istio-router", job(manifest, "istio-router", "istio-router").get("properties"),
                links={"pilot": pilot_link, "copilot": copilot_link}, out_dir=tmp_path / "router")
     assert {item["release"] for _, item in jobs(manifest)} == {"istio-routing", "bpm"}

@@ -3,12 +3,15 @@ real bosh CLI generated), and our jobs render from the result with BOSH's templa
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from opsfile_helpers import (
     BOSH_LITE,
     CF,
@@ -77,6 +80,18 @@ def test_operator_tls_replaces_the_generated_router_certificate(with_vars, store
     assert "router_ssl" not in {v["name"] for v in with_vars["operator-tls"].get("variables", [])}
 
 
+def _assert_tls_pair(*, ca: str, leaf: str, usage: x509.ObjectIdentifier, dns_name: str | None = None) -> None:
+    """`leaf` is signed by `ca`, has the extended key usage and a SAN (istiod reads the client's identity
+    from it), and names `dns_name` if given."""
+    ca_cert, leaf_cert = x509.load_pem_x509_certificate(ca.encode()), x509.load_pem_x509_certificate(leaf.encode())
+    leaf_cert.verify_directly_issued_by(ca_cert)
+    assert usage in leaf_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    sans = leaf_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert list(sans)
+    if dns_name:
+        assert dns_name in sans.get_values_for_type(x509.DNSName)
+
+
 def _install(rendered: dict[str, Path], job: str, out: Path) -> None:
     for path in rendered.values():
         path.write_text(path.read_text().replace(f"/var/vcap/jobs/{job}", str(out)))
@@ -100,14 +115,31 @@ def test_our_jobs_render_from_the_manifest_and_their_programs_accept_the_result(
     assert config.registrar is not None and config.registrar.listen == "0.0.0.0:9003"
     assert config.gateway.upstream_ca_file == "/var/vcap/jobs/istio-router/config/certs/upstream_ca.crt"
 
-    pilot = render_job(REPO / "jobs" / "pilot-discovery", {}, links={"copilot": copilot_link}, out_dir=tmp_path / "pilot")
-    pilot_link = link_from_job(REPO / "jobs" / "pilot-discovery", "pilot", {}, instances=control)
+    pilot_props = next(item for _, item in jobs(manifest) if item["name"] == "pilot-discovery").get("properties") or {}
+    pilot = render_job(REPO / "jobs" / "pilot-discovery", pilot_props, links={"copilot": copilot_link},
+                       out_dir=tmp_path / "pilot")
+    pilot_link = link_from_job(REPO / "jobs" / "pilot-discovery", "pilot", pilot_props, instances=control)
     assert "config/mesh.yml" in pilot
+    # istiod: plaintext xDS on loopback only, mutual TLS on 15012 for the routers.
+    args = yaml.safe_load(pilot["config/bpm.yml"].read_text())["processes"][0]["args"]
+    assert "--grpcAddr=127.0.0.1:15010" in args and "--secureGRPCAddr=0.0.0.0:15012" in args
+    assert "--caCertFile=/var/vcap/jobs/pilot-discovery/config/certs/ca.crt" in args
 
     router_props = next(item for _, item in jobs(manifest) if item["name"] == "istio-router")["properties"]
     router = render_job(REPO / "jobs" / "istio-router", router_props, links={"pilot": pilot_link, "copilot": copilot_link},
                         out_dir=tmp_path / "router")
     assert router["config/certs/upstream_ca.crt"].read_text().count("BEGIN CERTIFICATE") == 4  # + the router groups API's CA
+    bootstrap = json.loads(router["config/envoy.json"].read_text())
+    xds = next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "xds-grpc")
+    assert {e["endpoint"]["address"]["socket_address"]["port_value"]
+            for e in xds["load_assignment"]["endpoints"][0]["lb_endpoints"]} == {15012}
+    assert xds["transport_socket"]["typed_config"]["sni"] == "istiod.service.cf.internal"
+    # The generated certificates fit together: the router's CA verifies istiod's certificate, which names
+    # the server name the router checks; istiod's client CA verifies the router's client certificate.
+    _assert_tls_pair(ca=router["config/certs/pilot/ca.crt"].read_text(), leaf=pilot["config/certs/tls.crt"].read_text(),
+                     usage=ExtendedKeyUsageOID.SERVER_AUTH, dns_name="istiod.service.cf.internal")
+    _assert_tls_pair(ca=pilot["config/certs/ca.crt"].read_text(), leaf=router["config/certs/pilot/client.crt"].read_text(),
+                     usage=ExtendedKeyUsageOID.CLIENT_AUTH)
 
     checked = 0
     for group_name, item in jobs(manifest):
