@@ -98,6 +98,9 @@ def test_packaging_produces_a_working_package(name, all_blobs, tmp_path, pki):
     elif name == "router-sds":
         assert "usage: router-sds" in _runs([str(target / "bin" / "router-sds"), "--help"])
         assert str(target) in _package_python(target, "import router_sds.server, yaml; print(router_sds.__file__)")
+        assert "usage: route-services" in _runs([str(target / "bin" / "route-services"), "--help"])
+        code = "import route_services.proxy, cryptography; print(route_services.__file__)"  # AES-GCM from the wheel
+        assert str(target) in _package_python(target, code)
     elif name == "istio-route-registrar":
         assert "usage: istio-route-registrar" in _runs([str(target / "bin" / "istio-route-registrar"), "--help"])
         assert str(target) in _package_python(target, "import route_registrar.registrar; print(route_registrar.__file__)")
