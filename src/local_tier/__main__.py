@@ -88,6 +88,8 @@ The routing tier is up. It listens on loopback only:
   Copilot MCP             127.0.0.1:{wanted["copilot_mcp_port"]}
   Copilot CC API (mTLS)   127.0.0.1:{wanted["copilot_cc_port"]}
   Copilot registrar (mTLS) 127.0.0.1:{wanted["copilot_registrar_port"]}
+  Copilot router groups   https://127.0.0.1:{wanted["copilot_routing_api_port"]}  (at api.sys.local/routing)
+  router TCP (default-tcp) 127.0.0.1:{wanted["router_tcp_port"]}  (the local router group's one reservable port)
   Copilot health/metrics  http://127.0.0.1:{wanted["copilot_health_port"]}/health  /metrics
   BBS double (mTLS)       https://127.0.0.1:{wanted["bbs_port"]}   (control API http://127.0.0.1:{wanted["bbs_admin_port"]})
   Diego cell double       apps on 127.1.x.y behind their TLS proxies (control API http://127.0.0.1:{wanted["cell_admin_port"]})

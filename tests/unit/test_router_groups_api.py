@@ -389,3 +389,18 @@ def test_config_refuses_verification_keys_that_are_not_public_keys(tmp_path: Pat
     Path(data["routing_api"]["uaa_verification_keys"]).write_text(uaa.public_key_pem)
     with pytest.raises(ConfigError, match="routing_api.uaa_issuer: is required"):
         parse(data)
+
+
+def test_copilot_serves_the_router_groups_api_when_configured(tmp_path: Path, tls, uaa: TestUAA) -> None:
+    from copilot.main import Copilot
+
+    ca, _ = tls
+    data = _config(tmp_path, tls, uaa, listen="127.0.0.1:0")
+    copilot = Copilot(parse({**data, "mcp": {"listen": "127.0.0.1:0"}, "health": {"listen": "127.0.0.1:0"}}))
+    copilot.start()
+    try:
+        assert copilot.routing_api is not None
+        response = _get(copilot.routing_api, ca, uaa.authorization([READ]))  # type: ignore[arg-type]
+        assert response.status_code == 200 and [g["name"] for g in response.json()] == ["default-tcp"]
+    finally:
+        copilot.stop()
