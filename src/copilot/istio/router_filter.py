@@ -20,6 +20,9 @@ managers (context GATEWAY, selected by the Gateway's labels):
    mappers, by response flag): `no_endpoints` or `endpoint_failure`, as gorouter names them.
 4. Route integrity per instance (CLUSTER patch on the clusters of IDENTITY_SERVICE_PORT): SNI from, and
    the certificate's SAN checked against, each endpoint's hostname (the instance guid).
+5. Route services (builder.py): the first Lua drops client-sent `x-cf-rs-route-*` headers (only
+   Copilot's routes tell the route-service proxy about a route), and the upstream header_mutation drops
+   `x-cf-rs-forwarded-proto` once the verified route has turned it into X-Forwarded-Proto.
 """
 
 from __future__ import annotations
