@@ -24,6 +24,8 @@ class Config:
     # Empty: route services are off and every request answers 502 route_service_unsupported.
     secret: str = ""
     secret_decrypt_only: str = ""
+    # Required with every request when set: the token the job gives its Envoy (see the job's bpm.yml).
+    local_token: str = ""
     timeout_seconds: float = 60.0
     recommend_https: bool = True
     # PEM CA certificates trusted for route services, besides the operating system's store.
@@ -78,6 +80,7 @@ def parse(data: object) -> Config:
         gateway=_loopback(data, "gateway"),
         secret=secret,
         secret_decrypt_only=decrypt_only,
+        local_token=_string(data, "local_token", ""),
         timeout_seconds=_number(data, "timeout_seconds", defaults.timeout_seconds, minimum=1),
         recommend_https=_boolean(data, "recommend_https", defaults.recommend_https),
         ca_certs=tuple(ca_certs),

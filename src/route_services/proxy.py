@@ -15,6 +15,7 @@ Bodies stream both ways; nothing is buffered whole.
 
 from __future__ import annotations
 
+import hmac
 import http.client
 import logging
 import socket
@@ -36,6 +37,7 @@ ROUTE_HOST_HEADER = "x-cf-rs-route-host"
 ROUTE_PATH_HEADER = "x-cf-rs-route-path"  # "/" for the host's root route
 ROUTE_SERVICE_URL_HEADER = "x-cf-rs-route-service-url"
 ROUTE_EXCLUDED_HEADER = "x-cf-rs-route-excluded-paths"  # space-separated longer context paths of the host
+TOKEN_HEADER = "x-cf-rs-local-token"  # Config.local_token, from the router's Envoy
 # Set by the proxy on a verified return trip: the X-Forwarded-Proto the router saw from the route
 # service, which the loopback Gateway's route restores (Envoy would say "http", its loopback listener's).
 FORWARDED_PROTO_HEADER = "x-cf-rs-forwarded-proto"
@@ -138,6 +140,10 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _Failure(
                     503, "Websocket requests are not supported for routes bound to Route Services.", "route_service_unsupported"
                 )
+            token = self.proxy.config.local_token
+            if token and not hmac.compare_digest(self.headers.get(TOKEN_HEADER, "").encode(), token.encode()):
+                log.error("a request without the router's token (%s): not from the router's Envoy", TOKEN_HEADER)
+                raise _Failure(500, "Route service request failed.")
             route = _Route.from_headers(self.headers)
             if self.headers.get(SIGNATURE_HEADER):
                 self._return_trip(route)

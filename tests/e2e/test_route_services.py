@@ -187,6 +187,17 @@ def test_a_request_goes_through_its_route_service_and_comes_back_to_the_app(
     assert "x-cf-applicationid" not in headers and "x-cf-instanceid" not in headers  # gorouter sends none to services
     assert not [name for name in headers if name.startswith("x-cf-rs-")], headers
 
+    # Only the router's own Envoy can have requests signed: another process on the VM, at the proxy's
+    # loopback port without the job's token, gets nothing signed.
+    route_service.requests.clear()
+    connection = http.client.HTTPConnection("127.0.0.1", tier.ports["router_route_services_proxy_port"], timeout=5)
+    connection.request("GET", "/guarded", headers={"Host": host, "x-cf-rs-route-host": host, "x-cf-rs-route-path": "/guarded",
+                                                  "x-cf-rs-route-service-url": route_service.url("/forward")})
+    response = connection.getresponse()
+    assert (response.status, response.read()) == (500, b"500 Internal Server Error: Route service request failed.\n")
+    connection.close()
+    assert route_service.requests == []
+
     # The host's other paths are not bound: straight to the app.
     direct = tier.get(host, "/other/headers").json()
     assert direct["x-cf-applicationid"] == app_guid and "x-cf-forwarded-url" not in direct

@@ -67,6 +67,11 @@ def test_with_copilots_route_services_on_the_router_runs_the_proxy_on_the_links_
     assert process["executable"] == "/var/vcap/packages/router-sds/bin/route-services"
     assert process["args"] == ["--config", "/var/vcap/jobs/istio-router/config/route_services.json"]
     config = json.loads(rendered["config/route_services.json"].read_text())
+    # One token for the job's Envoy (its environment, which Copilot's routes read) and the proxy, derived
+    # from the secret: nothing else on the VM has it.
+    [envoy] = [p for p in yaml.safe_load(rendered["config/bpm.yml"].read_text())["processes"] if p["name"] == "envoy"]
+    token = config.pop("local_token")
+    assert envoy["env"] == {"CF_ROUTE_SERVICES_TOKEN": token} and len(token) == 64 and "current" not in token
     certs = "/var/vcap/jobs/istio-router/config/certs/route_services"
     assert config == {
         "listen": "127.0.0.1:9070", "gateway": "127.0.0.1:9071", "secret": "current", "secret_decrypt_only": "previous",

@@ -15,6 +15,7 @@ from copilot.istio.builder import (
     ROUTE_SERVICE_HOST_HEADER,
     ROUTE_SERVICE_PATH_HEADER,
     ROUTE_SERVICE_PROXY_HOST,
+    ROUTE_SERVICE_TOKEN_HEADER,
     ROUTE_SERVICE_URL_HEADER,
     GatewaySettings,
     RouteServiceSettings,
@@ -95,6 +96,8 @@ def test_a_bound_route_goes_through_the_proxy_and_comes_back_to_the_app() -> Non
     assert [(d.destination.host, d.destination.port.number) for d in to_proxy.route] == [(ROUTE_SERVICE_PROXY_HOST, 7070)]
     assert not to_proxy.route[0].headers.request.set  # no X-CF-ApplicationID to route services, as gorouter
     assert dict(to_proxy.headers.request.set) == {
+        # From Envoy's environment (the istio-router job's): the proxy serves only the router's own Envoy.
+        ROUTE_SERVICE_TOKEN_HEADER: "%ENVIRONMENT(CF_ROUTE_SERVICES_TOKEN)%",
         ROUTE_SERVICE_HOST_HEADER: "app.example.com",
         ROUTE_SERVICE_PATH_HEADER: "/guarded",
         ROUTE_SERVICE_URL_HEADER: "https://rs.example.org/check?a=1",
@@ -152,7 +155,8 @@ def test_instance_routes_of_a_bound_route_are_only_on_the_loopback_gateway() -> 
 def test_the_router_filter_drops_client_sent_route_headers_and_the_scratch_header() -> None:
     ef = build_router_filter("cf", {"istio": "router"}, ("JSESSIONID",)).spec
     text = str(ef)
-    for header in (ROUTE_SERVICE_HOST_HEADER, ROUTE_SERVICE_PATH_HEADER, ROUTE_SERVICE_URL_HEADER, ROUTE_SERVICE_EXCLUDED_HEADER):
+    for header in (ROUTE_SERVICE_HOST_HEADER, ROUTE_SERVICE_PATH_HEADER, ROUTE_SERVICE_URL_HEADER, ROUTE_SERVICE_EXCLUDED_HEADER,
+                   ROUTE_SERVICE_TOKEN_HEADER):
         assert f'headers:remove(\\"{header}\\")' in text, header
     assert 'string_value: "x-cf-rs-forwarded-proto"' in text
 

@@ -318,6 +318,26 @@ def test_without_a_secret_every_request_is_refused_as_unsupported(pki) -> None:
         gateway.stop()
 
 
+def test_only_requests_with_the_routers_token_are_served(pki) -> None:
+    # The job gives its Envoy and the proxy one token: another process on the VM cannot get signatures.
+    service, gateway = Recorder(tls=(pki["server"].cert_path, pki["server"].key_path)), Recorder()
+    proxy = RouteServiceProxy(_config(gateway.port, pki, local_token="t0ken")).start()
+    try:
+        setup = Setup(proxy, service, gateway, f"https://127.0.0.1:{service.port}/")
+        _refusal(setup.request(), 500, "Route service request failed.")
+        _refusal(setup.request(headers={rs_proxy.TOKEN_HEADER: "guess"}), 500, "Route service request failed.")
+        signature, metadata = reference.seal(SECRET, f"https://{HOST}/guarded")
+        _refusal(setup.request(target="/guarded", headers={"X-CF-Proxy-Signature": signature, "X-CF-Proxy-Metadata": metadata}),
+                 500, "Route service request failed.")
+        assert service.requests == [] and gateway.requests == []
+        assert setup.request(headers={rs_proxy.TOKEN_HEADER: "t0ken"})[0] == 200
+        assert rs_proxy.TOKEN_HEADER not in service.requests[0]["headers"]  # never passed on
+    finally:
+        proxy.stop()
+        service.stop()
+        gateway.stop()
+
+
 def test_websocket_upgrades_are_refused(setup: Setup) -> None:
     result = setup.request(headers={"Upgrade": "websocket", "Connection": "Upgrade"})
     _refusal(result, 503, "Websocket requests are not supported for routes bound to Route Services.")
@@ -363,9 +383,9 @@ def test_skip_ssl_validation_accepts_any_certificate(pki) -> None:
 def test_the_header_names_are_copilots() -> None:
     # Copilot's routes set these and the router filter strips client copies: the two packages must agree.
     assert (rs_proxy.ROUTE_HOST_HEADER, rs_proxy.ROUTE_PATH_HEADER, rs_proxy.ROUTE_SERVICE_URL_HEADER,
-            rs_proxy.ROUTE_EXCLUDED_HEADER, rs_proxy.FORWARDED_PROTO_HEADER) == (
+            rs_proxy.ROUTE_EXCLUDED_HEADER, rs_proxy.FORWARDED_PROTO_HEADER, rs_proxy.TOKEN_HEADER) == (
         builder.ROUTE_SERVICE_HOST_HEADER, builder.ROUTE_SERVICE_PATH_HEADER, builder.ROUTE_SERVICE_URL_HEADER,
-        builder.ROUTE_SERVICE_EXCLUDED_HEADER, builder.ROUTE_SERVICE_FORWARDED_PROTO_HEADER)
+        builder.ROUTE_SERVICE_EXCLUDED_HEADER, builder.ROUTE_SERVICE_FORWARDED_PROTO_HEADER, builder.ROUTE_SERVICE_TOKEN_HEADER)
 
 
 # ---------------------------------------------------------------- config

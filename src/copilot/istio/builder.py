@@ -60,6 +60,10 @@ ROUTE_SERVICE_PATH_HEADER = "x-cf-rs-route-path"
 ROUTE_SERVICE_URL_HEADER = "x-cf-rs-route-service-url"
 ROUTE_SERVICE_EXCLUDED_HEADER = "x-cf-rs-route-excluded-paths"
 ROUTE_SERVICE_FORWARDED_PROTO_HEADER = "x-cf-rs-forwarded-proto"
+# A token the istio-router job gives its Envoy (environment) and its proxy, which the proxy requires: no
+# other process on the router VM can have requests signed.
+ROUTE_SERVICE_TOKEN_HEADER = "x-cf-rs-local-token"
+ROUTE_SERVICE_TOKEN_ENVIRONMENT = "CF_ROUTE_SERVICES_TOKEN"
 _ROUTE_SERVICE_URL_RE = re.compile(r"^https://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]{1,2040}$")
 _CONTEXT_PATH_RE = re.compile(r"^/[A-Za-z0-9\-._~:/@!$&'()*+,;=%]{0,1000}$")
 UNKNOWN_ROUTE_NAME = "cf-unknown-route"
@@ -331,6 +335,7 @@ def _add_route_service_routes(
         destination=pb.Destination(host=ROUTE_SERVICE_PROXY_HOST, port=pb.PortSelector(number=route_services.proxy_port))
     )
     headers = to_proxy.headers.request.set
+    headers[ROUTE_SERVICE_TOKEN_HEADER] = f"%ENVIRONMENT({ROUTE_SERVICE_TOKEN_ENVIRONMENT})%"
     headers[ROUTE_SERVICE_HOST_HEADER] = host
     headers[ROUTE_SERVICE_PATH_HEADER] = _envoy_literal(path or "/")
     headers[ROUTE_SERVICE_URL_HEADER] = _envoy_literal(_route_service_url(destinations))
