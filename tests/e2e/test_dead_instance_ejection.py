@@ -19,6 +19,7 @@ CONSECUTIVE_FAILURES = 3  # gateway.outlier_detection.consecutive_failures' defa
 # Without outlier detection the dead instance is tried first by every other request (about 65 per half).
 BOUND = 40
 REQUESTS = 300  # in two halves: the second must not try the dead instance at all
+CLIENT_FAILURES = 2  # requests reset by the dying instance's cell before their response
 
 def _endpoint_stats(tier: Tier, host: str) -> dict[str, dict[str, str]]:
     """Per endpoint (ip:port) of the host's process subset cluster (its route's; not the host's default
@@ -66,7 +67,12 @@ def test_a_dead_instance_diego_did_not_report_is_ejected_after_a_few_failures(ti
             answers[key] = answers.get(key, 0) + 1
         halves.append(connect_failures() - start - sum(halves))
     print(f"\noutlier detection: failed connections to the dead instance per {REQUESTS // 2} requests: {halves}; {answers}")
-    assert answers == {f"{unique}-i0": REQUESTS}  # retries hid every failure from the clients
+    # Connection failures are retried on the other instance, so clients see none of them. A request the
+    # dying instance's cell had already accepted and then reset is not retried (Istio's retry policy
+    # leaves out resets, so a non-idempotent request is never sent twice): at most a couple, while the
+    # cell tears the mapping down (docs/operating.md, "Failure budget").
+    failed = REQUESTS - answers.get(f"{unique}-i0", 0)
+    assert set(answers) <= {f"{unique}-i0", "HTTP 503"} and failed <= CLIENT_FAILURES, answers
     assert sum(halves) <= BOUND, f"the dead instance was tried {halves} times"
     assert halves[1] == 0, f"the dead instance was still tried: {halves}"
     after = _endpoint_stats(tier, host)[_address(dead)]
