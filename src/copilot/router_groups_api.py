@@ -276,6 +276,8 @@ class RouterGroupsServer:
         self.api = RouterGroupsApi(groups, validator)
         self._listener = HttpsListener(
             "routing-api", address, self.api, cert=cert, key=key,
+            body_error=lambda status, message: _error(status, "ProcessRequestError", f"Cannot process request: {message}"),
+            internal_error=_error(500, "InternalServerError", "internal error"),
             on_refused=lambda reason: CONNECTIONS_REFUSED.labels(reason).inc(), **limits,  # type: ignore[arg-type]
         )
         self.port = self._listener.port
