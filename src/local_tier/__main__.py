@@ -84,10 +84,12 @@ The routing tier is up. It listens on loopback only:
   router (Envoy) HTTPS    https://127.0.0.1:{wanted["router_https_port"]}  (*.apps.local, CA in {layout.pki / "router_ca.crt"})
   router health           http://127.0.0.1:{wanted["router_health_port"]}/health
   router admin            http://127.0.0.1:{wanted["router_admin_port"]}
-  istiod xDS              127.0.0.1:{wanted["istiod_grpc_port"]}
+  istiod xDS              127.0.0.1:{wanted["istiod_grpc_port"]} (plaintext, loopback only)
+  istiod xDS for routers  127.0.0.1:{wanted["istiod_secure_grpc_port"]} (mutual TLS)
   Copilot MCP             127.0.0.1:{wanted["copilot_mcp_port"]}
   Copilot CC API (mTLS)   127.0.0.1:{wanted["copilot_cc_port"]}
   Copilot registrar (mTLS) 127.0.0.1:{wanted["copilot_registrar_port"]}
+  Copilot apps.internal   https://127.0.0.1:{wanted["copilot_service_discovery_port"]}  (mTLS, bosh-dns-adapter's API)
   Copilot router groups   https://127.0.0.1:{wanted["copilot_routing_api_port"]}  (at api.sys.local/routing)
   router TCP (default-tcp) 127.0.0.1:{wanted["router_tcp_port"]}  (the local router group's one reservable port)
   Copilot health/metrics  http://127.0.0.1:{wanted["copilot_health_port"]}/health  /metrics
