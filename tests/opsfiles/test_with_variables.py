@@ -18,6 +18,7 @@ from opsfile_helpers import (
     ENABLE,
     ENABLE_LITE,
     OPERATOR_TLS,
+    PXC_PROXY_ROUTE,
     STAGE1,
     SYSTEM_DOMAIN,
     bosh,
@@ -32,8 +33,8 @@ from copilot.config import load as load_copilot_config
 from devtools.peers import CACHE, REPO
 
 COMBINATIONS = {
-    "enable": (ENABLE,),
-    "bosh-lite": (BOSH_LITE, ENABLE, ENABLE_LITE),
+    "enable": (ENABLE, PXC_PROXY_ROUTE),
+    "bosh-lite": (BOSH_LITE, ENABLE, ENABLE_LITE, PXC_PROXY_ROUTE),
     "stage-1": (STAGE1,),
     "operator-tls": (ENABLE, OPERATOR_TLS),
 }
