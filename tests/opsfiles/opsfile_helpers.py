@@ -23,6 +23,10 @@ ENABLE = OPS / "enable-istio-routing.yml"
 ENABLE_LITE = OPS / "enable-istio-routing-bosh-lite.yml"
 STAGE1 = OPS / "add-istio-routing.yml"
 OPERATOR_TLS = OPS / "istio-router-tls-certificates.yml"
+PXC_PROXY_ROUTE = OPS / "istio-routing-pxc-proxy-route.yml"
+STATIC_IPS = OPS / "istio-router-static-ips.yml"
+ONE_AZ = OPS / "istio-routing-scale-to-one-az.yml"
+CF_OPS = DATA / "ops-v58"
 STANDALONE = REPO / "manifests" / "istio-routing.yml"
 SYSTEM_DOMAIN = "sys.example.com"
 
@@ -44,7 +48,7 @@ _VAR_RE = re.compile(r"\(\(\s*!?([A-Za-z0-9_.\-/]+?)\s*\)\)")
 
 
 def cf_data_available() -> bool:
-    return CF.is_file() and BOSH_LITE.is_file()
+    return CF.is_file() and BOSH_LITE.is_file() and CF_OPS.is_dir()
 
 
 def bosh(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

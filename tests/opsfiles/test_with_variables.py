@@ -18,6 +18,7 @@ from opsfile_helpers import (
     ENABLE,
     ENABLE_LITE,
     OPERATOR_TLS,
+    PXC_PROXY_ROUTE,
     STAGE1,
     SYSTEM_DOMAIN,
     bosh,
@@ -32,8 +33,8 @@ from copilot.config import load as load_copilot_config
 from devtools.peers import CACHE, REPO
 
 COMBINATIONS = {
-    "enable": (ENABLE,),
-    "bosh-lite": (BOSH_LITE, ENABLE, ENABLE_LITE),
+    "enable": (ENABLE, PXC_PROXY_ROUTE),
+    "bosh-lite": (BOSH_LITE, ENABLE, ENABLE_LITE, PXC_PROXY_ROUTE),
     "stage-1": (STAGE1,),
     "operator-tls": (ENABLE, OPERATOR_TLS),
 }
@@ -130,6 +131,18 @@ def test_our_jobs_render_from_the_manifest_and_their_programs_accept_the_result(
                         out_dir=tmp_path / "router")
     assert router["config/certs/upstream_ca.crt"].read_text().count("BEGIN CERTIFICATE") == 4  # + the router groups API's CA
     bootstrap = json.loads(router["config/envoy.json"].read_text())
+    # The foundation's prom_scraper (every VM) scrapes each job's config/prom_scraper_config.yml at
+    # http://127.0.0.1:<port><path>: the ports the processes really listen on, plain HTTP.
+    scrape = {job: yaml.safe_load(out["config/prom_scraper_config.yml"].read_text())
+              for job, out in (("copilot", rendered), ("istiod", pilot), ("istio-router", router))}
+    copilot_health = yaml.safe_load(rendered["config/copilot.yml"].read_text())["health"]["listen"]
+    assert scrape["copilot"] == {**scrape["copilot"], "port": int(copilot_health.rsplit(":", 1)[1]),
+                                 "source_id": "copilot", "scheme": "http", "path": "/metrics"}
+    assert f"--monitoringAddr=127.0.0.1:{scrape['istiod']['port']}" in args
+    assert scrape["istiod"]["source_id"] == "istiod" and scrape["istiod"]["path"] == "/metrics"
+    assert scrape["istio-router"]["port"] == bootstrap["admin"]["address"]["socket_address"]["port_value"]
+    assert scrape["istio-router"]["path"] == "/stats/prometheus" and scrape["istio-router"]["scheme"] == "http"
+    assert all(c.get("instance_id") for c in scrape.values())
     xds = next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "xds-grpc")
     assert {e["endpoint"]["address"]["socket_address"]["port_value"]
             for e in xds["load_assignment"]["endpoints"][0]["lb_endpoints"]} == {15012}
