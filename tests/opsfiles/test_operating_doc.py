@@ -1,4 +1,4 @@
-"""docs/operating.md: every `bosh int` command in it runs, and every `bosh deploy` in it has a `bosh int`
+"""docs/operating.md and the README: every `bosh int` command in them runs, and every `bosh deploy` in it has a `bosh int`
 equivalent that runs (the deploy's own arguments), with cf-deployment v58 and this repository standing
 in for the `cf-deployment/` and `istio-routing/` checkouts the commands name."""
 
@@ -16,15 +16,19 @@ from devtools import peers
 from devtools.certs import make_ca
 
 DOC = REPO / "docs" / "operating.md"
+README = REPO / "README.md"
 # Commands that need a director or are exercised elsewhere (tests/release/test_bosh_create_release.py).
 DIRECTOR_ONLY = re.compile(r"^cd istio-routing && \./scripts/add-blobs && bosh create-release --force && bosh upload-release$")
 
 
 def commands() -> list[str]:
-    text = DOC.read_text()
-    section = text[text.index("## Turning the Istio routing tier on and off"):]
-    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
-    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+    """The commands of the doc's switching sections and of the README's (comment lines left out)."""
+    sections = []
+    for path, heading in ((DOC, "## Turning the Istio routing tier on and off"), (README, "### Turning the tier on and off")):
+        text = path.read_text()
+        sections.append(text[text.index(heading):])
+    blocks = [b for section in sections for b in re.findall(r"```sh\n(.*?)```", section, re.S)]
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
 def _local(argv: list[str]) -> list[str]:
