@@ -11,20 +11,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 
-from prometheus_client import Counter
-
 from copilot import metrics
 
 MEMORY = 4096
-
-# In Copilot's one registry (copilot.metrics.REGISTRY), beside the others.
-INVALID_INPUT = Counter(
-    "copilot_invalid_input_total",
-    "Input items Copilot dropped rather than route (an instance, a port mapping, a route entry, an endpoint), "
-    "each counted once when first seen, by source and field",
-    ["source", "field"],
-    registry=metrics.REGISTRY,
-)
+INVALID_INPUT = metrics.INVALID_INPUT  # copilot_invalid_input_total, defined with Copilot's other metrics
 
 _lock = threading.Lock()
 _seen: OrderedDict[tuple[str, str, Hashable], None] = OrderedDict()

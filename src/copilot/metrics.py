@@ -9,6 +9,13 @@ REGISTRY = CollectorRegistry()
 ROUTES = Gauge("copilot_routes", "HTTP routes known to Copilot", registry=REGISTRY)
 BACKENDS = Gauge("copilot_backends", "Serving app instances known to Copilot", registry=REGISTRY)
 HOSTS_REJECTED = Counter("copilot_hosts_rejected_total", "Host rebuilds skipped because of invalid input", registry=REGISTRY)
+INVALID_INPUT = Counter(
+    "copilot_invalid_input_total",
+    "Input items Copilot dropped rather than route (an instance, a port mapping, a route entry, an endpoint), "
+    "each counted once when first seen, by source and field (copilot.invalid_input)",
+    ["source", "field"],
+    registry=REGISTRY,
+)
 PUSHES = Counter("copilot_pushes_total", "Responses sent to istiod", ["type_url"], registry=REGISTRY)
 PUSH_LATENCY = Histogram(
     "copilot_push_latency_seconds",
