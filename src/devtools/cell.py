@@ -60,6 +60,7 @@ from devtools.apps import AppInstance, H2cApp, TcpEchoApp
 from devtools.certs import CA, CertPair, make_ca, shared_key
 from devtools.ports import free_port
 from devtools.processes import ManagedProcess
+from devtools.waiting import poll
 
 __all__ = [
     "V58_VERIFY_SUBJECT_ALT_NAMES",
@@ -788,14 +789,9 @@ def _admin_has_serial(ip: str, port: int, serial: int) -> bool:
     return serial in serials
 
 
-def _poll(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
+def _poll(predicate: Callable[[], bool], timeout: float) -> bool:
+    """devtools.waiting.poll, letting every error of the predicate through (a dead Envoy is not "not yet")."""
+    return poll(predicate, timeout, ignoring=())
 
 
 def _explain(instance: CellInstance) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+from devtools.waiting import poll
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
@@ -27,13 +29,11 @@ def free_ports(names, host: str = "127.0.0.1") -> dict[str, int]:
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> bool:
-    import time
+    """Whether something accepts TCP connections on `host`:`port` within `timeout` seconds."""
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def accepts() -> bool:
         with socket.socket() as sock:
             sock.settimeout(0.5)
-            if sock.connect_ex((host, port)) == 0:
-                return True
-        time.sleep(0.05)
-    return False
+            return sock.connect_ex((host, port)) == 0
+
+    return poll(accepts, timeout, interval=0.05)

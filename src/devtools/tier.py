@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from devtools.cell import Cell, CellInstance, CellPKI
 from devtools.certs import CA, CertPair
 from devtools.peers import REPO
 from devtools.ports import free_ports
+from devtools.waiting import wait_until  # the tests' one wait, also importable from here
 from local_tier import launch, render, supervisor
 from local_tier.layout import Layout
 
@@ -273,19 +273,3 @@ def tails(layout: Layout, lines: int = 30) -> str:
         text = log.read_text(errors="replace").splitlines()[-lines:]
         out.append(f"--- {log.relative_to(layout.root)}\n" + "\n".join(text))
     return "\n".join(out)
-
-
-def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, message: str = "condition") -> None:
-    """Polls `predicate` until it returns truthy; raises AssertionError with `message` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except (requests.RequestException, OSError) as error:
-            last_error = error
-        time.sleep(interval)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {message}" + (f" (last error: {last_error})" if last_error else "")
-    )

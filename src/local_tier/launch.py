@@ -19,6 +19,7 @@ import yaml
 from copilot.cc_cli import bulk_sync_chunks
 from copilot.protos import cc_copilot_pb2 as api
 from copilot.protos import cc_copilot_pb2_grpc as api_grpc
+from devtools.waiting import poll
 from local_tier import render, supervisor
 from local_tier.layout import Layout
 from local_tier.render import Process
@@ -142,17 +143,10 @@ def wait_ready(
         if not quiet:
             print(f"  waiting for {name} ...", end="", flush=True)
         started = time.monotonic()
-        while True:
-            try:
-                if check():
-                    break
-            except (requests.RequestException, ValueError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                if not quiet:
-                    print(" timed out", flush=True)
-                return False
-            time.sleep(0.1)
+        if not poll(check, max(0.0, deadline - started), interval=0.1, ignoring=(ValueError, OSError)):
+            if not quiet:
+                print(" timed out", flush=True)
+            return False
         if not quiet:
             print(f" ok ({time.monotonic() - started:.1f}s)", flush=True)
     return True
@@ -167,11 +161,13 @@ def shutdown(layout: Layout) -> None:
     supervisor.ctl(layout, "shutdown")
     if pid is None:
         return
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
+    if not poll(lambda: not _exists(pid), 30, interval=0.1):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -10,6 +9,7 @@ import pytest
 
 from bbs_double.server import BBSDouble
 from copilot.sources.bbs_client import TLSFiles
+from devtools import waiting
 from devtools.certs import CertPair, make_ca
 
 
@@ -49,17 +49,8 @@ def bbs_double(bbs_pki: BBSPKI) -> Iterator[BBSDouble]:
         double.stop()
 
 
-def _wait_until(predicate: Callable[[], object], timeout: float = 10.0, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-
-
 @pytest.fixture
 def wait_until() -> Callable[..., None]:
-    """`wait_until(predicate, timeout=10, message=...)`: polls with a deadline, raises AssertionError on timeout."""
-    return _wait_until
+    """devtools.waiting.wait_until, as a fixture: `wait_until(predicate, timeout=..., message=...)`."""
+    return waiting.wait_until
 

@@ -8,7 +8,6 @@ import re
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from bbs_double.server import EVENTS_PATH, BBSDouble
 from copilot.protos import bbs_pb2 as bbs
 from devtools.certs import CA, CertPair, make_ca
+from devtools.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -751,7 +751,7 @@ def test_a_hung_double_accepts_but_answers_nothing_until_resumed(double: BBSDoub
     assert double.hung
     pings = double.requests_received("/v1/ping")
     answered, box = _in_thread(lambda: post(double, pki, "/v1/ping"))
-    wait_for(lambda: double.requests_received("/v1/ping") == pings + 1)  # received (TLS done), not answered
+    wait_until(lambda: double.requests_received("/v1/ping") == pings + 1)  # received (TLS done), not answered
     double.desire_lrp("while-hung")  # an event for the open stream: held, as the answer is
     stream.sock.settimeout(0.5)
     with pytest.raises(TimeoutError):
@@ -770,7 +770,7 @@ def test_a_hung_double_accepts_but_answers_nothing_until_resumed(double: BBSDoub
 def test_stopping_a_hung_double_ends_its_streams_and_held_requests(double: BBSDouble, pki: PKI, stream: RawStream) -> None:
     double.hang()
     answered, box = _in_thread(lambda: post(double, pki, "/v1/actual_lrps/list"))
-    wait_for(lambda: double.requests_received("/v1/actual_lrps/list") == 1)
+    wait_until(lambda: double.requests_received("/v1/actual_lrps/list") == 1)
     double.stop()
     assert stream.read_chunk() == b""  # the stream's end
     assert answered.wait(TIMEOUT) and isinstance(box[0], requests.ConnectionError)  # cut, unanswered
@@ -838,7 +838,7 @@ def test_admin_client_drives_the_faults(double: BBSDouble, pki: PKI) -> None:
         assert client.state()["hung"] is False
         stream = RawStream(double, pki)
         try:
-            wait_for(lambda: client.state()["subscribers"] == 1)
+            wait_until(lambda: client.state()["subscribers"] == 1)
             client.close_event_streams()
             assert stream.read_chunk() == b""
         finally:
@@ -858,10 +858,3 @@ def test_admin_client_drives_the_faults(double: BBSDouble, pki: PKI) -> None:
             client.fail_requests(error_type="NoSuchType")
     finally:
         admin.stop()
-
-
-def wait_for(predicate, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)

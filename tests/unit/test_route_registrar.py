@@ -24,6 +24,7 @@ from copilot.routing_table import RoutingTable
 from copilot.sources.registrar_api import RegistrarApi
 from devtools.certs import CertPair, make_ca
 from devtools.peers import REPO
+from devtools.waiting import wait_until
 from route_registrar.config import ConfigError, parse, split_uri
 from route_registrar.registrar import CopilotClient, Registrar, expand_uris, registrations, run_health_check
 
@@ -100,15 +101,6 @@ def route(name: str = "api", **overrides) -> dict:
     return base
 
 
-def wait_for(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out")
-
-
 def script(tmp_path: Path, name: str, body: str) -> str:
     path = tmp_path / name
     path.write_text("#!/bin/sh\n" + body + "\n")
@@ -124,7 +116,7 @@ def test_registers_renews_and_deregisters_on_stop(pki, copilots):
     registrar = Registrar(config)
     registrar.start()
     try:
-        wait_for(lambda: len(copilot.registered()) == 4)
+        wait_until(lambda: len(copilot.registered()) == 4)
         assert copilot.registered() == {
             ("api.sys.example.com", "", "10.0.16.10", 9022, 0, "", "api/api"),
             ("uaa.sys.example.com", "", "10.0.16.10", 0, 8443, "uaa.service.cf.internal", "api/uaa"),
@@ -132,7 +124,7 @@ def test_registers_renews_and_deregisters_on_stop(pki, copilots):
             ("api.sys.example.com", "/networking", "10.0.16.10", 0, 8443, "uaa.service.cf.internal", "api/uaa"),
         }
         changes = copilot.changes
-        wait_for(lambda: registrar.cycles["api"] >= 3)
+        wait_until(lambda: registrar.cycles["api"] >= 3)
         assert copilot.changes > changes  # renewed every interval
     finally:
         registrar.stop()
@@ -146,7 +138,7 @@ def test_registrations_expire_when_not_renewed(pki, copilots):
     client = CopilotClient(config.copilot)
     assert client.send("POST", registrations(config.routes[0], config)) == []
     assert len(copilot.registered()) == 1
-    wait_for(lambda: not copilot.registered(), timeout=5)  # Copilot's expiry runs every second
+    wait_until(lambda: not copilot.registered(), timeout=5)  # Copilot's expiry runs every second
 
 
 def test_health_check_failure_deregisters_and_recovery_registers_again(pki, copilots, tmp_path):
@@ -161,12 +153,12 @@ def test_health_check_failure_deregisters_and_recovery_registers_again(pki, copi
     registrar = Registrar(config)
     registrar.start()
     try:
-        wait_for(lambda: len(copilot.registered()) == 2)
+        wait_until(lambda: len(copilot.registered()) == 2)
         flag.unlink()
-        wait_for(lambda: {r[0] for r in copilot.registered()} == {"always.sys.example.com"}
+        wait_until(lambda: {r[0] for r in copilot.registered()} == {"always.sys.example.com"}
                  and set(registrar.registered()) == {"always"})
         flag.write_text("")
-        wait_for(lambda: len(copilot.registered()) == 2)
+        wait_until(lambda: len(copilot.registered()) == 2)
     finally:
         registrar.stop()
     assert copilot.registered() == set()
@@ -175,18 +167,28 @@ def test_health_check_failure_deregisters_and_recovery_registers_again(pki, copi
 def test_health_check_timeout_kills_the_script_and_counts_as_unhealthy(tmp_path):
     from route_registrar.config import HealthCheck
 
-    marker = tmp_path / "child-survived"
-    slow = script(tmp_path, "slow", f'(sleep 1; touch "{marker}") & sleep 5')
-    started = time.monotonic()
+    marker, child_pid = tmp_path / "child-survived", tmp_path / "child.pid"
+    # A child holding the output pipe: unless the whole process group is killed, the call blocks until the
+    # child has touched the marker (30 s later) and returns with the marker there.
+    slow = script(tmp_path, "slow", f'(sleep 30; touch "{marker}") & echo $! > "{child_pid}"; sleep 30')
     healthy, reason = run_health_check(HealthCheck("slow", slow, 0.2))
     assert not healthy and "timed out after 0.2s" in reason
-    assert time.monotonic() - started < 2
-    time.sleep(1.2)
-    assert not marker.exists()  # its whole process group was killed
+    assert not marker.exists()
+    child = int(child_pid.read_text())
+    wait_until(lambda: not _running(child), timeout=5, message="the script's child killed with its process group")
     assert run_health_check(HealthCheck("missing", str(tmp_path / "nope"), 1)) == (False, f"cannot run {tmp_path / 'nope'}: "
                                                                                    "No such file or directory")
     ok = script(tmp_path, "ok", "exit 0")
     assert run_health_check(HealthCheck("ok", ok, 1)) == (True, "ok")
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie not yet reaped has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_prepend_instance_index(pki):
@@ -206,7 +208,7 @@ def test_registers_with_every_copilot_and_survives_one_being_down(pki):
     registrar.start()
     try:
         # The registrar records a route once its round (every Copilot, the unreachable one too) is done.
-        wait_for(lambda: first.registered() and second.registered() and registrar.registered())
+        wait_until(lambda: first.registered() and second.registered() and registrar.registered())
         assert first.registered() == second.registered()
         assert set(registrar.registered()) == {"api"}
     finally:
@@ -250,7 +252,7 @@ def test_sigterm_deregisters_and_exits_zero(pki, copilots, tmp_path):
                                env={**os.environ, "PYTHONPATH": str(REPO / "src")}, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: copilot.registered(), timeout=10)
+        wait_until(lambda: copilot.registered(), timeout=10)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=15)
     finally:
@@ -399,20 +401,18 @@ def test_idle_slow_and_trickling_connections_are_closed_after_their_timeout(pki,
         partial.sendall(hello[: len(hello) // 2])
         # A ClientHello a byte at a time: the handshake has one deadline, not one per read.
         trickle = connect(copilot.port)
-        started = time.monotonic()
         for byte in hello[:200]:
             if closed_by_server(trickle):
                 break
             trickle.sendall(bytes([byte]))
             time.sleep(0.05)  # the trickle's pace (200 bytes would take 10 s), not a wait for the server
-        assert closed_by_server(trickle) and time.monotonic() - started < 5
+        assert closed_by_server(trickle)  # long before the last byte: a per-read timeout would never fire
         wait_until(lambda: all(closed_by_server(s) for s in [*idle, partial]), message="the idle connections closed")
         wait_until(lambda: refused("handshake") >= handshakes + 5, message="the handshake timeouts counted")
 
         # Handshaken with a good certificate, then headers that never end: closed after request_timeout.
         slow = tls_connect(pki, copilot.port, pki.client)
         slow.sendall(b"POST /v1/registrations HTTP/1.1\r\nHost: copilot\r\n")
-        started = time.monotonic()
         for _ in range(100):
             try:
                 slow.sendall(b"X")
@@ -420,8 +420,8 @@ def test_idle_slow_and_trickling_connections_are_closed_after_their_timeout(pki,
                 break
             if closed_by_server(slow):
                 break
-            time.sleep(0.05)  # a header trickled as slowloris sends it
-        assert closed_by_server(slow) and time.monotonic() - started < 5
+            time.sleep(0.05)  # a header trickled as slowloris sends it (100 bytes would take 5 s), not a wait
+        assert closed_by_server(slow)  # before the trickle ends: one deadline for the whole request
         wait_until(lambda: refused("request_timeout") == requests + 1, message="the request timeout counted")
         wait_until(lambda: copilot.api.open_connections() == 0, message="every slot released")
         assert copilot.registered() == set()

@@ -9,31 +9,23 @@ import json
 import socket
 import ssl
 import threading
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from copilot import service_discovery
 from copilot.config import ConfigError, parse
 from copilot.model import Instance, InternalRoute, PortMapping, ProcessRoutes
 from copilot.routing_table import RoutingTable
 from copilot.service_discovery import SERVER_NAME, AddressTable, ServiceDiscoveryServer
 from devtools.certs import CertPair, make_ca
+from devtools.waiting import wait_until
 
 APP = "app.apps.internal"
-
-
-def _wait_until(predicate, timeout: float = 10.0, message: str = "condition") -> None:
-    """Polls `predicate` until it is true (the conftest's wait_until, for helpers outside a test)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
 @dataclass
@@ -83,7 +75,7 @@ class Served:
         """A source changes the table and reports it; returns once the answers have it."""
         self.table.names = names
         self.server.invalidate()
-        _wait_until(lambda: self.server.addresses.names() == names, message="the change in the snapshot")
+        wait_until(lambda: self.server.addresses.names() == names, message="the change in the snapshot")
 
 
 def serve(pki: SdPKI, **options) -> Served:
@@ -95,7 +87,7 @@ def serve(pki: SdPKI, **options) -> Served:
         addresses, "127.0.0.1:0", cert=pki.server.cert_path, key=pki.server.key_path, client_ca=pki.ca, **options
     )
     server.start()
-    _wait_until(lambda: addresses.warm, message="the first snapshot")
+    wait_until(lambda: addresses.warm, message="the first snapshot")
     return Served(server, table, warm)
 
 
@@ -193,7 +185,7 @@ def test_not_warm_is_500_until_the_first_listing_and_only_then(served: Served, p
         assert headers["X-Content-Type-Options"] == "nosniff"
     served.warm.set()  # the first BBS listing applied: warm from the next rebuild on
     served.server.invalidate()
-    _wait_until(lambda: served.server.addresses.warm, message="warm")
+    wait_until(lambda: served.server.addresses.warm, message="warm")
     assert get(served, f"/v1/registration/{APP}.", pki)[:3:2] == (200, body("10.0.0.1"))
 
 
@@ -243,32 +235,65 @@ def test_a_table_is_rebuilt_when_older_than_its_max_age() -> None:
     addresses.start()
     try:
         table.names = {APP: ["10.0.0.1"]}  # no change reported
-        _wait_until(lambda: addresses.lookup(APP) == ["10.0.0.1"], message="a rebuild without a reported change")
+        wait_until(lambda: addresses.lookup(APP) == ["10.0.0.1"], message="a rebuild without a reported change")
     finally:
         addresses.stop()
 
 
-def test_rebuilds_are_paced_by_their_cost() -> None:
-    """A busy BBS reporting changes all the time: a rebuild taking 50 ms is followed by a pause of at least
-    150 ms, so in one second there are at most 6, and every change is still taken."""
+class _HeldPauses(threading.Event):
+    """An AddressTable's stop event, whose timed wait is the refresher's pause after a rebuild: it records
+    each pause asked for and holds the refresher in it until the test lets it go (or the table stops)."""
 
-    class SlowTable(FakeTable):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses: list[float] = []
+        self._go = threading.Semaphore(0)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout is None:
+            return super().wait()
+        self.pauses.append(round(timeout, 6))
+        self._go.acquire()
+        return self.is_set()
+
+    def let_go(self) -> None:
+        self._go.release()
+
+    def set(self) -> None:
+        super().set()
+        self._go.release()
+
+
+def test_rebuilds_are_paced_by_their_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy BBS reporting changes all the time: a rebuild taking 50 ms is followed by a pause of 150 ms
+    (PAUSE_FACTOR times its cost; a cheap one by MIN_PAUSE_SECONDS), the changes reported meanwhile wait
+    for the pause to end and are then taken together, by one rebuild. The clock is the test's: a rebuild
+    costs what the table says, no time passes for real."""
+    now = [1000.0]
+    monkeypatch.setattr(service_discovery, "time", SimpleNamespace(monotonic=lambda: now[0]))
+
+    class CostlyTable(FakeTable):
+        cost = 0.05  # the cost of a rebuild of a large table
+
         def internal_addresses(self) -> dict[str, list[str]]:
-            time.sleep(0.05)  # the cost of a rebuild of a large table
+            now[0] += self.cost
             return super().internal_addresses()
 
-    table = SlowTable()
+    table = CostlyTable()
     addresses = AddressTable(table, lambda: True, max_age=3600)
+    held = addresses._stopping = _HeldPauses()  # the refresher's pause, held by the test
     addresses.start()
     try:
-        _wait_until(lambda: addresses.rebuilds == 1, message="the first snapshot")
-        deadline, count = time.monotonic() + 1.0, 0
-        while time.monotonic() < deadline:
-            count += 1
-            table.names = {APP: [f"10.0.{count // 250}.{count % 250}"]}
+        wait_until(lambda: held.pauses == [0.15], message="the pause after the first rebuild")
+        for count in range(100):  # changes reported during the pause
+            table.names = {APP: [f"10.0.0.{count}"]}
             addresses.invalidate()
-        assert 2 <= addresses.rebuilds - 1 <= 6
-        _wait_until(lambda: addresses.names() == table.names, message="the last change")
+        assert (addresses.rebuilds, addresses.names()) == (1, {})  # nothing rebuilt during the pause
+        table.cost = 0.001
+        held.let_go()
+        wait_until(lambda: len(held.pauses) == 2, message="the second rebuild")
+        assert (addresses.rebuilds, addresses.names()) == (2, {APP: ["10.0.0.99"]})  # one rebuild took them all
+        assert held.pauses == [0.15, service_discovery.MIN_PAUSE_SECONDS]  # 3 x 1 ms is under the minimum
     finally:
         addresses.stop()
 
@@ -285,7 +310,7 @@ def test_a_failing_rebuild_keeps_the_last_snapshot() -> None:
         assert addresses.lookup(APP) == ["10.0.0.1"]
         table.internal_addresses = lambda: {}  # type: ignore[method-assign]
         addresses.invalidate()
-        _wait_until(lambda: addresses.lookup(APP) == [], message="the next rebuild")
+        wait_until(lambda: addresses.lookup(APP) == [], message="the next rebuild")
     finally:
         addresses.stop()
 
