@@ -6,6 +6,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -14,8 +15,10 @@ from google.rpc import status_pb2
 
 from copilot.protos import istio_mcp_pb2 as mcp
 from copilot.protos import istio_networking_pb2 as pb
+from copilot.xds import mcp_server
 from copilot.xds.mcp_server import McpServer, encode_response
 from copilot.xds.snapshot import MCP_RESOURCE_TYPE, Snapshot, encode_resource
+from devtools.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -306,12 +309,7 @@ def test_every_stream_gets_the_push(server: McpServer, snapshot: Snapshot) -> No
     finally:
         for c in clients:
             c.close()
-    deadline = threading.Event()
-    for _ in range(50):
-        if server.stream_count() == 0:
-            break
-        deadline.wait(0.1)
-    assert server.stream_count() == 0
+    wait_until(lambda: server.stream_count() == 0, timeout=5, message="the closed streams to end")
 
 
 def test_ready_event_holds_answers_until_set(snapshot: Snapshot) -> None:
@@ -334,7 +332,10 @@ def test_ready_event_holds_answers_until_set(snapshot: Snapshot) -> None:
         server.stop(grace=0)
 
 
-def test_on_push_observer(snapshot: Snapshot) -> None:
+def test_on_push_observer(snapshot: Snapshot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each push is observed as (type, resources, seconds since that type last changed; 0 if it never did)."""
+    changed_at = snapshot.view(VS).changed_at
+    monkeypatch.setattr(mcp_server, "time", SimpleNamespace(monotonic=lambda: changed_at + 2.5))
     pushes: list[tuple[str, int, float]] = []
     server = McpServer(snapshot, on_push=lambda *args: pushes.append(args))
     server.start("127.0.0.1:0")
@@ -342,8 +343,9 @@ def test_on_push_observer(snapshot: Snapshot) -> None:
     try:
         client.send(VS)
         client.recv()
-        assert pushes[0][:2] == (VS, 2)
-        assert pushes[0][2] >= 0
+        client.send(SE)  # a type that never changed
+        client.recv()
+        assert pushes == [(VS, 2, 2.5), (SE, 0, 0.0)]
     finally:
         client.close()
         server.stop(grace=0)
