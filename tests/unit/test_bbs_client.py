@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -307,12 +306,10 @@ def test_subscribing_to_a_hung_bbs_fails_within_the_timeout(bbs_double: BBSDoubl
     client = BBSClient(bbs_double.url, bbs_pki.client, timeout=0.5)
     try:
         bbs_double.hang()
-        started = time.monotonic()
         result = in_thread(client.open_events, timeout=5)
-        assert isinstance(result, BBSError) and "timed out" in str(result)
-        assert time.monotonic() - started < 3
+        assert isinstance(result, BBSError) and "read timeout=0.5)" in str(result)  # the client's timeout
         pinged = in_thread(lambda: client.ping(timeout=0.3), timeout=5)
-        assert isinstance(pinged, BBSError) and "timed out" in str(pinged)
+        assert isinstance(pinged, BBSError) and "read timeout=0.3)" in str(pinged)  # the ping's own
         bbs_double.resume()
         client.open_events().close()
         assert client.ping() is True
