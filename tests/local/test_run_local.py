@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import yaml
 
 from devtools import peers
 from devtools.ports import free_ports
+from devtools.waiting import wait_until
 
 SCRIPTS = peers.REPO / "scripts"
 
@@ -44,36 +44,35 @@ def local(tmp_path: Path):
 
 def test_run_push_curl_scale_stop(local) -> None:
     run, ports = local
-    started = time.monotonic()
     out = run("run-local", "start", *(f"-v{name}={port}" for name, port in ports.items())).stdout
     assert "The routing tier is up" in out
     router = f"http://127.0.0.1:{ports['router_http_port']}"
 
     out = run("cf-local", "push", "hello").stdout
     assert f"curl -H 'Host: hello.apps.local' {router}/" in out
-    deadline = started + 60
-    while time.monotonic() < deadline:
-        response = requests.get(router, headers={"Host": "hello.apps.local"}, timeout=5)
-        if response.status_code == 200:
-            break
-        time.sleep(0.2)
-    assert response.status_code == 200 and response.text.startswith("hello-v1-0"), response.text
+
+    def hello() -> requests.Response:
+        return requests.get(router, headers={"Host": "hello.apps.local"}, timeout=5)
+
+    wait_until(lambda: hello().status_code == 200, timeout=60, message="the pushed app to answer")
+    response = hello()
+    assert response.text.startswith("hello-v1-0"), response.text
 
     run("cf-local", "scale", "hello", "-i", "3")
     seen: set[str] = set()
-    deadline = time.monotonic() + 30
-    while len(seen) < 3 and time.monotonic() < deadline:
-        seen.add(requests.get(router, headers={"Host": "hello.apps.local"}, timeout=5).text.strip().rsplit("-", 1)[0])
+
+    def every_instance() -> bool:
+        seen.add(hello().text.strip().rsplit("-", 1)[0])
+        return len(seen) >= 3
+
+    wait_until(every_instance, timeout=30, message="requests to reach three instances")
     assert seen == {"hello-v1-0", "hello-v1-1", "hello-v1-2"}
 
     assert "RUNNING" in run("run-local", "status").stdout
     # The release's smoke-test errand, its script unchanged, passes against the local tier.
     assert "SMOKE TEST PASSED" in run("run-local", "smoke-test").stdout
     run("cf-local", "stop", "hello")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and requests.get(router, headers={"Host": "hello.apps.local"}).status_code != 404:
-        time.sleep(0.1)
-    assert requests.get(router, headers={"Host": "hello.apps.local"}, timeout=5).status_code == 404
+    wait_until(lambda: hello().status_code == 404, timeout=30, message="the stopped app's route to answer 404")
 
     out = run("run-local", "stop").stdout
     assert "nothing it started is listening" in out
