@@ -1,17 +1,19 @@
 """The rendered configs are accepted by the programs that read them: Copilot's config loader,
 `envoy --mode validate`, and a whole tier started from rendered jobs only (BBS double -> Copilot ->
-istiod -> mutual TLS -> Envoy + router-sds) that routes an app, serves a certificate over SDS and drains."""
+istiod -> mutual TLS -> Envoy + router-sds) that routes an app over HTTP and over HTTPS (the Gateway's
+certificate, which istiod has Envoy fetch from router-sds) and drains."""
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -141,18 +143,21 @@ def test_a_tier_started_from_rendered_jobs_routes_serves_sds_and_drains(pki, tmp
     try:
         bbs.desire_lrp("rendered-pg", http_routes=[{"hostnames": ["app.example.com"], "port": 8080}])
         bbs.start_instance("rendered-pg", 0, host_port=app.port, instance_guid="rendered-i0")
-        mcp_port, health_port, http_port = free_port(), free_port(), free_port()
+        mcp_port, health_port, http_port, https_port = free_ports(["mcp", "health", "http", "https"]).values()
 
         # Copilot
         copilot_props = copilot_properties(pki, bbs={"url": bbs.url, "max_backoff_seconds": 1},
                                            mcp={"listen_address": f"127.0.0.1:{mcp_port}"},
                                            health={"listen_address": f"127.0.0.1:{health_port}"},
-                                           gateway={"http_port": http_port},
+                                           # one HTTPS certificate, named here and held (PEM) by the router
+                                           gateway={"http_port": http_port, "https_port": https_port,
+                                                    "certificates": [{"name": "apps", "hosts": ["*.example.com"]}]},
                                            # the app listens on loopback here, which routes reach only when allowed
                                            backends={"allowed_internal_networks": ["127.0.0.0/8"]})
         out = tmp_path / "copilot"
         rendered = render("copilot", copilot_props, out)
         install(rendered, "copilot", out)
+        install(rendered, "istio-router", tmp_path / "istio-router")  # where it names the router's certificates
         process = bpm_process(rendered, "copilot")
         tier.start("copilot", [sys.executable, "-m", "copilot.main", *process["args"]], {"PYTHONPATH": str(SRC)})
         assert wait_for_port(mcp_port, timeout=30), tier.logs()
@@ -180,8 +185,8 @@ def test_a_tier_started_from_rendered_jobs_routes_serves_sds_and_drains(pki, tmp
         assert wait_for_port(secure_port, timeout=30), tier.logs()
         assert istiod.running
 
-        # the router: Envoy + router-sds, with a TLS listener added that asks router-sds for "apps"
-        admin_port, lb_port, tls_port = free_port(), free_port(), free_port()
+        # the router: Envoy + router-sds, which holds the certificate Copilot's Gateway names
+        admin_port, lb_port = free_port(), free_port()
         router_props = {
             "admin_port": admin_port, "health": {"port": lb_port}, "drain": {"lb_deregister_seconds": 0, "seconds": 1},
             "pilot_tls": {"ca_cert": xds_ca.cert_path.read_text(), "client_cert": router_cert.cert_path.read_text(),
@@ -193,9 +198,6 @@ def test_a_tier_started_from_rendered_jobs_routes_serves_sds_and_drains(pki, tmp
         links = {"pilot": pilot_link(pilot_props, addresses=("127.0.0.1",)), "copilot": copilot_link(copilot_props)}
         rendered = render("istio-router", router_props, out, spec={"ip": "127.0.0.2"}, links=links)
         install(rendered, "istio-router", out)
-        bootstrap = json.loads(rendered["config/envoy.json"].read_text())
-        bootstrap["static_resources"]["listeners"].append(_tls_listener(tls_port, "apps"))
-        rendered["config/envoy.json"].write_text(json.dumps(bootstrap))
         sds = bpm_process(rendered, "sds")
         tier.start("router-sds", [sys.executable, "-m", "router_sds", *sds["args"]], {"PYTHONPATH": str(SRC)})
         envoy = bpm_process(rendered, "envoy")
@@ -212,10 +214,12 @@ def test_a_tier_started_from_rendered_jobs_routes_serves_sds_and_drains(pki, tmp
 
         wait_until(routed, timeout=30, message=f"the app through the rendered router\n{tier.logs()}")
 
-        assert wait_for_port(tls_port, timeout=30), f"TLS listener never warmed (no SDS secret?)\n{tier.logs()}"
-        context = ssl.create_default_context(cafile=str(pki_dir / "ca.crt"))
-        with urllib.request.urlopen(f"https://localhost:{tls_port}/", context=context, timeout=5) as response:
-            assert response.status == 200 and response.read() == b"tls via sds"
+        # HTTPS: istiod's listener for the Gateway's server warms once router-sds has served its certificate
+        wait_until(lambda: _https_get(https_port, "app.example.com", pki_dir / "ca.crt")[1] == 200, timeout=30,
+                   message=f"the app over HTTPS through the rendered router\n{tier.logs()}")
+        served_cert, status, body = _https_get(https_port, "app.example.com", pki_dir / "ca.crt")
+        assert served_cert == ssl.PEM_cert_to_DER_cert(pki.server.cert)  # the PEM the router job was given
+        assert (status, body.strip()) == (200, b"rendered-i0")
 
         drain = subprocess.run([str(rendered["bin/drain"])], capture_output=True, text=True, timeout=30,
                                env={"PATH": "/usr/bin:/bin", "DRAIN_LOG": str(tmp_path / "drain.log")})
@@ -232,22 +236,12 @@ def test_a_tier_started_from_rendered_jobs_routes_serves_sds_and_drains(pki, tmp
         shutil.rmtree(short, ignore_errors=True)
 
 
-def _tls_listener(port: int, secret: str) -> dict:
-    sds_config = {"resource_api_version": "V3", "api_config_source": {
-        "api_type": "GRPC", "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}]}}
-    return {
-        "name": "tls-test",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [{
-            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                "common_tls_context": {"tls_certificate_sds_secret_configs": [{"name": secret, "sds_config": sds_config}]}}},
-            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": "tls_test",
-                "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-                    {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "tls via sds"}}}]}]},
-                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}],
-        }],
-    }
+def _https_get(port: int, host: str, ca: Path) -> tuple[bytes, int, bytes]:
+    """(the certificate the router presented, status, body) of GET / to `host` with SNI `host`, verified
+    against `ca` for that name."""
+    context = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw, server_hostname=host) as tls:
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        response = http.client.HTTPResponse(tls)
+        response.begin()
+        return tls.getpeercert(binary_form=True) or b"", response.status, response.read()
