@@ -43,6 +43,38 @@ def host(settings: GatewaySettings, routes: HostRoutes) -> tuple[pb.VirtualServi
     return vs, dr, se  # type: ignore[return-value]
 
 
+def _string_matches(match: pb.StringMatch, value: str | None) -> bool:
+    kind = match.WhichOneof("match_type")
+    if value is None:
+        return False
+    return kind is None or (kind == "exact" and value == match.exact) or (kind == "prefix" and value.startswith(match.prefix))
+
+
+def _route_for(vs: pb.VirtualService, path: str, headers: dict[str, str] | None = None) -> pb.HTTPRoute:
+    """The VirtualService's route a request takes, as Envoy picks it from istiod's translation: the first
+    whose any match has the path (exact or prefix) and every header it names (a match without a value:
+    present). Only the match kinds the builder writes."""
+    headers = {k.lower(): v for k, v in (headers or {}).items()}
+    for route in vs.http:
+        for match in route.match or [pb.HTTPMatchRequest()]:
+            uri_ok = not match.HasField("uri") or _string_matches(match.uri, path)
+            if uri_ok and all(_string_matches(m, headers.get(name)) for name, m in match.headers.items()):
+                return route
+    raise AssertionError(f"no route for {path} {headers}")
+
+
+def _reached(destination: pb.Destination, dr: pb.DestinationRule, se: pb.ServiceEntry) -> list[str]:
+    """The endpoints (address:port) a destination selects, as istiod resolves it: the ServiceEntry of its
+    host, the port of its number, the endpoints carrying every label of its DestinationRule subset."""
+    assert destination.host in se.hosts and dr.host == destination.host
+    [port] = [p.name for p in se.ports if p.number == (destination.port.number or se.ports[0].number)]
+    labels: dict[str, str] = {}
+    if destination.subset:
+        [subset] = [s for s in dr.subsets if s.name == destination.subset]
+        labels = dict(subset.labels)
+    return [f"{e.address}:{e.ports[port]}" for e in se.endpoints if labels.items() <= dict(e.labels).items()]
+
+
 def test_https_servers_per_certificate_with_a_fallback_for_other_sni() -> None:
     servers = build_gateway(SETTINGS).spec.servers
     assert [(s.name, s.port.number, s.port.protocol, list(s.hosts)) for s in servers] == [
@@ -87,6 +119,23 @@ def test_router_objects_answer_unknown_routes_and_carry_the_router_filter() -> N
     ]
     assert patches[1]["patch"]["value"]["name"] == "envoy.filters.http.stateful_session"
 
+    # the values that decide what the router does
+    mutations = upstream[0]["typed_config"]["mutations"]["request_mutations"]
+    set_headers = {m["append"]["header"]["key"]: m["append"]["header"]["value"] for m in mutations if "append" in m}
+    assert set_headers["x-vcap-request-id"] == "%REQ(x-request-id)%"  # gorouter's request id, Envoy's x-request-id
+    assert set_headers["x-request-start"] == "%START_TIME(%s%3f)%"  # epoch milliseconds, as gorouter sends it
+    assert {"remove": "x-cf-upstream-workload"} in mutations  # a client's value never reaches the instance headers
+    session = patches[1]["patch"]["value"]["typed_config"]["session_state"]["typed_config"]["cookie"]
+    assert session == {"name": "__VCAP_ID__", "path": "/"}  # the instance a sticky session goes back to
+    sticky = patches[2]["patch"]["value"]["typed_config"]["default_source_code"]["inline_string"]
+    assert sticky == sticky_lua(SETTINGS.sticky_session_cookies) and '["JSESSIONID"] = true' in sticky
+    mappers = patches[3]["patch"]["value"]["typed_config"]["local_reply_config"]["mappers"]
+    assert {
+        flag: m["headers_to_add"][0]["header"]["value"] for m in mappers for flag in m["filter"]["response_flag_filter"]["flags"]
+    } == {"UH": "no_endpoints", "UF": "endpoint_failure", "URX": "endpoint_failure", "UC": "endpoint_failure",
+          "UT": "endpoint_failure", "UR": "endpoint_failure"}  # gorouter's X-Cf-Routererror values
+    assert all(m["headers_to_add"][0]["header"]["key"] == "x-cf-routererror" for m in mappers)
+
 
 def test_sticky_cookie_names_are_checked() -> None:
     assert '["JSESSIONID"] = true, ["SESSION"] = true' in sticky_lua(("JSESSIONID", "SESSION"))
@@ -106,6 +155,7 @@ def test_app_instances_get_identity_labels_and_the_app_id_header() -> None:
     [route] = vs.http
     assert dict(route.route[0].headers.request.set) == {"X-CF-ApplicationID": "app-guid"}
     assert [s.name for s in dr.subsets] == [subset_name("web", 8080)]  # no per-instance subsets by default
+    assert _reached(route.route[0].destination, dr, se) == ["10.0.0.1:61001", "10.0.0.2:61002"]
 
 
 def test_unsafe_identities_are_left_out() -> None:
@@ -136,14 +186,35 @@ def test_instance_routing_adds_a_route_and_subset_per_instance() -> None:
     ]
     assert se.endpoints[1].labels[INSTANCE_LABEL] == instance_subset_name("web", 8080, "guid-1")
 
+    # what requests reach (gorouter's X-CF-App-Instance: "app guid:index")
+    def reaches(path: str, **headers: str) -> list[str] | int:
+        route = _route_for(vs, path, {k.replace("_", "-"): v for k, v in headers.items()})
+        return route.direct_response.status if route.HasField("direct_response") else _reached(route.route[0].destination, dr, se)
+
+    assert reaches("/api/x", x_cf_app_instance="app-guid:0") == ["10.0.0.1:61001"]
+    assert reaches("/api", x_cf_app_instance="app-guid:1") == ["10.0.0.2:61002"]
+    assert reaches("/api/x", x_cf_app_instance="app-guid:2") == 400  # no such instance
+    assert reaches("/api/x", x_cf_app_instance="other-app:0") == 400
+    assert reaches("/api/x") == ["10.0.0.1:61001", "10.0.0.2:61002"]
+    assert reaches("/apis") == 404  # not under /api
+
 
 def test_http2_routes_get_h2c_subsets() -> None:
-    routes = HostRoutes("a.example.com", {"": [app("h2", Backend("10.0.0.1", 61001), protocol="http2"), app("h1")]})
-    _, dr, _ = host(SETTINGS, routes)
+    routes = HostRoutes("a.example.com", {"": [app("h2", Backend("10.0.0.1", 61001), protocol="http2"),
+                                               app("h1", Backend("10.0.0.2", 61002))]})
+    vs, dr, se = host(SETTINGS, routes)
     policies = {s.name: s.traffic_policy.connection_pool.http.h2_upgrade_policy for s in dr.subsets}
     assert policies == {
         subset_name("h2", 8080): pb.ConnectionPoolSettings.HTTPSettings.UPGRADE,
         subset_name("h1", 8080): pb.ConnectionPoolSettings.HTTPSettings.DEFAULT,
+    }
+    # the request to the host is shared by both processes; only the HTTP/2 one's instances get h2c
+    upgrade = {
+        address: policies[d.destination.subset] for d in _route_for(vs, "/").route for address in _reached(d.destination, dr, se)
+    }
+    assert upgrade == {
+        "10.0.0.1:61001": pb.ConnectionPoolSettings.HTTPSettings.UPGRADE,
+        "10.0.0.2:61002": pb.ConnectionPoolSettings.HTTPSettings.DEFAULT,
     }
 
 
@@ -160,6 +231,7 @@ def test_tcp_port_gets_its_own_gateway_virtual_service_and_endpoints() -> None:
     assert list(vs.gateways) == ["cf/cf-tcp-1024"]  # never bound to the HTTP gateway
     [route] = vs.tcp
     assert route.match[0].port == 1024 and route.route[0].destination.host == tcp_service_host(1024)
+    assert _reached(route.route[0].destination, dr, se) == ["10.0.0.1:61001", "10.0.0.2:61002"]
     assert [(e.address, dict(e.ports)) for e in se.endpoints] == [("10.0.0.1", {"tcp": 61001}), ("10.0.0.2", {"tcp": 61002})]
     assert [(o.kind, o.name) for o in tcp_object_names(SETTINGS, 1024)] == [(o.kind, o.name) for o in objects]
 

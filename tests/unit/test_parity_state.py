@@ -4,10 +4,12 @@ sticky-session and instance-routing settings in Copilot's config."""
 from __future__ import annotations
 
 import pytest
+from google.protobuf import json_format
 
 from copilot.config import ConfigError, parse
-from copilot.istio.builder import Certificate
+from copilot.istio.builder import Certificate, build_gateway, build_router_objects
 from copilot.model import Backend, HttpRoute, Instance, PortMapping, ProcessRoutes, TcpRoute
+from copilot.protos import istio_networking_pb2 as pb
 from copilot.routing_table import RoutingTable
 
 
@@ -69,9 +71,26 @@ def test_gateway_https_and_parity_settings() -> None:
     assert gateway.certificates == (Certificate("apps", ("*.apps.example.com",)), Certificate("api", ("api.example.com",)))
     assert (gateway.tls_min_version, gateway.tls_cipher_suites) == ("1.3", ("ECDHE-RSA-AES128-GCM-SHA256",))
     assert gateway.sticky_session_cookies == ("JSESSIONID", "SESSION") and gateway.instance_routing is True
+    # what the routers get from these settings: an HTTPS server per certificate, with its files and TLS
+    servers = {s.name: s for s in build_gateway(gateway).spec.servers}
+    apps, fallback = servers["https-cert-apps"], servers["https-fallback"]
+    assert (apps.port.number, list(apps.hosts), list(fallback.hosts)) == (443, ["*.apps.example.com"], ["*"])
+    assert (apps.tls.server_certificate, apps.tls.private_key) == (
+        "/var/vcap/jobs/istio-router/config/certs/apps.crt", "/var/vcap/jobs/istio-router/config/certs/apps.key",
+    )
+    assert fallback.tls.server_certificate == apps.tls.server_certificate  # the first certificate answers other SNI
+    assert (apps.tls.min_protocol_version, list(apps.tls.cipher_suites)) == (
+        pb.ServerTLSSettings.TLSV1_3, ["ECDHE-RSA-AES128-GCM-SHA256"],
+    )
+    assert list(servers["https-cert-api"].hosts) == ["api.example.com"]
+    patches = json_format.MessageToDict(build_router_objects(gateway)[2].spec)["configPatches"]
+    [sticky] = [p["patch"]["value"] for p in patches if p["patch"]["value"].get("name") == "cf.sticky_sessions"]
+    lua = sticky["typed_config"]["default_source_code"]["inline_string"]
+    assert 'local SESSION_COOKIES = {["JSESSIONID"] = true, ["SESSION"] = true}' in lua  # both make a session sticky
     defaults = parse({}).gateway
     assert (defaults.https_port, defaults.certificates, defaults.instance_routing) == (0, (), False)
     assert defaults.sticky_session_cookies == ("JSESSIONID",)
+    assert [s.name for s in build_gateway(defaults).spec.servers] == ["http"]  # HTTP only
 
 
 @pytest.mark.parametrize(("gateway", "message"), [
