@@ -11,7 +11,7 @@ import contextlib
 import socket
 import ssl
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +124,20 @@ class Tier:
     def get(self, host: str, path: str = "/", timeout: float = 5.0) -> requests.Response:
         """A request through the router (a fresh connection each time, as separate clients would)."""
         return requests.get(self.router_url + path, headers={"Host": host}, timeout=timeout)
+
+    def wait_for_every_instance(self, host: str, guids: Iterable[str], timeout: float = 30.0) -> None:
+        """Waits until requests to `host` (no session, no instance header) have been answered (200) by every
+        instance in `guids` (the app answers with its instance guid); fails if any other instance answered."""
+        expected, seen = set(guids), set()
+
+        def every() -> bool:
+            response = self.get(host)
+            if response.status_code == 200:
+                seen.add(response.text.strip())
+            return seen >= expected
+
+        wait_until(every, timeout=timeout, message=f"requests to {host} to reach {sorted(expected)} (seen {sorted(seen)})")
+        assert seen == expected, f"{host} was also answered by {sorted(seen - expected)}"
 
     def tls_connect(
         self, server_name: str | None, *, alpn: list[str] | None = None, version: ssl.TLSVersion | None = None

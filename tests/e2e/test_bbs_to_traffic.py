@@ -42,16 +42,7 @@ def test_requests_reach_all_three_instances(tier: Tier, apps, unique) -> None:
     tier.bbs.desire_lrp(f"{unique}-pg", http_routes=[{"hostnames": [host], "port": 8080}], instances=3)
     for index in range(3):
         _start(tier, apps, f"{unique}-pg", index, f"{unique}-i{index}")
-    seen: set[str] = set()
-
-    def all_seen() -> bool:
-        response = tier.get(host)
-        if response.status_code == 200:
-            seen.add(response.text.strip())
-        return len(seen) == 3
-
-    wait_until(all_seen, timeout=20, message="all three instances to answer")
-    assert seen == {f"{unique}-i{i}" for i in range(3)}
+    tier.wait_for_every_instance(host, [f"{unique}-i{i}" for i in range(3)], timeout=20)
 
 
 def test_removed_crashed_and_unroutable_instances_get_no_traffic(tier: Tier, apps, unique) -> None:

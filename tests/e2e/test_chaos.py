@@ -84,8 +84,7 @@ def app(chaos_tier: Tier) -> Iterator[str]:
     host = "chaos.example.com"
     _desire(chaos_tier, host)
     instances = [chaos_tier.start_instance("chaos-pg", i, f"chaos-i{i}") for i in range(APP_INSTANCES)]
-    seen: set[str] = set()
-    wait_until(lambda: seen.add(chaos_tier.get(host).text.strip()) or len(seen) == 3, timeout=30, message="every instance")
+    chaos_tier.wait_for_every_instance(host, [f"chaos-i{i}" for i in range(APP_INSTANCES)])
     chaos_tier.extra["chaos_instances"] = instances
     yield host
     for instance in instances:

@@ -45,8 +45,7 @@ def _start_app(tier: Tier, apps: list, unique: str, count: int) -> tuple[str, li
         instance = tier.start_instance(process, index, f"{unique}-i{index}")
         apps.append(instance)
         instances.append(instance)
-    seen: set[str] = set()
-    wait_until(lambda: seen.add(tier.get(host).text.strip()) or len(seen) == count, timeout=30, message="every instance")
+    tier.wait_for_every_instance(host, [f"{unique}-i{index}" for index in range(count)])
     return host, instances
 
 

@@ -74,18 +74,6 @@ def _answer(tier: Tier, host: str, session: requests.Session | None = None) -> s
     return response.text.strip() if response.status_code == 200 else ""
 
 
-def _wait_for_every_instance(tier: Tier, host: str, guids: set[str]) -> None:
-    """Waits until requests to `host` (without a session or instance header) have reached every one of `guids`."""
-    seen: set[str] = set()
-
-    def every() -> bool:
-        seen.add(_answer(tier, host))
-        return seen >= guids
-
-    wait_until(every, timeout=20, message=f"requests to {host} to reach {sorted(guids)}")
-    assert seen - {""} == guids, seen
-
-
 def _https_get(tier: Tier, host: str, path: str = "/", *, sni: str | None = None) -> tuple[int, dict[str, str], str]:
     sock = tier.tls_connect(sni or host, alpn=["http/1.1"])
     try:
@@ -281,7 +269,7 @@ def test_app_instance_header_reaches_that_instance(overlay_tier: Tier, apps, uni
 
     wait_until(pinned, timeout=20, message="X-CF-App-Instance to pick instance 2")
     # Without the header the route still spreads over all three instances.
-    _wait_for_every_instance(tier, host, {f"{unique}-i{i}" for i in range(3)})
+    tier.wait_for_every_instance(host, {f"{unique}-i{i}" for i in range(3)}, timeout=20)
     missing = requests.get(tier.router_url, headers={"Host": host, "X-CF-App-Instance": f"{app_guid}:7"}, timeout=5)
     assert (missing.status_code, missing.headers.get("X-Cf-Routererror")) == (400, "unknown_route")
 
@@ -342,7 +330,7 @@ def test_websocket_upgrades_and_stays_open(tier: Tier, apps, unique) -> None:
 def test_jsessionid_pins_requests_to_one_instance(tier: Tier, apps, unique) -> None:
     host, _, instances = _route(tier, apps, unique, instances=3)
     everyone = {f"{unique}-i{i}" for i in range(3)}
-    _wait_for_every_instance(tier, host, everyone)
+    tier.wait_for_every_instance(host, everyone, timeout=20)
     plain = tier.get(host)
     assert "__VCAP_ID__" not in plain.headers.get("Set-Cookie", "")  # no session cookie, no pinning
     with requests.Session() as browser:
