@@ -220,7 +220,8 @@ def test_copilot_config_from_properties(pki, tmp_path):
     assert config["mcp"] == {"listen": "0.0.0.0:9009", "tls": {"cert": "/var/vcap/jobs/copilot/config/certs/mcp/server.crt",
                                                                "key": "/var/vcap/jobs/copilot/config/certs/mcp/server.key"}}
     assert config["gateway"] == {"namespace": "cf", "name": "gw", "selector": {"istio": "ingress"}, "http_port": 8081,
-                                 "router_shards": [{"name": "all", "routing_table_sharding_mode": "all", "isolation_segments": []}],
+                                 "router_shards": [{"name": "all", "routing_table_sharding_mode": "all",
+                                                    "isolation_segments": []}],
                                  "tls_min_version": "1.2", "sticky_session_cookies": ["JSESSIONID"], "instance_routing": False,
                                  "certificate_dir": "/var/vcap/jobs/istio-router/config/certs",
                                  "outlier_detection": {"consecutive_failures": 3, "base_ejection_seconds": 30,
