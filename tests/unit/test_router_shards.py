@@ -307,3 +307,11 @@ def test_publisher_deletes_the_virtual_services_a_host_no_longer_needs() -> None
     table.upsert_process("pg-a", ProcessRoutes((HttpRoute(host, "", 8080, isolation_segment="elsewhere"),)))
     publisher.publish()
     assert names() == set()
+
+
+def test_destinations_no_shard_routes_are_left_out_of_the_host() -> None:
+    routes = HostRoutes("part.example.com", {"": [dest("shared-app"), dest("elsewhere-app", "another-segment")]})
+    vs, dr, se = build_host(SHARDED, routes)
+    assert [t.destination.subset for t in vs.spec.http[0].route] == [subset_name("shared-app", 8080)]
+    assert [s.name for s in dr.spec.subsets] == [subset_name("shared-app", 8080)]
+    assert len(se.spec.endpoints) == 1

@@ -407,7 +407,7 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
     groups = shard_groups(settings, routes)
     if not groups:
         return []
-    if len(groups) > 1:
+    if settings.sharded:  # the DestinationRule and ServiceEntry hold what some shard routes
         routes = HostRoutes(routes.host, _union(routes, [group for _, group in groups]))
     port = IDENTITY_SERVICE_PORT if any(_integrity(settings, d) for d in _unique_destinations(routes)) else SERVICE_PORT
     objects = [
