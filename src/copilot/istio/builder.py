@@ -411,7 +411,7 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         routes = HostRoutes(routes.host, _union(routes, [group for _, group in groups]))
     port = IDENTITY_SERVICE_PORT if any(_integrity(settings, d) for d in _unique_destinations(routes)) else SERVICE_PORT
     objects = [
-        IstioObject(VIRTUAL_SERVICE, _virtual_service_name(settings, name, shards, first=i == 0),
+        IstioObject(VIRTUAL_SERVICE, name if i == 0 else _shard_virtual_service_name(settings, host, shards[0]),
                     _virtual_service(settings, host, svc, port, group, shards))
         for i, (shards, group) in enumerate(groups)
     ]
@@ -448,9 +448,10 @@ def _union(routes: HostRoutes, groups: list[HostRoutes]) -> dict[str, list[Desti
     return {path: ds for path, ds in paths.items() if ds}
 
 
-def _virtual_service_name(settings: GatewaySettings, name: str, shards: tuple[int, ...], *, first: bool) -> str:
-    """The host's name for its (first) VirtualService; a further one is named after its first shard."""
-    return name if first else f"{name}-{suffix(settings.router_shards[shards[0]])}"
+def _shard_virtual_service_name(settings: GatewaySettings, host: str, shard: int) -> str:
+    """A host's further VirtualService (its first is named as its other objects): named after the host
+    and its first shard, as short as a host's names (object_name)."""
+    return f"{settings.namespace}/{object_name(f'{host}~{settings.router_shards[shard].name}')}"
 
 
 def _virtual_service(
@@ -790,8 +791,7 @@ def host_object_names(settings: GatewaySettings, host: str) -> list[IstioObject]
     name = f"{settings.namespace}/{object_name(host)}"
     names = [IstioObject(kind, name, kind.message()) for kind in (VIRTUAL_SERVICE, DESTINATION_RULE, SERVICE_ENTRY)]
     for index in range(1, len(settings.router_shards)):  # the further VirtualServices shards may need
-        names.append(IstioObject(VIRTUAL_SERVICE, _virtual_service_name(settings, name, (index,), first=False),
-                                 VIRTUAL_SERVICE.message()))
+        names.append(IstioObject(VIRTUAL_SERVICE, _shard_virtual_service_name(settings, host, index), VIRTUAL_SERVICE.message()))
     return names
 
 
