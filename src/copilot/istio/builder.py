@@ -156,9 +156,9 @@ class GatewaySettings:
     # Router shards (shards.py): a Gateway per shard, each host bound to the shards that route it.
     router_shards: tuple[RouterShard, ...] = DEFAULT_SHARDS
 
-    @property
+    @functools.cached_property
     def sharded(self) -> bool:
-        """Whether shards are configured (anything but the default single shard `all`)."""
+        """Whether shards are configured (anything but the default single shard `all`); asked per host."""
         return self.router_shards != DEFAULT_SHARDS
 
     @property
