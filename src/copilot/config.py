@@ -12,7 +12,8 @@ import yaml
 
 from copilot.istio.builder import TLS_VERSIONS, Certificate, GatewaySettings, OutlierDetection, RouteServiceSettings
 from copilot.istio.router_filter import COOKIE_NAME_RE, STICKY_COOKIE
-from copilot.model import InvalidRoute, normalize_hostname
+from copilot.istio.shards import DEFAULT_SHARDS, MODES, SHARD_NAME_RE, RouterShard
+from copilot.model import InvalidRoute, normalize_hostname, validate_isolation_segment
 from copilot.router_groups_api import RouterGroup, RouterGroupError, router_group
 from copilot.uaa_token import RSAPublicKey, load_public_keys
 
@@ -197,6 +198,7 @@ def parse(data: object) -> Config:
         backend_client_certificate=_certificate_name(gw, "backend_client_certificate"),
         outlier_detection=_outlier_detection(gw.section("outlier_detection") if gw.has("outlier_detection") else None),
         route_services=_route_services(gw, http_port, https_port),
+        router_shards=_router_shards(gw),
     )
     gw.done()
     cc = None
@@ -324,6 +326,46 @@ def _route_services(gw: _Section, http_port: int, https_port: int) -> RouteServi
             raise ConfigError(f"{section.key(name)}: {port} is a port of the router's Gateway")
     section.done()
     return RouteServiceSettings(proxy_port, gateway_port)
+
+
+def _router_shards(gw: _Section) -> tuple[RouterShard, ...]:
+    """gateway.router_shards: [{name, routing_table_sharding_mode, isolation_segments, bind}], gorouter's
+    sharding per group of routers (see istio/shards.py). Absent: the one shard `all`."""
+    if not gw.has("router_shards"):
+        return DEFAULT_SHARDS
+    shards: list[RouterShard] = []
+    for index, entry in enumerate(gw.list("router_shards")):
+        item = _Section(entry, f"{gw.key('router_shards')}[{index}]")
+        name = item.string("name")
+        if not SHARD_NAME_RE.fullmatch(name):
+            raise ConfigError(
+                f"{item.key('name')}: {name!r} must be 1-40 letters, digits, '-', '_' or '.' (a label value),"
+                " starting and ending with a letter or digit"
+            )
+        mode = item.string("routing_table_sharding_mode", "all")
+        if mode not in MODES:
+            raise ConfigError(f"{item.key('routing_table_sharding_mode')}: {mode!r} is not one of {', '.join(MODES)}")
+        segments = item.string_list("isolation_segments", [])
+        for segment in segments:
+            try:
+                validate_isolation_segment(segment, item.key("isolation_segments"))
+            except InvalidRoute as error:
+                raise ConfigError(str(error)) from None
+        if len(set(segments)) != len(segments):
+            raise ConfigError(f"{item.key('isolation_segments')}: names a segment twice")
+        if mode == "all" and segments:
+            raise ConfigError(f"{item.key('isolation_segments')}: mode all routes every segment; list none")
+        if mode == "segments" and not segments:
+            raise ConfigError(f"{item.key('isolation_segments')}: mode segments needs at least one segment")
+        bind = _ip(item, "bind") if item.has("bind") else ""
+        item.done()
+        for other in shards:
+            if other.name == name:
+                raise ConfigError(f"{item.key('name')}: router shard {name!r} is given twice")
+        shards.append(RouterShard(name, mode, tuple(segments), bind))
+    if not shards:
+        raise ConfigError(f"{gw.key('router_shards')}: needs at least one shard")
+    return tuple(shards)
 
 
 def _outlier_detection(section: _Section | None) -> OutlierDetection:

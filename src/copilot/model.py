@@ -59,6 +59,22 @@ def split_route_hostname(value: object, field_name: str = "hostnames") -> tuple[
     return normalize_hostname(host, field_name), normalize_path(sep + path if sep else "", field_name)
 
 
+MAX_ISOLATION_SEGMENT_LENGTH = 255  # Cloud Controller's names (its database column)
+
+
+def validate_isolation_segment(value: object, field_name: str) -> str:
+    """A route's isolation segment as Cloud Controller writes it into the DesiredLRP: null or "" for
+    the shared segment, else a name of at most 255 printable characters (compared as it is with the
+    router shards' isolation_segments)."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRoute(field_name, f"{_shown(value)} must be a string")
+    if len(value) > MAX_ISOLATION_SEGMENT_LENGTH or not value.isprintable() or value != value.strip():
+        raise InvalidRoute(field_name, f"{_shown(value)} is not an isolation segment name")
+    return value
+
+
 def validate_port(value: object, field_name: str) -> int:
     """A TCP port 1..65535 that is not Diego's SSH port."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
@@ -180,6 +196,8 @@ class HttpRoute:
     container_port: int
     protocol: str = "http1"
     route_service_url: str = ""
+    # The isolation segment of the process's space ("" = shared), which router shards route it.
+    isolation_segment: str = ""
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -326,6 +344,9 @@ class Destination:
     # The route service bound to the route (host + path) this destination serves, "" when none: the
     # router must never send such a route's requests straight to the app.
     route_service_url: str = ""
+    # The process's isolation segment ("" = shared, as every platform route): which router shards
+    # route this destination (istio/shards.py).
+    isolation_segment: str = ""
 
     @property
     def on_diego(self) -> bool:

@@ -86,7 +86,12 @@ class Publisher:
                     deletions.extend(host_object_names(self._gateway, host))
                     continue
                 try:
-                    objects.extend(_encoded(build_host(self._gateway, routes)))
+                    built = build_host(self._gateway, routes)
+                    objects.extend(_encoded(built))
+                    if self._gateway.sharded:
+                        # Router shards: the host may need fewer VirtualServices than before (or none).
+                        emitted = {(obj.kind, obj.name) for obj in built}
+                        deletions.extend(o for o in host_object_names(self._gateway, host) if (o.kind, o.name) not in emitted)
                 except ValueError as error:
                     # One bad host never blocks the others; what it had before stays served.
                     self.rejected_hosts += 1
@@ -116,7 +121,10 @@ class Publisher:
                     deletions.extend(tcp_object_names(self._gateway, port))
                     continue
                 try:
-                    objects.extend(_encoded(build_tcp(self._gateway, tcp)))
+                    built = build_tcp(self._gateway, tcp)
+                    objects.extend(_encoded(built))
+                    if not built:  # no router shard serves TCP ports
+                        deletions.extend(tcp_object_names(self._gateway, port))
                 except ValueError as error:
                     self.rejected_hosts += 1
                     metrics.HOSTS_REJECTED.inc()

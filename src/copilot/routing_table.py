@@ -431,21 +431,23 @@ class RoutingTable:
         common = math.lcm(*(n for _, _, n in shares))
         destinations = []
         for diego_guid, weight, count in shares:
-            port, protocol = self._container_port(diego_guid, route)
-            destination = self._destination(diego_guid, HttpRoute(route.host, route.path, port, protocol), container=container)
+            process_route = self._process_route(diego_guid, route)
+            destination = self._destination(diego_guid, process_route, container=container)
             destination.weight = weight * (common // count)
             destinations.append(destination)
         return destinations
 
-    def _container_port(self, diego_guid: str, route: CCRoute) -> tuple[int, str]:
-        """The container port (and protocol) a Diego process serves a CC route on: its own route for that
-        host+path if it has one, else its first HTTP route, else 8080."""
+    def _process_route(self, diego_guid: str, route: CCRoute) -> HttpRoute:
+        """The container port, protocol and isolation segment a Diego process serves a CC route with:
+        those of its own route for that host+path if it has one, else of its first HTTP route, else
+        8080, http1 and shared."""
         routes = self._desired.get(diego_guid)
         http = routes.http if routes else ()
-        for candidate in http:
-            if candidate.host == route.host and candidate.path == route.path:
-                return candidate.container_port, candidate.protocol
-        return (http[0].container_port, http[0].protocol) if http else (8080, "http1")
+        found = next((c for c in http if c.host == route.host and c.path == route.path), http[0] if http else None)
+        if found is None:
+            return HttpRoute(route.host, route.path, 8080)
+        return HttpRoute(route.host, route.path, found.container_port, found.protocol,
+                         isolation_segment=found.isolation_segment)
 
     def _touch_cc_route(self, route_guid: str) -> None:
         route = self._cc_routes.get(route_guid)
@@ -477,7 +479,10 @@ class RoutingTable:
                 backends.add(backend)
         desired = self._desired.get(guid)
         app_guid = desired.app_guid if desired is not None else ""
-        return Destination(guid, route.container_port, 1, route.protocol, sorted(backends), app_guid=app_guid)
+        return Destination(
+            guid, route.container_port, 1, route.protocol, sorted(backends), app_guid=app_guid,
+            isolation_segment=route.isolation_segment,
+        )
 
     def _index(self, guid: str, routes: ProcessRoutes | None) -> None:
         for route in routes.http if routes else ():

@@ -63,6 +63,8 @@ class Tier:
     cell: Cell
     extra: dict = field(default_factory=dict)
     cells: list[Cell] = field(default_factory=list)
+    # More routers (start_tier's `routers`): instance group name -> its admin and health ports.
+    routers: dict[str, dict[str, int]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ where things are
 
@@ -89,6 +91,10 @@ class Tier:
     @property
     def envoy(self) -> RouterAdmin:
         return RouterAdmin(self.ports["router_admin_port"])
+
+    def router_admin(self, name: str) -> RouterAdmin:
+        """Another router's Envoy admin API (start_tier's `routers`)."""
+        return RouterAdmin(self.routers[name]["admin_port"])
 
     def log_path(self, job: str, process: str | None = None) -> Path:
         return self.layout.logs / job / f"{process or job}.log"
@@ -231,12 +237,23 @@ def start_tier(
     ops_files: Sequence[Path] = (),
     preload: Callable[[BBSDouble], None] | None = None,
     test_certificates: bool = True,
+    routers: dict[str, dict] | None = None,
 ) -> Tier:
     """Renders and starts the tier under `workdir` on free loopback ports; `ops_files` are applied after
-    the test certificates; `preload` fills the BBS double before Copilot first lists it."""
+    the test certificates; `preload` fills the BBS double before Copilot first lists it. `routers`: more
+    routers, each its own instance group (name -> istio-router properties over the local router's, e.g.
+    router_shard and node_ip), on free admin and health ports; the tier is up once they are healthy too."""
     layout = Layout(Path(workdir).resolve())
     ports = free_ports(list(launch.default_ports()))
-    processes = launch.prepare(layout, ports, [*([TEST_OPS] if test_certificates else []), *ops_files])
+    more = {name: free_ports([f"{name}_admin", f"{name}_health"]) for name in routers or {}}
+    router_ports = {name: {"admin_port": more[name][f"{name}_admin"], "health_port": more[name][f"{name}_health"]}
+                    for name in more}
+    overrides = {
+        name: {**properties, "admin_port": router_ports[name]["admin_port"],
+               "health": {"port": router_ports[name]["health_port"]}}
+        for name, properties in (routers or {}).items()
+    }
+    processes = launch.prepare(layout, ports, [*([TEST_OPS] if test_certificates else []), *ops_files], overrides)
     variables = render.variables(layout)
     bbs_server, diego_ca = _pair(layout, variables, "bbs_server"), _ca(layout, variables, "diego_ca")
     bbs = BBSDouble(
@@ -251,7 +268,7 @@ def start_tier(
         trusted_ca_certificates=[_ca(layout, variables, "service_cf_internal_ca").cert_path],
     )
     cell = Cell(layout.root / "cells" / "cell-1", pki)
-    tier = Tier(layout, ports, bbs, cell, cells=[cell])
+    tier = Tier(layout, ports, bbs, cell, cells=[cell], routers=router_ports)
     tier.extra.update(
         cell_pki=pki,
         identity_ca=identity_ca,
@@ -268,22 +285,29 @@ def start_tier(
         launch.start(layout, processes)
         if not launch.wait_ready(layout, ports, quiet=True, timeout=180):
             raise RuntimeError(f"the tier did not come up:\n{tails(layout)}")
+        for name, router in router_ports.items():
+            wait_until(lambda port=router["health_port"]: _healthy(port), timeout=60, message=f"router {name} healthy")
     except BaseException:
         tier.stop()
         raise
     return tier
 
 
-def start_tier_with_ops(workdir: Path, name: str, ops_yaml: str) -> Tier:
-    """A tier with one more ops-file, given as YAML text (per-test properties), written into `workdir`."""
+def _healthy(port: int) -> bool:
+    return requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+
+
+def start_tier_with_ops(workdir: Path, name: str, ops_yaml: str, routers: dict[str, dict] | None = None) -> Tier:
+    """A tier with one more ops-file, given as YAML text (per-test properties), written into `workdir`
+    (and more routers: start_tier's `routers`)."""
     ops = Path(workdir) / f"{name}.yml"
     ops.write_text(ops_yaml)
-    return start_tier(Path(workdir) / "tier", ops_files=[ops])
+    return start_tier(Path(workdir) / "tier", ops_files=[ops], routers=routers)
 
 
 def tails(layout: Layout, lines: int = 30) -> str:
     out = []
-    for log in sorted(layout.logs.rglob("*.log")):
+    for log in sorted([*layout.logs.rglob("*.log"), *(layout.root / "routers").glob("*/sys/log/**/*.log")]):
         text = log.read_text(errors="replace").splitlines()[-lines:]
         out.append(f"--- {log.relative_to(layout.root)}\n" + "\n".join(text))
     return "\n".join(out)

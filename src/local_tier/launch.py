@@ -52,12 +52,15 @@ def listening(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def prepare(layout: Layout, ports: dict[str, int], ops_files: Sequence[Path] = ()) -> list[Process]:
-    """`bosh int` of the manifest with its ports and ops-files, the jobs rendered, the packages laid out."""
+def prepare(
+    layout: Layout, ports: dict[str, int], ops_files: Sequence[Path] = (), routers: dict[str, dict] | None = None
+) -> list[Process]:
+    """`bosh int` of the manifest with its ports and ops-files, the jobs rendered (with more routers:
+    render.render's `routers`), the packages laid out."""
     layout.root.mkdir(parents=True, exist_ok=True)
     manifest = render.interpolate(layout, {k: str(v) for k, v in ports.items()}, ops_files)
     render.lay_out_packages(layout)
-    return render.render(layout, manifest)
+    return render.render(layout, manifest, routers)
 
 
 def start(layout: Layout, processes: list[Process], stand_ins: dict[str, list[str]] | None = None) -> list[str]:

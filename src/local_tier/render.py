@@ -34,13 +34,16 @@ INSTANCE = {
 
 @dataclass(frozen=True)
 class Process:
-    """One bpm process of a rendered job."""
+    """One bpm process of a rendered job (of the local instance group, or of another router: `group`,
+    whose /var/vcap is `root`)."""
 
     job: str
     name: str
     argv: list[str]
     env: dict[str, str]
     pre_start: str | None
+    group: str = ""
+    root: Path | None = None
 
 
 def interpolate(layout: Layout, overrides: dict[str, str], ops_files: Sequence[Path] = ()) -> dict:
@@ -62,8 +65,12 @@ def variables(layout: Layout) -> dict:
     return yaml.safe_load(layout.vars_store.read_text()) or {}
 
 
-def render(layout: Layout, manifest: dict) -> list[Process]:
-    """Renders every job of the instance group into <root>/jobs/<job>, paths rewritten to the local root."""
+def render(layout: Layout, manifest: dict, routers: dict[str, dict] | None = None) -> list[Process]:
+    """Renders every job of the instance group into <root>/jobs/<job>, paths rewritten to the local root.
+
+    `routers`: more routers (instance group name -> properties merged over the group's istio-router
+    job's, e.g. another router_shard, node_ip, admin and health ports), each an istio-router job of its
+    own instance group with its own /var/vcap (<root>/routers/<name>), as a BOSH VM of that group."""
     group = next(g for g in manifest["instance_groups"] if g.get("lifecycle") != "errand")
     jobs = {job["name"]: job.get("properties") or {} for job in group["jobs"]}
     instance = [{"address": "127.0.0.1", "index": 0, "az": "z1", "id": "local-0", "name": "local", "bootstrap": True}]
@@ -81,26 +88,65 @@ def render(layout: Layout, manifest: dict) -> list[Process]:
     }
     processes: list[Process] = []
     for job, properties in jobs.items():
-        out = layout.jobs / job
-        rendered = render_job(
-            JOBS / job, properties, spec_overrides={**INSTANCE, "job": {"name": job}}, links=consumed[job], out_dir=out
+        processes += _render_job(layout.root, job, properties, consumed[job], INSTANCE)
+    for name, overrides in (routers or {}).items():
+        root = router_root(layout, name)
+        (root / "packages").parent.mkdir(parents=True, exist_ok=True)
+        if not (root / "packages").exists():
+            (root / "packages").symlink_to(layout.packages)
+        instance = {**INSTANCE, "name": name, "id": f"{name}-0"}
+        properties = _merged(jobs["istio-router"], overrides)
+        processes += _render_job(
+            root, "istio-router", properties, consumed["istio-router"], instance, group=name, shared={CERTS: layout.root}
         )
-        for destination, path in rendered.items():
-            path.write_text(_localize(path.read_text(), layout))
-            if destination.startswith("bin/"):
-                path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP)
-        bpm = yaml.safe_load(rendered["config/bpm.yml"].read_text())
-        for process in bpm["processes"]:
-            processes.append(
-                Process(
-                    job,
-                    process["name"],
-                    [process["executable"], *process.get("args", [])],
-                    {str(k): str(v) for k, v in (process.get("env") or {}).items()},
-                    (process.get("hooks") or {}).get("pre_start"),
-                )
-            )
     return processes
+
+
+# Copilot's Gateways and routes name the routers' certificate files by one path (gateway.certificate_dir,
+# instance_identity_ca_file, upstream_ca_file), the same on every BOSH VM. On one machine that path is the
+# local router's: other routers (same certificates) serve those files to their Envoy as it does.
+CERTS = "/var/vcap/jobs/istio-router/config/certs"
+
+
+def router_root(layout: Layout, name: str) -> Path:
+    """The /var/vcap of another router (render's `routers`)."""
+    return layout.root / "routers" / name
+
+
+def _render_job(
+    root: Path, job: str, properties: dict, links: dict, instance: dict, group: str = "", shared: dict[str, Path] | None = None
+) -> list[Process]:
+    """Renders one job under `root` (its /var/vcap); `shared`: /var/vcap paths that are another root's."""
+    rendered = render_job(
+        JOBS / job, properties, spec_overrides={**instance, "job": {"name": job}}, links=links, out_dir=root / "jobs" / job
+    )
+    for destination, path in rendered.items():
+        text = path.read_text()
+        for prefix, other in (shared or {}).items():
+            text = text.replace(prefix, str(other / prefix.removeprefix("/var/vcap/")))
+        path.write_text(text.replace("/var/vcap/", f"{root}{os.sep}"))
+        if destination.startswith("bin/"):
+            path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP)
+    bpm = yaml.safe_load(rendered["config/bpm.yml"].read_text())
+    return [
+        Process(
+            job,
+            process["name"],
+            [process["executable"], *process.get("args", [])],
+            {str(k): str(v) for k, v in (process.get("env") or {}).items()},
+            (process.get("hooks") or {}).get("pre_start"),
+            group,
+            root if group else None,
+        )
+        for process in bpm["processes"]
+    ]
+
+
+def _merged(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
 
 
 def render_errand(layout: Layout, manifest: dict) -> Path:
@@ -144,6 +190,3 @@ def lay_out_packages(layout: Layout) -> None:
         app.parent.mkdir(parents=True, exist_ok=True)
         app.symlink_to(peers.REPO / "src" / "istio-smoke-tests" / "app")
 
-
-def _localize(text: str, layout: Layout) -> str:
-    return text.replace("/var/vcap/", f"{layout.root}{os.sep}")

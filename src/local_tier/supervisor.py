@@ -62,20 +62,23 @@ def write_config(layout: Layout, processes: list[Process], stand_ins: dict[str, 
         names.append(name)
     for priority, process in enumerate(processes, start=20):
         name = f"{process.job}-{process.name}" if process.name != process.job else process.job
-        sections.append(
-            program(
-                name, process.argv, process.env, layout.logs / process.job / f"{process.name}.log", process.pre_start, priority
-            )
-        )
+        name = f"{process.group}-{name}" if process.group else name
+        log = _root(layout, process) / "sys" / "log" / process.job / f"{process.name}.log"
+        sections.append(program(name, process.argv, process.env, log, process.pre_start, priority))
         names.append(name)
     for directory in {
-        *(layout.logs / p.job for p in processes),
-        *(layout.root / "data" / p.job for p in processes),
-        *(layout.run / p.job for p in processes),
+        *(_root(layout, p) / "sys" / "log" / p.job for p in processes),
+        *(_root(layout, p) / "data" / p.job for p in processes),
+        *(_root(layout, p) / "sys" / "run" / p.job for p in processes),
     }:
         directory.mkdir(parents=True, exist_ok=True)
     layout.supervisor_conf.write_text("\n".join(sections))
     return names
+
+
+def _root(layout: Layout, process: Process) -> Path:
+    """The /var/vcap of a process's instance group: the local root, or another router's (render.py)."""
+    return process.root or layout.root
 
 
 def supervisord(layout: Layout) -> subprocess.CompletedProcess:

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from opsfile_helpers import BOSH_LITE, CF, ENABLE, ENABLE_LITE, PXC_PROXY_ROUTE, STAGE1, cf_data_available, interpolate
+from opsfile_helpers import (
+    BOSH_LITE,
+    CF,
+    CF_OPS,
+    ENABLE,
+    ENABLE_LITE,
+    ISO_SEG_ROUTER,
+    PXC_PROXY_ROUTE,
+    STAGE1,
+    cf_data_available,
+    interpolate,
+)
 
 from devtools import peers
 
@@ -47,7 +58,14 @@ def stage1(bosh_cli) -> dict:
     return interpolate(CF, STAGE1)
 
 
-@pytest.fixture(scope="session", params=["enabled", "lite", "lite_without_companion"])
+@pytest.fixture(scope="session")
+def isolation_segment(bosh_cli) -> dict:
+    """With cf-deployment's isolation segment router and our companion for it."""
+    iso = CF_OPS / "add-persistent-isolation-segment-router.yml"
+    return interpolate(CF, iso, ENABLE, ISO_SEG_ROUTER, PXC_PROXY_ROUTE)
+
+
+@pytest.fixture(scope="session", params=["enabled", "lite", "lite_without_companion", "isolation_segment"])
 def result(request) -> dict:
     """Every cf-deployment + enable-istio-routing combination that must satisfy the issue's checks."""
     return request.getfixturevalue(request.param)

@@ -54,6 +54,8 @@ def assert_means_the_istio_tier(manifest: dict, cf_ops: tuple[str, ...] = (), be
 
     router, control = group(manifest, "istio-router"), group(manifest, "istio-control")
     assert router["jobs"][0]["name"] == "istio-router" and router["update"]["serial"] is True
+    assert_router_shards(manifest, cf_ops, before)
+    assert_links_resolve(manifest)
     zones = {az for g in manifest["instance_groups"] if g["name"] not in ("istio-router", "istio-control")
              for az in g["azs"]}
     assert set(router["azs"]) <= zones and set(control["azs"]) <= zones, (router["azs"], control["azs"], zones)
@@ -77,3 +79,72 @@ def assert_means_the_istio_tier(manifest: dict, cf_ops: tuple[str, ...] = (), be
         assert "routing-api" not in {r["name"] for r in databases["roles"]}
     if "use-postgres" in cf_ops or "use-external-dbs" in cf_ops:
         assert not [w for w, item in jobs(manifest) if w == "database" and "registrar" in item["name"]]
+
+
+ISOLATION_SEGMENT = "persistent_isolation_segment"  # what add-persistent-isolation-segment-router.yml names
+SHARD_DEFAULTS = {"routing_table_sharding_mode": "all", "isolation_segments": []}
+
+
+def router_groups(manifest: dict) -> dict[str, str]:
+    """Every instance group running an Istio router -> the router shard it names (istio-router router_shard)."""
+    spec_default = _spec("istio-router")["properties"]["router_shard"]["default"]
+    return {g["name"]: (j.get("properties") or {}).get("router_shard", spec_default)
+            for g in manifest["instance_groups"] for j in g.get("jobs") or [] if j["name"] == "istio-router"}
+
+
+def copilot_shards(manifest: dict) -> list[dict]:
+    """Copilot's gateway.router_shards as the copilot job sees them (its spec default when not set)."""
+    [copilot] = [j for _, j in jobs(manifest) if j["name"] == "copilot"]
+    shards = ((copilot.get("properties") or {}).get("gateway") or {}).get("router_shards")
+    return [{**SHARD_DEFAULTS, **s} for s in (shards or _spec("copilot")["properties"]["gateway.router_shards"]["default"])]
+
+
+def assert_router_shards(manifest: dict, cf_ops: tuple[str, ...], before: dict | None) -> None:
+    """The routers' shards are Copilot's: every router group names a shard Copilot lists, every shard has
+    a router group, and with add-persistent-isolation-segment-router.yml the segment has its own group
+    (the one that ops-file added, where it put it) routing that segment only, the main routers the
+    shared segment only, configured alike but for their shard."""
+    routers, shards = router_groups(manifest), copilot_shards(manifest)
+    names = [s["name"] for s in shards]
+    assert len(set(names)) == len(names), names
+    assert set(routers.values()) == set(names), (routers, names)
+    by_name = {s["name"]: s for s in shards}
+    if "add-persistent-isolation-segment-router" not in cf_ops:
+        assert routers == {"istio-router": "all"} and shards == [{"name": "all", **SHARD_DEFAULTS}]
+        return
+    assert set(routers) == {"istio-router", "iso-seg-router"}, routers
+    iso, shared = by_name[routers["iso-seg-router"]], by_name[routers["istio-router"]]
+    assert (iso["routing_table_sharding_mode"], iso["isolation_segments"]) == ("segments", [ISOLATION_SEGMENT])
+    assert (shared["routing_table_sharding_mode"], shared["isolation_segments"]) == ("shared-and-segments", [])
+    # One router group per segment: no other shard routes the segment.
+    routing_it = [s["name"] for s in shards
+                  if ISOLATION_SEGMENT in s["isolation_segments"] or s["routing_table_sharding_mode"] == "all"]
+    assert routing_it == [iso["name"]], routing_it
+    segment_group, main = group(manifest, "iso-seg-router"), group(manifest, "istio-router")
+    [segment_router] = segment_group["jobs"]  # gorouter is gone, nothing else came
+    [main_router] = [j for j in main["jobs"] if j["name"] == "istio-router"]
+    assert segment_router["name"] == "istio-router" and segment_router["release"] == "istio-routing"
+    unshard = lambda props: {k: v for k, v in props.items() if k != "router_shard"}  # noqa: E731
+    assert unshard(segment_router["properties"]) == unshard(main_router["properties"])
+    if before is not None:
+        was = group(before, "iso-seg-router")
+        for key in ("azs", "instances", "vm_extensions", "networks", "update", "vm_type", "stemcell"):
+            assert segment_group.get(key) == was.get(key), key
+
+
+def assert_links_resolve(manifest: dict) -> None:
+    """gorouter's link alias (router_primary, add-persistent-isolation-segment-router.yml's) is gone with
+    gorouter, and every link consumed from one of our routers' aliases names one that is provided."""
+    provided = {link["as"] for _, item in jobs(manifest) for link in (item.get("provides") or {}).values()
+                if isinstance(link, dict) and "as" in link}
+    wanted = {(where, item["name"], link["from"]) for where, item in jobs(manifest)
+              for link in (item.get("consumes") or {}).values() if isinstance(link, dict) and "from" in link}
+    assert "router_primary" not in provided | {alias for _, _, alias in wanted}, sorted(wanted)
+    ours = {alias for where, item in jobs(manifest) if item["name"] == "istio-router"
+            for alias in [link.get("as") for link in (item.get("provides") or {}).values() if isinstance(link, dict)]
+            if alias}
+    routers = set(router_groups(manifest))
+    # With two router groups, every http-router consumer must say which one it takes (BOSH refuses two).
+    if len(routers) > 1:
+        assert ours, "two groups provide http-router and neither has an alias"
+    assert {w for w in wanted if w[2].startswith("istio-router")} <= {w for w in wanted if w[2] in ours}

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from opsfile_helpers import BOSH_LITE, CF, REPO
+from opsfile_helpers import BOSH_LITE, CF, CF_OPS, REPO
 
 from devtools import peers
 from devtools.certs import make_ca
@@ -36,6 +36,8 @@ def _local(argv: list[str]) -> list[str]:
     out = []
     for arg in argv:
         arg = mapping.get(arg, arg)
+        if arg.startswith("cf-deployment/operations/"):
+            arg = str(CF_OPS / arg.removeprefix("cf-deployment/operations/"))
         if arg.startswith("istio-routing/"):
             arg = str(REPO / arg.removeprefix("istio-routing/"))
         out.append(arg)

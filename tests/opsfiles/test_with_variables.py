@@ -15,8 +15,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from opsfile_helpers import (
     BOSH_LITE,
     CF,
+    CF_OPS,
     ENABLE,
     ENABLE_LITE,
+    ISO_SEG_ROUTER,
     OPERATOR_TLS,
     PXC_PROXY_ROUTE,
     STAGE1,
@@ -37,6 +39,7 @@ COMBINATIONS = {
     "bosh-lite": (BOSH_LITE, ENABLE, ENABLE_LITE, PXC_PROXY_ROUTE),
     "stage-1": (STAGE1,),
     "operator-tls": (ENABLE, OPERATOR_TLS),
+    "isolation-segment": (CF_OPS / "add-persistent-isolation-segment-router.yml", ENABLE, ISO_SEG_ROUTER, PXC_PROXY_ROUTE),
 }
 
 
@@ -179,3 +182,27 @@ def test_our_jobs_render_from_the_manifest_and_their_programs_accept_the_result(
             volumes = bpm["processes"][0]["unsafe"]["unrestricted_volumes"]
             assert {"path": "/var/vcap/jobs/uaa", "allow_executions": True} in volumes
     assert checked == 7
+
+
+def test_isolation_segment_routers_render_into_their_shards_gateways(with_vars, tmp_path):
+    """Copilot loads the companion's router_shards, and each router group's istio-router renders (its
+    router_shard one Copilot lists) with the node labels its own shard's Gateways select, no other's."""
+    manifest = with_vars["isolation-segment"]
+    copilot_props = next(item for _, item in jobs(manifest) if item["name"] == "copilot")["properties"]
+    copilot_link = link_from_job(REPO / "jobs" / "copilot", "copilot", copilot_props,
+                                 instances=_instances(manifest, "istio-control"))
+    rendered = render_job(REPO / "jobs" / "copilot", copilot_props, out_dir=tmp_path / "copilot")
+    _install(rendered, "copilot", tmp_path / "copilot")
+    gateway = load_copilot_config(rendered["config/copilot.yml"]).gateway
+    shards = [shard.name for shard in gateway.router_shards]
+    assert shards == ["shared", "persistent_isolation_segment"]
+    pilot_props = next(item for _, item in jobs(manifest) if item["name"] == "pilot-discovery").get("properties") or {}
+    pilot_link = link_from_job(REPO / "jobs" / "pilot-discovery", "pilot", pilot_props,
+                               instances=_instances(manifest, "istio-control"))
+    for group_name, shard in (("istio-router", "shared"), ("iso-seg-router", "persistent_isolation_segment")):
+        [props] = [j["properties"] for j in group(manifest, group_name)["jobs"] if j["name"] == "istio-router"]
+        router = render_job(REPO / "jobs" / "istio-router", props, links={"pilot": pilot_link, "copilot": copilot_link},
+                            spec_overrides={"name": group_name}, out_dir=tmp_path / group_name)
+        labels = json.loads(router["config/envoy.json"].read_text())["node"]["metadata"]["LABELS"]
+        selected = [i for i in range(len(shards)) if gateway.shard_selector(i).items() <= labels.items()]
+        assert selected == [shards.index(shard)], (group_name, labels)

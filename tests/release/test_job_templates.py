@@ -220,6 +220,8 @@ def test_copilot_config_from_properties(pki, tmp_path):
     assert config["mcp"] == {"listen": "0.0.0.0:9009", "tls": {"cert": "/var/vcap/jobs/copilot/config/certs/mcp/server.crt",
                                                                "key": "/var/vcap/jobs/copilot/config/certs/mcp/server.key"}}
     assert config["gateway"] == {"namespace": "cf", "name": "gw", "selector": {"istio": "ingress"}, "http_port": 8081,
+                                 "router_shards": [{"name": "all", "routing_table_sharding_mode": "all",
+                                                    "isolation_segments": []}],
                                  "tls_min_version": "1.2", "sticky_session_cookies": ["JSESSIONID"], "instance_routing": False,
                                  "certificate_dir": "/var/vcap/jobs/istio-router/config/certs",
                                  "outlier_detection": {"consecutive_failures": 3, "base_ejection_seconds": 30,
@@ -296,7 +298,8 @@ def test_router_bootstrap_node_and_xds_endpoints(pki, tmp_path):
                       spec={"ip": "10.0.2.7", "index": 1})
     bootstrap = json.loads(rendered["config/envoy.json"].read_text())
     assert bootstrap["node"]["id"] == "router~10.0.2.7~istio-router-1.istio-system~istio-system.svc.cluster.local"
-    assert bootstrap["node"]["metadata"] == {"NAMESPACE": "istio-system", "LABELS": {"app": "istio-router"},
+    assert bootstrap["node"]["metadata"] == {"NAMESPACE": "istio-system",
+                                             "LABELS": {"app": "istio-router", "routing.cloudfoundry.org/shard": "all"},
                                              "CLUSTER_ID": "Kubernetes", "INSTANCE_IPS": "10.0.2.7", "ISTIO_VERSION": "1.30.0"}
     assert bootstrap["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 15000}
     clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
@@ -319,11 +322,30 @@ def test_router_takes_namespace_and_labels_from_the_copilot_link_unless_set(pki,
              "copilot": copilot_link({"gateway": {"namespace": "routing", "selector": {"istio": "cf-router"}}})}
     tls = {"pilot_tls": pilot_tls(pki)}
     node = json.loads(render("istio-router", tls, tmp_path / "a", links=links)["config/envoy.json"].read_text())["node"]
-    assert node["metadata"]["NAMESPACE"] == "routing" and node["metadata"]["LABELS"] == {"istio": "cf-router"}
+    shard = {"routing.cloudfoundry.org/shard": "all"}
+    assert node["metadata"]["NAMESPACE"] == "routing" and node["metadata"]["LABELS"] == {"istio": "cf-router", **shard}
     assert node["metadata"]["CLUSTER_ID"] == "cf" and node["id"].endswith("~routing.svc.cluster.local")
     node = json.loads(render("istio-router", {**tls, "namespace": "own", "labels": {"a": "b"}}, tmp_path / "b", links=links)[
         "config/envoy.json"].read_text())["node"]
-    assert node["metadata"]["NAMESPACE"] == "own" and node["metadata"]["LABELS"] == {"a": "b"}
+    assert node["metadata"]["NAMESPACE"] == "own" and node["metadata"]["LABELS"] == {"a": "b", **shard}
+
+
+def test_router_names_its_shard_in_its_labels_and_copilot_must_list_it(pki, tmp_path):
+    shards = [{"name": "shared", "routing_table_sharding_mode": "shared-and-segments", "isolation_segments": []},
+              {"name": "persistent_isolation_segment", "routing_table_sharding_mode": "segments",
+               "isolation_segments": ["persistent_isolation_segment"]}]
+    links = {"pilot": secure_pilot_link(pki), "copilot": copilot_link({"gateway": {"router_shards": shards}})}
+    properties = {"pilot_tls": pilot_tls(pki), "router_shard": "persistent_isolation_segment"}
+    node = json.loads(render("istio-router", properties, tmp_path / "a", links=links)["config/envoy.json"].read_text())["node"]
+    assert node["metadata"]["LABELS"] == {"app": "istio-router", "routing.cloudfoundry.org/shard": "persistent_isolation_segment"}
+    # The shard's Gateways select exactly what the router announces (Copilot's selector plus the label).
+    from copilot.config import parse
+
+    gateway = parse({"gateway": {"router_shards": shards}}).gateway
+    assert gateway.shard_selector(1) == node["metadata"]["LABELS"]
+    # A shard Copilot does not list (the default `all`, once shards are set) would serve nothing: refused.
+    with pytest.raises(RenderError, match=r"router_shard: \"all\" is not one of the copilot link's gateway.router_shards"):
+        render("istio-router", {"pilot_tls": pilot_tls(pki)}, tmp_path / "b", links=links)
 
 
 def test_router_uses_dns_for_pilot_hostnames_and_tcp_for_a_port_sds(pki, tmp_path):

@@ -2,7 +2,9 @@
 certificate per SNI name), a catch-all VirtualService answering unknown routes, the gorouter
 compatibility EnvoyFilter (router_filter.py); per host a VirtualService, a DestinationRule (a subset per
 process and port, and one per app instance) and a ServiceEntry with STATIC endpoints; per router TCP
-port a Gateway, a VirtualService and a ServiceEntry.
+port a Gateway, a VirtualService and a ServiceEntry. With router shards (shards.py) a Gateway per
+shard, and a host's VirtualService bound to the shards that route it (one per distinct subset of its
+destinations the shards route).
 
 Names are derived from the host (or port), so two Copilots fed the same state emit identical config.
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from copilot import invalid_input
 from copilot.istio.kinds import DESTINATION_RULE, GATEWAY, SERVICE_ENTRY, VIRTUAL_SERVICE, IstioObject
 from copilot.istio.router_filter import IDENTITY_SERVICE_PORT, build_router_filter
+from copilot.istio.shards import DEFAULT_SHARDS, SHARD_LABEL, RouterShard, suffix
 from copilot.model import Backend, Destination, InvalidRoute, normalize_hostname, normalize_weights, validate_ip
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.routing_table import HostRoutes, InternalService, TcpPortRoutes
@@ -150,14 +153,40 @@ class GatewaySettings:
     # Route services (gorouter's protocol, through the routers' route-service proxy). None: a route
     # bound to a route service fails closed, as gorouter without route_services_secret.
     route_services: RouteServiceSettings | None = None
+    # Router shards (shards.py): a Gateway per shard, each host bound to the shards that route it.
+    router_shards: tuple[RouterShard, ...] = DEFAULT_SHARDS
+
+    @functools.cached_property
+    def sharded(self) -> bool:
+        """Whether shards are configured (anything but the default single shard `all`); asked per host."""
+        return self.router_shards != DEFAULT_SHARDS
 
     @property
     def ref(self) -> str:
+        """The first shard's Gateway (the only one by default)."""
         return f"{self.namespace}/{self.name}"
 
     @property
     def route_services_ref(self) -> str:
         return f"{self.namespace}/{ROUTE_SERVICE_GATEWAY_NAME}"
+
+    def shard_ref(self, index: int) -> str:
+        """The Gateway of shard `index`: gateway.name for the first, `<name>-<shard>` for the others."""
+        return self.ref if index == 0 else f"{self.ref}-{suffix(self.router_shards[index])}"
+
+    def shard_route_services_ref(self, index: int) -> str:
+        base = self.route_services_ref
+        return base if index == 0 else f"{base}-{suffix(self.router_shards[index])}"
+
+    def shard_selector(self, index: int) -> dict[str, str]:
+        """The labels of shard `index`'s routers: gateway.selector, plus the shard label once shards
+        are configured (so each router is selected by its own shard's Gateways only)."""
+        if not self.sharded:
+            return self.selector
+        return {**self.selector, SHARD_LABEL: self.router_shards[index].name}
+
+    def shard_bind(self, index: int) -> str:
+        return self.router_shards[index].bind or self.bind
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -184,13 +213,15 @@ def instance_subset_name(process_guid: str, container_port: int, instance_guid: 
     return "i-" + hashlib.sha256(f"{process_guid}:{container_port}:{instance_guid}".encode()).hexdigest()[:16]
 
 
-def build_gateway(settings: GatewaySettings) -> IstioObject:
-    gateway = pb.Gateway(selector=settings.selector)
+def build_gateway(settings: GatewaySettings, shard: int = 0) -> IstioObject:
+    """The Gateway of one router shard (the first: gateway.name): HTTP, and HTTPS per certificate."""
+    bind = settings.shard_bind(shard)
+    gateway = pb.Gateway(selector=settings.shard_selector(shard))
     gateway.servers.add(
         port=pb.Port(number=settings.http_port, protocol="HTTP", name="http"),
         hosts=["*"],
         name="http",
-        bind=settings.bind,
+        bind=bind,
     )
     if settings.https_port and settings.certificates:
         # Envoy picks the filter chain by SNI: an exact name before a wildcard, and the server with
@@ -202,10 +233,10 @@ def build_gateway(settings: GatewaySettings) -> IstioObject:
                 port=pb.Port(number=settings.https_port, protocol="HTTPS", name=name),
                 hosts=list(hosts),
                 name=name,
-                bind=settings.bind,
+                bind=bind,
                 tls=_server_tls(settings, cert),
             )
-    return IstioObject(GATEWAY, f"{settings.namespace}/{settings.name}", gateway)
+    return IstioObject(GATEWAY, settings.shard_ref(shard), gateway)
 
 
 def _server_tls(settings: GatewaySettings, cert: Certificate) -> pb.ServerTLSSettings:
@@ -220,9 +251,11 @@ def _server_tls(settings: GatewaySettings, cert: Certificate) -> pb.ServerTLSSet
 
 
 def build_router_objects(settings: GatewaySettings) -> list[IstioObject]:
-    """The objects that do not depend on routes: the Gateway, the unknown-route answer, the router filter."""
+    """The objects that do not depend on routes: the Gateways (one per router shard), the unknown-route
+    answer, the router filter (on every router: gateway.selector)."""
+    shards = range(len(settings.router_shards))
     objects = [
-        build_gateway(settings),
+        *(build_gateway(settings, shard) for shard in shards),
         build_unknown_route(settings),
         build_router_filter(settings.namespace, settings.selector, settings.sticky_session_cookies),
     ]
@@ -234,23 +267,24 @@ def build_router_objects(settings: GatewaySettings) -> list[IstioObject]:
 def build_route_service_objects(settings: GatewaySettings, route_services: RouteServiceSettings) -> list[IstioObject]:
     """The route-service proxy on the routers' loopback (a service routes can send requests to), and the
     loopback-only Gateway server it hands verified requests back to. Only hosts with a route service
-    bind their VirtualService to that Gateway, so it holds their routes alone."""
-    gateway = pb.Gateway(selector=settings.selector)
-    gateway.servers.add(
-        port=pb.Port(number=route_services.gateway_port, protocol="HTTP", name="route-services"),
-        hosts=["*"],
-        name="route-services",
-        bind="127.0.0.1",
-    )
+    bind their VirtualService to that Gateway, so it holds their routes alone. Each router shard has
+    its own (selecting its routers), as it has its own public Gateway."""
+    gateways = []
+    for shard in range(len(settings.router_shards)):
+        gateway = pb.Gateway(selector=settings.shard_selector(shard))
+        gateway.servers.add(
+            port=pb.Port(number=route_services.gateway_port, protocol="HTTP", name="route-services"),
+            hosts=["*"],
+            name="route-services",
+            bind="127.0.0.1",
+        )
+        gateways.append(IstioObject(GATEWAY, settings.shard_route_services_ref(shard), gateway))
     se = pb.ServiceEntry(
         hosts=[ROUTE_SERVICE_PROXY_HOST], location=pb.ServiceEntry.MESH_INTERNAL, resolution=pb.ServiceEntry.STATIC
     )
     se.ports.add(number=route_services.proxy_port, protocol="HTTP", name="http")
     se.endpoints.add(address="127.0.0.1")
-    return [
-        IstioObject(GATEWAY, settings.route_services_ref, gateway),
-        IstioObject(SERVICE_ENTRY, f"{settings.namespace}/{ROUTE_SERVICE_PROXY_NAME}", se),
-    ]
+    return [*gateways, IstioObject(SERVICE_ENTRY, f"{settings.namespace}/{ROUTE_SERVICE_PROXY_NAME}", se)]
 
 
 def _unknown_route(route: pb.HTTPRoute, status: int, body: str, error: str = "unknown_route") -> pb.HTTPRoute:
@@ -290,6 +324,7 @@ def _add_route_service_routes(
     excluded: list[str],
     svc: str,
     port: int,
+    shards: tuple[int, ...] = (0,),
 ) -> None:
     """gorouter's route service protocol for one route (host + context path), in three parts:
 
@@ -300,13 +335,14 @@ def _add_route_service_routes(
        (and the longer context paths of the host, which are other routes). It signs and sends requests
        without a signature to the route service, checks those that come back with one.
     """
-    public, internal = settings.ref, settings.route_services_ref
+    public = [settings.shard_ref(shard) for shard in shards]
+    internal = [settings.shard_route_services_ref(shard) for shard in shards]
     label = path or "/"
     path_matches = [pb.StringMatch(exact=path), pb.StringMatch(prefix=path + "/")] if path else [None]
 
     websocket = vs.http.add(name=f"{label} route service (websocket)")
     for uri in path_matches:
-        match = websocket.match.add(headers={"upgrade": pb.StringMatch(regex="(?i)websocket")}, gateways=[public])
+        match = websocket.match.add(headers={"upgrade": pb.StringMatch(regex="(?i)websocket")}, gateways=public)
         if uri is not None:
             match.uri.CopyFrom(uri)
     _unknown_route(websocket, 503, ROUTE_SERVICE_WEBSOCKET_BODY, ROUTE_SERVICE_UNSUPPORTED)
@@ -316,10 +352,10 @@ def _add_route_service_routes(
         _add_instance_routes(vs, path, path_matches, destinations, svc, port)
         for route in vs.http[first:]:
             for match in route.match:
-                match.gateways[:] = [internal]
+                match.gateways[:] = internal
     verified = vs.http.add(name=f"{label} route service (verified)")
     for uri in path_matches:
-        match = verified.match.add(gateways=[internal])
+        match = verified.match.add(gateways=internal)
         if uri is not None:
             match.uri.CopyFrom(uri)
     _add_route_targets(verified, settings, destinations, svc, port)
@@ -328,7 +364,7 @@ def _add_route_service_routes(
 
     to_proxy = vs.http.add(name=f"{label} route service")
     for uri in path_matches:
-        match = to_proxy.match.add(gateways=[public])
+        match = to_proxy.match.add(gateways=public)
         if uri is not None:
             match.uri.CopyFrom(uri)
     to_proxy.route.add(
@@ -352,23 +388,79 @@ def _route_service_ok(path: str, url: str, excluded: list[str]) -> bool:
 
 def build_unknown_route(settings: GatewaySettings) -> IstioObject:
     """A VirtualService for every host: Envoy prefers any exact or wildcard domain over "*", so only
-    requests for hosts nobody routes land here: 404 with gorouter's X-Cf-Routererror."""
-    vs = pb.VirtualService(hosts=["*"], gateways=[settings.ref])
+    requests for hosts nobody routes land here: 404 with gorouter's X-Cf-Routererror. Bound to every
+    router shard's Gateway: a host a shard does not route is unknown there."""
+    vs = pb.VirtualService(hosts=["*"], gateways=[settings.shard_ref(s) for s in range(len(settings.router_shards))])
     _unknown_route(vs.http.add(name="unknown-route"), 404, "404 Not Found: Requested route does not exist.\n")
     return IstioObject(VIRTUAL_SERVICE, f"{settings.namespace}/{UNKNOWN_ROUTE_NAME}", vs)
 
 
 def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObject]:
-    """The VirtualService, DestinationRule and ServiceEntry for one host. Raises ValueError on bad input."""
+    """The VirtualService, DestinationRule and ServiceEntry for one host. Raises ValueError on bad input.
+
+    With router shards, the VirtualService is bound to the Gateways of the shards that route at least
+    one of the host's destinations, and holds only what they route; shards routing different subsets of
+    the destinations get a VirtualService each (shard_groups). A host no shard routes has no objects."""
     host = normalize_hostname(routes.host, "host")
     svc = service_host(host)
     name = f"{settings.namespace}/{object_name(host)}"
+    groups = shard_groups(settings, routes)
+    if not groups:
+        return []
+    if settings.sharded:  # the DestinationRule and ServiceEntry hold what some shard routes
+        routes = HostRoutes(routes.host, _union(routes, [group for _, group in groups]))
     port = IDENTITY_SERVICE_PORT if any(_integrity(settings, d) for d in _unique_destinations(routes)) else SERVICE_PORT
+    objects = [
+        IstioObject(VIRTUAL_SERVICE, name if i == 0 else _shard_virtual_service_name(settings, host, shards[0]),
+                    _virtual_service(settings, host, svc, port, group, shards))
+        for i, (shards, group) in enumerate(groups)
+    ]
+    return [*objects, *_destination_objects(settings, name, svc, port, routes)]
 
-    vs = pb.VirtualService(hosts=[host], gateways=[settings.ref])
+
+def shard_groups(settings: GatewaySettings, routes: HostRoutes) -> list[tuple[tuple[int, ...], HostRoutes]]:
+    """The router shards (by index) that route something of the host, grouped by what they route (the
+    host's paths with the destinations they accept, in the host's order), first shard first. One group
+    in the common case (every destination of a host is in one isolation segment), and by default."""
+    if not settings.sharded:
+        return [((0,), routes)]
+    groups: dict[tuple, tuple[list[int], HostRoutes]] = {}
+    for index, shard in enumerate(settings.router_shards):
+        accepted = {}
+        for path, destinations in routes.paths.items():
+            kept = [d for d in destinations if shard.accepts(d.isolation_segment)]
+            if kept:
+                accepted[path] = kept
+        if not accepted:
+            continue
+        key = tuple((path, tuple(id(d) for d in kept)) for path, kept in accepted.items())
+        if key in groups:
+            groups[key][0].append(index)
+        else:
+            groups[key] = ([index], HostRoutes(routes.host, accepted))
+    return [(tuple(indexes), group) for indexes, group in groups.values()]
+
+
+def _union(routes: HostRoutes, groups: list[HostRoutes]) -> dict[str, list[Destination]]:
+    """The host's destinations some shard routes (the DestinationRule's and ServiceEntry's), in order."""
+    kept = {id(d) for group in groups for ds in group.paths.values() for d in ds}
+    paths = {path: [d for d in ds if id(d) in kept] for path, ds in routes.paths.items()}
+    return {path: ds for path, ds in paths.items() if ds}
+
+
+def _shard_virtual_service_name(settings: GatewaySettings, host: str, shard: int) -> str:
+    """A host's further VirtualService (its first is named as its other objects): named after the host
+    and its first shard, as short as a host's names (object_name)."""
+    return f"{settings.namespace}/{object_name(f'{host}~{settings.router_shards[shard].name}')}"
+
+
+def _virtual_service(
+    settings: GatewaySettings, host: str, svc: str, port: int, routes: HostRoutes, shards: tuple[int, ...]
+) -> pb.VirtualService:
+    vs = pb.VirtualService(hosts=[host], gateways=[settings.shard_ref(s) for s in shards])
     route_services = settings.route_services
     if route_services is not None and any(_route_service_url(ds) for ds in routes.paths.values()):
-        vs.gateways.append(settings.route_services_ref)
+        vs.gateways.extend(settings.shard_route_services_ref(s) for s in shards)
     # Context paths first, longest first; the root route last.
     for path in sorted(routes.paths, key=lambda p: (-len(p), p)):
         destinations = routes.paths[path]
@@ -377,7 +469,9 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
             # The longer context paths under this one are other routes: a signature for them is not this route's.
             excluded = sorted(p for p in routes.paths if p != path and (not path or p.startswith(path + "/")))
             if route_services is not None and _route_service_ok(path, _route_service_url(destinations), excluded):
-                _add_route_service_routes(vs, settings, route_services, host, path, destinations, excluded, svc, port)
+                _add_route_service_routes(
+                    vs, settings, route_services, host, path, destinations, excluded, svc, port, shards
+                )
             else:
                 _add_route_service_refusal(vs, path, path_matches)
             continue
@@ -391,7 +485,11 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
     if "" not in routes.paths:
         # The host is known but not this path: gorouter's unknown route.
         _unknown_route(vs.http.add(name="unknown-route"), 404, "404 Not Found: Requested route does not exist.\n")
+    return vs
 
+
+def _destination_objects(settings: GatewaySettings, name: str, svc: str, port: int, routes: HostRoutes) -> list[IstioObject]:
+    """The host's DestinationRule (a subset per process and port) and ServiceEntry (the endpoints)."""
     dr = pb.DestinationRule(host=svc)
     _add_outlier_detection(settings, dr)  # every subset inherits it (none sets its own)
     if port == IDENTITY_SERVICE_PORT:
@@ -437,11 +535,7 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
                 labels=labels,
                 locality=backend.availability_zone,
             )
-    return [
-        IstioObject(VIRTUAL_SERVICE, name, vs),
-        IstioObject(DESTINATION_RULE, name, dr),
-        IstioObject(SERVICE_ENTRY, name, se),
-    ]
+    return [IstioObject(DESTINATION_RULE, name, dr), IstioObject(SERVICE_ENTRY, name, se)]
 
 
 def _add_route_targets(
@@ -594,6 +688,14 @@ def tcp_object_name(settings: GatewaySettings, port: int) -> str:
     return f"{settings.namespace}/cf-tcp-{port}"
 
 
+def tcp_gateway_names(settings: GatewaySettings, port: int) -> list[tuple[int, str]]:
+    """(shard, Gateway name) of a router TCP port: one per shard serving TCP (RouterShard.serves_tcp),
+    the first named as the port's other objects, so the default configuration has just that one."""
+    name = tcp_object_name(settings, port)
+    serving = [i for i, shard in enumerate(settings.router_shards) if shard.serves_tcp]
+    return [(i, name if n == 0 else f"{name}-{suffix(settings.router_shards[i])}") for n, i in enumerate(serving)]
+
+
 def tcp_service_host(port: int) -> str:
     return f"tcp-{port}.copilot.internal"
 
@@ -606,11 +708,19 @@ def build_tcp(settings: GatewaySettings, routes: TcpPortRoutes) -> list[IstioObj
         raise ValueError(f"TCP port {port} is the router's HTTP(S) port")
     name = tcp_object_name(settings, port)
     svc = tcp_service_host(port)
-    gateway = pb.Gateway(selector=settings.selector)
-    gateway.servers.add(
-        port=pb.Port(number=port, protocol="TCP", name=f"tcp-{port}"), hosts=["*"], name=f"tcp-{port}", bind=settings.bind
-    )
-    vs = pb.VirtualService(hosts=["*"], gateways=[name])
+    if not tcp_gateway_names(settings, port):
+        return []  # every shard routes isolation segments only: no router serves TCP ports
+    gateways = []
+    for shard, gateway_name in tcp_gateway_names(settings, port):
+        gateway = pb.Gateway(selector=settings.shard_selector(shard))
+        gateway.servers.add(
+            port=pb.Port(number=port, protocol="TCP", name=f"tcp-{port}"),
+            hosts=["*"],
+            name=f"tcp-{port}",
+            bind=settings.shard_bind(shard),
+        )
+        gateways.append(IstioObject(GATEWAY, gateway_name, gateway))
+    vs = pb.VirtualService(hosts=["*"], gateways=[gateway_name for _, gateway_name in tcp_gateway_names(settings, port)])
     tcp = vs.tcp.add()
     tcp.match.add(port=port)
     tcp.route.add(destination=pb.Destination(host=svc, port=pb.PortSelector(number=port)))
@@ -632,7 +742,7 @@ def build_tcp(settings: GatewaySettings, routes: TcpPortRoutes) -> list[IstioObj
     if integrity:
         dr.traffic_policy.tls.CopyFrom(_identity_tls(settings, sorted({b.instance_guid for b in backends})))
     return [
-        IstioObject(GATEWAY, name, gateway),
+        *gateways,
         IstioObject(VIRTUAL_SERVICE, name, vs),
         IstioObject(SERVICE_ENTRY, name, se),
         IstioObject(DESTINATION_RULE, name, dr),
@@ -641,7 +751,8 @@ def build_tcp(settings: GatewaySettings, routes: TcpPortRoutes) -> list[IstioObj
 
 def tcp_object_names(settings: GatewaySettings, port: int) -> list[IstioObject]:
     name = tcp_object_name(settings, port)
-    return [IstioObject(kind, name, kind.message()) for kind in (GATEWAY, VIRTUAL_SERVICE, SERVICE_ENTRY, DESTINATION_RULE)]
+    gateways = [IstioObject(GATEWAY, n, GATEWAY.message()) for _, n in tcp_gateway_names(settings, port)]
+    return [*gateways, *(IstioObject(kind, name, kind.message()) for kind in (VIRTUAL_SERVICE, SERVICE_ENTRY, DESTINATION_RULE))]
 
 
 def internal_object_name(settings: GatewaySettings, host: str) -> str:
@@ -678,7 +789,10 @@ def build_internal(settings: GatewaySettings, service: InternalService) -> list[
 def host_object_names(settings: GatewaySettings, host: str) -> list[IstioObject]:
     """Empty placeholders naming the objects of a host, used to delete them when the host goes away."""
     name = f"{settings.namespace}/{object_name(host)}"
-    return [IstioObject(kind, name, kind.message()) for kind in (VIRTUAL_SERVICE, DESTINATION_RULE, SERVICE_ENTRY)]
+    names = [IstioObject(kind, name, kind.message()) for kind in (VIRTUAL_SERVICE, DESTINATION_RULE, SERVICE_ENTRY)]
+    for index in range(1, len(settings.router_shards)):  # the further VirtualServices shards may need
+        names.append(IstioObject(VIRTUAL_SERVICE, _shard_virtual_service_name(settings, host, index), VIRTUAL_SERVICE.message()))
+    return names
 
 
 def _unique_destinations(routes: HostRoutes) -> list[Destination]:

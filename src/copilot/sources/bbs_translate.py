@@ -13,7 +13,9 @@ copilot_invalid_input_total{source="bbs",field}, logged once): an instance whose
 instance address is not an IP address, or is one routes must not reach (loopback, link-local,
 unspecified, unless backends.allowed_internal_networks names it), is never routed (`rejected`); a
 port mapping with a port outside 1..65535 (0 means "not mapped" for host and TLS proxy ports) is
-dropped and the instance's other mappings kept; a bad route entry is skipped and the others kept.
+dropped and the instance's other mappings kept; a bad route entry is skipped and the others kept
+(a `cf-router` entry whose isolation_segment is not a name Cloud Controller could have given is one:
+routing it as shared could expose an isolated app on the shared routers).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from copilot.model import (
     check_backend_address,
     normalize_hostname,
     split_route_hostname,
+    validate_isolation_segment,
     validate_mapped_port,
     validate_port,
 )
@@ -67,6 +70,7 @@ def process_routes(desired: bbs_pb2.DesiredLRP) -> ProcessRoutes:
             if service and not service.startswith("https"):
                 # gorouter drops such a registration whole: never route around a route service.
                 raise InvalidRoute("cf-router.route_service_url", f"{service[:200]!r} must be an https URL")
+            segment = validate_isolation_segment(entry.get("isolation_segment"), "cf-router.isolation_segment")
         except InvalidRoute as error:
             _skip(desired.process_guid, "cf-router", error)
             continue
@@ -76,7 +80,7 @@ def process_routes(desired: bbs_pb2.DesiredLRP) -> ProcessRoutes:
             except InvalidRoute as error:
                 _skip(desired.process_guid, "cf-router", error)
                 continue
-            http.append(HttpRoute(host, path, port, protocol, service))
+            http.append(HttpRoute(host, path, port, protocol, service, segment))
     for entry in _entries(desired.process_guid, raw, "tcp-router"):
         try:
             tcp.append(
