@@ -197,6 +197,7 @@ def parse(data: object) -> Config:
         backend_client_certificate=_certificate_name(gw, "backend_client_certificate"),
         outlier_detection=_outlier_detection(gw.section("outlier_detection") if gw.has("outlier_detection") else None),
         route_services=_route_services(gw, http_port, https_port),
+        enable_http2=gw.boolean("enable_http2", defaults.enable_http2),
     )
     gw.done()
     cc = None

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from copilot import invalid_input
 from copilot.istio.kinds import DESTINATION_RULE, GATEWAY, SERVICE_ENTRY, VIRTUAL_SERVICE, IstioObject
-from copilot.istio.router_filter import IDENTITY_SERVICE_PORT, build_router_filter
+from copilot.istio.router_filter import IDENTITY_SERVICE_PORT, Http1Only, build_router_filter
 from copilot.model import Backend, Destination, InvalidRoute, normalize_hostname, normalize_weights, validate_ip
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.routing_table import HostRoutes, InternalService, TcpPortRoutes
@@ -150,6 +150,9 @@ class GatewaySettings:
     # Route services (gorouter's protocol, through the routers' route-service proxy). None: a route
     # bound to a route service fails closed, as gorouter without route_services_secret.
     route_services: RouteServiceSettings | None = None
+    # gorouter's router.enable_http2. False: clients get HTTP/1.1 only (ALPN without h2 on HTTPS, no h2c
+    # on HTTP) and the apps of http2 routes are reached over HTTP/1.1 (router_filter.Http1Only).
+    enable_http2: bool = True
 
     @property
     def ref(self) -> str:
@@ -224,11 +227,30 @@ def build_router_objects(settings: GatewaySettings) -> list[IstioObject]:
     objects = [
         build_gateway(settings),
         build_unknown_route(settings),
-        build_router_filter(settings.namespace, settings.selector, settings.sticky_session_cookies),
+        build_router_filter(
+            settings.namespace, settings.selector, settings.sticky_session_cookies, _http1_only(settings)
+        ),
     ]
     if settings.route_services is not None:
         objects += build_route_service_objects(settings, settings.route_services)
     return objects
+
+
+def _http1_only(settings: GatewaySettings) -> Http1Only | None:
+    """HTTP/2 off: the Gateway's HTTPS servers (build_gateway), each certificate's TLS without h2."""
+    if settings.enable_http2:
+        return None
+    if not (settings.https_port and settings.certificates):
+        return Http1Only()
+    directory = settings.certificate_dir.rstrip("/")
+    return Http1Only(
+        https_port=settings.https_port,
+        # The first certificate also serves the fallback server (no SNI match): its files come first.
+        certificates=tuple((cert.hosts[0], f"{directory}/{cert.name}.crt", f"{directory}/{cert.name}.key")
+                           for cert in settings.certificates),
+        tls_min_version=settings.tls_min_version,
+        tls_cipher_suites=settings.tls_cipher_suites,
+    )
 
 
 def build_route_service_objects(settings: GatewaySettings, route_services: RouteServiceSettings) -> list[IstioObject]:
@@ -526,8 +548,10 @@ def _add_outlier_detection(settings: GatewaySettings, dr: pb.DestinationRule) ->
 
 def _traffic_policy(settings: GatewaySettings, dest: Destination, integrity: bool = False) -> pb.TrafficPolicy | None:
     """A subset's policy: TLS to backends that need it (a platform backend's SAN, or under route
-    integrity each instance's identity), HTTP/2 to processes whose route says http2."""
-    if not dest.tls_san and dest.protocol != "http2" and not integrity:
+    integrity each instance's identity), HTTP/2 to processes whose route says http2 (unless HTTP/2 is
+    off: gorouter then reaches them over HTTP/1.1)."""
+    http2 = dest.protocol == "http2" and settings.enable_http2
+    if not dest.tls_san and not http2 and not integrity:
         return None  # the common case without route integrity, kept cheap: no policy
     policy = pb.TrafficPolicy()
     if dest.tls_san:
@@ -543,7 +567,7 @@ def _traffic_policy(settings: GatewaySettings, dest: Destination, integrity: boo
         )
     elif integrity:
         policy.tls.CopyFrom(_identity_tls(settings))
-    if dest.protocol == "http2":
+    if http2:
         policy.connection_pool.http.h2_upgrade_policy = pb.ConnectionPoolSettings.HTTPSettings.UPGRADE
     return policy if policy.ListFields() else None
 
