@@ -323,8 +323,15 @@ def _route_services(gw: _Section, http_port: int, https_port: int) -> RouteServi
     for name, port in (("proxy_port", proxy_port), ("gateway_port", gateway_port)):
         if port in (http_port, https_port):
             raise ConfigError(f"{section.key(name)}: {port} is a port of the router's Gateway")
+    internal_lookup = section.boolean("internal_lookup", defaults.internal_lookup)
+    allowlist = []
+    for entry in section.string_list("internal_lookup_allowlist", []):
+        try:  # an FQDN, or *.domain (gorouter's route_services_internal_lookup_allowlist)
+            allowlist.append(normalize_hostname(entry, section.key("internal_lookup_allowlist")))
+        except InvalidRoute as error:
+            raise ConfigError(str(error)) from None
     section.done()
-    return RouteServiceSettings(proxy_port, gateway_port)
+    return RouteServiceSettings(proxy_port, gateway_port, internal_lookup, tuple(allowlist))
 
 
 def _outlier_detection(section: _Section | None) -> OutlierDetection:

@@ -5,6 +5,10 @@ host, its context path, the route service URL; plus the longer context paths und
 - No X-CF-Proxy-Signature: the request goes to the route service URL over HTTPS (its own path and
   query; the original URL travels in X-CF-Forwarded-Url), signed, method, body and other headers kept;
   its answer comes back unchanged.
+  With internal lookup (Config.internal_lookup) and a route service that is a route of this foundation
+  (ROUTE_SERVICE_INTERNAL_HEADER, from Copilot's route), the same signed request goes to this router's
+  own HTTP listener instead, which routes it to the route service's app, as gorouter's internal lookup
+  ("hairpinning") skips the load balancer.
 - A signature: the route service's return trip. The signature must be ours (current or decrypt-only
   key), not older than the timeout, and name a URL of this very route (host + context path); then the
   three headers are removed and the request goes to Envoy's loopback Gateway server, whose route sends
@@ -37,6 +41,7 @@ ROUTE_HOST_HEADER = "x-cf-rs-route-host"
 ROUTE_PATH_HEADER = "x-cf-rs-route-path"  # "/" for the host's root route
 ROUTE_SERVICE_URL_HEADER = "x-cf-rs-route-service-url"
 ROUTE_EXCLUDED_HEADER = "x-cf-rs-route-excluded-paths"  # space-separated longer context paths of the host
+ROUTE_SERVICE_INTERNAL_HEADER = "x-cf-rs-route-service-internal"  # "true": the route service is a route of ours
 TOKEN_HEADER = "x-cf-rs-local-token"  # Config.local_token, from the router's Envoy
 # Set by the proxy on a verified return trip: the X-Forwarded-Proto the router saw from the route
 # service, which the loopback Gateway's route restores (Envoy would say "http", its loopback listener's).
@@ -170,7 +175,18 @@ class _Handler(BaseHTTPRequestHandler):
         headers += [(FORWARDED_URL_HEADER, forwarded_url), (SIGNATURE_HEADER, signature), (METADATA_HEADER, metadata)]
         authority = service.netloc.rpartition("@")[2]
         target = (service.path or "/") + (f"?{service.query}" if service.query else "")
-        connection = self._connect_route_service(service.hostname, service.port or 443)
+        own = config.internal_lookup
+        if own is not None and self.headers.get(ROUTE_SERVICE_INTERNAL_HEADER) == "true":
+            # A route of ours: through this router (plain HTTP on the router itself), not the load balancer.
+            connection: http.client.HTTPConnection = http.client.HTTPConnection(
+                own[0], own[1], timeout=config.connect_timeout_seconds
+            )
+            try:
+                connection.connect()
+            except OSError as error:
+                raise _Failure(502, "Registered endpoint failed to handle the request.", f"endpoint_failure ({error})") from None
+        else:
+            connection = self._connect_route_service(service.hostname, service.port or 443)
         self._exchange(connection, target, [("Host", authority), *headers])
 
     def _return_trip(self, route: _Route) -> None:

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from copilot import invalid_input
@@ -60,6 +61,9 @@ ROUTE_SERVICE_PATH_HEADER = "x-cf-rs-route-path"
 ROUTE_SERVICE_URL_HEADER = "x-cf-rs-route-service-url"
 ROUTE_SERVICE_EXCLUDED_HEADER = "x-cf-rs-route-excluded-paths"
 ROUTE_SERVICE_FORWARDED_PROTO_HEADER = "x-cf-rs-forwarded-proto"
+# Internal lookup (RouteServiceSettings.internal_lookup): "true" when the route service is a route of
+# this foundation; the proxy then sends the signed request to its own router's HTTP listener.
+ROUTE_SERVICE_INTERNAL_HEADER = "x-cf-rs-route-service-internal"
 # A token the istio-router job gives its Envoy (environment) and its proxy, which the proxy requires: no
 # other process on the router VM can have requests signed.
 ROUTE_SERVICE_TOKEN_HEADER = "x-cf-rs-local-token"
@@ -108,6 +112,11 @@ class RouteServiceSettings:
 
     proxy_port: int = 7070
     gateway_port: int = 7071
+    # gorouter's route_services_internal_lookup (and its allowlist: FQDNs or *.domain, empty = every
+    # route): a route service URL that is a route of this foundation is reached through the router
+    # itself, not through DNS and the load balancer (copilot.route_service_lookup decides).
+    internal_lookup: bool = False
+    internal_lookup_allowlist: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -312,6 +321,7 @@ def _add_route_service_routes(
     excluded: list[str],
     svc: str,
     port: int,
+    service_is_ours: bool = False,
 ) -> None:
     """gorouter's route service protocol for one route (host + context path), in three parts:
 
@@ -363,6 +373,8 @@ def _add_route_service_routes(
     headers[ROUTE_SERVICE_URL_HEADER] = _envoy_literal(_route_service_url(destinations))
     if excluded:
         headers[ROUTE_SERVICE_EXCLUDED_HEADER] = _envoy_literal(" ".join(excluded))
+    if service_is_ours:  # internal lookup: the route service is a route of these routers
+        headers[ROUTE_SERVICE_INTERNAL_HEADER] = "true"
     to_proxy.retries.SetInParent()  # attempts 0: a route service's answer (a 503 too) is passed on, never retried
 
 
@@ -380,8 +392,12 @@ def build_unknown_route(settings: GatewaySettings) -> IstioObject:
     return IstioObject(VIRTUAL_SERVICE, f"{settings.namespace}/{UNKNOWN_ROUTE_NAME}", vs)
 
 
-def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObject]:
-    """The VirtualService, DestinationRule and ServiceEntry for one host. Raises ValueError on bad input."""
+def build_host(
+    settings: GatewaySettings, routes: HostRoutes, internal_route_service: Callable[[str], bool] | None = None
+) -> list[IstioObject]:
+    """The VirtualService, DestinationRule and ServiceEntry for one host. Raises ValueError on bad input.
+    internal_route_service: with route services' internal lookup, whether a route service URL is a route
+    of this foundation (copilot.route_service_lookup)."""
     host = normalize_hostname(routes.host, "host")
     svc = service_host(host)
     name = f"{settings.namespace}/{object_name(host)}"
@@ -399,7 +415,9 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
             # The longer context paths under this one are other routes: a signature for them is not this route's.
             excluded = sorted(p for p in routes.paths if p != path and (not path or p.startswith(path + "/")))
             if route_services is not None and _route_service_ok(path, _route_service_url(destinations), excluded):
-                _add_route_service_routes(vs, settings, route_services, host, path, destinations, excluded, svc, port)
+                url = _route_service_url(destinations)
+                ours = bool(route_services.internal_lookup and internal_route_service and internal_route_service(url))
+                _add_route_service_routes(vs, settings, route_services, host, path, destinations, excluded, svc, port, ours)
             else:
                 _add_route_service_refusal(vs, path, path_matches)
             continue

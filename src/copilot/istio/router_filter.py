@@ -170,6 +170,7 @@ function envoy_on_request(handle)
   headers:remove("x-cf-rs-route-path")
   headers:remove("x-cf-rs-route-service-url")
   headers:remove("x-cf-rs-route-excluded-paths")
+  headers:remove("x-cf-rs-route-service-internal")
   headers:remove("x-cf-rs-local-token")
   if names_session_cookie(headers, "cookie", "([^=;%%s]+)=") then
     handle:streamInfo():dynamicMetadata():set("cf.sticky", "session", "1")
