@@ -38,8 +38,10 @@ class Config:
     request_timeout_seconds: float = 900.0
     log_level: str = "info"
     # gorouter's route_services_internal_lookup: this router's own HTTP listener, where a request whose
-    # route service is a route of the foundation (Copilot's route says so) goes; None: never.
+    # route service is a route of the foundation (Copilot's route says so) goes; None: never. And its
+    # HTTPS listener, for requests that reached the router over HTTPS (None: the router has none).
     internal_lookup: tuple[str, int] | None = None
+    internal_lookup_https: tuple[str, int] | None = None
 
 
 def load(path: str | Path) -> Config:
@@ -95,7 +97,10 @@ def parse(data: object) -> Config:
         request_timeout_seconds=_number(data, "request_timeout_seconds", defaults.request_timeout_seconds, minimum=1),
         log_level=level,
         internal_lookup=_address(data, "internal_lookup") if data.get("internal_lookup") else None,
+        internal_lookup_https=_address(data, "internal_lookup_https") if data.get("internal_lookup_https") else None,
     )
+    if config.internal_lookup_https and not config.internal_lookup:
+        raise ConfigError("internal_lookup_https: given without internal_lookup")
     if config.listen == config.gateway:
         raise ConfigError("gateway: is the proxy's own listen address")
     return config

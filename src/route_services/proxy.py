@@ -92,6 +92,16 @@ def _upstream_tls(config: Config) -> ssl.SSLContext:
     return context
 
 
+def _own_router_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+_OWN_ROUTER_TLS = _own_router_tls()
+
+
 class RouteServiceProxy:
     """The proxy's server; `start()` serves on a thread of its own, `port` is where it listens."""
 
@@ -175,16 +185,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers += [(FORWARDED_URL_HEADER, forwarded_url), (SIGNATURE_HEADER, signature), (METADATA_HEADER, metadata)]
         authority = service.netloc.rpartition("@")[2]
         target = (service.path or "/") + (f"?{service.query}" if service.query else "")
-        own = config.internal_lookup
-        if own is not None and self.headers.get(ROUTE_SERVICE_INTERNAL_HEADER) == "true":
-            # A route of ours: through this router (plain HTTP on the router itself), not the load balancer.
-            connection: http.client.HTTPConnection = http.client.HTTPConnection(
-                own[0], own[1], timeout=config.connect_timeout_seconds
-            )
-            try:
-                connection.connect()
-            except OSError as error:
-                raise _Failure(502, "Registered endpoint failed to handle the request.", f"endpoint_failure ({error})") from None
+        if config.internal_lookup is not None and self.headers.get(ROUTE_SERVICE_INTERNAL_HEADER) == "true":
+            connection: http.client.HTTPConnection = self._connect_own_router(service.hostname)
         else:
             connection = self._connect_route_service(service.hostname, service.port or 443)
         self._exchange(connection, target, [("Host", authority), *headers])
@@ -228,6 +230,29 @@ class _Handler(BaseHTTPRequestHandler):
                 continue
             out.append((name, value))
         return out
+
+    def _connect_own_router(self, server_name: str) -> http.client.HTTPConnection:
+        """Internal lookup: the route service is a route of ours, reached through this very router, over
+        HTTPS (the route service's name as SNI) when the request reached the router so, else HTTP: the
+        router then tells the route service the client's scheme, as through the load balancer."""
+        config = self.proxy.config
+        assert config.internal_lookup is not None
+        https = config.internal_lookup_https if self.headers.get("X-Forwarded-Proto") == "https" else None
+        host, port = https or config.internal_lookup
+        connection = http.client.HTTPConnection(host, port, timeout=config.connect_timeout_seconds)
+        try:
+            sock = socket.create_connection((host, port), timeout=config.connect_timeout_seconds)
+            if https:
+                # This router's own listener at a configured address: its certificate proves nothing more.
+                try:
+                    sock = _OWN_ROUTER_TLS.wrap_socket(sock, server_hostname=server_name)
+                except BaseException:
+                    sock.close()
+                    raise
+            connection.sock = sock
+        except OSError as error:
+            raise _Failure(502, "Registered endpoint failed to handle the request.", f"endpoint_failure ({error})") from None
+        return connection
 
     def _connect_route_service(self, host: str, port: int) -> http.client.HTTPSConnection:
         config = self.proxy.config

@@ -197,5 +197,7 @@ def test_proxy_config_and_header_names() -> None:
     assert parse_proxy_config({**minimal, "internal_lookup": "[::1]:80"}).internal_lookup == ("::1", 80)
     with pytest.raises(Exception, match="internal_lookup"):
         parse_proxy_config({**minimal, "internal_lookup": "router.local:80"})
+    with pytest.raises(Exception, match="internal_lookup_https: given without internal_lookup"):
+        parse_proxy_config({**minimal, "internal_lookup_https": "127.0.0.1:443"})
     assert rs_proxy.ROUTE_SERVICE_INTERNAL_HEADER == ROUTE_SERVICE_INTERNAL_HEADER
     assert f'headers:remove("{ROUTE_SERVICE_INTERNAL_HEADER}")' in sticky_lua(("JSESSIONID",))  # clients' copies dropped
