@@ -198,6 +198,7 @@ def parse(data: object) -> Config:
         outlier_detection=_outlier_detection(gw.section("outlier_detection") if gw.has("outlier_detection") else None),
         route_services=_route_services(gw, http_port, https_port),
         enable_http2=gw.boolean("enable_http2", defaults.enable_http2),
+        trusted_proxy_hops=int(gw.number("trusted_proxy_hops", defaults.trusted_proxy_hops, minimum=0, maximum=10, integer=True)),
     )
     gw.done()
     cc = None

@@ -221,7 +221,8 @@ def test_copilot_config_from_properties(pki, tmp_path):
                                                                "key": "/var/vcap/jobs/copilot/config/certs/mcp/server.key"}}
     assert config["gateway"] == {"namespace": "cf", "name": "gw", "selector": {"istio": "ingress"}, "http_port": 8081,
                                  "tls_min_version": "1.2", "sticky_session_cookies": ["JSESSIONID"], "instance_routing": False,
-                                 "enable_http2": True, "certificate_dir": "/var/vcap/jobs/istio-router/config/certs",
+                                 "enable_http2": True, "trusted_proxy_hops": 0,
+                                 "certificate_dir": "/var/vcap/jobs/istio-router/config/certs",
                                  "outlier_detection": {"consecutive_failures": 3, "base_ejection_seconds": 30,
                                                        "max_ejection_percent": 100, "min_health_percent": 1}}
     assert config["cc"]["listen"] == "0.0.0.0:9002"

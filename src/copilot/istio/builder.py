@@ -159,6 +159,10 @@ class GatewaySettings:
     # Route services (gorouter's protocol, through the routers' route-service proxy). None: a route
     # bound to a route service fails closed, as gorouter without route_services_secret.
     route_services: RouteServiceSettings | None = None
+    # Proxies in front of the routers (a load balancer terminating TLS) whose X-Forwarded-Proto and
+    # X-Forwarded-For the routers trust (Envoy's xff_num_trusted_hops). 0: the routers set
+    # X-Forwarded-Proto from their own connection (gorouter's sanitize_forwarded_proto: true).
+    trusted_proxy_hops: int = 0
     # gorouter's router.enable_http2. False: clients get HTTP/1.1 only (ALPN without h2 on HTTPS, no h2c
     # on HTTP) and the apps of http2 routes are reached over HTTP/1.1 (router_filter.Http1Only).
     enable_http2: bool = True
@@ -237,7 +241,11 @@ def build_router_objects(settings: GatewaySettings) -> list[IstioObject]:
         build_gateway(settings),
         build_unknown_route(settings),
         build_router_filter(
-            settings.namespace, settings.selector, settings.sticky_session_cookies, _http1_only(settings)
+            settings.namespace,
+            settings.selector,
+            settings.sticky_session_cookies,
+            _http1_only(settings),
+            trusted_proxy_hops=settings.trusted_proxy_hops,
         ),
     ]
     if settings.route_services is not None:

@@ -23,7 +23,9 @@ managers (context GATEWAY, selected by the Gateway's labels):
 5. Route services (builder.py): the first Lua drops client-sent `x-cf-rs-route-*` headers (only
    Copilot's routes tell the route-service proxy about a route), and the upstream header_mutation drops
    `x-cf-rs-forwarded-proto` once the verified route has turned it into X-Forwarded-Proto.
-6. HTTP/2 off (Http1Only, gorouter's router.enable_http2: false): the connection managers take HTTP/1.1
+6. Trusted proxies (trusted_proxy_hops, e.g. a load balancer terminating TLS): the connection managers'
+   xff_num_trusted_hops, so its X-Forwarded-Proto reaches the apps.
+7. HTTP/2 off (Http1Only, gorouter's router.enable_http2: false): the connection managers take HTTP/1.1
    only (no h2c), and each HTTPS filter chain's TLS offers ALPN http/1.1 alone. istiod always offers
    "h2,http/1.1" there and an EnvoyFilter MERGE appends to lists, so the patch replaces the chain's whole
    TLS context with the same one istiod builds (the certificate from the router's SDS server under
@@ -248,7 +250,12 @@ def _set(header: str, value: str) -> dict:
 
 
 def build_router_filter(
-    namespace: str, selector: dict[str, str], sticky_cookie_names: tuple[str, ...], http1_only: Http1Only | None = None
+    namespace: str,
+    selector: dict[str, str],
+    sticky_cookie_names: tuple[str, ...],
+    http1_only: Http1Only | None = None,
+    *,
+    trusted_proxy_hops: int = 0,
 ) -> IstioObject:
     upstream_filters = [
         {
@@ -319,6 +326,10 @@ def build_router_filter(
     hcm: dict = {"@type": _HCM_TYPE, "local_reply_config": {"mappers": _ROUTER_ERROR_MAPPERS}}
     if http1_only is not None:
         hcm["codec_type"] = "HTTP1"
+    if trusted_proxy_hops:
+        # A load balancer's X-Forwarded-Proto is kept (Envoy replaces it only from untrusted peers), and
+        # the client's address is the one it appended to X-Forwarded-For.
+        hcm["xff_num_trusted_hops"] = trusted_proxy_hops
     ef.config_patches.add(
         apply_to=pb.EnvoyFilter.NETWORK_FILTER,
         match=_hcm_match(),
