@@ -5,6 +5,7 @@ over HTTP/1.1 (an HTTP/1.1 app answers it; an h2c-only app cannot)."""
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 from collections.abc import Iterator
 
@@ -50,6 +51,9 @@ def test_https_offers_http1_only_and_keeps_each_certificate(http1_tier: Tier, ap
     assert _served(tier, host) == ("http/1.1", "wildcard-example-com")
     assert _served(tier, "app.example.com") == ("http/1.1", "app-example-com")  # exact name before the wildcard
     assert _served(tier, None) == ("http/1.1", "wildcard-example-com")  # the fallback chain too
+    # The replaced TLS contexts keep the Gateway's minimum version (TLS 1.2).
+    with pytest.raises(ssl.SSLError, match="(?i)protocol.version"):
+        tier.tls_connect("app.example.com", version=ssl.TLSVersion.TLSv1_1).close()
     https = _curl(tier, "--http2", "--cacert", str(tier.router_ca), "--resolve", f"{host}:{tier.https_port}:127.0.0.1",
                   f"https://{host}:{tier.https_port}/")
     assert https.stdout == "1.1 200", https.stderr
