@@ -192,13 +192,13 @@ def parse(data: object) -> Config:
         certificate_dir=certificate_dir,
         tls_min_version=tls_min_version,
         tls_cipher_suites=tuple(gw.string_list("tls_cipher_suites", [])),
+        enable_http2=gw.boolean("enable_http2", defaults.enable_http2),
+        trusted_proxy_hops=int(gw.number("trusted_proxy_hops", defaults.trusted_proxy_hops, minimum=0, maximum=10, integer=True)),
         sticky_session_cookies=tuple(cookies),
         instance_routing=gw.boolean("instance_routing", defaults.instance_routing),
         backend_client_certificate=_certificate_name(gw, "backend_client_certificate"),
         outlier_detection=_outlier_detection(gw.section("outlier_detection") if gw.has("outlier_detection") else None),
         route_services=_route_services(gw, http_port, https_port),
-        enable_http2=gw.boolean("enable_http2", defaults.enable_http2),
-        trusted_proxy_hops=int(gw.number("trusted_proxy_hops", defaults.trusted_proxy_hops, minimum=0, maximum=10, integer=True)),
     )
     gw.done()
     cc = None

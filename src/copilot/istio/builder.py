@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from copilot import invalid_input
+from copilot.istio import router_filter
 from copilot.istio.kinds import DESTINATION_RULE, GATEWAY, SERVICE_ENTRY, VIRTUAL_SERVICE, IstioObject
-from copilot.istio.router_filter import IDENTITY_SERVICE_PORT, Http1Only, build_router_filter
+from copilot.istio.router_filter import IDENTITY_SERVICE_PORT, build_router_filter
 from copilot.model import Backend, Destination, InvalidRoute, normalize_hostname, normalize_weights, validate_ip
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.routing_table import HostRoutes, InternalService, TcpPortRoutes
@@ -139,6 +140,13 @@ class GatewaySettings:
     certificate_dir: str = "/var/vcap/jobs/istio-router/config/certs"
     tls_min_version: str = "1.2"
     tls_cipher_suites: tuple[str, ...] = ()
+    # Proxies in front of the routers (a load balancer terminating TLS) whose X-Forwarded-Proto and
+    # X-Forwarded-For the routers trust (Envoy's xff_num_trusted_hops). 0: the routers set
+    # X-Forwarded-Proto from their own connection (gorouter's sanitize_forwarded_proto: true).
+    trusted_proxy_hops: int = 0
+    # gorouter's router.enable_http2. False: clients get HTTP/1.1 only (ALPN without h2 on HTTPS, no h2c
+    # on HTTP) and the apps of http2 routes are reached over HTTP/1.1 (router_filter.Http1Only).
+    enable_http2: bool = True
     # Cookies that make a session sticky (gorouter's sticky_session_cookie_names).
     sticky_session_cookies: tuple[str, ...] = ("JSESSIONID",)
     # X-CF-App-Instance: a DestinationRule subset (an Envoy cluster) and a route per app instance so a
@@ -159,13 +167,6 @@ class GatewaySettings:
     # Route services (gorouter's protocol, through the routers' route-service proxy). None: a route
     # bound to a route service fails closed, as gorouter without route_services_secret.
     route_services: RouteServiceSettings | None = None
-    # Proxies in front of the routers (a load balancer terminating TLS) whose X-Forwarded-Proto and
-    # X-Forwarded-For the routers trust (Envoy's xff_num_trusted_hops). 0: the routers set
-    # X-Forwarded-Proto from their own connection (gorouter's sanitize_forwarded_proto: true).
-    trusted_proxy_hops: int = 0
-    # gorouter's router.enable_http2. False: clients get HTTP/1.1 only (ALPN without h2 on HTTPS, no h2c
-    # on HTTP) and the apps of http2 routes are reached over HTTP/1.1 (router_filter.Http1Only).
-    enable_http2: bool = True
 
     @property
     def ref(self) -> str:
@@ -253,14 +254,14 @@ def build_router_objects(settings: GatewaySettings) -> list[IstioObject]:
     return objects
 
 
-def _http1_only(settings: GatewaySettings) -> Http1Only | None:
+def _http1_only(settings: GatewaySettings) -> router_filter.Http1Only | None:
     """HTTP/2 off: the Gateway's HTTPS servers (build_gateway), each certificate's TLS without h2."""
     if settings.enable_http2:
         return None
     if not (settings.https_port and settings.certificates):
-        return Http1Only()
+        return router_filter.Http1Only()
     directory = settings.certificate_dir.rstrip("/")
-    return Http1Only(
+    return router_filter.Http1Only(
         https_port=settings.https_port,
         # The first certificate also serves the fallback server (no SNI match): its files come first.
         certificates=tuple((cert.hosts[0], f"{directory}/{cert.name}.crt", f"{directory}/{cert.name}.key")
