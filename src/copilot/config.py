@@ -193,6 +193,8 @@ def parse(data: object) -> Config:
         certificate_dir=certificate_dir,
         tls_min_version=tls_min_version,
         tls_cipher_suites=tuple(gw.string_list("tls_cipher_suites", [])),
+        enable_http2=gw.boolean("enable_http2", defaults.enable_http2),
+        trusted_proxy_hops=int(gw.number("trusted_proxy_hops", defaults.trusted_proxy_hops, minimum=0, maximum=10, integer=True)),
         sticky_session_cookies=tuple(cookies),
         instance_routing=gw.boolean("instance_routing", defaults.instance_routing),
         backend_client_certificate=_certificate_name(gw, "backend_client_certificate"),
@@ -324,8 +326,15 @@ def _route_services(gw: _Section, http_port: int, https_port: int) -> RouteServi
     for name, port in (("proxy_port", proxy_port), ("gateway_port", gateway_port)):
         if port in (http_port, https_port):
             raise ConfigError(f"{section.key(name)}: {port} is a port of the router's Gateway")
+    internal_lookup = section.boolean("internal_lookup", defaults.internal_lookup)
+    allowlist = []
+    for entry in section.string_list("internal_lookup_allowlist", []):
+        try:  # an FQDN, or *.domain (gorouter's route_services_internal_lookup_allowlist)
+            allowlist.append(normalize_hostname(entry, section.key("internal_lookup_allowlist")))
+        except InvalidRoute as error:
+            raise ConfigError(str(error)) from None
     section.done()
-    return RouteServiceSettings(proxy_port, gateway_port)
+    return RouteServiceSettings(proxy_port, gateway_port, internal_lookup, tuple(allowlist))
 
 
 def _router_shards(gw: _Section) -> tuple[RouterShard, ...]:

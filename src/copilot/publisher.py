@@ -19,7 +19,8 @@ from copilot.istio.builder import (
     tcp_object_names,
 )
 from copilot.istio.kinds import SERVICE_ENTRY, IstioObject
-from copilot.routing_table import RoutingTable
+from copilot.route_service_lookup import InternalLookup
+from copilot.routing_table import HostRoutes, RoutingTable
 from copilot.xds.snapshot import Entry, Snapshot, encode_resource
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ class Publisher:
         self._lock = threading.Lock()
         self.rejected_hosts = 0
         self.last_publish_seconds = 0.0
+        rs = gateway.route_services
+        # Route services' internal lookup: a host's routes depend on its route service's host too.
+        self._lookup = InternalLookup(table.host_routes, rs.internal_lookup_allowlist) if rs and rs.internal_lookup else None
         self._apply(_encoded(build_router_objects(gateway)))
 
     def publish(self, *, everything: bool = False) -> int:
@@ -76,17 +80,22 @@ class Publisher:
             hosts = self._table.take_dirty_hosts()
             if everything:
                 hosts |= set(self._table.hosts())
+            if self._lookup is not None:
+                hosts |= self._lookup.dependents(hosts)
             # Objects are encoded as soon as they are built, so a full rebuild never holds 100k hosts'
             # worth of protobuf messages at once.
             objects: list[tuple[str, str, Entry]] = []
             deletions: list[IstioObject] = []
             for host in sorted(hosts):
                 routes = self._table.host_routes(host)
+                if self._lookup is not None:
+                    self._lookup.record(host, _route_service_urls(routes))
                 if routes is None:
                     deletions.extend(host_object_names(self._gateway, host))
                     continue
+                internal = self._lookup.is_internal if self._lookup is not None else None
                 try:
-                    built = build_host(self._gateway, routes)
+                    built = build_host(self._gateway, routes, internal)
                     objects.extend(_encoded(built))
                     if self._gateway.sharded:
                         # Router shards: the host may need fewer VirtualServices than before (or none).
@@ -137,6 +146,12 @@ class Publisher:
         updates: list[tuple[str, str, Entry | None]] = list(objects)
         updates.extend((obj.kind.collection, obj.name, None) for obj in deletions)
         self._snapshot.apply(updates)
+
+
+def _route_service_urls(routes: HostRoutes | None) -> list[str]:
+    if routes is None:
+        return []
+    return [d.route_service_url for ds in routes.paths.values() for d in ds if d.route_service_url]
 
 
 def _encoded(objects: list[IstioObject]) -> list[tuple[str, str, Entry]]:

@@ -37,6 +37,11 @@ class Config:
     connect_timeout_seconds: float = 5.0
     request_timeout_seconds: float = 900.0
     log_level: str = "info"
+    # gorouter's route_services_internal_lookup: this router's own HTTP listener, where a request whose
+    # route service is a route of the foundation (Copilot's route says so) goes; None: never. And its
+    # HTTPS listener, for requests that reached the router over HTTPS (None: the router has none).
+    internal_lookup: tuple[str, int] | None = None
+    internal_lookup_https: tuple[str, int] | None = None
 
 
 def load(path: str | Path) -> Config:
@@ -91,7 +96,11 @@ def parse(data: object) -> Config:
         connect_timeout_seconds=_number(data, "connect_timeout_seconds", defaults.connect_timeout_seconds, minimum=0.1),
         request_timeout_seconds=_number(data, "request_timeout_seconds", defaults.request_timeout_seconds, minimum=1),
         log_level=level,
+        internal_lookup=_address(data, "internal_lookup") if data.get("internal_lookup") else None,
+        internal_lookup_https=_address(data, "internal_lookup_https") if data.get("internal_lookup_https") else None,
     )
+    if config.internal_lookup_https and not config.internal_lookup:
+        raise ConfigError("internal_lookup_https: given without internal_lookup")
     if config.listen == config.gateway:
         raise ConfigError("gateway: is the proxy's own listen address")
     return config
@@ -118,6 +127,22 @@ def _number(data: dict, name: str, default: float, *, minimum: float, integer: b
     if value < minimum:
         raise ConfigError(f"{name}: {value} is out of range")
     return value
+
+
+def _address(data: dict, name: str) -> tuple[str, int]:
+    """host:port with an IP address."""
+    value = data.get(name)
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: must be host:port")
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{name}: {value!r} must be host:port")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} must be an IP address and port") from None
+    return host, int(port)
 
 
 def _loopback(data: dict, name: str) -> tuple[str, int]:

@@ -5,6 +5,10 @@ host, its context path, the route service URL; plus the longer context paths und
 - No X-CF-Proxy-Signature: the request goes to the route service URL over HTTPS (its own path and
   query; the original URL travels in X-CF-Forwarded-Url), signed, method, body and other headers kept;
   its answer comes back unchanged.
+  With internal lookup (Config.internal_lookup) and a route service that is a route of this foundation
+  (ROUTE_SERVICE_INTERNAL_HEADER, from Copilot's route), the same signed request goes to this router's
+  own HTTP listener instead, which routes it to the route service's app, as gorouter's internal lookup
+  ("hairpinning") skips the load balancer.
 - A signature: the route service's return trip. The signature must be ours (current or decrypt-only
   key), not older than the timeout, and name a URL of this very route (host + context path); then the
   three headers are removed and the request goes to Envoy's loopback Gateway server, whose route sends
@@ -37,6 +41,7 @@ ROUTE_HOST_HEADER = "x-cf-rs-route-host"
 ROUTE_PATH_HEADER = "x-cf-rs-route-path"  # "/" for the host's root route
 ROUTE_SERVICE_URL_HEADER = "x-cf-rs-route-service-url"
 ROUTE_EXCLUDED_HEADER = "x-cf-rs-route-excluded-paths"  # space-separated longer context paths of the host
+ROUTE_SERVICE_INTERNAL_HEADER = "x-cf-rs-route-service-internal"  # "true": the route service is a route of ours
 TOKEN_HEADER = "x-cf-rs-local-token"  # Config.local_token, from the router's Envoy
 # Set by the proxy on a verified return trip: the X-Forwarded-Proto the router saw from the route
 # service, which the loopback Gateway's route restores (Envoy would say "http", its loopback listener's).
@@ -85,6 +90,16 @@ def _upstream_tls(config: Config) -> ssl.SSLContext:
     if config.client_cert_file and config.client_key_file:
         context.load_cert_chain(str(config.client_cert_file), str(config.client_key_file))
     return context
+
+
+def _own_router_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+_OWN_ROUTER_TLS = _own_router_tls()
 
 
 class RouteServiceProxy:
@@ -170,7 +185,10 @@ class _Handler(BaseHTTPRequestHandler):
         headers += [(FORWARDED_URL_HEADER, forwarded_url), (SIGNATURE_HEADER, signature), (METADATA_HEADER, metadata)]
         authority = service.netloc.rpartition("@")[2]
         target = (service.path or "/") + (f"?{service.query}" if service.query else "")
-        connection = self._connect_route_service(service.hostname, service.port or 443)
+        if config.internal_lookup is not None and self.headers.get(ROUTE_SERVICE_INTERNAL_HEADER) == "true":
+            connection: http.client.HTTPConnection = self._connect_own_router(service.hostname)
+        else:
+            connection = self._connect_route_service(service.hostname, service.port or 443)
         self._exchange(connection, target, [("Host", authority), *headers])
 
     def _return_trip(self, route: _Route) -> None:
@@ -212,6 +230,29 @@ class _Handler(BaseHTTPRequestHandler):
                 continue
             out.append((name, value))
         return out
+
+    def _connect_own_router(self, server_name: str) -> http.client.HTTPConnection:
+        """Internal lookup: the route service is a route of ours, reached through this very router, over
+        HTTPS (the route service's name as SNI) when the request reached the router so, else HTTP: the
+        router then tells the route service the client's scheme, as through the load balancer."""
+        config = self.proxy.config
+        assert config.internal_lookup is not None
+        https = config.internal_lookup_https if self.headers.get("X-Forwarded-Proto") == "https" else None
+        host, port = https or config.internal_lookup
+        connection = http.client.HTTPConnection(host, port, timeout=config.connect_timeout_seconds)
+        try:
+            sock = socket.create_connection((host, port), timeout=config.connect_timeout_seconds)
+            if https:
+                # This router's own listener at a configured address: its certificate proves nothing more.
+                try:
+                    sock = _OWN_ROUTER_TLS.wrap_socket(sock, server_hostname=server_name)
+                except BaseException:
+                    sock.close()
+                    raise
+            connection.sock = sock
+        except OSError as error:
+            raise _Failure(502, "Registered endpoint failed to handle the request.", f"endpoint_failure ({error})") from None
+        return connection
 
     def _connect_route_service(self, host: str, port: int) -> http.client.HTTPSConnection:
         config = self.proxy.config

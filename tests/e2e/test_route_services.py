@@ -329,3 +329,50 @@ def test_a_route_bound_to_a_route_service_fails_closed_without_a_secret(tier_wit
     finally:
         client.close()
     assert tier.get(host, "/other").text.strip() == f"{unique}-i0"
+
+
+# ---------------------------------------------------------------- internal lookup
+
+_INTERNAL_LOOKUP_OPS = """
+# What istio-routing-internal-route-services.yml sets, on the local tier's group.
+- type: replace
+  path: /instance_groups/name=local/jobs/name=copilot/properties/gateway/route_services/internal_lookup?
+  value: true
+"""
+
+
+@pytest.fixture(scope="module")
+def tier_with_internal_lookup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
+    tier = start_tier_with_ops(tmp_path_factory.mktemp("tier-internal-lookup"), "internal-lookup", _INTERNAL_LOOKUP_OPS)
+    yield tier
+    tier.stop()
+
+
+def test_internal_lookup_sends_a_route_service_that_is_an_app_through_the_router(
+    tier_with_internal_lookup: Tier, apps, unique
+) -> None:
+    # gorouter's route_services_internal_lookup: the route service is an app of this foundation, so the
+    # router hands it the signed request itself (its name resolves nowhere here: the load balancer's way
+    # would fail). The app is routed first, its route service second: Copilot rebuilds the bound route
+    # when its route service's route appears.
+    tier = tier_with_internal_lookup
+    host, service_host = f"{unique}.example.com", f"{unique}-rs.example.com"
+    tier.bbs.desire_lrp(f"{unique}-pg", http_routes=[
+        {"hostnames": [f"{host}/guarded"], "port": 8080, "route_service_url": f"https://{service_host}/check{HEADERS}"}])
+    apps.append(tier.start_instance(f"{unique}-pg", 0, f"{unique}-i0"))
+    wait_until(lambda: tier.get(host, "/guarded").status_code == 502, message="the bound route (its service unknown yet)")
+    tier.bbs.desire_lrp(f"{unique}-rs", http_routes=[{"hostnames": [service_host], "port": 8080}])
+    apps.append(tier.start_instance(f"{unique}-rs", 0, f"{unique}-rs0"))
+    wait_until(lambda: tier.get(host, "/guarded/x").status_code == 200, message="the route service through the router")
+    # The route service app (it answers with the headers it got) was reached through the router, at its
+    # own URL, with the route service protocol's signed headers for the original URL.
+    seen = tier.get(host, "/guarded/x?q=1").json()
+    assert seen["x-cf-instanceid"] == f"{unique}-rs0", seen
+    assert seen["x-cf-forwarded-url"] == f"https://{host}/guarded/x?q=1"
+    assert seen["x-cf-proxy-signature"] and seen["x-cf-proxy-metadata"]
+    assert not [name for name in seen if name.startswith("x-cf-rs-")], seen
+    # The client's scheme, as the route service would see it through the load balancer (gorouter's
+    # internal listener is HTTPS: the proxy uses the router's HTTPS listener for HTTPS requests).
+    assert seen["x-forwarded-proto"] == "http", seen
+    status, _, body = _call(tier, f"https://{host}/guarded/x")
+    assert status == 200 and json.loads(body)["x-forwarded-proto"] == "https", body

@@ -1,7 +1,7 @@
 """What an interpolated cf-deployment + enable-istio-routing.yml manifest must mean, checked on the
 manifest itself (not only that keys exist): the removed tier is gone everywhere, every variable is
-declared and every declared one used, the Istio groups are where the operator's ops-files put the
-routers, and haproxy / static IPs / databases are wired as the operator meant."""
+declared and every declared one used (and every router certificate served), the Istio groups are where
+the operator's ops-files put the routers, and haproxy / static IPs / databases are wired as the operator meant."""
 
 from __future__ import annotations
 
@@ -56,6 +56,12 @@ def assert_means_the_istio_tier(manifest: dict, cf_ops: tuple[str, ...] = (), be
     assert router["jobs"][0]["name"] == "istio-router" and router["update"]["serial"] is True
     assert_router_shards(manifest, cf_ops, before)
     assert_links_resolve(manifest)
+    # The routers hold exactly the certificates Copilot's Gateway serves: none left over (TLS at the load
+    # balancer drops both), none named that the routers lack.
+    held = {c["name"] for c in (router["jobs"][0]["properties"].get("sds") or {}).get("certificates") or []}
+    copilot = next(j for j in control["jobs"] if j["name"] == "copilot")
+    served = {c["name"] for c in copilot["properties"].get("gateway", {}).get("certificates") or []}
+    assert held == served, f"router certificates {sorted(held)}, Copilot's Gateway serves {sorted(served)}"
     zones = {az for g in manifest["instance_groups"] if g["name"] not in ("istio-router", "istio-control")
              for az in g["azs"]}
     assert set(router["azs"]) <= zones and set(control["azs"]) <= zones, (router["azs"], control["azs"], zones)

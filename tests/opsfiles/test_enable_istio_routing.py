@@ -164,7 +164,9 @@ def test_the_ops_file_applies_after_the_bosh_lite_one_only(tmp_path):
 @pytest.mark.parametrize("path", ["enable-istio-routing.yml", "enable-istio-routing-bosh-lite.yml",
                                   "add-istio-routing.yml", "istio-router-tls-certificates.yml",
                                   "istio-router-static-ips.yml", "istio-routing-pxc-proxy-route.yml",
-                                  "istio-routing-scale-to-one-az.yml", "istio-routing-behind-lb.yml"])
+                                  "istio-routing-scale-to-one-az.yml", "istio-routing-behind-lb.yml",
+                                  "istio-routing-disable-http2.yml", "istio-routing-disable-router-tls-termination.yml",
+                                  "istio-routing-internal-route-services.yml", "istio-routing-default-router-group.yml"])
 def test_ops_files_are_lists_of_operations(path):
     from opsfile_helpers import OPS
 

@@ -16,13 +16,18 @@ from opsfile_helpers import (
     BOSH_LITE,
     CF,
     CF_OPS,
+    DEFAULT_ROUTER_GROUP,
     ENABLE,
     ENABLE_LITE,
+    HTTP2_OFF,
+    INTERNAL_ROUTE_SERVICES,
     ISO_SEG_ROUTER,
+    ONE_AZ,
     OPERATOR_TLS,
     PXC_PROXY_ROUTE,
     STAGE1,
     SYSTEM_DOMAIN,
+    TLS_AT_LB,
     bosh,
     group,
     interpolate,
@@ -40,6 +45,8 @@ COMBINATIONS = {
     "stage-1": (STAGE1,),
     "operator-tls": (ENABLE, OPERATOR_TLS),
     "isolation-segment": (CF_OPS / "add-persistent-isolation-segment-router.yml", ENABLE, ISO_SEG_ROUTER, PXC_PROXY_ROUTE),
+    # Every companion of a cf-deployment router choice (docs/operating.md, "With cf-deployment's ops-files").
+    "companions": (ENABLE, PXC_PROXY_ROUTE, HTTP2_OFF, TLS_AT_LB, INTERNAL_ROUTE_SERVICES, DEFAULT_ROUTER_GROUP, ONE_AZ),
 }
 
 
@@ -50,6 +57,7 @@ def store(tmp_path_factory) -> Path:
     values = yaml.safe_load(generated.read_text())
     values["istio_router_tls"] = {k: values["router_ssl"][k] for k in ("certificate", "private_key")}
     values["system_domain"] = SYSTEM_DOMAIN
+    values["default_router_group_reservable_ports"] = "1024-1123"  # the operator's, for configure-default-router-group
     out = tmp_path_factory.mktemp("vars") / "vars.yml"
     out.write_text(yaml.safe_dump(values))
     return out
@@ -206,3 +214,35 @@ def test_isolation_segment_routers_render_into_their_shards_gateways(with_vars, 
         labels = json.loads(router["config/envoy.json"].read_text())["node"]["metadata"]["LABELS"]
         selected = [i for i in range(len(shards)) if gateway.shard_selector(i).items() <= labels.items()]
         assert selected == [shards.index(shard)], (group_name, labels)
+def test_the_companions_reach_copilot_and_the_routers_as_meant(with_vars, tmp_path):
+    """HTTP/2 off, TLS at the load balancer, internal route-service lookup, the default router group's
+    ports: rendered from the interpolated manifest, Copilot's and the route-service proxy's own loaders
+    accept the result and it says what the cf-deployment ops-files said."""
+    manifest = with_vars["companions"]
+    copilot_props = next(item for _, item in jobs(manifest) if item["name"] == "copilot")["properties"]
+    rendered = render_job(REPO / "jobs" / "copilot", copilot_props, out_dir=tmp_path / "copilot")
+    _install(rendered, "copilot", tmp_path / "copilot")
+    gateway = load_copilot_config(rendered["config/copilot.yml"]).gateway
+    assert (gateway.enable_http2, gateway.https_port, gateway.certificates, gateway.trusted_proxy_hops) == (False, 0, (), 1)
+    assert gateway.route_services is not None and gateway.route_services.internal_lookup
+    routing_api = load_copilot_config(rendered["config/copilot.yml"]).routing_api
+    assert routing_api is not None and [(g.name, g.reservable_ports) for g in routing_api.router_groups] == [
+        ("default-tcp", "1024-1123")]
+
+    control = _instances(manifest, "istio-control")
+    copilot_link = link_from_job(REPO / "jobs" / "copilot", "copilot", copilot_props, instances=control)
+    pilot_props = next(item for _, item in jobs(manifest) if item["name"] == "pilot-discovery").get("properties") or {}
+    pilot_link = link_from_job(REPO / "jobs" / "pilot-discovery", "pilot", pilot_props, instances=control)
+    router_props = next(item for _, item in jobs(manifest) if item["name"] == "istio-router")["properties"]
+    router = render_job(REPO / "jobs" / "istio-router", router_props, links={"pilot": pilot_link, "copilot": copilot_link},
+                        out_dir=tmp_path / "router")
+    # The routers hold only the cells' client certificate: no router-ssl, as no Gateway server serves one.
+    assert [c["name"] for c in json.loads(router["config/sds.yml"].read_text())["certificates"]] == ["backend-client"]
+    route_services = json.loads(router["config/route_services.json"].read_text())
+    # Internal lookup through the router's own HTTP listener only: it has no HTTPS one.
+    assert route_services["internal_lookup"] == "127.0.0.1:80" and "internal_lookup_https" not in route_services
+    _install(router, "istio-router", tmp_path / "router")
+    check = subprocess.run([sys.executable, "-m", "route_services", "--config", str(router["config/route_services.json"]),
+                            "--check"], capture_output=True, text=True, env={"PYTHONPATH": str(REPO / "src")}, timeout=60)
+    assert check.returncode == 0, check.stderr
+    assert [group(manifest, g)["azs"] for g in ("istio-router", "istio-control")] == [["z1"], ["z1"]]

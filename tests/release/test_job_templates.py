@@ -223,6 +223,7 @@ def test_copilot_config_from_properties(pki, tmp_path):
                                  "router_shards": [{"name": "all", "routing_table_sharding_mode": "all",
                                                     "isolation_segments": []}],
                                  "tls_min_version": "1.2", "sticky_session_cookies": ["JSESSIONID"], "instance_routing": False,
+                                 "enable_http2": True, "trusted_proxy_hops": 0,
                                  "certificate_dir": "/var/vcap/jobs/istio-router/config/certs",
                                  "outlier_detection": {"consecutive_failures": 3, "base_ejection_seconds": 30,
                                                        "max_ejection_percent": 100, "min_health_percent": 1}}
@@ -380,6 +381,18 @@ def test_copilot_gateway_https_from_properties(pki, tmp_path):
     for path in rendered.values():
         path.write_text(path.read_text().replace("/var/vcap/jobs/copilot", str(install_dir)))
     parse(yaml.safe_load(rendered["config/copilot.yml"].read_text()))
+
+
+def test_copilot_gateway_http2_off_from_properties(pki, tmp_path):
+    """gateway.enable_http2: false (istio-routing-disable-http2.yml) reaches Copilot's gateway settings."""
+    from copilot.config import parse
+
+    rendered = render("copilot", copilot_properties(pki, gateway={"enable_http2": False}), tmp_path)
+    config = yaml.safe_load(rendered["config/copilot.yml"].read_text())
+    assert config["gateway"]["enable_http2"] is False
+    for path in rendered.values():
+        path.write_text(path.read_text().replace("/var/vcap/jobs/copilot", str(tmp_path)))
+    assert parse(yaml.safe_load(rendered["config/copilot.yml"].read_text())).gateway.enable_http2 is False
 
 
 def test_router_sds_serves_the_upstream_ca_bundle_copilot_names(pki, tmp_path):

@@ -125,4 +125,22 @@ def test_copilot_renders_route_services_and_publishes_them_in_its_link(pki, tmp_
     ports = {"proxy_port": 8070, "gateway_port": 8071}
     assert config({"route_services": {"enabled": True, **ports}}) == RouteServiceSettings(8070, 8071)
     link = copilot_link({"gateway": {"route_services": {"enabled": True}}})["properties"]["gateway"]["route_services"]
-    assert link == {"enabled": True, "proxy_port": 7070, "gateway_port": 7071}
+    assert link == {"enabled": True, "proxy_port": 7070, "gateway_port": 7071, "internal_lookup": False}
+    lookup = {"route_services": {"enabled": True, "internal_lookup": True, "internal_lookup_allowlist": ["*.apps.example.com"]}}
+    assert config(lookup) == RouteServiceSettings(7070, 7071, True, ("*.apps.example.com",))
+
+
+@pytest.mark.parametrize(("gateway", "expected"), [
+    # The routers' own listeners: every address bound (loopback then), HTTPS only with certificates.
+    ({}, {"internal_lookup": "127.0.0.1:80"}),
+    ({"certificates": [{"name": "router-ssl", "hosts": ["*.example.com"]}]},
+     {"internal_lookup": "127.0.0.1:80", "internal_lookup_https": "127.0.0.1:443"}),
+    ({"bind": "10.0.0.5", "http_port": 8080}, {"internal_lookup": "10.0.0.5:8080"}),
+    ({"bind": "::"}, {"internal_lookup": "[::1]:80"}),
+])
+def test_the_proxy_takes_internal_lookup_from_the_copilot_link(pki, tmp_path: Path, gateway: dict, expected: dict) -> None:
+    copilot = {"gateway": {"route_services": {"enabled": True, "internal_lookup": True}, **gateway}}
+    config = json.loads(_router(pki, tmp_path, {"route_services_secret": "s"}, copilot)["config/route_services.json"].read_text())
+    assert {k: v for k, v in config.items() if k.startswith("internal_lookup")} == expected
+    off = json.loads(_router(pki, tmp_path / "off", {"route_services_secret": "s"}, ON)["config/route_services.json"].read_text())
+    assert not [k for k in off if k.startswith("internal_lookup")]

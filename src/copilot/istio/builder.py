@@ -19,9 +19,11 @@ import functools
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from copilot import invalid_input
+from copilot.istio import router_filter
 from copilot.istio.kinds import DESTINATION_RULE, GATEWAY, SERVICE_ENTRY, VIRTUAL_SERVICE, IstioObject
 from copilot.istio.router_filter import IDENTITY_SERVICE_PORT, build_router_filter
 from copilot.istio.shards import DEFAULT_SHARDS, SHARD_LABEL, RouterShard, suffix
@@ -63,6 +65,9 @@ ROUTE_SERVICE_PATH_HEADER = "x-cf-rs-route-path"
 ROUTE_SERVICE_URL_HEADER = "x-cf-rs-route-service-url"
 ROUTE_SERVICE_EXCLUDED_HEADER = "x-cf-rs-route-excluded-paths"
 ROUTE_SERVICE_FORWARDED_PROTO_HEADER = "x-cf-rs-forwarded-proto"
+# Internal lookup (RouteServiceSettings.internal_lookup): "true" when the route service is a route of
+# this foundation; the proxy then sends the signed request to its own router's HTTP listener.
+ROUTE_SERVICE_INTERNAL_HEADER = "x-cf-rs-route-service-internal"
 # A token the istio-router job gives its Envoy (environment) and its proxy, which the proxy requires: no
 # other process on the router VM can have requests signed.
 ROUTE_SERVICE_TOKEN_HEADER = "x-cf-rs-local-token"
@@ -111,6 +116,11 @@ class RouteServiceSettings:
 
     proxy_port: int = 7070
     gateway_port: int = 7071
+    # gorouter's route_services_internal_lookup (and its allowlist: FQDNs or *.domain, empty = every
+    # route): a route service URL that is a route of this foundation is reached through the router
+    # itself, not through DNS and the load balancer (copilot.route_service_lookup decides).
+    internal_lookup: bool = False
+    internal_lookup_allowlist: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,13 @@ class GatewaySettings:
     certificate_dir: str = "/var/vcap/jobs/istio-router/config/certs"
     tls_min_version: str = "1.2"
     tls_cipher_suites: tuple[str, ...] = ()
+    # Proxies in front of the routers (a load balancer terminating TLS) whose X-Forwarded-Proto and
+    # X-Forwarded-For the routers trust (Envoy's xff_num_trusted_hops). 0: the routers set
+    # X-Forwarded-Proto from their own connection (gorouter's sanitize_forwarded_proto: true).
+    trusted_proxy_hops: int = 0
+    # gorouter's router.enable_http2. False: clients get HTTP/1.1 only (ALPN without h2 on HTTPS, no h2c
+    # on HTTP) and the apps of http2 routes are reached over HTTP/1.1 (router_filter.Http1Only).
+    enable_http2: bool = True
     # Cookies that make a session sticky (gorouter's sticky_session_cookie_names).
     sticky_session_cookies: tuple[str, ...] = ("JSESSIONID",)
     # X-CF-App-Instance: a DestinationRule subset (an Envoy cluster) and a route per app instance so a
@@ -257,11 +274,34 @@ def build_router_objects(settings: GatewaySettings) -> list[IstioObject]:
     objects = [
         *(build_gateway(settings, shard) for shard in shards),
         build_unknown_route(settings),
-        build_router_filter(settings.namespace, settings.selector, settings.sticky_session_cookies),
+        build_router_filter(
+            settings.namespace,
+            settings.selector,
+            settings.sticky_session_cookies,
+            _http1_only(settings),
+            trusted_proxy_hops=settings.trusted_proxy_hops,
+        ),
     ]
     if settings.route_services is not None:
         objects += build_route_service_objects(settings, settings.route_services)
     return objects
+
+
+def _http1_only(settings: GatewaySettings) -> router_filter.Http1Only | None:
+    """HTTP/2 off: the Gateway's HTTPS servers (build_gateway), each certificate's TLS without h2."""
+    if settings.enable_http2:
+        return None
+    if not (settings.https_port and settings.certificates):
+        return router_filter.Http1Only()
+    directory = settings.certificate_dir.rstrip("/")
+    return router_filter.Http1Only(
+        https_port=settings.https_port,
+        # The first certificate also serves the fallback server (no SNI match): its files come first.
+        certificates=tuple((cert.hosts[0], f"{directory}/{cert.name}.crt", f"{directory}/{cert.name}.key")
+                           for cert in settings.certificates),
+        tls_min_version=settings.tls_min_version,
+        tls_cipher_suites=settings.tls_cipher_suites,
+    )
 
 
 def build_route_service_objects(settings: GatewaySettings, route_services: RouteServiceSettings) -> list[IstioObject]:
@@ -325,6 +365,7 @@ def _add_route_service_routes(
     svc: str,
     port: int,
     shards: tuple[int, ...] = (0,),
+    service_is_ours: bool = False,
 ) -> None:
     """gorouter's route service protocol for one route (host + context path), in three parts:
 
@@ -377,6 +418,8 @@ def _add_route_service_routes(
     headers[ROUTE_SERVICE_URL_HEADER] = _envoy_literal(_route_service_url(destinations))
     if excluded:
         headers[ROUTE_SERVICE_EXCLUDED_HEADER] = _envoy_literal(" ".join(excluded))
+    if service_is_ours:  # internal lookup: the route service is a route of these routers
+        headers[ROUTE_SERVICE_INTERNAL_HEADER] = "true"
     to_proxy.retries.SetInParent()  # attempts 0: a route service's answer (a 503 too) is passed on, never retried
 
 
@@ -395,8 +438,12 @@ def build_unknown_route(settings: GatewaySettings) -> IstioObject:
     return IstioObject(VIRTUAL_SERVICE, f"{settings.namespace}/{UNKNOWN_ROUTE_NAME}", vs)
 
 
-def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObject]:
+def build_host(
+    settings: GatewaySettings, routes: HostRoutes, internal_route_service: Callable[[str], bool] | None = None
+) -> list[IstioObject]:
     """The VirtualService, DestinationRule and ServiceEntry for one host. Raises ValueError on bad input.
+    internal_route_service: with route services' internal lookup, whether a route service URL is a route
+    of this foundation (copilot.route_service_lookup).
 
     With router shards, the VirtualService is bound to the Gateways of the shards that route at least
     one of the host's destinations, and holds only what they route; shards routing different subsets of
@@ -412,7 +459,7 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
     port = IDENTITY_SERVICE_PORT if any(_integrity(settings, d) for d in _unique_destinations(routes)) else SERVICE_PORT
     objects = [
         IstioObject(VIRTUAL_SERVICE, name if i == 0 else _shard_virtual_service_name(settings, host, shards[0]),
-                    _virtual_service(settings, host, svc, port, group, shards))
+                    _virtual_service(settings, host, svc, port, group, shards, internal_route_service))
         for i, (shards, group) in enumerate(groups)
     ]
     return [*objects, *_destination_objects(settings, name, svc, port, routes)]
@@ -455,7 +502,13 @@ def _shard_virtual_service_name(settings: GatewaySettings, host: str, shard: int
 
 
 def _virtual_service(
-    settings: GatewaySettings, host: str, svc: str, port: int, routes: HostRoutes, shards: tuple[int, ...]
+    settings: GatewaySettings,
+    host: str,
+    svc: str,
+    port: int,
+    routes: HostRoutes,
+    shards: tuple[int, ...],
+    internal_route_service: Callable[[str], bool] | None = None,
 ) -> pb.VirtualService:
     vs = pb.VirtualService(hosts=[host], gateways=[settings.shard_ref(s) for s in shards])
     route_services = settings.route_services
@@ -469,8 +522,10 @@ def _virtual_service(
             # The longer context paths under this one are other routes: a signature for them is not this route's.
             excluded = sorted(p for p in routes.paths if p != path and (not path or p.startswith(path + "/")))
             if route_services is not None and _route_service_ok(path, _route_service_url(destinations), excluded):
+                url = _route_service_url(destinations)
+                ours = bool(route_services.internal_lookup and internal_route_service and internal_route_service(url))
                 _add_route_service_routes(
-                    vs, settings, route_services, host, path, destinations, excluded, svc, port, shards
+                    vs, settings, route_services, host, path, destinations, excluded, svc, port, shards, ours
                 )
             else:
                 _add_route_service_refusal(vs, path, path_matches)
@@ -620,8 +675,10 @@ def _add_outlier_detection(settings: GatewaySettings, dr: pb.DestinationRule) ->
 
 def _traffic_policy(settings: GatewaySettings, dest: Destination, integrity: bool = False) -> pb.TrafficPolicy | None:
     """A subset's policy: TLS to backends that need it (a platform backend's SAN, or under route
-    integrity each instance's identity), HTTP/2 to processes whose route says http2."""
-    if not dest.tls_san and dest.protocol != "http2" and not integrity:
+    integrity each instance's identity), HTTP/2 to processes whose route says http2 (unless HTTP/2 is
+    off: gorouter then reaches them over HTTP/1.1)."""
+    http2 = dest.protocol == "http2" and settings.enable_http2
+    if not dest.tls_san and not http2 and not integrity:
         return None  # the common case without route integrity, kept cheap: no policy
     policy = pb.TrafficPolicy()
     if dest.tls_san:
@@ -637,7 +694,7 @@ def _traffic_policy(settings: GatewaySettings, dest: Destination, integrity: boo
         )
     elif integrity:
         policy.tls.CopyFrom(_identity_tls(settings))
-    if dest.protocol == "http2":
+    if http2:
         policy.connection_pool.http.h2_upgrade_policy = pb.ConnectionPoolSettings.HTTPSettings.UPGRADE
     return policy if policy.ListFields() else None
 

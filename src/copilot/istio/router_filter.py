@@ -23,12 +23,24 @@ managers (context GATEWAY, selected by the Gateway's labels):
 5. Route services (builder.py): the first Lua drops client-sent `x-cf-rs-route-*` headers (only
    Copilot's routes tell the route-service proxy about a route), and the upstream header_mutation drops
    `x-cf-rs-forwarded-proto` once the verified route has turned it into X-Forwarded-Proto.
+6. Trusted proxies (trusted_proxy_hops, e.g. a load balancer terminating TLS): the connection managers'
+   xff_num_trusted_hops, so its X-Forwarded-Proto reaches the apps.
+7. HTTP/2 off (Http1Only, gorouter's router.enable_http2: false): the connection managers take HTTP/1.1
+   only (no h2c), and each HTTPS filter chain's TLS offers ALPN http/1.1 alone. istiod always offers
+   "h2,http/1.1" there and an EnvoyFilter MERGE appends to lists, so the patch replaces the chain's whole
+   TLS context with the same one istiod builds (the certificate from the router's SDS server under
+   istiod's file-cert name, the Gateway's TLS version and ciphers) minus h2: istiod merges two transport
+   sockets field by field only when their names are equal, and a message of another name replaces it.
+   The first patch gives every chain on the HTTPS port the first certificate's context (the fallback
+   chain has no SNI to match), each next one the context of the certificate whose first SNI name the
+   chain serves, under yet another name so it replaces again.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 
 from google.protobuf import struct_pb2
 
@@ -48,6 +60,74 @@ _HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connectio
 _COOKIE_STATE = "type.googleapis.com/envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState"
 _ROUTER = "envoy.filters.http.router"
 _WORKLOAD_HEADER = "x-cf-upstream-workload"
+_DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+# Transport socket names of the HTTP/1.1-only TLS contexts: Envoy picks the socket by its type, and
+# each differs from istiod's (envoy.transport_sockets.tls) and from the other so a patch replaces it.
+HTTP1_TLS_SOCKET = "cf.router.tls.http1"
+HTTP1_TLS_SOCKET_BY_SNI = "cf.router.tls.http1.sni"
+# The istio-router job's bootstrap cluster of its SDS server (envoy.json.erb), which istiod names too.
+SDS_CLUSTER = "sds-grpc"
+_ENVOY_TLS_VERSIONS = {"1.2": "TLSv1_2", "1.3": "TLSv1_3"}
+
+
+@dataclass(frozen=True)
+class Http1Only:
+    """HTTP/2 off. certificates: (first SNI name, certificate file, key file) of each HTTPS certificate of
+    the Gateway on https_port (0: no HTTPS), in the Gateway's order; their TLS version and ciphers."""
+
+    https_port: int = 0
+    certificates: tuple[tuple[str, str, str], ...] = ()
+    tls_min_version: str = "1.2"
+    tls_cipher_suites: tuple[str, ...] = ()
+
+
+def file_cert_name(cert_file: str, key_file: str) -> str:
+    """istiod's SDS resource name of a Gateway server's certificate files (router_sds serves it)."""
+    return f"file-cert:{cert_file}~{key_file}"
+
+
+def _http1_tls_socket(name: str, http1: Http1Only, cert_file: str, key_file: str) -> dict:
+    params: dict = {"tls_minimum_protocol_version": _ENVOY_TLS_VERSIONS[http1.tls_min_version]}
+    if http1.tls_cipher_suites:
+        params["cipher_suites"] = list(http1.tls_cipher_suites)
+    sds = {
+        "api_config_source": {
+            "api_type": "GRPC",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": SDS_CLUSTER}}],
+            "set_node_on_first_message_only": True,
+            "transport_api_version": "V3",
+        },
+        "resource_api_version": "V3",
+    }
+    return {
+        "name": name,
+        "typed_config": {
+            "@type": _DOWNSTREAM_TLS,
+            "common_tls_context": {
+                "tls_params": params,
+                "alpn_protocols": ["http/1.1"],
+                "tls_certificate_sds_secret_configs": [{"name": file_cert_name(cert_file, key_file), "sds_config": sds}],
+            },
+            "require_client_certificate": False,
+        },
+    }
+
+
+def _add_http1_only_tls(ef: pb.EnvoyFilter, http1: Http1Only) -> None:
+    if not (http1.https_port and http1.certificates):
+        return
+    _, cert_file, key_file = http1.certificates[0]
+    patches = [(None, _http1_tls_socket(HTTP1_TLS_SOCKET, http1, cert_file, key_file))]
+    patches += [(sni, _http1_tls_socket(HTTP1_TLS_SOCKET_BY_SNI, http1, cert, key)) for sni, cert, key in http1.certificates]
+    for sni, socket in patches:
+        listener = pb.EnvoyFilter.ListenerMatch(port_number=http1.https_port)
+        if sni is not None:
+            listener.filter_chain.sni = sni
+        ef.config_patches.add(
+            apply_to=pb.EnvoyFilter.FILTER_CHAIN,
+            match=pb.EnvoyFilter.EnvoyConfigObjectMatch(context=pb.EnvoyFilter.GATEWAY, listener=listener),
+            patch=pb.EnvoyFilter.Patch(operation=pb.EnvoyFilter.Patch.MERGE, value=_struct({"transport_socket": socket})),
+        )
 
 _UPSTREAM_LUA = f"""-- X-CF-InstanceID / X-CF-InstanceIndex of the instance this attempt goes to (cf-router EnvoyFilter)
 function envoy_on_request(handle)
@@ -92,6 +172,7 @@ function envoy_on_request(handle)
   headers:remove("x-cf-rs-route-path")
   headers:remove("x-cf-rs-route-service-url")
   headers:remove("x-cf-rs-route-excluded-paths")
+  headers:remove("x-cf-rs-route-service-internal")
   headers:remove("x-cf-rs-local-token")
   if names_session_cookie(headers, "cookie", "([^=;%%s]+)=") then
     handle:streamInfo():dynamicMetadata():set("cf.sticky", "session", "1")
@@ -168,7 +249,14 @@ def _set(header: str, value: str) -> dict:
     return {"append": {"header": {"key": header, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}
 
 
-def build_router_filter(namespace: str, selector: dict[str, str], sticky_cookie_names: tuple[str, ...]) -> IstioObject:
+def build_router_filter(
+    namespace: str,
+    selector: dict[str, str],
+    sticky_cookie_names: tuple[str, ...],
+    http1_only: Http1Only | None = None,
+    *,
+    trusted_proxy_hops: int = 0,
+) -> IstioObject:
     upstream_filters = [
         {
             "name": "envoy.filters.http.header_mutation",
@@ -235,19 +323,17 @@ def build_router_filter(namespace: str, selector: dict[str, str], sticky_cookie_
             value=_struct(_lua("cf.sticky_sessions", sticky_lua(sticky_cookie_names))),
         ),
     )
+    hcm: dict = {"@type": _HCM_TYPE, "local_reply_config": {"mappers": _ROUTER_ERROR_MAPPERS}}
+    if http1_only is not None:
+        hcm["codec_type"] = "HTTP1"
+    if trusted_proxy_hops:
+        # A load balancer's X-Forwarded-Proto is kept (Envoy replaces it only from untrusted peers), and
+        # the client's address is the one it appended to X-Forwarded-For.
+        hcm["xff_num_trusted_hops"] = trusted_proxy_hops
     ef.config_patches.add(
         apply_to=pb.EnvoyFilter.NETWORK_FILTER,
         match=_hcm_match(),
-        patch=pb.EnvoyFilter.Patch(
-            operation=pb.EnvoyFilter.Patch.MERGE,
-            value=_struct({
-                "name": _HCM,
-                "typed_config": {
-                    "@type": _HCM_TYPE,
-                    "local_reply_config": {"mappers": _ROUTER_ERROR_MAPPERS},
-                },
-            }),
-        ),
+        patch=pb.EnvoyFilter.Patch(operation=pb.EnvoyFilter.Patch.MERGE, value=_struct({"name": _HCM, "typed_config": hcm})),
     )
     ef.config_patches.add(
         apply_to=pb.EnvoyFilter.CLUSTER,
@@ -256,6 +342,8 @@ def build_router_filter(namespace: str, selector: dict[str, str], sticky_cookie_
         ),
         patch=pb.EnvoyFilter.Patch(operation=pb.EnvoyFilter.Patch.MERGE, value=_struct(_IDENTITY_CHECK)),
     )
+    if http1_only is not None:
+        _add_http1_only_tls(ef, http1_only)
     return IstioObject(ENVOY_FILTER, f"{namespace}/{ROUTER_FILTER_NAME}", ef)
 
 
