@@ -5,7 +5,7 @@ instances that answer by themselves (an Envoy direct response behind each v58 ce
 what is measured. Loopback only, bounded in time. Asserts nothing.
 
     .venv/bin/python bench/bench_router.py [--routes 1 1000 10000] [--seconds 10] [--rounds 3]
-        [--connections 64] [--baseline REF]
+        [--connections 64] [--baseline REF...]
 
 For each number of routes (one DesiredLRP holding every route, two instances), wrk (Debian's `wrk`) sends
 requests spread over every route host for `--seconds`, once with keep-alive and once with a new connection
@@ -21,8 +21,8 @@ Targets, measured in the same run so the machine's noise cancels in their ratios
 - `minimal`: the same Envoy binary with a hand-written configuration (one listener, one route, one
   cluster to the same two instances with the same TLS and identity check, no other filter, no access
   log): what the generated configuration costs on top of Envoy itself;
-- `baseline` (with `--baseline REF`): the router of another commit (a git worktree of REF, started with
-  this file's `--serve` mode and REF's code), to compare a change with the previous commit.
+- each `--baseline REF`: the router of another commit (a git worktree of REF, started with this file's
+  `--serve` mode and REF's code), to compare a change with the previous commit.
 """
 
 from __future__ import annotations
@@ -308,7 +308,7 @@ def measure(targets: list[Target], hosts: int, args: argparse.Namespace, script:
             cpu = statistics.median(r.cpu_us_per_request for r in rs)
             errors = sum(r.errors for r in rs)
             print(
-                f"    {target.name:>8}: {statistics.median(r.rps for r in rs):9.0f} req/s"
+                f"    {target.name:>12}: {statistics.median(r.rps for r in rs):9.0f} req/s"
                 f"  p50 {statistics.median(r.p50_ms for r in rs):6.2f} ms  p99 {statistics.median(r.p99_ms for r in rs):6.2f} ms"
                 f"  router CPU {cpu:6.1f} us/request ({base / cpu:4.2f}x {targets[0].name}'s requests per CPU second)"
                 f"  RSS {rss_mib(target.pid):6.0f} MiB" + (f"  ERRORS {errors}" if errors else ""),
@@ -316,8 +316,7 @@ def measure(targets: list[Target], hosts: int, args: argparse.Namespace, script:
             )
 
 
-def baseline_tree(ref: str, workdir: Path) -> Path:
-    tree = workdir / "baseline-tree"
+def baseline_tree(ref: str, tree: Path) -> Path:
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), ref], check=True, capture_output=True)
     (tree / ".venv").symlink_to(REPO / ".venv")
     subprocess.run([str(tree / "scripts" / "gen-protos")], check=True, capture_output=True, cwd=tree)
@@ -330,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--baseline", metavar="REF", help="also measure the router of this commit")
+    parser.add_argument("--baseline", metavar="REF", nargs="+", default=[], help="also measure the routers of these commits")
     parser.add_argument("--serve", type=int, metavar="ROUTES", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -348,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         script = workdir / "hosts.lua"
         script.write_text(WRK_SCRIPT)
-        baseline = baseline_tree(args.baseline, workdir) if args.baseline else None
+        baselines = {ref: baseline_tree(ref, workdir / f"baseline-tree-{n}") for n, ref in enumerate(args.baseline)}
         try:
             for routes in args.routes:
                 started = time.monotonic()
@@ -356,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     tier, info = start_served("tier", routes, workdir / f"tier-{routes}", REPO / "src")
                     targets.append(tier)
-                    if baseline is not None:
-                        targets.append(start_served("baseline", routes, workdir / f"baseline-{routes}", baseline / "src")[0])
+                    for n, (ref, tree) in enumerate(baselines.items()):
+                        targets.append(start_served(ref, routes, workdir / f"baseline-{n}-{routes}", tree / "src")[0])
                     targets.append(start_minimal(info, workdir / f"minimal-{routes}"))
                     print(
                         f"{routes} routes x {INSTANCES} instances ({info['clusters']} router clusters), ready in"
@@ -369,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                     for target in targets:
                         target.stop()
         finally:
-            if baseline is not None:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(baseline)], check=False)
+            for tree in baselines.values():
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
     return 0
 
 
