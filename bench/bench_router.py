@@ -62,7 +62,7 @@ def host_name(i: int) -> str:
 # ---------------------------------------------------------------------------------------------------- serving
 
 
-def serve(routes: int, workdir: Path) -> None:
+def serve(routes: int, workdir: Path, access_log: bool) -> None:
     """Start a tier with `routes` routes and two instances; print one JSON line saying where its router is;
     stop when stdin closes. Runs in the tree whose src/ is on sys.path (this tree, or --baseline's)."""
     from devtools.tier import start_tier, wait_until
@@ -75,7 +75,7 @@ def serve(routes: int, workdir: Path) -> None:
         "  path: /instance_groups/name=local/jobs/name=pilot-discovery/properties/access_log?/file\n"
         f"  value: {workdir / 'router-access.log'}\n"
     )
-    tier = start_tier(workdir / "tier", test_certificates=False, ops_files=[access_log_ops])
+    tier = start_tier(workdir / "tier", test_certificates=False, ops_files=[access_log_ops] if access_log else [])
     try:
         hostnames = [host_name(i) for i in range(routes)]
         entries = [{"hostnames": hostnames[i : i + ROUTES_PER_ENTRY], "port": 8080} for i in range(0, routes, ROUTES_PER_ENTRY)]
@@ -132,10 +132,11 @@ def _stopper(process: subprocess.Popen) -> Callable[[], None]:
     return stop
 
 
-def start_served(name: str, routes: int, workdir: Path, src: Path) -> tuple[Target, dict]:
+def start_served(name: str, routes: int, workdir: Path, src: Path, access_log: bool) -> tuple[Target, dict]:
     """Run `serve` in a child process with `src` as its code; return its router once it is routing."""
     env = {**os.environ, "BENCH_ROUTER_SRC": str(src), "PYTHONPATH": str(src)}
     argv = [sys.executable, str(Path(__file__).resolve()), "--serve", str(routes), "--workdir", str(workdir)]
+    argv.append("--access-log" if access_log else "--no-access-log")
     log = (workdir.parent / f"{name}-serve.log").open("w")
     process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     assert process.stdout is not None
@@ -330,11 +331,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--baseline", metavar="REF", nargs="+", default=[], help="also measure the routers of these commits")
+    parser.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the routers write gorouter's access log to a file (default: on, as gorouter always does)",
+    )
     parser.add_argument("--serve", type=int, metavar="ROUTES", help=argparse.SUPPRESS)
-    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help="keep every tier's files and logs here (default: a temporary directory)")
     args = parser.parse_args(argv)
     if args.serve is not None:
-        serve(args.serve, args.workdir)
+        serve(args.serve, args.workdir, args.access_log)
         return 0
     if shutil.which("wrk") is None:
         print("bench_router needs wrk: sudo apt-get install -y wrk", file=sys.stderr)
@@ -344,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     os.sched_setaffinity(0, {OTHERS_CPU})  # inherited by every process started from here
     with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
-        workdir = Path(tmp)
+        workdir = args.workdir.resolve() if args.workdir else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         script = workdir / "hosts.lua"
         script.write_text(WRK_SCRIPT)
         baselines = {ref: baseline_tree(ref, workdir / f"baseline-tree-{n}") for n, ref in enumerate(args.baseline)}
@@ -353,10 +361,12 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.monotonic()
                 targets: list[Target] = []
                 try:
-                    tier, info = start_served("tier", routes, workdir / f"tier-{routes}", REPO / "src")
+                    tier, info = start_served("tier", routes, workdir / f"tier-{routes}", REPO / "src", args.access_log)
                     targets.append(tier)
                     for n, (ref, tree) in enumerate(baselines.items()):
-                        targets.append(start_served(ref, routes, workdir / f"baseline-{n}-{routes}", tree / "src")[0])
+                        targets.append(
+                            start_served(ref, routes, workdir / f"baseline-{n}-{routes}", tree / "src", args.access_log)[0]
+                        )
                     targets.append(start_minimal(info, workdir / f"minimal-{routes}"))
                     print(
                         f"{routes} routes x {INSTANCES} instances ({info['clusters']} router clusters), ready in"
