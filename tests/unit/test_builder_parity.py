@@ -115,7 +115,7 @@ def test_router_objects_answer_unknown_routes_and_carry_the_router_filter() -> N
     assert tls["auto_host_sni"] is True and tls["auto_sni_san_validation"] is True
     upstream = patches[0]["patch"]["value"]["typed_config"]["upstream_http_filters"]
     assert [f["name"] for f in upstream] == [
-        "envoy.filters.http.header_mutation", "cf.instance_headers", "envoy.filters.http.upstream_codec",
+        "envoy.filters.http.header_mutation", "envoy.filters.http.upstream_codec",
     ]
     assert patches[1]["patch"]["value"]["name"] == "envoy.filters.http.stateful_session"
 

@@ -4,13 +4,13 @@ Everything else (routes, TLS, TCP, per-route headers, HTTP/2 upstreams) is plain
 VirtualService / DestinationRule / ServiceEntry. This filter adds, on the router's HTTP connection
 managers (context GATEWAY, selected by the Gateway's labels):
 
-1. Upstream HTTP filters on the router filter (`Router.upstream_http_filters`, run per attempt, after
-   the load balancer picked an instance, for every cluster):
-   - header_mutation: `X-Request-Start` (ms since the epoch at the request's start), `X-Vcap-Request-Id`
-     (Envoy's request id), and the picked endpoint's `istio.workload` metadata, which istiod writes as
-     `workload;namespace;canonical-name;canonical-revision;cluster` from the endpoint's labels. Copilot
-     labels each app instance's endpoint canonical-name = instance guid, canonical-revision = index;
-   - lua: turns that into `X-CF-InstanceID` and `X-CF-InstanceIndex` (client-sent values are dropped).
+1. An upstream header_mutation on the router filter (`Router.upstream_http_filters`, run per attempt,
+   after the load balancer picked an instance, for every cluster): `X-Request-Start` (ms since the
+   epoch at the request's start), `X-Vcap-Request-Id` (Envoy's request id), and `X-CF-InstanceID` /
+   `X-CF-InstanceIndex` from the picked endpoint's metadata (client-sent values are dropped first).
+   Copilot labels each app instance's endpoint `copilot.cloudfoundry.org/instance-id` and
+   `/instance-index`; istiod (with the change scripts/build-go-tools makes) copies labels under that
+   prefix into the endpoint's filter metadata namespace ENDPOINT_METADATA. No script runs per request.
    Route-level headers cannot do this: they are evaluated before an endpoint is chosen.
 2. Sticky sessions: Envoy's stateful_session filter with a `__VCAP_ID__` cookie naming the instance;
    requests carrying it go to that instance while it is in the cluster, else to another one (re-pinned).
@@ -47,26 +47,10 @@ _HCM = "envoy.filters.network.http_connection_manager"
 _HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _COOKIE_STATE = "type.googleapis.com/envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState"
 _ROUTER = "envoy.filters.http.router"
-_WORKLOAD_HEADER = "x-cf-upstream-workload"
-
-_UPSTREAM_LUA = f"""-- X-CF-InstanceID / X-CF-InstanceIndex of the instance this attempt goes to (cf-router EnvoyFilter)
-function envoy_on_request(handle)
-  local headers = handle:headers()
-  local workload = headers:get("{_WORKLOAD_HEADER}")
-  headers:remove("{_WORKLOAD_HEADER}")
-  headers:remove("x-cf-instanceid")
-  headers:remove("x-cf-instanceindex")
-  if workload == nil then
-    return
-  end
-  -- istiod: workload;namespace;canonical name (instance guid);canonical revision (index);cluster
-  local _, _, instance, index = string.match(workload, "^([^;]*);([^;]*);([^;]*);([^;]*)")
-  if index ~= nil and instance ~= "" and string.match(index, "^%d+$") then
-    headers:add("x-cf-instanceid", instance)
-    headers:add("x-cf-instanceindex", index)
-  end
-end
-"""
+# The endpoint metadata namespace istiod fills from endpoint labels under this prefix, and its keys.
+ENDPOINT_METADATA = "copilot.cloudfoundry.org"
+INSTANCE_ID_KEY = "instance-id"
+INSTANCE_INDEX_KEY = "instance-index"
 
 _STICKY_LUA = """-- gorouter's sticky sessions: __VCAP_ID__ only beside a session cookie (cf-router EnvoyFilter)
 local SESSION_COOKIES = {%(names)s}
@@ -176,17 +160,19 @@ def build_router_filter(namespace: str, selector: dict[str, str], sticky_cookie_
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
                 "mutations": {
                     "request_mutations": [
-                        {"remove": _WORKLOAD_HEADER},
                         # The route-service proxy's X-Forwarded-Proto for the app's route: used, then dropped.
                         {"remove": "x-cf-rs-forwarded-proto"},
-                        _set(_WORKLOAD_HEADER, "%UPSTREAM_METADATA(istio:workload)%"),
+                        # Set from the instance's metadata, or absent (a platform route's backend has none).
+                        {"remove": "x-cf-instanceid"},
+                        {"remove": "x-cf-instanceindex"},
+                        _set("x-cf-instanceid", f"%UPSTREAM_METADATA({ENDPOINT_METADATA}:{INSTANCE_ID_KEY})%"),
+                        _set("x-cf-instanceindex", f"%UPSTREAM_METADATA({ENDPOINT_METADATA}:{INSTANCE_INDEX_KEY})%"),
                         _set("x-request-start", "%START_TIME(%s%3f)%"),
                         _set("x-vcap-request-id", "%REQ(x-request-id)%"),
                     ]
                 },
             },
         },
-        _lua("cf.instance_headers", _UPSTREAM_LUA),
         {
             "name": "envoy.filters.http.upstream_codec",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"},
@@ -198,13 +184,15 @@ def build_router_filter(namespace: str, selector: dict[str, str], sticky_cookie_
         match=_hcm_match(_ROUTER),
         patch=pb.EnvoyFilter.Patch(
             operation=pb.EnvoyFilter.Patch.MERGE,
-            value=_struct({
-                "name": _ROUTER,
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-                    "upstream_http_filters": upstream_filters,
-                },
-            }),
+            value=_struct(
+                {
+                    "name": _ROUTER,
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                        "upstream_http_filters": upstream_filters,
+                    },
+                }
+            ),
         ),
     )
     ef.config_patches.add(
@@ -212,19 +200,21 @@ def build_router_filter(namespace: str, selector: dict[str, str], sticky_cookie_
         match=_hcm_match(_ROUTER),
         patch=pb.EnvoyFilter.Patch(
             operation=pb.EnvoyFilter.Patch.INSERT_BEFORE,
-            value=_struct({
-                "name": "envoy.filters.http.stateful_session",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
-                    "session_state": {
-                        "name": "envoy.http.stateful_session.cookie",
-                        "typed_config": {
-                            "@type": _COOKIE_STATE,
-                            "cookie": {"name": STICKY_COOKIE, "path": "/"},
+            value=_struct(
+                {
+                    "name": "envoy.filters.http.stateful_session",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
+                        "session_state": {
+                            "name": "envoy.http.stateful_session.cookie",
+                            "typed_config": {
+                                "@type": _COOKIE_STATE,
+                                "cookie": {"name": STICKY_COOKIE, "path": "/"},
+                            },
                         },
                     },
-                },
-            }),
+                }
+            ),
         ),
     )
     ef.config_patches.add(
@@ -240,13 +230,15 @@ def build_router_filter(namespace: str, selector: dict[str, str], sticky_cookie_
         match=_hcm_match(),
         patch=pb.EnvoyFilter.Patch(
             operation=pb.EnvoyFilter.Patch.MERGE,
-            value=_struct({
-                "name": _HCM,
-                "typed_config": {
-                    "@type": _HCM_TYPE,
-                    "local_reply_config": {"mappers": _ROUTER_ERROR_MAPPERS},
-                },
-            }),
+            value=_struct(
+                {
+                    "name": _HCM,
+                    "typed_config": {
+                        "@type": _HCM_TYPE,
+                        "local_reply_config": {"mappers": _ROUTER_ERROR_MAPPERS},
+                    },
+                }
+            ),
         ),
     )
     ef.config_patches.add(
