@@ -70,15 +70,16 @@ _SKIP_FILTER = "type.googleapis.com/envoy.extensions.filters.common.matcher.acti
 
 
 def session_cookie_regex(cookie_names: tuple[str, ...], separators: str) -> str:
-    """An RE2 regex that finds one of `cookie_names` as a cookie name in a Cookie header (`separators`
-    ";,": pairs, and headers joined by ",") or in Set-Cookie values (",": values joined by ",")."""
+    """An RE2 regex matching a whole Cookie header (`separators` ";,": pairs, and headers joined by ",")
+    or all Set-Cookie values joined by "," (`separators` ","), when one of `cookie_names` is a cookie name
+    in it. Envoy's regex matchers match the whole value, hence the `.*` on both sides."""
     for name in cookie_names:
         if not COOKIE_NAME_RE.fullmatch(name) or name == STICKY_COOKIE:
             raise ValueError(f"{name!r} is not a usable session cookie name")
     if not cookie_names:
         raise ValueError("at least one session cookie name is needed")
     names = "|".join(re.escape(name) for name in cookie_names)
-    return f"(^|[{separators}])\\s*({names})="
+    return f"(.*[{separators}])?\\s*({names})=.*"
 
 
 def _has(direction: str, header: str, regex: str) -> dict:
@@ -88,7 +89,7 @@ def _has(direction: str, header: str, regex: str) -> dict:
                 "name": f"{direction.lower()}-{header}",
                 "typed_config": {"@type": _MATCH_INPUT.format(direction), "header_name": header},
             },
-            "value_match": {"safe_regex": {"regex": regex}},
+            "value_match": {"safe_regex": {"google_re2": {}, "regex": regex}},
         }
     }
 
