@@ -22,7 +22,8 @@ Targets, measured in the same run so the machine's noise cancels in their ratios
   cluster to the same two instances with the same TLS and identity check, no other filter, no access
   log): what the generated configuration costs on top of Envoy itself;
 - each `--baseline REF`: the router of another commit (a git worktree of REF, started with this file's
-  `--serve` mode and REF's code), to compare a change with the previous commit.
+  `--serve` mode: REF's jobs, Copilot and manifests, this tree's devtools), to compare a change with the
+  previous commit.
 """
 
 from __future__ import annotations
@@ -320,6 +321,9 @@ def measure(targets: list[Target], hosts: int, args: argparse.Namespace, script:
 def baseline_tree(ref: str, tree: Path) -> Path:
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), ref], check=True, capture_output=True)
     (tree / ".venv").symlink_to(REPO / ".venv")
+    # The measuring apparatus (cells, apps, tier start-up) is this tree's, the product measured is REF's.
+    shutil.rmtree(tree / "src" / "devtools")
+    shutil.copytree(REPO / "src" / "devtools", tree / "src" / "devtools", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([str(tree / "scripts" / "gen-protos")], check=True, capture_output=True, cwd=tree)
     return tree
 
