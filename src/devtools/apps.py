@@ -81,12 +81,20 @@ class AppInstance:
         self._server.server_close()
 
 
-class H2cApp:
-    """An app instance that speaks only HTTP/2 over cleartext (an Envoy whose only codec is HTTP/2): an
-    HTTP/1.1 request fails, an h2c one gets `<guid>` and `X-App-Protocol: HTTP/2`."""
+class EnvoyApp:
+    """An app instance that is an Envoy answering every request itself with `<guid>` and
+    `X-App-Protocol` (a direct response): `codec` "HTTP2" speaks only HTTP/2 over cleartext (an HTTP/1.1
+    request fails), "HTTP1" only HTTP/1.1. Costs a fraction of a Python app per request, so a benchmark
+    through the router measures the router."""
 
-    def __init__(self, instance_guid: str, workdir: Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    kind = "envoy-app"
+
+    def __init__(
+        self, instance_guid: str, workdir: Path, *, host: str = "127.0.0.1", port: int = 0, codec: str = "HTTP1"
+    ) -> None:
         """Listens on `host:port` (`port` 0: a free one); its Envoy's admin is on a free 127.0.0.1 port."""
+        if codec not in ("HTTP1", "HTTP2"):
+            raise ValueError(f"codec {codec!r}: HTTP1 or HTTP2")
         self.instance_guid = instance_guid
         self.host = host
         self.port = port or free_port(host)
@@ -102,16 +110,18 @@ class H2cApp:
         }
         manager = {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": "h2c",
-            "codec_type": "HTTP2",
+            "stat_prefix": "app",
+            "codec_type": codec,
             "route_config": {"virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [route]}]},
-            "http_filters": [{
-                "name": "envoy.filters.http.router",
-                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-            }],
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                }
+            ],
         }
         listener = {
-            "name": "h2c",
+            "name": "app",
             "address": {"socket_address": {"address": host, "port_value": self.port}},
             "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}],
         }
@@ -122,13 +132,28 @@ class H2cApp:
         path = workdir / f"{instance_guid}.json"
         path.write_text(json.dumps(config))
         argv = [str(peers.envoy()), "-c", str(path), "--base-id", str(admin), "--log-level", "error"]
-        self.process = ManagedProcess(f"h2c-{instance_guid}", argv, workdir / f"{instance_guid}.log").start()
+        name = f"{self.kind}-{instance_guid}"
+        self.process = ManagedProcess(name, argv, workdir / f"{instance_guid}.log").start()
         if not wait_for_port(self.port, host=host, timeout=30):
             self.process.stop()
-            raise RuntimeError(f"h2c app did not start:\n{self.process.log_tail()}")
+            raise RuntimeError(f"{name} did not start:\n{self.process.log_tail()}")
+
+    @property
+    def pid(self) -> int:
+        return self.process.proc.pid
 
     def stop(self) -> None:
         self.process.stop()
+
+
+class H2cApp(EnvoyApp):
+    """An app instance that speaks only HTTP/2 over cleartext (an Envoy whose only codec is HTTP/2): an
+    HTTP/1.1 request fails, an h2c one gets `<guid>` and `X-App-Protocol: HTTP/2`."""
+
+    kind = "h2c"
+
+    def __init__(self, instance_guid: str, workdir: Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(instance_guid, workdir, host=host, port=port, codec="HTTP2")
 
 
 class TcpEchoApp:

@@ -5,7 +5,8 @@ benchmarks, the local run and demos all start instances through it.
 What a `Cell` owns, per instance (`start_instance`):
 - a container IP of its own on loopback (127.1.0.0/16, locked across processes), so every "container" binds
   :8080, :61001 and :61443 as a real one does;
-- the app, bound to containerIP:<container port> (`devtools.apps`: HTTP, h2c or a TCP echo);
+- the app, bound to containerIP:<container port> (`devtools.apps`: HTTP, h2c, a TCP echo, or an Envoy answering
+  HTTP/1.1 itself for benchmarks);
 - a per-instance Envoy (`--concurrency 1`) with the executor's config: one L4 `tcp_proxy` listener per container
   port on 61001 up (skipping 61443 and app ports), TLS with the instance identity certificate (CN and DNS SAN =
   instance guid, IP SAN = container IP, chain leaf + intermediate), ciphers ECDHE-RSA-AES{256,128}-GCM, ALPN
@@ -56,7 +57,7 @@ import yaml
 from cryptography import x509
 
 from devtools import peers
-from devtools.apps import AppInstance, H2cApp, TcpEchoApp
+from devtools.apps import AppInstance, EnvoyApp, H2cApp, TcpEchoApp
 from devtools.certs import CA, CertPair, make_ca, shared_key
 from devtools.ports import free_port
 from devtools.processes import ManagedProcess
@@ -91,7 +92,7 @@ _MAX_UINT32 = 2**32 - 1
 CONTAINER_NETWORK = ipaddress.ip_network("127.1.0.0/16")
 _IP_LOCK_DIR = Path(tempfile.gettempdir()) / "devtools-cell-ips"
 
-AppKind = Literal["http", "h2c", "tcp-echo"]
+AppKind = Literal["http", "h2c", "tcp-echo", "envoy-http"]
 
 
 class _App(Protocol):
@@ -429,9 +430,7 @@ class Cell:
             "admin": {"access_log_path": "/dev/null", "address": _address(cip, instance.admin_port)},
             "stats_config": {"stats_matcher": {"reject_all": True}},
             "layered_runtime": {
-                "layers": [
-                    {"name": "static-layer", "static_layer": {"envoy.reloadable_features.new_tcp_connection_pool": False}}
-                ]
+                "layers": [{"name": "static-layer", "static_layer": {"envoy.reloadable_features.new_tcp_connection_pool": False}}]
             },
             "static_resources": {"clusters": clusters, "listeners": listeners},
         }
@@ -440,9 +439,7 @@ class Cell:
         c2c = proxy_port == C2C_PORT
         common: dict[str, Any] = {
             "tls_params": {"cipher_suites": list(CIPHER_SUITES)},
-            "tls_certificate_sds_secret_configs": [
-                _sds_config(C2C_CERT_SECRET if c2c else ID_CERT_SECRET, instance.config_dir)
-            ],
+            "tls_certificate_sds_secret_configs": [_sds_config(C2C_CERT_SECRET if c2c else ID_CERT_SECRET, instance.config_dir)],
         }
         if self.enable_http2 and not c2c:
             common["alpn_protocols"] = [ALPN]
@@ -601,8 +598,10 @@ def _start_app(kind: AppKind, guid: str, ip: str, ports: Sequence[int], config_d
                 apps.append(H2cApp(guid, config_dir / f"h2c-{port}", host=ip, port=port))
             elif kind == "tcp-echo":
                 apps.append(TcpEchoApp(guid, host=ip, port=port))
+            elif kind == "envoy-http":
+                apps.append(EnvoyApp(guid, config_dir / f"envoy-app-{port}", host=ip, port=port))
             else:
-                raise ValueError(f"unknown app kind {kind!r} (http, h2c, tcp-echo)")
+                raise ValueError(f"unknown app kind {kind!r} (http, h2c, tcp-echo, envoy-http)")
     except BaseException:
         for started in apps:
             started.stop()
@@ -812,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.cell", description="Run a Diego cell double for a demo.")
     parser.add_argument("--dir", type=Path, required=True, help="working directory (PKI, Envoy configs, logs)")
     parser.add_argument("--instances", type=int, default=1)
-    parser.add_argument("--app", choices=["http", "h2c", "tcp-echo"], default="http")
+    parser.add_argument("--app", choices=["http", "h2c", "tcp-echo", "envoy-http"], default="http")
     args = parser.parse_args(argv)
     pki = CellPKI.generate(args.dir / "pki")
     assert pki.router_client is not None

@@ -3,6 +3,8 @@ reachable through the router while renewed, gone when deregistered or no longer 
 
 from __future__ import annotations
 
+import requests
+
 from devtools.apps import AppInstance
 from devtools.tier import Tier, wait_until
 
@@ -14,6 +16,10 @@ def test_registered_platform_route_serves_then_expires(tier: Tier, apps, unique)
     registration = {"host": host, "address": "127.0.0.1", "port": vm.port, "source": "api/0", "ttl_seconds": 2}
     assert tier.register([registration]).status_code == 200
     wait_until(lambda: tier.get(host).text.strip() == f"{unique}-api-vm", message="the platform route")
+    # A platform component is no app instance: no X-CF-InstanceID / Index, not even empty, and a client's are dropped.
+    sent = {"X-CF-InstanceID": "spoofed", "X-CF-InstanceIndex": "7"}
+    seen = requests.get(f"{tier.router_url}/headers", headers={"Host": host, **sent}, timeout=5).json()
+    assert {k: v for k, v in seen.items() if k.startswith("x-cf-instance")} == {}
     # Not renewed: it expires.
     wait_until(lambda: tier.get(host).status_code == 404, timeout=15, message="the registration to expire")
 

@@ -262,6 +262,7 @@ def test_pilot_flags_and_env(pki, tmp_path):
     assert process["env"] == {
         "ENABLE_CA_SERVER": "false", "XDS_AUTH": "true", "PILOT_ENABLE_XDS_IDENTITY_CHECK": "false",
         "PILOT_ENABLE_ALPN_FILTER": "false", "PILOT_ENABLE_METADATA_EXCHANGE": "false",
+        "PILOT_ENABLE_TELEMETRY_LABEL": "false", "PILOT_ENDPOINT_TELEMETRY_LABEL": "false",
         "POD_NAMESPACE": "istio-system", "PILOT_DEBOUNCE_AFTER": "100ms", "PILOT_DEBOUNCE_MAX": "10s",
     }
     assert process["hooks"]["pre_start"] == "/var/vcap/jobs/pilot-discovery/bin/wait-for-copilot"

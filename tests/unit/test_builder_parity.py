@@ -3,6 +3,8 @@ cf-router EnvoyFilter, per-instance endpoint labels and routes, HTTP/2 subsets a
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from google.protobuf import json_format
 
@@ -25,7 +27,7 @@ from copilot.istio.builder import (
     tcp_object_names,
     tcp_service_host,
 )
-from copilot.istio.router_filter import sticky_lua
+from copilot.istio.router_filter import CLIENT_HEADERS_DROPPED, session_cookie_regex
 from copilot.model import Backend, Destination
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.routing_table import HostRoutes, TcpPortRoutes
@@ -115,7 +117,7 @@ def test_router_objects_answer_unknown_routes_and_carry_the_router_filter() -> N
     assert tls["auto_host_sni"] is True and tls["auto_sni_san_validation"] is True
     upstream = patches[0]["patch"]["value"]["typed_config"]["upstream_http_filters"]
     assert [f["name"] for f in upstream] == [
-        "envoy.filters.http.header_mutation", "cf.instance_headers", "envoy.filters.http.upstream_codec",
+        "envoy.filters.http.header_mutation", "envoy.filters.http.upstream_codec",
     ]
     assert patches[1]["patch"]["value"]["name"] == "envoy.filters.http.stateful_session"
 
@@ -124,11 +126,25 @@ def test_router_objects_answer_unknown_routes_and_carry_the_router_filter() -> N
     set_headers = {m["append"]["header"]["key"]: m["append"]["header"]["value"] for m in mutations if "append" in m}
     assert set_headers["x-vcap-request-id"] == "%REQ(x-request-id)%"  # gorouter's request id, Envoy's x-request-id
     assert set_headers["x-request-start"] == "%START_TIME(%s%3f)%"  # epoch milliseconds, as gorouter sends it
-    assert {"remove": "x-cf-upstream-workload"} in mutations  # a client's value never reaches the instance headers
-    session = patches[1]["patch"]["value"]["typed_config"]["session_state"]["typed_config"]["cookie"]
+    # the instance headers come from the picked endpoint's metadata, after a client's values are dropped
+    assert set_headers["x-cf-instanceid"] == "%UPSTREAM_METADATA(copilot.cloudfoundry.org:instance-id)%"
+    assert set_headers["x-cf-instanceindex"] == "%UPSTREAM_METADATA(copilot.cloudfoundry.org:instance-index)%"
+    order = [m.get("remove") or m["append"]["header"]["key"] for m in mutations]
+    assert order.index("x-cf-instanceid") < order.index("x-cf-instanceid", order.index("x-cf-instanceid") + 1)
+    wrapped = patches[1]["patch"]["value"]["typed_config"]
+    session = wrapped["extension_config"]["typed_config"]["session_state"]["typed_config"]["cookie"]
     assert session == {"name": "__VCAP_ID__", "path": "/"}  # the instance a sticky session goes back to
-    sticky = patches[2]["patch"]["value"]["typed_config"]["default_source_code"]["inline_string"]
-    assert sticky == sticky_lua(SETTINGS.sticky_session_cookies) and '["JSESSIONID"] = true' in sticky
+    [matcher] = wrapped["xds_matcher"]["matcher_list"]["matchers"]
+    assert matcher["on_match"]["action"]["typed_config"]["@type"].endswith("SkipFilter")
+    request, response = (p["not_matcher"]["single_predicate"] for p in matcher["predicate"]["and_matcher"]["predicate"])
+    # skipped only when neither the request carried a session cookie nor the response sets one
+    assert (request["input"]["typed_config"]["header_name"], request["value_match"]["safe_regex"]["regex"]) == (
+        "cookie", r"(.*[;,])?\s*(JSESSIONID)=.*")
+    assert (response["input"]["typed_config"]["header_name"], response["value_match"]["safe_regex"]["regex"]) == (
+        "set-cookie", r"(.*[,])?\s*(JSESSIONID)=.*")
+    dropped = patches[2]["patch"]["value"]["typed_config"]["mutations"]["request_mutations"]
+    assert [m["remove"] for m in dropped] == list(CLIENT_HEADERS_DROPPED)
+    assert "x-cf-applicationid" in CLIENT_HEADERS_DROPPED  # only the route sets it
     mappers = patches[3]["patch"]["value"]["typed_config"]["local_reply_config"]["mappers"]
     assert {
         flag: m["headers_to_add"][0]["header"]["value"] for m in mappers for flag in m["filter"]["response_flag_filter"]["flags"]
@@ -138,10 +154,18 @@ def test_router_objects_answer_unknown_routes_and_carry_the_router_filter() -> N
 
 
 def test_sticky_cookie_names_are_checked() -> None:
-    assert '["JSESSIONID"] = true, ["SESSION"] = true' in sticky_lua(("JSESSIONID", "SESSION"))
+    regex = session_cookie_regex(("JSESSIONID", "my.session"), ";,")
+    assert regex == r"(.*[;,])?\s*(JSESSIONID|my\.session)=.*"
+    # Envoy matches the whole header value
+    assert re.fullmatch(regex, "a=1; my.session=x") and re.fullmatch(regex, "JSESSIONID=1")
+    assert re.fullmatch(regex, "a=1,JSESSIONID=2; b=3")
+    assert not re.fullmatch(regex, "a=1; myXsession=x") and not re.fullmatch(regex, "XJSESSIONID=1")
+    assert not re.fullmatch(regex, "a=JSESSIONID=1")
     for bad in ('a"b', "a b", "__VCAP_ID__", ""):
         with pytest.raises(ValueError):
-            sticky_lua((bad,))
+            session_cookie_regex((bad,), ",")
+    with pytest.raises(ValueError):
+        session_cookie_regex((), ",")
 
 
 def test_app_instances_get_identity_labels_and_the_app_id_header() -> None:

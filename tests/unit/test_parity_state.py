@@ -84,9 +84,11 @@ def test_gateway_https_and_parity_settings() -> None:
     )
     assert list(servers["https-cert-api"].hosts) == ["api.example.com"]
     patches = json_format.MessageToDict(build_router_objects(gateway)[2].spec)["configPatches"]
-    [sticky] = [p["patch"]["value"] for p in patches if p["patch"]["value"].get("name") == "cf.sticky_sessions"]
-    lua = sticky["typed_config"]["default_source_code"]["inline_string"]
-    assert 'local SESSION_COOKIES = {["JSESSIONID"] = true, ["SESSION"] = true}' in lua  # both make a session sticky
+    [sticky] = [p["patch"]["value"] for p in patches if p["patch"]["value"].get("name") == "envoy.filters.http.stateful_session"]
+    [matcher] = sticky["typed_config"]["xds_matcher"]["matcher_list"]["matchers"]
+    regexes = [p["not_matcher"]["single_predicate"]["value_match"]["safe_regex"]["regex"]
+               for p in matcher["predicate"]["and_matcher"]["predicate"]]
+    assert all("(JSESSIONID|SESSION)=" in r for r in regexes)  # both make a session sticky
     defaults = parse({}).gateway
     assert (defaults.https_port, defaults.certificates, defaults.instance_routing) == (0, (), False)
     assert defaults.sticky_session_cookies == ("JSESSIONID",)

@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 from copilot import invalid_input
 from copilot.istio import router_filter
 from copilot.istio.kinds import DESTINATION_RULE, GATEWAY, SERVICE_ENTRY, VIRTUAL_SERVICE, IstioObject
-from copilot.istio.router_filter import IDENTITY_SERVICE_PORT, build_router_filter
+from copilot.istio.router_filter import (
+    ENDPOINT_METADATA,
+    IDENTITY_SERVICE_PORT,
+    INSTANCE_ID_KEY,
+    INSTANCE_INDEX_KEY,
+    build_router_filter,
+)
 from copilot.istio.shards import DEFAULT_SHARDS, SHARD_LABEL, RouterShard, suffix
 from copilot.model import Backend, Destination, InvalidRoute, normalize_hostname, normalize_weights, validate_ip
 from copilot.protos import istio_networking_pb2 as pb
@@ -35,16 +41,17 @@ SERVICE_PORT = 8080
 SERVICE_PORT_NAME = "http"
 # istiod (with the change scripts/build-go-tools makes) copies this endpoint label into the Envoy
 # endpoint's hostname, which the router uses as SNI and as the SAN the instance's certificate must name.
-TLS_HOSTNAME_LABEL = "copilot.cloudfoundry.org/tls-hostname"
+TLS_HOSTNAME_LABEL = f"{ENDPOINT_METADATA}/tls-hostname"
 # The SNI and SAN of identity-checked clusters until the router filter replaces both with the endpoint's
 # hostname: no certificate names it, so without the filter nothing is accepted (fail closed).
 IDENTITY_PLACEHOLDER_NAME = "instance-identity.copilot.invalid"
 SUBSET_LABEL = "cf-subset"
 INSTANCE_LABEL = "cf-instance"
-# istiod copies these endpoint labels into the endpoint's `istio.workload` metadata, which the router
-# filter turns into X-CF-InstanceID / X-CF-InstanceIndex (see router_filter.py).
-INSTANCE_GUID_LABEL = "service.istio.io/canonical-name"
-INSTANCE_INDEX_LABEL = "service.istio.io/canonical-revision"
+# istiod (with the change scripts/build-go-tools makes) copies these endpoint labels into the Envoy
+# endpoint's metadata (see router_filter.ENDPOINT_METADATA), from which the router filter sets
+# X-CF-InstanceID / X-CF-InstanceIndex on the request to the instance.
+INSTANCE_GUID_LABEL = f"{ENDPOINT_METADATA}/{INSTANCE_ID_KEY}"
+INSTANCE_INDEX_LABEL = f"{ENDPOINT_METADATA}/{INSTANCE_INDEX_KEY}"
 APP_INSTANCE_HEADER = "x-cf-app-instance"
 ROUTER_ERROR_HEADER = "X-Cf-Routererror"
 ROUTE_SERVICE_UNSUPPORTED = "route_service_unsupported"

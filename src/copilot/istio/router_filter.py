@@ -4,25 +4,23 @@ Everything else (routes, TLS, TCP, per-route headers, HTTP/2 upstreams) is plain
 VirtualService / DestinationRule / ServiceEntry. This filter adds, on the router's HTTP connection
 managers (context GATEWAY, selected by the Gateway's labels):
 
-1. Upstream HTTP filters on the router filter (`Router.upstream_http_filters`, run per attempt, after
-   the load balancer picked an instance, for every cluster):
-   - header_mutation: `X-Request-Start` (ms since the epoch at the request's start), `X-Vcap-Request-Id`
-     (Envoy's request id), and the picked endpoint's `istio.workload` metadata, which istiod writes as
-     `workload;namespace;canonical-name;canonical-revision;cluster` from the endpoint's labels. Copilot
-     labels each app instance's endpoint canonical-name = instance guid, canonical-revision = index;
-   - lua: turns that into `X-CF-InstanceID` and `X-CF-InstanceIndex` (client-sent values are dropped).
+1. An upstream header_mutation on the router filter (`Router.upstream_http_filters`, run per attempt,
+   after the load balancer picked an instance, for every cluster): `X-Request-Start` (ms since the
+   epoch at the request's start), `X-Vcap-Request-Id` (Envoy's request id), and `X-CF-InstanceID` /
+   `X-CF-InstanceIndex` from the picked endpoint's metadata (client-sent values are dropped first).
+   Copilot labels each app instance's endpoint `copilot.cloudfoundry.org/instance-id` and
+   `/instance-index`; istiod (with the change scripts/build-go-tools makes) copies labels under that
+   prefix into the endpoint's filter metadata namespace ENDPOINT_METADATA. No script runs per request.
    Route-level headers cannot do this: they are evaluated before an endpoint is chosen.
 2. Sticky sessions: Envoy's stateful_session filter with a `__VCAP_ID__` cookie naming the instance;
    requests carrying it go to that instance while it is in the cluster, else to another one (re-pinned).
-   A Lua filter (first in the chain, so it sees responses last) hands the cookie out only when the app
-   sets a session cookie (JSESSIONID by default) or the request carried one, as gorouter does.
+   A matcher around it (no script) skips it from the response on unless the request carried a session
+   cookie (JSESSIONID by default) or the response sets one, so the cookie is handed out only then, as
+   gorouter does.
 3. `X-Cf-Routererror` on the router's own 502/503/504 answers (the connection manager's local reply
    mappers, by response flag): `no_endpoints` or `endpoint_failure`, as gorouter names them.
 4. Route integrity per instance (CLUSTER patch on the clusters of IDENTITY_SERVICE_PORT): SNI from, and
    the certificate's SAN checked against, each endpoint's hostname (the instance guid).
-5. Route services (builder.py): the first Lua drops client-sent `x-cf-rs-route-*` headers (only
-   Copilot's routes tell the route-service proxy about a route), and the upstream header_mutation drops
-   `x-cf-rs-forwarded-proto` once the verified route has turned it into X-Forwarded-Proto.
 6. Trusted proxies (trusted_proxy_hops, e.g. a load balancer terminating TLS): the connection managers'
    xff_num_trusted_hops, so its X-Forwarded-Proto reaches the apps.
 7. HTTP/2 off (Http1Only, gorouter's router.enable_http2: false): the connection managers take HTTP/1.1
@@ -52,14 +50,18 @@ ROUTER_FILTER_NAME = "cf-router"
 # (builder.py). The filter finds their clusters by it and checks each instance's identity.
 IDENTITY_SERVICE_PORT = 8443
 STICKY_COOKIE = "__VCAP_ID__"
-# A cookie name is an RFC 6265 token; we also keep Lua-significant characters out.
+# A cookie name is an RFC 6265 token (it goes into the matcher's regex escaped).
 COOKIE_NAME_RE = re.compile(r"^[A-Za-z0-9!#$&'*+.^_`|~-]+$")
 
 _HCM = "envoy.filters.network.http_connection_manager"
 _HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _COOKIE_STATE = "type.googleapis.com/envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState"
 _ROUTER = "envoy.filters.http.router"
-_WORKLOAD_HEADER = "x-cf-upstream-workload"
+_HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
+# The endpoint metadata namespace istiod fills from endpoint labels under this prefix, and its keys.
+ENDPOINT_METADATA = "copilot.cloudfoundry.org"
+INSTANCE_ID_KEY = "instance-id"
+INSTANCE_INDEX_KEY = "instance-index"
 _DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 # Transport socket names of the HTTP/1.1-only TLS contexts: Envoy picks the socket by its type, and
 # each differs from istiod's (envoy.transport_sockets.tls) and from the other so a patch replaces it.
@@ -129,96 +131,78 @@ def _add_http1_only_tls(ef: pb.EnvoyFilter, http1: Http1Only) -> None:
             patch=pb.EnvoyFilter.Patch(operation=pb.EnvoyFilter.Patch.MERGE, value=_struct({"transport_socket": socket})),
         )
 
-_UPSTREAM_LUA = f"""-- X-CF-InstanceID / X-CF-InstanceIndex of the instance this attempt goes to (cf-router EnvoyFilter)
-function envoy_on_request(handle)
-  local headers = handle:headers()
-  local workload = headers:get("{_WORKLOAD_HEADER}")
-  headers:remove("{_WORKLOAD_HEADER}")
-  headers:remove("x-cf-instanceid")
-  headers:remove("x-cf-instanceindex")
-  if workload == nil then
-    return
-  end
-  -- istiod: workload;namespace;canonical name (instance guid);canonical revision (index);cluster
-  local _, _, instance, index = string.match(workload, "^([^;]*);([^;]*);([^;]*);([^;]*)")
-  if index ~= nil and instance ~= "" and string.match(index, "^%d+$") then
-    headers:add("x-cf-instanceid", instance)
-    headers:add("x-cf-instanceindex", index)
-  end
-end
-"""
-
-_STICKY_LUA = """-- gorouter's sticky sessions: __VCAP_ID__ only beside a session cookie (cf-router EnvoyFilter)
-local SESSION_COOKIES = {%(names)s}
-local STICKY = "%(sticky)s"
-
-local function names_session_cookie(headers, header, pattern)
-  for i = 0, headers:getNumValues(header) - 1 do
-    for name in string.gmatch(headers:getAtIndex(header, i), pattern) do
-      if SESSION_COOKIES[name] then
-        return true
-      end
-    end
-  end
-  return false
-end
-
-function envoy_on_request(handle)
-  local headers = handle:headers()
-  -- Only the router sets X-CF-ApplicationID (per route); drop what a client sent.
-  headers:remove("x-cf-applicationid")
-  -- Only Copilot's routes tell the route-service proxy about a route; drop what a client sent.
-  headers:remove("x-cf-rs-route-host")
-  headers:remove("x-cf-rs-route-path")
-  headers:remove("x-cf-rs-route-service-url")
-  headers:remove("x-cf-rs-route-excluded-paths")
-  headers:remove("x-cf-rs-route-service-internal")
-  headers:remove("x-cf-rs-local-token")
-  if names_session_cookie(headers, "cookie", "([^=;%%s]+)=") then
-    handle:streamInfo():dynamicMetadata():set("cf.sticky", "session", "1")
-  end
-end
-
-function envoy_on_response(handle)
-  local headers = handle:headers()
-  local count = headers:getNumValues("set-cookie")
-  if count == 0 then
-    return
-  end
-  local keep, sticky, session = {}, false, false
-  for i = 0, count - 1 do
-    local value = headers:getAtIndex("set-cookie", i)
-    local name = string.match(value, "^%%s*([^=;%%s]+)=")
-    if name == STICKY then
-      sticky = true
-    else
-      if name ~= nil and SESSION_COOKIES[name] then
-        session = true
-      end
-      table.insert(keep, value)
-    end
-  end
-  if not sticky or session then
-    return
-  end
-  local metadata = handle:streamInfo():dynamicMetadata():get("cf.sticky")
-  if metadata ~= nil and metadata["session"] ~= nil then
-    return
-  end
-  headers:remove("set-cookie")
-  for _, value in ipairs(keep) do
-    headers:add("set-cookie", value)
-  end
-end
-"""
+# Headers only the router or Copilot's routes may set: dropped from what a client sent, before routing
+# (X-CF-ApplicationID is set per route; the x-cf-rs-* ones tell the route-service proxy about a route).
+CLIENT_HEADERS_DROPPED = (
+    "x-cf-applicationid",
+    "x-cf-rs-route-host",
+    "x-cf-rs-route-path",
+    "x-cf-rs-route-service-url",
+    "x-cf-rs-route-excluded-paths",
+    "x-cf-rs-route-service-internal",
+    "x-cf-rs-local-token",
+)
+_MATCH_INPUT = "type.googleapis.com/envoy.type.matcher.v3.Http{}HeaderMatchInput"
+_SKIP_FILTER = "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter"
 
 
-def sticky_lua(cookie_names: tuple[str, ...]) -> str:
+def session_cookie_regex(cookie_names: tuple[str, ...], separators: str) -> str:
+    """An RE2 regex matching a whole Cookie header (`separators` ";,": pairs, and headers joined by ",")
+    or all Set-Cookie values joined by "," (`separators` ","), when one of `cookie_names` is a cookie name
+    in it. Envoy's regex matchers match the whole value, hence the `.*` on both sides."""
     for name in cookie_names:
         if not COOKIE_NAME_RE.fullmatch(name) or name == STICKY_COOKIE:
             raise ValueError(f"{name!r} is not a usable session cookie name")
-    names = ", ".join(f'["{name}"] = true' for name in cookie_names)
-    return _STICKY_LUA % {"names": names, "sticky": STICKY_COOKIE}
+    if not cookie_names:
+        raise ValueError("at least one session cookie name is needed")
+    names = "|".join(re.escape(name) for name in cookie_names)
+    return f"(.*[{separators}])?\\s*({names})=.*"
+
+
+def _has(direction: str, header: str, regex: str) -> dict:
+    return {
+        "single_predicate": {
+            "input": {
+                "name": f"{direction.lower()}-{header}",
+                "typed_config": {"@type": _MATCH_INPUT.format(direction), "header_name": header},
+            },
+            "value_match": {"safe_regex": {"google_re2": {}, "regex": regex}},
+        }
+    }
+
+
+def sticky_sessions(cookie_names: tuple[str, ...]) -> dict:
+    """gorouter's sticky sessions without a script: Envoy's stateful_session filter (a `__VCAP_ID__`
+    cookie naming the instance) wrapped in a matcher that skips it, from the response on, unless the
+    request carried a session cookie or the response sets one. So a request with `__VCAP_ID__` still goes
+    to its instance, but the cookie is handed out (or renewed) only beside a session cookie."""
+    state = {
+        "name": "envoy.http.stateful_session.cookie",
+        "typed_config": {"@type": _COOKIE_STATE, "cookie": {"name": STICKY_COOKIE, "path": "/"}},
+    }
+    no_session = {
+        "and_matcher": {
+            "predicate": [
+                {"not_matcher": _has("Request", "cookie", session_cookie_regex(cookie_names, ";,"))},
+                {"not_matcher": _has("Response", "set-cookie", session_cookie_regex(cookie_names, ","))},
+            ]
+        }
+    }
+    skip = {"action": {"name": "skip", "typed_config": {"@type": _SKIP_FILTER}}}
+    return {
+        "name": "envoy.filters.http.stateful_session",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+            "extension_config": {
+                "name": "envoy.filters.http.stateful_session",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
+                    "session_state": state,
+                },
+            },
+            "xds_matcher": {"matcher_list": {"matchers": [{"predicate": no_session, "on_match": skip}]}},
+        },
+    }
 
 
 def _struct(value: dict) -> struct_pb2.Struct:
@@ -233,16 +217,6 @@ def _hcm_match(sub_filter: str | None = None) -> pb.EnvoyFilter.EnvoyConfigObjec
         hcm.sub_filter.name = sub_filter
     listener = pb.EnvoyFilter.ListenerMatch(filter_chain=pb.EnvoyFilter.ListenerMatch.FilterChainMatch(filter=hcm))
     return pb.EnvoyFilter.EnvoyConfigObjectMatch(context=pb.EnvoyFilter.GATEWAY, listener=listener)
-
-
-def _lua(name: str, source: str) -> dict:
-    return {
-        "name": name,
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-            "default_source_code": {"inline_string": source},
-        },
-    }
 
 
 def _set(header: str, value: str) -> dict:
@@ -261,20 +235,22 @@ def build_router_filter(
         {
             "name": "envoy.filters.http.header_mutation",
             "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                "@type": _HEADER_MUTATION,
                 "mutations": {
                     "request_mutations": [
-                        {"remove": _WORKLOAD_HEADER},
                         # The route-service proxy's X-Forwarded-Proto for the app's route: used, then dropped.
                         {"remove": "x-cf-rs-forwarded-proto"},
-                        _set(_WORKLOAD_HEADER, "%UPSTREAM_METADATA(istio:workload)%"),
+                        # Set from the instance's metadata, or absent (a platform route's backend has none).
+                        {"remove": "x-cf-instanceid"},
+                        {"remove": "x-cf-instanceindex"},
+                        _set("x-cf-instanceid", f"%UPSTREAM_METADATA({ENDPOINT_METADATA}:{INSTANCE_ID_KEY})%"),
+                        _set("x-cf-instanceindex", f"%UPSTREAM_METADATA({ENDPOINT_METADATA}:{INSTANCE_INDEX_KEY})%"),
                         _set("x-request-start", "%START_TIME(%s%3f)%"),
                         _set("x-vcap-request-id", "%REQ(x-request-id)%"),
                     ]
                 },
             },
         },
-        _lua("cf.instance_headers", _UPSTREAM_LUA),
         {
             "name": "envoy.filters.http.upstream_codec",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"},
@@ -300,19 +276,7 @@ def build_router_filter(
         match=_hcm_match(_ROUTER),
         patch=pb.EnvoyFilter.Patch(
             operation=pb.EnvoyFilter.Patch.INSERT_BEFORE,
-            value=_struct({
-                "name": "envoy.filters.http.stateful_session",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
-                    "session_state": {
-                        "name": "envoy.http.stateful_session.cookie",
-                        "typed_config": {
-                            "@type": _COOKIE_STATE,
-                            "cookie": {"name": STICKY_COOKIE, "path": "/"},
-                        },
-                    },
-                },
-            }),
+            value=_struct(sticky_sessions(sticky_cookie_names)),
         ),
     )
     ef.config_patches.add(
@@ -320,7 +284,13 @@ def build_router_filter(
         match=_hcm_match(),
         patch=pb.EnvoyFilter.Patch(
             operation=pb.EnvoyFilter.Patch.INSERT_FIRST,
-            value=_struct(_lua("cf.sticky_sessions", sticky_lua(sticky_cookie_names))),
+            value=_struct({
+                "name": "cf.client_headers",
+                "typed_config": {
+                    "@type": _HEADER_MUTATION,
+                    "mutations": {"request_mutations": [{"remove": h} for h in CLIENT_HEADERS_DROPPED]},
+                },
+            }),
         ),
     )
     hcm: dict = {"@type": _HCM_TYPE, "local_reply_config": {"mappers": _ROUTER_ERROR_MAPPERS}}

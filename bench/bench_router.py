@@ -1,0 +1,391 @@
+"""Router throughput through the tier as it ships: the release's rendered jobs with their default properties
+(manifests/local.yml, as `run-local` runs them: route integrity, the router's client certificate to v58 cell
+proxies), the access log on (pilot-discovery `access_log.file`, the jobs' default gorouter format), and app
+instances that answer by themselves (an Envoy direct response behind each v58 cell proxy), so the router is
+what is measured. Loopback only, bounded in time. Asserts nothing.
+
+    .venv/bin/python bench/bench_router.py [--routes 1 1000 10000] [--seconds 10] [--rounds 3]
+        [--connections 64] [--baseline REF...]
+
+For each number of routes (one DesiredLRP holding every route, two instances), wrk (Debian's `wrk`) sends
+requests spread over every route host for `--seconds`, once with keep-alive and once with a new connection
+per request, and prints per target the median over `--rounds` alternating runs of:
+- requests per second, p50 and p99 latency (wrk's);
+- the router's CPU time per request (utime + stime of the router's Envoy over the run / responses), which
+  does not depend on how fast the load generator or the backends are: the figure to compare;
+- the router's RSS.
+
+The router's Envoy runs on CPU 0, everything else (wrk, cell proxies, apps, istiod, Copilot) on CPU 1.
+Targets, measured in the same run so the machine's noise cancels in their ratios:
+- `tier`: this tree's router;
+- `minimal`: the same Envoy binary with a hand-written configuration (one listener, one route, one
+  cluster to the same two instances with the same TLS and identity check, no other filter, no access
+  log): what the generated configuration costs on top of Envoy itself;
+- each `--baseline REF`: the router of another commit (a git worktree of REF, started with this file's
+  `--serve` mode: REF's jobs, Copilot and manifests, this tree's devtools), to compare a change with the
+  previous commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, os.environ.get("BENCH_ROUTER_SRC", str(REPO / "src")))
+
+ROUTER_CPU, OTHERS_CPU = 0, 1
+PROCESS_GUID = "bench-app"
+INSTANCES = 2
+ROUTES_PER_ENTRY = 500  # hostnames per DesiredLRP route entry
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+READY_MARKER = "bench-router-ready "
+ROUTER_FILTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+ROUTER_FILTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+
+
+def host_name(i: int) -> str:
+    return f"r-{i}.apps.example.com"
+
+
+# ---------------------------------------------------------------------------------------------------- serving
+
+
+def serve(routes: int, workdir: Path, access_log: bool) -> None:
+    """Start a tier with `routes` routes and two instances; print one JSON line saying where its router is;
+    stop when stdin closes. Runs in the tree whose src/ is on sys.path (this tree, or --baseline's)."""
+    from devtools.tier import start_tier, wait_until
+    from local_tier import render
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    access_log_ops = workdir / "access-log.yml"
+    access_log_ops.write_text(
+        "- type: replace\n"
+        "  path: /instance_groups/name=local/jobs/name=pilot-discovery/properties/access_log?/file\n"
+        f"  value: {workdir / 'router-access.log'}\n"
+    )
+    tier = start_tier(workdir / "tier", test_certificates=False, ops_files=[access_log_ops] if access_log else [])
+    try:
+        hostnames = [host_name(i) for i in range(routes)]
+        entries = [{"hostnames": hostnames[i : i + ROUTES_PER_ENTRY], "port": 8080} for i in range(0, routes, ROUTES_PER_ENTRY)]
+        tier.bbs.desire_lrp(PROCESS_GUID, http_routes=entries, instances=INSTANCES)
+        instances = [
+            tier.start_instance(PROCESS_GUID, index, f"{PROCESS_GUID}-{index}", app="envoy-http") for index in range(INSTANCES)
+        ]
+        for host in {hostnames[0], hostnames[-1]}:
+            wait_until(lambda h=host: tier.get(h).status_code == 200, timeout=1800, message=f"{host} routed")
+        variables = render.variables(tier.layout)
+        print(
+            READY_MARKER
+            + json.dumps(
+                {
+                    "router_port": tier.http_port,
+                    "router_pid": tier.pid("istio-router-envoy"),
+                    "istiod_pid": tier.pid("pilot-discovery"),
+                    "clusters": tier.envoy.cluster_count(),
+                    "backends": [
+                        {"address": i.cell_ip, "port": i.net_info()["host_tls_proxy_port"], "guid": i.instance_guid}
+                        for i in instances
+                    ],
+                    "client_certificate": variables["gorouter_backend_tls"],
+                    "identity_ca": tier.extra["identity_ca"].cert_path.read_text(),
+                }
+            ),
+            flush=True,
+        )
+        sys.stdin.read()
+    finally:
+        tier.stop()
+
+
+@dataclass
+class Target:
+    """A router to send load to: its HTTP port, its Envoy's pid, and how to stop it."""
+
+    name: str
+    port: int
+    pid: int
+    stop: Callable[[], None]
+
+
+def _stopper(process: subprocess.Popen) -> Callable[[], None]:
+    def stop() -> None:
+        if process.poll() is None:
+            if process.stdin is not None:
+                process.stdin.close()  # serve() stops its tier when stdin closes
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    return stop
+
+
+def start_served(name: str, routes: int, workdir: Path, src: Path, access_log: bool) -> tuple[Target, dict]:
+    """Run `serve` in a child process with `src` as its code; return its router once it is routing."""
+    env = {**os.environ, "BENCH_ROUTER_SRC": str(src), "PYTHONPATH": str(src)}
+    argv = [sys.executable, str(Path(__file__).resolve()), "--serve", str(routes), "--workdir", str(workdir)]
+    argv.append("--access-log" if access_log else "--no-access-log")
+    log = (workdir.parent / f"{name}-serve.log").open("w")
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith(READY_MARKER):
+            break
+    else:
+        process.wait()
+        log.close()
+        tail = "\n".join(Path(log.name).read_text().splitlines()[-40:])
+        raise RuntimeError(f"{name}: the tier did not start:\n{tail}")
+    info = json.loads(line.removeprefix(READY_MARKER))
+    pin(info["router_pid"], ROUTER_CPU)
+    return Target(name, info["router_port"], info["router_pid"], _stopper(process)), info
+
+
+# ---------------------------------------------------------------------------------------------------- minimal
+
+
+def start_minimal(info: dict, workdir: Path) -> Target:
+    """The same Envoy with one listener, one route, one cluster to the tier's instances (TLS with the
+    router's client certificate, SNI and SAN = the instance guid, as route integrity checks it)."""
+    from devtools import peers
+    from devtools.ports import free_port, wait_for_port
+    from devtools.processes import ManagedProcess
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    cert, key, ca = workdir / "client.crt", workdir / "client.key", workdir / "identity-ca.crt"
+    cert.write_text(info["client_certificate"]["certificate"])
+    key.write_text(info["client_certificate"]["private_key"])
+    ca.write_text(info["identity_ca"])
+    port, admin = free_port(), free_port()
+    tls = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "auto_host_sni": True,
+            "auto_sni_san_validation": True,
+            "common_tls_context": {
+                "tls_certificates": [{"certificate_chain": {"filename": str(cert)}, "private_key": {"filename": str(key)}}],
+                "validation_context": {"trusted_ca": {"filename": str(ca)}},
+            },
+        },
+    }
+    endpoints = [
+        {
+            "endpoint": {
+                "address": {"socket_address": {"address": b["address"], "port_value": b["port"]}},
+                "hostname": b["guid"],
+            }
+        }
+        for b in info["backends"]
+    ]
+    cluster = {
+        "name": "app",
+        "type": "STATIC",
+        "connect_timeout": "5s",
+        "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": endpoints}]},
+        "transport_socket": tls,
+    }
+    route = {"match": {"prefix": "/"}, "route": {"cluster": "app"}}
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "minimal",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_FILTER}}],
+    }
+    config = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "http",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                    "filter_chains": [
+                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+                    ],
+                }
+            ],
+            "clusters": [cluster],
+        },
+    }
+    path = workdir / "envoy.json"
+    path.write_text(json.dumps(config))
+    argv = [str(peers.envoy()), "-c", str(path), "--disable-hot-restart", "--log-level", "error"]
+    process = ManagedProcess("minimal-envoy", argv, workdir / "envoy.log").start()
+    if not wait_for_port(port, timeout=30):
+        process.stop()
+        raise RuntimeError(f"the minimal Envoy did not start:\n{process.log_tail()}")
+    pid = process.proc.pid
+    pin(pid, ROUTER_CPU)
+    return Target("minimal", port, pid, process.stop)
+
+
+# ---------------------------------------------------------------------------------------------------- measuring
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Every thread of `pid` on `cpu` (threads Envoy starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), {cpu})
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+WRK_SCRIPT = """
+local hosts = tonumber(os.getenv("BENCH_HOSTS"))
+local close = os.getenv("BENCH_CLOSE") == "1"
+local i = 0
+request = function()
+  i = i % hosts
+  local headers = {Host = "r-" .. i .. ".apps.example.com"}
+  if close then headers["Connection"] = "close" end
+  i = i + 1
+  return wrk.format("GET", "/", headers)
+end
+"""
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_request: float
+    errors: int
+
+
+def run_wrk(target: Target, hosts: int, close: bool, seconds: int, connections: int, script: Path) -> Run:
+    env = {**os.environ, "BENCH_HOSTS": str(hosts), "BENCH_CLOSE": "1" if close else "0"}
+    argv = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", str(script)]
+    argv.append(f"http://127.0.0.1:{target.port}/")
+    cpu_before = cpu_seconds(target.pid)
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    cpu = cpu_seconds(target.pid) - cpu_before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+
+    def latency(percent: str) -> float:
+        value, unit = re.search(rf"^\s*{percent}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
+        return float(value) * _UNITS[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return Run(rps, latency("50"), latency("99"), cpu / max(requests, 1) * 1e6, errors)
+
+
+def measure(targets: list[Target], hosts: int, args: argparse.Namespace, script: Path) -> None:
+    for close in (False, True):
+        mode = "new connection per request" if close else f"keep-alive, {args.connections} connections"
+        print(f"  {mode}:", flush=True)
+        runs: dict[str, list[Run]] = {t.name: [] for t in targets}
+        for _ in range(args.rounds):
+            for target in targets:
+                # minimal has one route: every host name reaches it, as every route reaches the tier's app.
+                runs[target.name].append(run_wrk(target, hosts, close, args.seconds, args.connections, script))
+        base = statistics.median(r.cpu_us_per_request for r in runs[targets[0].name])
+        for target in targets:
+            rs = runs[target.name]
+            cpu = statistics.median(r.cpu_us_per_request for r in rs)
+            errors = sum(r.errors for r in rs)
+            print(
+                f"    {target.name:>12}: {statistics.median(r.rps for r in rs):9.0f} req/s"
+                f"  p50 {statistics.median(r.p50_ms for r in rs):6.2f} ms  p99 {statistics.median(r.p99_ms for r in rs):6.2f} ms"
+                f"  router CPU {cpu:6.1f} us/request ({base / cpu:4.2f}x {targets[0].name}'s requests per CPU second)"
+                f"  RSS {rss_mib(target.pid):6.0f} MiB" + (f"  ERRORS {errors}" if errors else ""),
+                flush=True,
+            )
+
+
+def baseline_tree(ref: str, tree: Path) -> Path:
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), ref], check=True, capture_output=True)
+    (tree / ".venv").symlink_to(REPO / ".venv")
+    # The measuring apparatus (cells, apps, tier start-up) is this tree's, the product measured is REF's.
+    shutil.rmtree(tree / "src" / "devtools")
+    shutil.copytree(REPO / "src" / "devtools", tree / "src" / "devtools", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([str(tree / "scripts" / "gen-protos")], check=True, capture_output=True, cwd=tree)
+    return tree
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--routes", type=int, nargs="+", default=[1, 1000, 10000])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--baseline", metavar="REF", nargs="+", default=[], help="also measure the routers of these commits")
+    parser.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the routers write gorouter's access log to a file (default: on, as gorouter always does)",
+    )
+    parser.add_argument("--serve", type=int, metavar="ROUTES", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help="keep every tier's files and logs here (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    if args.serve is not None:
+        serve(args.serve, args.workdir, args.access_log)
+        return 0
+    if shutil.which("wrk") is None:
+        print("bench_router needs wrk: sudo apt-get install -y wrk", file=sys.stderr)
+        return 1
+    if os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
+        print("bench_router needs two CPUs (the router on one, the rest on the other)", file=sys.stderr)
+        return 1
+    os.sched_setaffinity(0, {OTHERS_CPU})  # inherited by every process started from here
+    with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
+        workdir = args.workdir.resolve() if args.workdir else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        script = workdir / "hosts.lua"
+        script.write_text(WRK_SCRIPT)
+        baselines = {ref: baseline_tree(ref, workdir / f"baseline-tree-{n}") for n, ref in enumerate(args.baseline)}
+        try:
+            for routes in args.routes:
+                started = time.monotonic()
+                targets: list[Target] = []
+                try:
+                    tier, info = start_served("tier", routes, workdir / f"tier-{routes}", REPO / "src", args.access_log)
+                    targets.append(tier)
+                    for n, (ref, tree) in enumerate(baselines.items()):
+                        targets.append(
+                            start_served(ref, routes, workdir / f"baseline-{n}-{routes}", tree / "src", args.access_log)[0]
+                        )
+                    targets.append(start_minimal(info, workdir / f"minimal-{routes}"))
+                    print(
+                        f"{routes} routes x {INSTANCES} instances ({info['clusters']} router clusters), ready in"
+                        f" {time.monotonic() - started:.0f} s; istiod RSS {rss_mib(info['istiod_pid']):.0f} MiB",
+                        flush=True,
+                    )
+                    measure(targets, routes, args, script)
+                finally:
+                    for target in targets:
+                        target.stop()
+        finally:
+            for tree in baselines.values():
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
