@@ -9,7 +9,8 @@ what is measured. Loopback only, bounded in time. Asserts nothing.
 
 For each number of routes (one DesiredLRP holding every route, two instances), wrk (Debian's `wrk`) sends
 requests spread over every route host for `--seconds`, once with keep-alive and once with a new connection
-per request, and prints per target the median over `--rounds` alternating runs of:
+per request, and prints per target, after one warm-up run (the router opens its upstream connections,
+a TLS handshake each, per cluster and worker), the median over `--rounds` alternating runs of:
 - requests per second, p50 and p99 latency (wrk's);
 - the router's CPU time per request (utime + stime of the router's Envoy over the run / responses), which
   does not depend on how fast the load generator or the backends are: the figure to compare;
@@ -22,8 +23,8 @@ Targets, measured in the same run so the machine's noise cancels in their ratios
   cluster to the same two instances with the same TLS and identity check, no other filter, no access
   log): what the generated configuration costs on top of Envoy itself;
 - each `--baseline REF`: the router of another commit (a git worktree of REF, started with this file's
-  `--serve` mode: REF's jobs, Copilot and manifests, this tree's devtools), to compare a change with the
-  previous commit.
+  `--serve` mode: REF's jobs, manifests and Copilot, this tree's devtools, local_tier, bbs_double and
+  bosh_render), to compare a change with the previous commit.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, os.environ.get("BENCH_ROUTER_SRC", str(REPO / "src")))
 
 ROUTER_CPU, OTHERS_CPU = 0, 1
+APPARATUS = ("devtools", "local_tier", "bbs_double", "bosh_render")
 PROCESS_GUID = "bench-app"
 INSTANCES = 2
 ROUTES_PER_ENTRY = 500  # hostnames per DesiredLRP route entry
@@ -300,6 +302,8 @@ def measure(targets: list[Target], hosts: int, args: argparse.Namespace, script:
         mode = "new connection per request" if close else f"keep-alive, {args.connections} connections"
         print(f"  {mode}:", flush=True)
         runs: dict[str, list[Run]] = {t.name: [] for t in targets}
+        for target in targets:  # warm-up, not counted: upstream connections (a TLS handshake each) opened
+            run_wrk(target, hosts, close, args.seconds, args.connections, script)
         for _ in range(args.rounds):
             for target in targets:
                 # minimal has one route: every host name reaches it, as every route reaches the tier's app.
@@ -321,9 +325,11 @@ def measure(targets: list[Target], hosts: int, args: argparse.Namespace, script:
 def baseline_tree(ref: str, tree: Path) -> Path:
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), ref], check=True, capture_output=True)
     (tree / ".venv").symlink_to(REPO / ".venv")
-    # The measuring apparatus (cells, apps, tier start-up) is this tree's, the product measured is REF's.
-    shutil.rmtree(tree / "src" / "devtools")
-    shutil.copytree(REPO / "src" / "devtools", tree / "src" / "devtools", ignore=shutil.ignore_patterns("__pycache__"))
+    # The measuring apparatus (cells, apps, the BBS double, rendering and starting the tier) is this tree's;
+    # the product measured (jobs, manifests, Copilot, the router's programs) is REF's.
+    for apparatus in APPARATUS:
+        shutil.rmtree(tree / "src" / apparatus, ignore_errors=True)
+        shutil.copytree(REPO / "src" / apparatus, tree / "src" / apparatus, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([str(tree / "scripts" / "gen-protos")], check=True, capture_output=True, cwd=tree)
     return tree
 
