@@ -148,17 +148,9 @@ def _address(data: dict, name: str) -> tuple[str, int]:
 def _loopback(data: dict, name: str) -> tuple[str, int]:
     """host:port on a loopback address: the proxy trusts the route headers it is sent only because
     nothing but the router's own Envoy can reach it."""
-    value = data.get(name)
-    if not isinstance(value, str):
+    if not isinstance(data.get(name), str):
         raise ConfigError(f"{name}: is required (host:port)")
-    host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{name}: {value!r} must be host:port")
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ConfigError(f"{name}: {value!r} must be a loopback address")
-    return host, int(port)
+    host, port = _address(data, name)
+    if not ipaddress.ip_address(host).is_loopback:
+        raise ConfigError(f"{name}: {data[name]!r} must be a loopback address")
+    return host, port
