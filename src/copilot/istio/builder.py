@@ -1,7 +1,9 @@
 """Pure functions from routing state to Istio objects: the router's Gateway (HTTP, and HTTPS with a
 certificate per SNI name), a catch-all VirtualService answering unknown routes, the gorouter
 compatibility EnvoyFilter (router_filter.py); per host a VirtualService, a DestinationRule (a subset per
-process and port, and one per app instance) and a ServiceEntry with STATIC endpoints; per router TCP
+process and port when the host has several, none when its routes all go to one process, whose
+endpoints are then the host's default cluster; and one per app instance with instance routing) and a
+ServiceEntry with STATIC endpoints; per router TCP
 port a Gateway, a VirtualService and a ServiceEntry.
 
 Names are derived from the host (or port), so two Copilots fed the same state emit identical config.
@@ -290,6 +292,8 @@ def _add_route_service_routes(
     excluded: list[str],
     svc: str,
     port: int,
+    *,
+    subsets: bool = True,
 ) -> None:
     """gorouter's route service protocol for one route (host + context path), in three parts:
 
@@ -322,7 +326,7 @@ def _add_route_service_routes(
         match = verified.match.add(gateways=[internal])
         if uri is not None:
             match.uri.CopyFrom(uri)
-    _add_route_targets(verified, settings, destinations, svc, port)
+    _add_route_targets(verified, settings, destinations, svc, port, subsets=subsets)
     # Envoy's loopback listener would say "http"; the proxy passes on what the router saw.
     verified.headers.request.set["x-forwarded-proto"] = f"%REQ({ROUTE_SERVICE_FORWARDED_PROTO_HEADER})%"
 
@@ -364,6 +368,10 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
     svc = service_host(host)
     name = f"{settings.namespace}/{object_name(host)}"
     port = IDENTITY_SERVICE_PORT if any(_integrity(settings, d) for d in _unique_destinations(routes)) else SERVICE_PORT
+    # One process (and port) behind every route of the host: its endpoints are exactly the host's, so the
+    # routes use the host's default cluster and the DestinationRule has no process subset (one Envoy
+    # cluster per host instead of two). Several processes (weighted routing) get a subset each.
+    subsets = len({subset_name(d.process_guid, d.container_port) for d in _unique_destinations(routes)}) > 1
 
     vs = pb.VirtualService(hosts=[host], gateways=[settings.ref])
     route_services = settings.route_services
@@ -377,7 +385,9 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
             # The longer context paths under this one are other routes: a signature for them is not this route's.
             excluded = sorted(p for p in routes.paths if p != path and (not path or p.startswith(path + "/")))
             if route_services is not None and _route_service_ok(path, _route_service_url(destinations), excluded):
-                _add_route_service_routes(vs, settings, route_services, host, path, destinations, excluded, svc, port)
+                _add_route_service_routes(
+                    vs, settings, route_services, host, path, destinations, excluded, svc, port, subsets=subsets
+                )
             else:
                 _add_route_service_refusal(vs, path, path_matches)
             continue
@@ -387,7 +397,7 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         for uri in path_matches:
             if uri is not None:
                 route.match.add(uri=uri)
-        _add_route_targets(route, settings, destinations, svc, port)
+        _add_route_targets(route, settings, destinations, svc, port, subsets=subsets)
     if "" not in routes.paths:
         # The host is known but not this path: gorouter's unknown route.
         _unknown_route(vs.http.add(name="unknown-route"), 404, "404 Not Found: Requested route does not exist.\n")
@@ -413,9 +423,15 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
         backends = _routable_backends(settings, dest)
         integrity = _integrity(settings, dest)
         policy = _traffic_policy(settings, dest, integrity)
-        entry = dr.subsets.add(name=subset, labels={SUBSET_LABEL: subset})
-        if policy is not None:
-            entry.traffic_policy.CopyFrom(policy)
+        if subsets:
+            entry = dr.subsets.add(name=subset, labels={SUBSET_LABEL: subset})
+            if policy is not None:
+                entry.traffic_policy.CopyFrom(policy)
+        elif policy is not None:
+            # The only process: its policy is the host's (the default cluster's), each part replacing
+            # what the DestinationRule set there (its outlier detection stays).
+            for part, value in policy.ListFields():
+                getattr(dr.traffic_policy, part.name).CopyFrom(value)
         for backend in backends:
             if not _endpoint_ok(backend.address, backend.tls_port if integrity else backend.port):
                 continue
@@ -445,12 +461,20 @@ def build_host(settings: GatewaySettings, routes: HostRoutes) -> list[IstioObjec
 
 
 def _add_route_targets(
-    route: pb.HTTPRoute, settings: GatewaySettings, destinations: list[Destination], svc: str, port: int
+    route: pb.HTTPRoute,
+    settings: GatewaySettings,
+    destinations: list[Destination],
+    svc: str,
+    port: int,
+    *,
+    subsets: bool = True,
 ) -> None:
-    """A route's destinations: a process subset each (weighted when several), with X-CF-ApplicationID."""
+    """A route's destinations: a process subset each (weighted when several), or the host's default
+    cluster when the host has one process (`subsets` False), with X-CF-ApplicationID."""
     targets = _route_targets(settings, destinations)
     for subset, dest, weight in targets:
-        target = route.route.add(destination=pb.Destination(host=svc, subset=subset, port=pb.PortSelector(number=port)))
+        destination = pb.Destination(host=svc, subset=subset if subsets else "", port=pb.PortSelector(number=port))
+        target = route.route.add(destination=destination)
         if len(targets) > 1:
             target.weight = weight
         if _HEADER_VALUE_RE.fullmatch(dest.app_guid):
