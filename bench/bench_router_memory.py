@@ -75,15 +75,15 @@ def _stats(tier: Tier, names: tuple[str, ...]) -> dict[str, int]:
 
 def read_state(tier: Tier) -> State:
     stats = _stats(tier, ("cluster_manager.active_clusters", "listener_manager.total_listeners_active", *MEMORY_STATS))
+    # Counted in the text: at 100,000 hosts the dump is hundreds of MB, parsing it would cost GBs here.
     dump = requests.get(
-        f"http://127.0.0.1:{tier.envoy.port}/config_dump", params={"resource": "dynamic_route_configs"}, timeout=300
-    ).json()
-    configs = [entry.get("route_config", {}) for entry in dump.get("configs", [])]
+        f"http://127.0.0.1:{tier.envoy.port}/config_dump", params={"resource": "dynamic_route_configs"}, timeout=600
+    ).text
     return State(
         clusters=stats["cluster_manager.active_clusters"],
         listeners=stats["listener_manager.total_listeners_active"],
-        route_configs=len(configs),
-        virtual_hosts=sum(len(config.get("virtual_hosts", [])) for config in configs),
+        route_configs=dump.count('"route_config":'),
+        virtual_hosts=dump.count('"domains":'),
         rss_mib={name: rss_mib(tier.pid(program)) for name, program in PROGRAMS.items()},
         tcmalloc_mib={name: stats[name] / 2**20 for name in MEMORY_STATS},
     )
