@@ -262,6 +262,8 @@ def test_pilot_flags_and_env(pki, tmp_path):
         "ENABLE_CA_SERVER": "false", "XDS_AUTH": "true", "PILOT_ENABLE_XDS_IDENTITY_CHECK": "false",
         "PILOT_ENABLE_ALPN_FILTER": "false", "PILOT_ENABLE_METADATA_EXCHANGE": "false",
         "POD_NAMESPACE": "istio-system", "PILOT_DEBOUNCE_AFTER": "100ms", "PILOT_DEBOUNCE_MAX": "10s",
+        # A router's EDS request names every cluster: 4 MiB (istiod's default) is too small at 100,000 hosts.
+        "ISTIO_GPRC_MAXRECVMSGSIZE": "33554432",
     }
     assert process["hooks"]["pre_start"] == "/var/vcap/jobs/pilot-discovery/bin/wait-for-copilot"
     properties, links = cases(pki)["pilot-discovery"]["custom"]
