@@ -196,6 +196,8 @@ def test_missing_required_property_fails_with_its_name(job, drop, missing, pki, 
     ("pilot-discovery", {}, {"copilot": {"mcp": {"listen_address": "127.0.0.1:1", "tls": {"cert": "C"}}}},
      "copilot_tls.ca_cert: required"),
     ("istio-router", {"sds": {"certificates": [{"name": "x"}]}}, {}, r"sds.certificates\[0\]: needs name, cert_chain"),
+    ("istio-router", {"stats": {"excluded_cluster_stats": [""]}}, {}, "stats.excluded_cluster_stats: must be a list"),
+    ("istio-router", {"memory": {"release_bytes_per_second": -1}}, {}, "memory.release_bytes_per_second: must be"),
 ])
 def test_invalid_combinations_fail_with_the_property_name(job, properties, links, message, pki, tmp_path):
     base, base_links = cases(pki)[job]["defaults"]
@@ -264,6 +266,8 @@ def test_pilot_flags_and_env(pki, tmp_path):
         "PILOT_ENABLE_ALPN_FILTER": "false", "PILOT_ENABLE_METADATA_EXCHANGE": "false",
         "PILOT_ENABLE_TELEMETRY_LABEL": "false", "PILOT_ENDPOINT_TELEMETRY_LABEL": "false",
         "POD_NAMESPACE": "istio-system", "PILOT_DEBOUNCE_AFTER": "100ms", "PILOT_DEBOUNCE_MAX": "10s",
+        # A router's EDS request names every cluster: 4 MiB (istiod's default) is too small at 100,000 hosts.
+        "ISTIO_GPRC_MAXRECVMSGSIZE": "33554432",
     }
     assert process["hooks"]["pre_start"] == "/var/vcap/jobs/pilot-discovery/bin/wait-for-copilot"
     properties, links = cases(pki)["pilot-discovery"]["custom"]
@@ -317,6 +321,35 @@ def test_router_bootstrap_node_and_xds_endpoints(pki, tmp_path):
     envoy = bpm["processes"][0]
     assert envoy["capabilities"] == ["NET_BIND_SERVICE"] and envoy["ephemeral_disk"] is True
     assert [p["name"] for p in bpm["processes"]] == ["envoy", "sds"]
+
+
+def test_router_keeps_fewer_statistics_for_istiods_clusters_and_gives_freed_memory_back(pki, tmp_path):
+    import re
+
+    links = {"pilot": secure_pilot_link(pki)}
+    bootstrap = json.loads(render("istio-router", {"pilot_tls": pilot_tls(pki)}, tmp_path / "a", links=links)[
+        "config/envoy.json"].read_text())
+    [pattern] = bootstrap["stats_config"]["stats_matcher"]["exclusion_list"]["patterns"]
+    excluded = re.compile(pattern["safe_regex"]["regex"])  # Envoy matches the whole name (RE2; this one is plain)
+    app = "cluster.outbound|8443||a.example.com;."
+    for name in ("circuit_breakers.default.cx_open", "lb_zone_routing_sampled", "ssl.ocsp_staple_requests",
+                 "outlier_detection.ejections_detected_consecutive_5xx", "upstream_cx_length_ms"):
+        assert excluded.fullmatch(app + name), name
+    for name in ("upstream_rq_total", "upstream_rq_503", "upstream_cx_connect_fail", "ssl.fail_verify_san",
+                 "outlier_detection.ejections_active", "outlier_detection.ejections_enforced_total",
+                 "update_rejected", "membership_healthy", "lb_healthy_panic"):
+        assert not excluded.fullmatch(app + name), name
+    assert not excluded.fullmatch("cluster.xds-grpc.circuit_breakers.default.cx_open")  # static clusters keep all
+    assert bootstrap["memory_allocator_manager"] == {"bytes_to_release": 104857600, "memory_release_interval": "1s"}
+    assert bootstrap["deferred_stat_options"] == {"enable_deferred_creation_stats": True}
+
+    props = {"pilot_tls": pilot_tls(pki), "stats": {"excluded_cluster_stats": []}, "memory": {"release_bytes_per_second": 0}}
+    bootstrap = json.loads(render("istio-router", props, tmp_path / "b", links=links)["config/envoy.json"].read_text())
+    assert bootstrap["stats_config"] == {"stats_matcher": {"reject_all": False}}
+    assert "memory_allocator_manager" not in bootstrap
+    props["stats"]["deferred_creation"] = False
+    bootstrap = json.loads(render("istio-router", props, tmp_path / "c", links=links)["config/envoy.json"].read_text())
+    assert bootstrap["deferred_stat_options"] == {"enable_deferred_creation_stats": False}
 
 
 def test_router_takes_namespace_and_labels_from_the_copilot_link_unless_set(pki, tmp_path):

@@ -248,17 +248,16 @@ INTEGRITY = GatewaySettings(
 )
 
 
-def test_route_integrity_is_one_subset_per_process_with_each_endpoint_named_by_its_guid() -> None:
+def test_route_integrity_is_one_cluster_per_host_with_each_endpoint_named_by_its_guid() -> None:
     # v58 cells: no plain host port, only the TLS proxy port (host_tls_proxy_port).
     routes = HostRoutes(
         "a.example.com",
         {"": [dest("web", 8080, 100, Backend("10.0.0.1", 0, 61010, "guid-b", 1), Backend("10.0.0.2", 0, 61020, "guid-a", 0))]},
     )
     vs, dr, se = (o.spec for o in build_host(INTEGRITY, routes))
-    [subset] = dr.subsets  # no cluster per instance
-    assert subset.name == subset_name("web", 8080)
-    assert dr.traffic_policy.tls == subset.traffic_policy.tls  # the host's default cluster too
-    tls = subset.traffic_policy.tls
+    # One process: no subset (no cluster per instance, nor per process): the host's default cluster.
+    assert list(dr.subsets) == []
+    tls = dr.traffic_policy.tls
     assert tls.mode == pb.ClientTLSSettings.MUTUAL
     assert (tls.client_certificate, tls.private_key) == ("/certs/backend-client.crt", "/certs/backend-client.key")
     assert tls.ca_certificates == "/certs/instance_identity_ca.crt"
@@ -269,8 +268,26 @@ def test_route_integrity_is_one_subset_per_process_with_each_endpoint_named_by_i
         (61010, "guid-b"), (61020, "guid-a"),
     ]
     assert [p.number for p in se.ports] == [IDENTITY_SERVICE_PORT]
-    assert [(r.destination.subset, r.destination.port.number) for r in vs.http[0].route] == [
-        (subset_name("web", 8080), IDENTITY_SERVICE_PORT),
+    assert [(r.destination.subset, r.destination.port.number) for r in vs.http[0].route] == [("", IDENTITY_SERVICE_PORT)]
+
+
+def test_route_integrity_with_several_processes_is_a_subset_each_with_the_identity_check() -> None:
+    routes = HostRoutes(
+        "a.example.com",
+        {
+            "": [
+                dest("blue", 8080, 1, Backend("10.0.0.1", 0, 61010, "guid-b", 0)),
+                dest("green", 8080, 3, Backend("10.0.0.2", 0, 61020, "guid-g", 0)),
+            ]
+        },
+    )
+    vs, dr, _ = (o.spec for o in build_host(INTEGRITY, routes))
+    assert [s.name for s in dr.subsets] == [subset_name("blue", 8080), subset_name("green", 8080)]
+    assert all(s.traffic_policy.tls == dr.traffic_policy.tls for s in dr.subsets)  # the default cluster too
+    assert list(dr.traffic_policy.tls.subject_alt_names) == [IDENTITY_PLACEHOLDER_NAME]
+    assert [(r.destination.subset, r.weight) for r in vs.http[0].route] == [
+        (subset_name("blue", 8080), 25),
+        (subset_name("green", 8080), 75),
     ]
 
 
@@ -297,7 +314,7 @@ def test_without_a_client_certificate_the_router_offers_none() -> None:
     settings = GatewaySettings(instance_identity_ca_file="/certs/ca.crt")
     routes = HostRoutes("a.example.com", {"": [dest("web", 8080, 100, Backend("10.0.0.1", 0, 61001, "guid-a", 0))]})
     _, dr, _ = (o.spec for o in build_host(settings, routes))
-    tls = dr.subsets[0].traffic_policy.tls
+    tls = dr.traffic_policy.tls
     assert tls.mode == pb.ClientTLSSettings.SIMPLE and not tls.client_certificate
 
 
@@ -328,4 +345,4 @@ def test_a_route_bound_to_a_route_service_is_refused_not_routed() -> None:
     assert dict(route.headers.response.set) == {"X-Cf-Routererror": "route_service_unsupported"}
     assert [(m.uri.exact, m.uri.prefix) for m in route.match] == [("/guarded", ""), ("", "/guarded/")]
     assert list(vs.gateways) == [SETTINGS.ref]
-    assert [d.destination.subset for d in vs.http[-1].route] == [subset_name("web", 8080)]  # "/" still served
+    assert [d.destination.host for d in vs.http[-1].route] == ["app.example.com"]  # "/" still served

@@ -178,7 +178,7 @@ def test_app_instances_get_identity_labels_and_the_app_id_header() -> None:
     ]
     [route] = vs.http
     assert dict(route.route[0].headers.request.set) == {"X-CF-ApplicationID": "app-guid"}
-    assert [s.name for s in dr.subsets] == [subset_name("web", 8080)]  # no per-instance subsets by default
+    assert list(dr.subsets) == []  # one process: its routes use the host's cluster; no per-instance subsets by default
     assert _reached(route.route[0].destination, dr, se) == ["10.0.0.1:61001", "10.0.0.2:61002"]
 
 
@@ -205,8 +205,8 @@ def test_instance_routing_adds_a_route_and_subset_per_instance() -> None:
     assert missing.direct_response.status == 400
     assert dict(missing.headers.response.set) == {"X-Cf-Routererror": "unknown_route"}
     assert vs.http[4].direct_response.status == 404  # no root route on this host
-    assert [s.name for s in dr.subsets] == [
-        subset_name("web", 8080), instance_subset_name("web", 8080, "guid-0"), instance_subset_name("web", 8080, "guid-1"),
+    assert [s.name for s in dr.subsets] == [  # the process itself is the host's cluster (one process)
+        instance_subset_name("web", 8080, "guid-0"), instance_subset_name("web", 8080, "guid-1"),
     ]
     assert se.endpoints[1].labels[INSTANCE_LABEL] == instance_subset_name("web", 8080, "guid-1")
 

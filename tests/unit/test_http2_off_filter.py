@@ -11,7 +11,7 @@ from google.protobuf import json_format
 
 from copilot.config import parse
 from copilot.istio import kinds
-from copilot.istio.builder import Certificate, GatewaySettings, build_host, build_router_objects, subset_name
+from copilot.istio.builder import Certificate, GatewaySettings, build_host, build_router_objects
 from copilot.istio.router_filter import HTTP1_TLS_SOCKET, HTTP1_TLS_SOCKET_BY_SNI, SDS_CLUSTER, file_cert_name
 from copilot.model import Backend, Destination
 from copilot.protos import istio_networking_pb2 as pb
@@ -81,7 +81,7 @@ def test_http2_off_reaches_http2_routes_over_http1() -> None:
     policies = {}
     for settings in (ON, OFF):
         dr = next(o.spec for o in build_host(settings, routes) if o.kind == kinds.DESTINATION_RULE)
-        [subset] = [s for s in dr.subsets if s.name == subset_name("h2", 8080)]
-        policies[settings.enable_http2] = subset.traffic_policy.connection_pool.http.h2_upgrade_policy
+        assert list(dr.subsets) == []  # one process: its policy is the host's default cluster's
+        policies[settings.enable_http2] = dr.traffic_policy.connection_pool.http.h2_upgrade_policy
     http = pb.ConnectionPoolSettings.HTTPSettings
     assert policies == {True: http.UPGRADE, False: http.DEFAULT}

@@ -16,7 +16,12 @@ from copilot.routing_table import HostRoutes, TcpPortRoutes
 
 def _routes() -> HostRoutes:
     backends = [Backend("10.0.0.1", 61001, 0, "w0", 0, "z1"), Backend("10.0.0.2", 61002, 0, "w1", 1, "z2")]
-    return HostRoutes("app.example.com", {"": [Destination("web", 8080, 100, "http1", backends)]})
+    canary = [Backend("10.0.0.3", 61003, 0, "c0", 0, "z1")]
+    # Two processes (weighted): a subset each, so the subsets' inheritance is seen.
+    return HostRoutes(
+        "app.example.com",
+        {"": [Destination("web", 8080, 90, "http1", backends), Destination("canary", 8080, 10, "http1", canary)]},
+    )
 
 
 def _dr(settings: GatewaySettings) -> pb.DestinationRule:
@@ -34,8 +39,9 @@ def test_default_ejects_after_three_local_failures_and_never_for_responses() -> 
     assert od.base_ejection_time.ToMilliseconds() == 30_000
     assert od.interval.ToMilliseconds() == 10_000
     assert (od.max_ejection_percent, od.min_health_percent) == (100, 1)
-    # Subsets set no outlier detection of their own, so istiod gives each subset cluster the rule's.
-    assert dr.subsets and not any(s.traffic_policy.HasField("outlier_detection") for s in dr.subsets)
+    # Subsets (a host with several processes) set no outlier detection of their own, so istiod gives
+    # each subset cluster the rule's.
+    assert len(dr.subsets) == 2 and not any(s.traffic_policy.HasField("outlier_detection") for s in dr.subsets)
 
 
 def test_subsets_with_their_own_policy_still_inherit_it() -> None:
@@ -46,7 +52,8 @@ def test_subsets_with_their_own_policy_still_inherit_it() -> None:
     )
     dr = next(o.spec for o in build_host(settings, routes) if o.kind == kinds.DESTINATION_RULE)
     assert dr.traffic_policy.HasField("outlier_detection")  # type: ignore[attr-defined]
-    assert len(dr.subsets) == 2  # type: ignore[attr-defined]
+    assert len(dr.subsets) == 1  # type: ignore[attr-defined]  # the instance's; the one process is the host's cluster
+    assert dr.traffic_policy.HasField("tls")  # type: ignore[attr-defined]
     for subset in dr.subsets:  # type: ignore[attr-defined]
         assert subset.traffic_policy.HasField("tls") and not subset.traffic_policy.HasField("outlier_detection")
 

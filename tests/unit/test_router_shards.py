@@ -11,6 +11,7 @@ from copilot import invalid_input
 from copilot.config import ConfigError, parse
 from copilot.istio import kinds
 from copilot.istio.builder import (
+    SUBSET_LABEL,
     GatewaySettings,
     RouteServiceSettings,
     build_host,
@@ -314,6 +315,7 @@ def test_publisher_deletes_the_virtual_services_a_host_no_longer_needs() -> None
 def test_destinations_no_shard_routes_are_left_out_of_the_host() -> None:
     routes = HostRoutes("part.example.com", {"": [dest("shared-app"), dest("elsewhere-app", "another-segment")]})
     vs, dr, se = build_host(SHARDED, routes)
-    assert [t.destination.subset for t in vs.spec.http[0].route] == [subset_name("shared-app", 8080)]
-    assert [s.name for s in dr.spec.subsets] == [subset_name("shared-app", 8080)]
-    assert len(se.spec.endpoints) == 1
+    # only the shared app is routed by any shard: one process, so the host's default cluster (no subset)
+    assert [t.destination.subset for t in vs.spec.http[0].route] == [""]
+    assert list(dr.spec.subsets) == []
+    assert len(se.spec.endpoints) == 1 and se.spec.endpoints[0].labels[SUBSET_LABEL] == subset_name("shared-app", 8080)

@@ -1,10 +1,11 @@
 """Pure functions from routing state to Istio objects: the router's Gateway (HTTP, and HTTPS with a
 certificate per SNI name), a catch-all VirtualService answering unknown routes, the gorouter
 compatibility EnvoyFilter (router_filter.py); per host a VirtualService, a DestinationRule (a subset per
-process and port, and one per app instance) and a ServiceEntry with STATIC endpoints; per router TCP
-port a Gateway, a VirtualService and a ServiceEntry. With router shards (shards.py) a Gateway per
-shard, and a host's VirtualService bound to the shards that route it (one per distinct subset of its
-destinations the shards route).
+process and port when the host has several, none when its routes all go to one process, whose
+endpoints are then the host's default cluster; and one per app instance with instance routing) and a
+ServiceEntry with STATIC endpoints; per router TCP port a Gateway, a VirtualService and a ServiceEntry.
+With router shards (shards.py) a Gateway per shard, and a host's VirtualService bound to the shards that
+route it (one per distinct subset of its destinations the shards route).
 
 Names are derived from the host (or port), so two Copilots fed the same state emit identical config.
 
@@ -373,6 +374,8 @@ def _add_route_service_routes(
     port: int,
     shards: tuple[int, ...] = (0,),
     service_is_ours: bool = False,
+    *,
+    subsets: bool = True,
 ) -> None:
     """gorouter's route service protocol for one route (host + context path), in three parts:
 
@@ -406,7 +409,7 @@ def _add_route_service_routes(
         match = verified.match.add(gateways=internal)
         if uri is not None:
             match.uri.CopyFrom(uri)
-    _add_route_targets(verified, settings, destinations, svc, port)
+    _add_route_targets(verified, settings, destinations, svc, port, subsets=subsets)
     # Envoy's loopback listener would say "http"; the proxy passes on what the router saw.
     verified.headers.request.set["x-forwarded-proto"] = f"%REQ({ROUTE_SERVICE_FORWARDED_PROTO_HEADER})%"
 
@@ -464,12 +467,16 @@ def build_host(
     if settings.sharded:  # the DestinationRule and ServiceEntry hold what some shard routes
         routes = HostRoutes(routes.host, _union(routes, [group for _, group in groups]))
     port = IDENTITY_SERVICE_PORT if any(_integrity(settings, d) for d in _unique_destinations(routes)) else SERVICE_PORT
+    # One process (and port) behind every route of the host: its endpoints are exactly the host's, so the
+    # routes use the host's default cluster and the DestinationRule has no process subset (one Envoy
+    # cluster per host instead of two). Several processes (weighted routing) get a subset each.
+    subsets = len({subset_name(d.process_guid, d.container_port) for d in _unique_destinations(routes)}) > 1
     objects = [
         IstioObject(VIRTUAL_SERVICE, name if i == 0 else _shard_virtual_service_name(settings, host, shards[0]),
-                    _virtual_service(settings, host, svc, port, group, shards, internal_route_service))
+                    _virtual_service(settings, host, svc, port, group, shards, internal_route_service, subsets=subsets))
         for i, (shards, group) in enumerate(groups)
     ]
-    return [*objects, *_destination_objects(settings, name, svc, port, routes)]
+    return [*objects, *_destination_objects(settings, name, svc, port, routes, subsets=subsets)]
 
 
 def shard_groups(settings: GatewaySettings, routes: HostRoutes) -> list[tuple[tuple[int, ...], HostRoutes]]:
@@ -516,6 +523,8 @@ def _virtual_service(
     routes: HostRoutes,
     shards: tuple[int, ...],
     internal_route_service: Callable[[str], bool] | None = None,
+    *,
+    subsets: bool = True,
 ) -> pb.VirtualService:
     vs = pb.VirtualService(hosts=[host], gateways=[settings.shard_ref(s) for s in shards])
     route_services = settings.route_services
@@ -532,7 +541,8 @@ def _virtual_service(
                 url = _route_service_url(destinations)
                 ours = bool(route_services.internal_lookup and internal_route_service and internal_route_service(url))
                 _add_route_service_routes(
-                    vs, settings, route_services, host, path, destinations, excluded, svc, port, shards, ours
+                    vs, settings, route_services, host, path, destinations, excluded, svc, port, shards, ours,
+                    subsets=subsets,
                 )
             else:
                 _add_route_service_refusal(vs, path, path_matches)
@@ -543,15 +553,18 @@ def _virtual_service(
         for uri in path_matches:
             if uri is not None:
                 route.match.add(uri=uri)
-        _add_route_targets(route, settings, destinations, svc, port)
+        _add_route_targets(route, settings, destinations, svc, port, subsets=subsets)
     if "" not in routes.paths:
         # The host is known but not this path: gorouter's unknown route.
         _unknown_route(vs.http.add(name="unknown-route"), 404, "404 Not Found: Requested route does not exist.\n")
     return vs
 
 
-def _destination_objects(settings: GatewaySettings, name: str, svc: str, port: int, routes: HostRoutes) -> list[IstioObject]:
-    """The host's DestinationRule (a subset per process and port) and ServiceEntry (the endpoints)."""
+def _destination_objects(
+    settings: GatewaySettings, name: str, svc: str, port: int, routes: HostRoutes, *, subsets: bool = True
+) -> list[IstioObject]:
+    """The host's DestinationRule (a subset per process and port, or with `subsets` False the only
+    process's policy on the host's default cluster) and ServiceEntry (the endpoints)."""
     dr = pb.DestinationRule(host=svc)
     _add_outlier_detection(settings, dr)  # every subset inherits it (none sets its own)
     if port == IDENTITY_SERVICE_PORT:
@@ -573,9 +586,15 @@ def _destination_objects(settings: GatewaySettings, name: str, svc: str, port: i
         backends = _routable_backends(settings, dest)
         integrity = _integrity(settings, dest)
         policy = _traffic_policy(settings, dest, integrity)
-        entry = dr.subsets.add(name=subset, labels={SUBSET_LABEL: subset})
-        if policy is not None:
-            entry.traffic_policy.CopyFrom(policy)
+        if subsets:
+            entry = dr.subsets.add(name=subset, labels={SUBSET_LABEL: subset})
+            if policy is not None:
+                entry.traffic_policy.CopyFrom(policy)
+        elif policy is not None:
+            # The only process: its policy is the host's (the default cluster's), each part replacing
+            # what the DestinationRule set there (its outlier detection stays).
+            for part, value in policy.ListFields():
+                getattr(dr.traffic_policy, part.name).CopyFrom(value)
         for backend in backends:
             if not _endpoint_ok(backend.address, backend.tls_port if integrity else backend.port):
                 continue
@@ -601,12 +620,20 @@ def _destination_objects(settings: GatewaySettings, name: str, svc: str, port: i
 
 
 def _add_route_targets(
-    route: pb.HTTPRoute, settings: GatewaySettings, destinations: list[Destination], svc: str, port: int
+    route: pb.HTTPRoute,
+    settings: GatewaySettings,
+    destinations: list[Destination],
+    svc: str,
+    port: int,
+    *,
+    subsets: bool = True,
 ) -> None:
-    """A route's destinations: a process subset each (weighted when several), with X-CF-ApplicationID."""
+    """A route's destinations: a process subset each (weighted when several), or the host's default
+    cluster when the host has one process (`subsets` False), with X-CF-ApplicationID."""
     targets = _route_targets(settings, destinations)
     for subset, dest, weight in targets:
-        target = route.route.add(destination=pb.Destination(host=svc, subset=subset, port=pb.PortSelector(number=port)))
+        destination = pb.Destination(host=svc, subset=subset if subsets else "", port=pb.PortSelector(number=port))
+        target = route.route.add(destination=destination)
         if len(targets) > 1:
             target.weight = weight
         if _HEADER_VALUE_RE.fullmatch(dest.app_guid):

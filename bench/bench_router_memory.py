@@ -1,0 +1,196 @@
+"""Router memory per route host through the real tier as it ships: the release's rendered jobs with their
+default properties (manifests/local.yml: route integrity with the router's client certificate, v58 cell
+proxies), as bench_convergence.py starts them. Prints figures; asserts nothing.
+
+    .venv/bin/python bench/bench_router_memory.py [--routes 10000] [--ops-file FILE ...] [--settle 30] [--late 300]
+
+With the tier up and no app routes, the router's state is read ("before"); then N route hosts arrive
+from BBS as DesiredLRPs of ROUTES_PER_LRP hostnames each, with 2 instances per LRP (every host gets its
+own ServiceEntry with 2 endpoints, its VirtualService and DestinationRule, as with one app per host),
+plus one route whose 2 instances are real (behind v58 cell proxies): once it answers 200 through the
+router, the router holds every route. Then the N hosts are removed (BBS events) and, once the router
+answers 404 for them, the state is read again after `--settle` seconds and once more `--late` seconds
+after that, so one sees whether memory comes back. For each state: Envoy's clusters, listeners, route
+configurations and virtual hosts (admin API), its RSS and tcmalloc's allocated / heap figures, istiod's
+and Copilot's RSS. KiB per route host is
+(Envoy RSS with the routes - before) / N. `--ops-file` applies an ops-file on top (to measure a lever
+without changing a default). Loopback only; the background instances' addresses are never connected to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from bbs_double.server import BBSDouble  # noqa: E402
+from devtools.cell import CellInstance  # noqa: E402
+from devtools.ports import free_port  # noqa: E402
+from devtools.tier import Tier, start_tier, wait_until  # noqa: E402
+
+INSTANCES_PER_ROUTE = 2
+ROUTES_PER_LRP = 1000
+DOMAIN = "apps.example.com"
+PROGRAMS = {"envoy": "istio-router-envoy", "istiod": "pilot-discovery", "copilot": "copilot"}
+MEMORY_STATS = ("server.memory_allocated", "server.memory_heap_size", "server.memory_physical_size")
+
+
+@dataclass
+class State:
+    clusters: int
+    listeners: int
+    route_configs: int
+    virtual_hosts: int
+    rss_mib: dict[str, float]
+    tcmalloc_mib: dict[str, float]
+
+    def line(self, label: str) -> str:
+        rss = ", ".join(f"{name} {value:.0f}" for name, value in self.rss_mib.items())
+        heap = ", ".join(f"{name.removeprefix('server.memory_')} {v:.0f}" for name, v in self.tcmalloc_mib.items())
+        return (
+            f"  {label:<22} clusters {self.clusters:>7}  listeners {self.listeners:>2}  route configs "
+            f"{self.route_configs:>2}  virtual hosts {self.virtual_hosts:>7}  RSS MiB: {rss}  (Envoy tcmalloc MiB: {heap})"
+        )
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _stats(tier: Tier, names: tuple[str, ...]) -> dict[str, int]:
+    pattern = "|".join(f"^{name}$" for name in names)
+    text = requests.get(f"http://127.0.0.1:{tier.envoy.port}/stats", params={"filter": pattern}, timeout=30).text
+    pairs = (line.rsplit(":", 1) for line in text.splitlines() if ":" in line)
+    return {name.strip(): int(value) for name, value in pairs}
+
+
+def read_state(tier: Tier) -> State:
+    stats = _stats(tier, ("cluster_manager.active_clusters", "listener_manager.total_listeners_active", *MEMORY_STATS))
+    # Counted in the text: at 100,000 hosts the dump is hundreds of MB, parsing it would cost GBs here.
+    dump = requests.get(
+        f"http://127.0.0.1:{tier.envoy.port}/config_dump", params={"resource": "dynamic_route_configs"}, timeout=600
+    ).text
+    return State(
+        clusters=stats["cluster_manager.active_clusters"],
+        listeners=stats["listener_manager.total_listeners_active"],
+        route_configs=dump.count('"route_config":'),
+        virtual_hosts=dump.count('"domains":'),
+        rss_mib={name: rss_mib(tier.pid(program)) for name, program in PROGRAMS.items()},
+        tcmalloc_mib={name: stats[name] / 2**20 for name in MEMORY_STATS},
+    )
+
+
+def run(routes: int, ops_files: list[Path], settle: float, late_seconds: float) -> None:
+    # The background instances report a TLS proxy port nothing listens on: load, never asked for.
+    template = {
+        "address": "127.0.0.1",
+        "instance_address": "127.1.255.254",
+        "host_port": 0,
+        "container_tls_proxy_port": 61001,
+        "host_tls_proxy_port": free_port(),
+    }
+    lrps = [f"bg-{start}" for start in range(0, routes, ROUTES_PER_LRP)]
+
+    def load(bbs: BBSDouble) -> None:
+        for start, guid in zip(range(0, routes, ROUTES_PER_LRP), lrps, strict=True):
+            hosts = [f"bg-{i}.{DOMAIN}" for i in range(start, min(start + ROUTES_PER_LRP, routes))]
+            bbs.desire_lrp(guid, http_routes=[{"hostnames": hosts, "port": 8080}], instances=INSTANCES_PER_ROUTE)
+            for index in range(INSTANCES_PER_ROUTE):
+                bbs.start_instance(guid, index, **template, instance_guid=f"{guid}-{index}")
+
+    with tempfile.TemporaryDirectory() as workdir:
+        t0 = time.monotonic()
+        tier = start_tier(Path(workdir), test_certificates=False, ops_files=ops_files)
+        instances: list[CellInstance] = []
+        try:
+            print(f"  tier up in {time.monotonic() - t0:.1f}s", flush=True)
+            time.sleep(settle)  # let the fresh processes' memory settle before the baseline (a reading, not a wait)
+            before = read_state(tier)
+            print(before.line("before (no app routes)"), flush=True)
+
+            t0 = time.monotonic()
+            load(tier.bbs)
+            tier.bbs.desire_lrp("probe", http_routes=[{"hostnames": [f"probe.{DOMAIN}"], "port": 8080}])
+            for index in range(INSTANCES_PER_ROUTE):
+                instances.append(tier.start_instance("probe", index, f"probe-{index}"))
+            # Copilot publishes whole states in event order: the probe routed means every host before it is.
+            wait_until(lambda: tier.get(f"probe.{DOMAIN}").status_code == 200, timeout=3600, interval=1, message="routes")
+            wait_until(lambda: tier.get(f"bg-{routes - 1}.{DOMAIN}").status_code != 404, timeout=600, message="last host")
+            elapsed = time.monotonic() - t0
+            print(f"  {routes} route hosts x {INSTANCES_PER_ROUTE} instances routed {elapsed:.1f}s after the first event")
+            time.sleep(settle)
+            loaded = read_state(tier)
+            print(loaded.line(f"with {routes} routes"), flush=True)
+
+            t0 = time.monotonic()
+            for guid in lrps:
+                for index in range(INSTANCES_PER_ROUTE):
+                    tier.bbs.remove_instance(guid, index)
+                tier.bbs.remove_desired_lrp(guid)
+            wait_until(
+                lambda: (
+                    tier.get(f"bg-{routes - 1}.{DOMAIN}").status_code == 404 and tier.envoy.cluster_count() <= before.clusters + 2
+                ),
+                timeout=3600,
+                interval=1,
+                message="routes removed",
+            )
+            print(f"  routes removed {time.monotonic() - t0:.1f}s after the first event", flush=True)
+            time.sleep(settle)
+            after = read_state(tier)
+            print(after.line(f"removed, {settle:.0f}s later"), flush=True)
+            if tier.get(f"probe.{DOMAIN}").status_code != 200:
+                print("  WARNING: the probe route stopped answering 200 after the removal", flush=True)
+            late = None
+            if late_seconds > 0:
+                # tcmalloc returns freed pages gradually (it keeps what was in use at its recent peak for a
+                # while): a second reading later shows what the allocator eventually hands back.
+                time.sleep(late_seconds)
+                late = read_state(tier)
+                print(late.line(f"removed, {settle + late_seconds:.0f}s later"), flush=True)
+
+            grown = loaded.rss_mib["envoy"] - before.rss_mib["envoy"]
+            kept = (late or after).rss_mib["envoy"] - before.rss_mib["envoy"]
+            print(
+                f"  Envoy: {grown * 1024 / routes:.1f} KiB per route host ({grown:.0f} MiB for {routes}); "
+                f"{(loaded.clusters - before.clusters) / routes:.2f} clusters per host; after removal "
+                f"{kept:.0f} MiB above before ({100 * kept / grown if grown > 0 else 0:.0f}% of the growth kept)",
+                flush=True,
+            )
+            for name in ("istiod", "copilot"):
+                print(
+                    f"  {name}: {before.rss_mib[name]:.0f} -> {loaded.rss_mib[name]:.0f} -> {after.rss_mib[name]:.0f} MiB "
+                    f"({(loaded.rss_mib[name] - before.rss_mib[name]) * 1024 / routes:.1f} KiB per route host)",
+                    flush=True,
+                )
+        finally:
+            for instance in instances:
+                instance.stop()
+            tier.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--routes", type=int, nargs="+", default=[10_000])
+    parser.add_argument("--ops-file", type=Path, action="append", default=[], help="an ops-file applied on top")
+    parser.add_argument("--settle", type=float, default=30.0, help="seconds between a change and its reading")
+    parser.add_argument("--late", type=float, default=300.0, help="seconds after the settled reading for a last one (0: none)")
+    args = parser.parse_args()
+    extra = f", plus {', '.join(map(str, args.ops_file))}" if args.ops_file else ""
+    print(f"the tier: manifests/local.yml, every other property at its job default{extra}", flush=True)
+    for routes in args.routes:
+        run(routes, [path.resolve() for path in args.ops_file], args.settle, args.late)
+
+
+if __name__ == "__main__":
+    main()
