@@ -28,16 +28,10 @@ from bbs_double.server import BBSDouble  # noqa: E402
 from copilot.protos import cc_copilot_pb2 as api  # noqa: E402
 from devtools.cell import CellInstance  # noqa: E402
 from devtools.ports import free_port  # noqa: E402
+from devtools.processes import rss_mib  # noqa: E402
 from devtools.tier import Tier, start_tier, wait_until  # noqa: E402
 
 INSTANCES_PER_ROUTE = 2
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def footprint(tier: Tier) -> str:

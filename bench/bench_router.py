@@ -46,6 +46,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, os.environ.get("BENCH_ROUTER_SRC", str(REPO / "src")))
 
+from devtools.processes import rss_mib  # noqa: E402
+
 ROUTER_CPU, OTHERS_CPU = 0, 1
 APPARATUS = ("devtools", "local_tier", "bbs_double", "bosh_render")
 PROCESS_GUID = "bench-app"
@@ -246,13 +248,6 @@ def pin(pid: int, cpu: int) -> None:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 WRK_SCRIPT = """

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from bbs_double.server import BBSDouble  # noqa: E402
 from devtools.cell import CellInstance  # noqa: E402
 from devtools.ports import free_port  # noqa: E402
+from devtools.processes import rss_mib  # noqa: E402
 from devtools.tier import Tier, start_tier, wait_until  # noqa: E402
 
 INSTANCES_PER_ROUTE = 2
@@ -58,13 +59,6 @@ class State:
             f"  {label:<22} clusters {self.clusters:>7}  listeners {self.listeners:>2}  route configs "
             f"{self.route_configs:>2}  virtual hosts {self.virtual_hosts:>7}  RSS MiB: {rss}  (Envoy tcmalloc MiB: {heap})"
         )
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _stats(tier: Tier, names: tuple[str, ...]) -> dict[str, int]:

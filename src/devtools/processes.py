@@ -1,4 +1,5 @@
-"""Starting and stopping the tier's real programs (istiod, Envoy, Copilot) as child processes with log files."""
+"""Starting and stopping the tier's real programs (istiod, Envoy, Copilot) as child processes with log files,
+and reading a process's memory (rss_mib) for the benchmarks."""
 
 from __future__ import annotations
 
@@ -50,3 +51,11 @@ class ManagedProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident set size in MiB (0 once it is gone from /proc's point of view)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
