@@ -1,186 +1,169 @@
-"""Copilot's configuration file (YAML or JSON): one validated object; bad input names the key."""
+"""Copilot's configuration file (YAML or JSON): `load` reads it (the one step with I/O), `parse` turns
+the mapping into the settings objects of copilot.settings, validating every key (daemon_kit.config's
+strict reader: a bad or unknown key is named in the ConfigError). Defaults live on the settings types."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from copilot.istio.builder import TLS_VERSIONS, Certificate, GatewaySettings, OutlierDetection, RouteServiceSettings
 from copilot.istio.router_filter import COOKIE_NAME_RE, STICKY_COOKIE
 from copilot.istio.shards import DEFAULT_SHARDS, MODES, SHARD_NAME_RE, RouterShard
 from copilot.model import InvalidRoute, normalize_hostname, validate_isolation_segment
 from copilot.router_groups_api import RouterGroup, RouterGroupError, router_group
-from copilot.uaa_token import RSAPublicKey, load_public_keys
+from copilot.settings import (
+    DEFAULT_ROUTER_GROUPS,
+    TLS_VERSIONS,
+    BackendsConfig,
+    BBSConfig,
+    CCConfig,
+    Certificate,
+    Config,
+    GatewaySettings,
+    OutlierDetection,
+    RegistrarConfig,
+    RouteServiceSettings,
+    RoutingApiConfig,
+    ServiceDiscoveryConfig,
+    TLSServerConfig,
+)
+from copilot.uaa_token import load_public_keys
+from daemon_kit.config import ConfigError, Section, read
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
+__all__ = ["Config", "ConfigError", "load", "parse"]
+
 _CERT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
-class ConfigError(ValueError):
-    """The configuration is invalid; the message starts with the offending key."""
-
-
-@dataclass(frozen=True)
-class TLSServerConfig:
-    cert: Path
-    key: Path
-
-
-@dataclass(frozen=True)
-class BBSConfig:
-    url: str
-    ca_cert: Path
-    client_cert: Path
-    client_key: Path
-    reconcile_interval_seconds: float = 30.0
-    max_backoff_seconds: float = 10.0
-    liveness_check_interval_seconds: float = 5.0
-    # A listing withdrawing more than `fraction` of the routed instances (or desired LRPs), and at
-    # least `minimum` of them, is held this long (0: never) unless BBS lists its state again.
-    withdrawal_hold_seconds: float = 120.0
-    withdrawal_hold_fraction: float = 0.5
-    withdrawal_hold_minimum: int = 3
-
-
-@dataclass(frozen=True)
-class CCConfig:
-    """The Cloud Controller API (api.CloudControllerCopilot): mutual TLS, clients signed by client_ca."""
-
-    listen: str
-    cert: Path
-    key: Path
-    client_ca: Path
-    bulk_sync_hold_seconds: float = 60.0
-
-
-@dataclass(frozen=True)
-class RegistrarConfig:
-    """Where our route_registrar jobs register platform routes: HTTPS with mutual TLS."""
-
-    listen: str
-    cert: Path
-    key: Path
-    client_ca: Path
-
-
-@dataclass(frozen=True)
-class ServiceDiscoveryConfig:
-    """The `*.apps.internal` lookup API bosh-dns-adapter calls (service-discovery-controller's, see
-    service_discovery.py): HTTPS with mutual TLS, clients signed by client_ca."""
-
-    listen: str
-    cert: Path
-    key: Path
-    client_ca: Path
-
-
-# routing-api's default router group in cf-deployment v58 (the copilot job spec's routing_api.router_groups).
-DEFAULT_ROUTER_GROUPS = (router_group("default-tcp", "tcp", "1024-1033"),)
-
-
-@dataclass(frozen=True)
-class RoutingApiConfig:
-    """routing-api's router groups for Cloud Controller and the cf CLI (router_groups_api.py): HTTPS,
-    requests authorized by UAA tokens signed with one of `uaa_verification_keys` and issued by `uaa_issuer`."""
-
-    cert: Path
-    key: Path
-    uaa_issuer: str
-    uaa_verification_keys: tuple[RSAPublicKey, ...]
-    listen: str = "0.0.0.0:3001"
-    router_groups: tuple[RouterGroup, ...] = DEFAULT_ROUTER_GROUPS
-
-
-@dataclass(frozen=True)
-class BackendsConfig:
-    """Which backend addresses routes may reach. Loopback, link-local and unspecified addresses are
-    refused (copilot.model.INTERNAL_NETWORKS) unless one of `allowed_internal_networks` (CIDRs)
-    contains them."""
-
-    allowed_internal_networks: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Config:
-    bbs: BBSConfig | None
-    mcp_listen: str = "127.0.0.1:15030"
-    mcp_tls: TLSServerConfig | None = None
-    health_listen: str = "127.0.0.1:8787"
-    gateway: GatewaySettings = field(default_factory=GatewaySettings)
-    log_level: str = "info"
-    cc: CCConfig | None = None
-    registrar: RegistrarConfig | None = None
-    service_discovery: ServiceDiscoveryConfig | None = None
-    routing_api: RoutingApiConfig | None = None
-    backends: BackendsConfig = field(default_factory=BackendsConfig)
+def _default(cls: type, name: str) -> Any:
+    """The default of option `name` of the settings type `cls` (the one place it is written)."""
+    option = cls.__dataclass_fields__[name]  # type: ignore[attr-defined]
+    return option.default if option.default is not dataclasses.MISSING else option.default_factory()
 
 
 def load(path: str | Path) -> Config:
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not YAML/JSON: {error}") from None
+    """The config file at `path` (YAML, or JSON, its subset), read and parsed; an empty file is the defaults."""
+    data = read(path, yaml.safe_load, "YAML/JSON", (yaml.YAMLError,))
     return parse(data if data is not None else {})
 
 
 def parse(data: object) -> Config:
-    root = _Section(data, "")
-    bbs = None
-    if root.has("bbs"):
-        section = root.section("bbs")
-        bbs = BBSConfig(
-            url=section.url("url"),
-            ca_cert=section.file("ca_cert"),
-            client_cert=section.file("client_cert"),
-            client_key=section.file("client_key"),
-            reconcile_interval_seconds=section.number("reconcile_interval_seconds", 30.0, minimum=1),
-            max_backoff_seconds=section.number("max_backoff_seconds", 10.0, minimum=0.1),
-            liveness_check_interval_seconds=section.number("liveness_check_interval_seconds", 5.0, minimum=0.1),
-            withdrawal_hold_seconds=section.number("withdrawal_hold_seconds", 120.0, minimum=0),
-            withdrawal_hold_fraction=section.number("withdrawal_hold_fraction", 0.5, minimum=0, maximum=1),
-            withdrawal_hold_minimum=int(section.number("withdrawal_hold_minimum", 3, minimum=1, integer=True)),
-        )
-        section.done()
+    """The settings a mapping (the decoded file) gives; raises ConfigError naming the first bad key."""
+    root = Section(data, "")
+    bbs = _bbs(root.section("bbs")) if root.has("bbs") else None
+    mcp = root.optional_section("mcp")
+    mcp_listen = mcp.address("listen", _default(Config, "mcp_listen"))
     mcp_tls = None
-    mcp = root.section("mcp") if root.has("mcp") else _Section({}, "mcp")
-    mcp_listen = mcp.address("listen", "127.0.0.1:15030")
     if mcp.has("tls"):
         tls = mcp.section("tls")
-        mcp_tls = TLSServerConfig(tls.file("cert"), tls.file("key"))
+        mcp_tls = TLSServerConfig(cert=tls.file("cert"), key=tls.file("key"))
         tls.done()
     mcp.done()
-    health = root.section("health") if root.has("health") else _Section({}, "health")
-    health_listen = health.address("listen", "127.0.0.1:8787")
+    health = root.optional_section("health")
+    health_listen = health.address("listen", _default(Config, "health_listen"))
     health.done()
-    gw = root.section("gateway") if root.has("gateway") else _Section({}, "gateway")
+    gw = root.optional_section("gateway")
+    gateway = _gateway(gw)
+    gw.done()
+    cc = None
+    if root.has("cc"):
+        section = root.section("cc")
+        cc = CCConfig(
+            listen=section.address("listen", _default(CCConfig, "listen")),
+            cert=section.file("cert"),
+            key=section.file("key"),
+            client_ca=section.file("client_ca"),
+            bulk_sync_hold_seconds=section.number(
+                "bulk_sync_hold_seconds", _default(CCConfig, "bulk_sync_hold_seconds"), minimum=0
+            ),
+        )
+        section.done()
+    registrar = _mutual_tls_server(root, "registrar", RegistrarConfig)
+    service_discovery = _mutual_tls_server(root, "service_discovery", ServiceDiscoveryConfig)
+    backends_section = root.optional_section("backends")
+    backends = BackendsConfig(_networks(backends_section, "allowed_internal_networks"))
+    backends_section.done()
+    routing_api = _routing_api(root.section("routing_api"), gateway) if root.has("routing_api") else None
+    log_level = root.log_level()
+    root.done()
+    return Config(
+        bbs=bbs,
+        mcp_listen=mcp_listen,
+        mcp_tls=mcp_tls,
+        health_listen=health_listen,
+        gateway=gateway,
+        log_level=log_level,
+        cc=cc,
+        registrar=registrar,
+        service_discovery=service_discovery,
+        routing_api=routing_api,
+        backends=backends,
+    )
+
+
+def _bbs(section: Section) -> BBSConfig:
+    url = section.string("url")
+    if not url.startswith("https://"):
+        raise ConfigError(f"{section.key('url')}: {url!r} must be an https:// URL (BBS requires mutual TLS)")
+
+    def number(name: str, **bounds: Any) -> Any:
+        return section.number(name, _default(BBSConfig, name), **bounds)
+
+    bbs = BBSConfig(
+        url=url,
+        ca_cert=section.file("ca_cert"),
+        client_cert=section.file("client_cert"),
+        client_key=section.file("client_key"),
+        reconcile_interval_seconds=number("reconcile_interval_seconds", minimum=1),
+        max_backoff_seconds=number("max_backoff_seconds", minimum=0.1),
+        liveness_check_interval_seconds=number("liveness_check_interval_seconds", minimum=0.1),
+        withdrawal_hold_seconds=number("withdrawal_hold_seconds", minimum=0),
+        withdrawal_hold_fraction=number("withdrawal_hold_fraction", minimum=0, maximum=1),
+        withdrawal_hold_minimum=number("withdrawal_hold_minimum", minimum=1, integer=True),
+    )
+    section.done()
+    return bbs
+
+
+def _mutual_tls_server(root: Section, name: str, kind: type[RegistrarConfig | ServiceDiscoveryConfig]) -> Any:
+    """An optional HTTPS API section {listen, cert, key, client_ca} (mutual TLS)."""
+    if not root.has(name):
+        return None
+    section = root.section(name)
+    value = kind(
+        listen=section.address("listen", _default(kind, "listen")),
+        cert=section.file("cert"),
+        key=section.file("key"),
+        client_ca=section.file("client_ca"),
+    )
+    section.done()
+    return value
+
+
+def _gateway(gw: Section) -> GatewaySettings:
+    """The `gateway` section: where the routers' Gateway lives, its ports, TLS and routing behaviour."""
     defaults = GatewaySettings()
     certificates = _certificates(gw)
-    https_port = int(gw.number("https_port", 443 if certificates else 0, minimum=0, maximum=65535, integer=True))
+    https_port = gw.number("https_port", 443 if certificates else 0, minimum=0, maximum=65535, integer=True)
     if https_port and not certificates:
         raise ConfigError(f"{gw.key('https_port')}: HTTPS needs gateway.certificates")
-    http_port = int(gw.number("http_port", defaults.http_port, minimum=1, maximum=65535, integer=True))
+    http_port = gw.number("http_port", defaults.http_port, minimum=1, maximum=65535, integer=True)
     if https_port == http_port:
         raise ConfigError(f"{gw.key('https_port')}: {https_port} is also gateway.http_port")
     certificate_dir = gw.string("certificate_dir", defaults.certificate_dir)
     if not certificate_dir.startswith("/"):
         raise ConfigError(f"{gw.key('certificate_dir')}: must be an absolute path (on the router)")
-    tls_min_version = str(gw.string("tls_min_version", defaults.tls_min_version))
-    if tls_min_version not in TLS_VERSIONS:
-        raise ConfigError(f"{gw.key('tls_min_version')}: {tls_min_version!r} is not one of {', '.join(TLS_VERSIONS)}")
+    tls_min_version = gw.one_of("tls_min_version", tuple(TLS_VERSIONS), defaults.tls_min_version)
     cookies = gw.string_list("sticky_session_cookies", list(defaults.sticky_session_cookies))
     for cookie in cookies:
         if not COOKIE_NAME_RE.fullmatch(cookie) or cookie == STICKY_COOKIE:
             raise ConfigError(f"{gw.key('sticky_session_cookies')}: {cookie!r} is not a usable cookie name")
-    gateway = GatewaySettings(
+    return GatewaySettings(
         namespace=gw.string("namespace", defaults.namespace),
         name=gw.string("name", defaults.name),
         selector=gw.string_map("selector", defaults.selector),
@@ -194,7 +177,7 @@ def parse(data: object) -> Config:
         tls_min_version=tls_min_version,
         tls_cipher_suites=tuple(gw.string_list("tls_cipher_suites", [])),
         enable_http2=gw.boolean("enable_http2", defaults.enable_http2),
-        trusted_proxy_hops=int(gw.number("trusted_proxy_hops", defaults.trusted_proxy_hops, minimum=0, maximum=10, integer=True)),
+        trusted_proxy_hops=gw.number("trusted_proxy_hops", defaults.trusted_proxy_hops, minimum=0, maximum=10, integer=True),
         sticky_session_cookies=tuple(cookies),
         instance_routing=gw.boolean("instance_routing", defaults.instance_routing),
         backend_client_certificate=_certificate_name(gw, "backend_client_certificate"),
@@ -202,51 +185,9 @@ def parse(data: object) -> Config:
         route_services=_route_services(gw, http_port, https_port),
         router_shards=_router_shards(gw),
     )
-    gw.done()
-    cc = None
-    if root.has("cc"):
-        section = root.section("cc")
-        cc = CCConfig(
-            listen=section.address("listen", "0.0.0.0:9001"),  # the copilot job spec's cc.listen_address
-            cert=section.file("cert"),
-            key=section.file("key"),
-            client_ca=section.file("client_ca"),
-            bulk_sync_hold_seconds=section.number("bulk_sync_hold_seconds", 60.0, minimum=0),
-        )
-        section.done()
-    registrar = None
-    if root.has("registrar"):
-        section = root.section("registrar")
-        registrar = RegistrarConfig(
-            listen=section.address("listen", "0.0.0.0:9003"),  # registrar.listen_address
-            cert=section.file("cert"),
-            key=section.file("key"),
-            client_ca=section.file("client_ca"),
-        )
-        section.done()
-    service_discovery = None
-    if root.has("service_discovery"):
-        section = root.section("service_discovery")
-        service_discovery = ServiceDiscoveryConfig(
-            listen=section.address("listen", "0.0.0.0:8054"),  # service_discovery.listen_address
-            cert=section.file("cert"),
-            key=section.file("key"),
-            client_ca=section.file("client_ca"),
-        )
-        section.done()
-    backends_section = root.section("backends") if root.has("backends") else _Section({}, "backends")
-    backends = BackendsConfig(_networks(backends_section, "allowed_internal_networks"))
-    backends_section.done()
-    routing_api = _routing_api(root.section("routing_api"), gateway) if root.has("routing_api") else None
-    log_level = root.string("log_level", "info")
-    if log_level not in LOG_LEVELS:
-        raise ConfigError(f"log_level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
-    root.done()
-    return Config(bbs, mcp_listen, mcp_tls, health_listen, gateway, log_level, cc, registrar, routing_api=routing_api,
-                  service_discovery=service_discovery, backends=backends)
 
 
-def _networks(section: _Section, name: str) -> tuple[str, ...]:
+def _networks(section: Section, name: str) -> tuple[str, ...]:
     """A list of CIDRs (an address alone is its /32 or /128), normalised."""
     networks = []
     for value in section.string_list(name, []):
@@ -257,7 +198,7 @@ def _networks(section: _Section, name: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
-def _routing_api(section: _Section, gateway: GatewaySettings) -> RoutingApiConfig:
+def _routing_api(section: Section, gateway: GatewaySettings) -> RoutingApiConfig:
     """routing_api: {listen, cert, key, uaa_issuer, uaa_verification_keys (a PEM file of public keys or
     certificates), router_groups: [{name, type, reservable_ports, guid}]}."""
     keys_file = section.file("uaa_verification_keys")
@@ -267,7 +208,7 @@ def _routing_api(section: _Section, gateway: GatewaySettings) -> RoutingApiConfi
         raise ConfigError(f"{section.key('uaa_verification_keys')}: {keys_file}: {error}") from None
     groups = _router_groups(section, gateway) if section.has("router_groups") else DEFAULT_ROUTER_GROUPS
     config = RoutingApiConfig(
-        listen=section.address("listen", "0.0.0.0:3001"),  # the copilot job spec's routing_api.listen_address
+        listen=section.address("listen", _default(RoutingApiConfig, "listen")),
         cert=section.file("cert"),
         key=section.file("key"),
         uaa_issuer=section.string("uaa_issuer"),
@@ -278,17 +219,18 @@ def _routing_api(section: _Section, gateway: GatewaySettings) -> RoutingApiConfi
     return config
 
 
-def _router_groups(section: _Section, gateway: GatewaySettings) -> tuple[RouterGroup, ...]:
+def _router_groups(section: Section, gateway: GatewaySettings) -> tuple[RouterGroup, ...]:
     """Router groups as routing-api validates them, with unique names and guids; TCP groups' ports must not
     overlap (one router fleet serves every group) nor take the Gateway's HTTP(S) ports."""
     groups: list[RouterGroup] = []
     taken: list[tuple[int, int, str]] = []
     for index, entry in enumerate(section.list("router_groups")):
-        item = _Section(entry, f"{section.key('router_groups')}[{index}]")
-        ports = item._get("reservable_ports", "")
+        item = Section(entry, f"{section.key('router_groups')}[{index}]")
+        ports = item.get("reservable_ports", default="")
         ports = str(ports) if isinstance(ports, int) and not isinstance(ports, bool) else ports  # YAML: 1024
         try:
-            group = router_group(item._get("name", None), item._get("type", None), ports, item._get("guid", None))
+            name, kind, guid = (item.get(key, default=None) for key in ("name", "type", "guid"))
+            group = router_group(name, kind, ports, guid)
         except RouterGroupError as error:
             raise ConfigError(f"{item.key(error.field)}: {str(error).removeprefix(error.field + ': ')}") from None
         item.done()
@@ -312,7 +254,7 @@ def _router_groups(section: _Section, gateway: GatewaySettings) -> tuple[RouterG
     return tuple(groups)
 
 
-def _route_services(gw: _Section, http_port: int, https_port: int) -> RouteServiceSettings | None:
+def _route_services(gw: Section, http_port: int, https_port: int) -> RouteServiceSettings | None:
     """gateway.route_services: {proxy_port, gateway_port}, the routers' loopback ports of the
     route-service proxy and of the Gateway server it hands verified requests back to. Absent: off."""
     if not gw.has("route_services"):
@@ -337,14 +279,14 @@ def _route_services(gw: _Section, http_port: int, https_port: int) -> RouteServi
     return RouteServiceSettings(proxy_port, gateway_port, internal_lookup, tuple(allowlist))
 
 
-def _router_shards(gw: _Section) -> tuple[RouterShard, ...]:
+def _router_shards(gw: Section) -> tuple[RouterShard, ...]:
     """gateway.router_shards: [{name, routing_table_sharding_mode, isolation_segments, bind}], gorouter's
     sharding per group of routers (see istio/shards.py). Absent: the one shard `all`."""
     if not gw.has("router_shards"):
         return DEFAULT_SHARDS
     shards: list[RouterShard] = []
     for index, entry in enumerate(gw.list("router_shards")):
-        item = _Section(entry, f"{gw.key('router_shards')}[{index}]")
+        item = Section(entry, f"{gw.key('router_shards')}[{index}]")
         name = item.string("name")
         if not SHARD_NAME_RE.fullmatch(name):
             raise ConfigError(
@@ -377,7 +319,7 @@ def _router_shards(gw: _Section) -> tuple[RouterShard, ...]:
     return tuple(shards)
 
 
-def _outlier_detection(section: _Section | None) -> OutlierDetection:
+def _outlier_detection(section: Section | None) -> OutlierDetection:
     """gateway.outlier_detection: {consecutive_failures (0: off), base_ejection_seconds,
     max_ejection_percent (1..100), min_health_percent (0..100)}; see builder.OutlierDetection."""
     defaults = OutlierDetection()
@@ -399,7 +341,7 @@ def _outlier_detection(section: _Section | None) -> OutlierDetection:
     return value
 
 
-def _certificates(gw: _Section) -> tuple[Certificate, ...]:
+def _certificates(gw: Section) -> tuple[Certificate, ...]:
     """gateway.certificates: [{name, hosts}]; names are files (<certificate_dir>/<name>.crt/.key) and SDS
     names on the router, hosts the SNI names each one serves (an exact name wins over a wildcard)."""
     raw = gw.list("certificates")
@@ -407,7 +349,7 @@ def _certificates(gw: _Section) -> tuple[Certificate, ...]:
     names: set[str] = set()
     hosts_seen: set[str] = set()
     for index, entry in enumerate(raw):
-        section = _Section(entry, f"{gw.key('certificates')}[{index}]")
+        section = Section(entry, f"{gw.key('certificates')}[{index}]")
         name = section.string("name")
         if not _CERT_NAME_RE.fullmatch(name):
             raise ConfigError(f"{section.key('name')}: {name!r} must be letters, digits, '.', '_' or '-'")
@@ -431,7 +373,7 @@ def _certificates(gw: _Section) -> tuple[Certificate, ...]:
     return tuple(certificates)
 
 
-def _certificate_name(section: _Section, name: str) -> str:
+def _certificate_name(section: Section, name: str) -> str:
     """An optional name of a certificate the routers hold in gateway.certificate_dir."""
     if not section.has(name):
         return ""
@@ -441,7 +383,7 @@ def _certificate_name(section: _Section, name: str) -> str:
     return value
 
 
-def _absolute(section: _Section, name: str) -> str:
+def _absolute(section: Section, name: str) -> str:
     """An optional absolute path on the router (not checked here: the file lives on the router VMs)."""
     if not section.has(name):
         return ""
@@ -451,100 +393,10 @@ def _absolute(section: _Section, name: str) -> str:
     return value
 
 
-def _ip(section: _Section, name: str) -> str:
+def _ip(section: Section, name: str) -> str:
     value = section.string(name)
     try:
         ipaddress.ip_address(value)
     except ValueError:
         raise ConfigError(f"{section.key(name)}: {value!r} is not an IP address") from None
     return value
-
-
-class _Section:
-    """A mapping being read; remembers which keys were used so unknown keys are reported."""
-
-    def __init__(self, data: object, prefix: str) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{prefix or 'config'}: must be a mapping")
-        self._data: dict[str, Any] = data
-        self._prefix = prefix
-        self._used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self._prefix}.{name}" if self._prefix else name
-
-    def has(self, name: str) -> bool:
-        return name in self._data
-
-    def _get(self, name: str, default: Any = ..., kind: str = "a value") -> Any:
-        self._used.add(name)
-        if name not in self._data or self._data[name] is None:
-            if default is ...:
-                raise ConfigError(f"{self.key(name)}: is required ({kind})")
-            return default
-        return self._data[name]
-
-    def section(self, name: str) -> _Section:
-        return _Section(self._get(name, kind="a mapping"), self.key(name))
-
-    def string(self, name: str, default: Any = ...) -> str:
-        value = self._get(name, default, "a string")
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{self.key(name)}: must be a non-empty string")
-        return value
-
-    def url(self, name: str) -> str:
-        value = self.string(name)
-        if not value.startswith("https://"):
-            raise ConfigError(f"{self.key(name)}: {value!r} must be an https:// URL (BBS requires mutual TLS)")
-        return value
-
-    def file(self, name: str) -> Path:
-        path = Path(self.string(name))
-        if not path.is_file():
-            raise ConfigError(f"{self.key(name)}: file {path} does not exist")
-        return path
-
-    def address(self, name: str, default: str) -> str:
-        value = self.string(name, default)
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ConfigError(f"{self.key(name)}: {value!r} must be host:port")
-        return value
-
-    def number(self, name: str, default: float, *, minimum: float, maximum: float | None = None, integer: bool = False) -> float:
-        value = self._get(name, default, "a number")
-        if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
-            raise ConfigError(f"{self.key(name)}: must be {'an integer' if integer else 'a number'}")
-        if value < minimum or (maximum is not None and value > maximum):
-            raise ConfigError(f"{self.key(name)}: {value} is out of range")
-        return value
-
-    def string_map(self, name: str, default: dict[str, str]) -> dict[str, str]:
-        value = self._get(name, default, "a mapping of strings")
-        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            raise ConfigError(f"{self.key(name)}: must be a mapping of strings to strings")
-        return dict(value)
-
-    def list(self, name: str) -> list:
-        value = self._get(name, [], "a list")
-        if not isinstance(value, list):
-            raise ConfigError(f"{self.key(name)}: must be a list")
-        return value
-
-    def string_list(self, name: str, default: Any = ...) -> list[str]:
-        value = self._get(name, default, "a list of strings")
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(f"{self.key(name)}: must be a list of non-empty strings")
-        return list(value)
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self._get(name, default, "true or false")
-        if not isinstance(value, bool):
-            raise ConfigError(f"{self.key(name)}: must be true or false")
-        return value
-
-    def done(self) -> None:
-        unknown = sorted(set(self._data) - self._used)
-        if unknown:
-            raise ConfigError(f"{self.key(unknown[0])}: unknown key")

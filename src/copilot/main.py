@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
-import signal
 import sys
 import threading
 
 import grpc
 
-from copilot import logs, metrics, model
-from copilot.config import Config, ConfigError, load
+from copilot import metrics, model
+from copilot.config import Config, load
 from copilot.health import HealthServer
 from copilot.publisher import Publisher, PublishLoop
 from copilot.router_groups_api import RouterGroupsServer
@@ -25,6 +23,7 @@ from copilot.sources.registrar_api import RegistrarApi
 from copilot.uaa_token import TokenValidator
 from copilot.xds.mcp_server import McpServer
 from copilot.xds.snapshot import Snapshot
+from daemon_kit import cli
 
 log = logging.getLogger("copilot")
 
@@ -199,32 +198,20 @@ def _record_push(type_url: str, count: int, seconds: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="copilot", description="Feeds istiod with Cloud Foundry routes over MCP-over-xDS.")
-    parser.add_argument("--config", required=True, help="path to the YAML or JSON config file")
-    parser.add_argument("--check", action="store_true", help="validate the config file and exit")
-    args = parser.parse_args(argv)
-    try:
-        config = load(args.config)
-    except ConfigError as error:
-        print(f"copilot: invalid config: {error}", file=sys.stderr)
-        return 2
-    if args.check:
-        print("config ok")
-        return 0
-    logs.configure(config.log_level)
+    return cli.main(
+        argv,
+        prog="copilot",
+        description="Feeds istiod with Cloud Foundry routes over MCP-over-xDS.",
+        load=load,
+        check=lambda config: ["config ok"],
+        start=_start,
+    )
+
+
+def _start(config: Config) -> Copilot:
     copilot = Copilot(config)
-    try:
-        copilot.start()
-    except OSError as error:
-        log.error("cannot start", extra={"error": str(error)})
-        return 1
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    log.info("copilot stopping")
-    copilot.stop()
-    return 0
+    copilot.start()
+    return copilot
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from opsfile_helpers import CF, ENABLE, STAGE1, interpolate, job, jobs, vars_sto
 
 from bosh_render import link_from_job, render_job
 from copilot.config import load as load_copilot_config
-from copilot.istio.builder import RouteServiceSettings
+from copilot.settings import RouteServiceSettings
 from devtools.peers import CACHE, REPO
 
 

@@ -111,7 +111,7 @@ def test_bad_combinations_fail_with_the_property_name(pki, tmp_path: Path, prope
 
 def test_copilot_renders_route_services_and_publishes_them_in_its_link(pki, tmp_path: Path) -> None:
     from copilot.config import load
-    from copilot.istio.builder import RouteServiceSettings
+    from copilot.settings import RouteServiceSettings
 
     def config(gateway: dict | None):
         out = tmp_path / str(len(list(tmp_path.iterdir())))

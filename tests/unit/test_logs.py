@@ -1,4 +1,4 @@
-"""Structured logs: one JSON object per line, `extra` fields as keys."""
+"""The daemons' one log style (daemon_kit.logs): one JSON object per line, `extra` fields as keys."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from copilot import logs
+from daemon_kit import logs
 
 
 @pytest.fixture

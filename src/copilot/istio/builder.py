@@ -21,7 +21,6 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from copilot import invalid_input
 from copilot.istio import router_filter
@@ -33,10 +32,16 @@ from copilot.istio.router_filter import (
     INSTANCE_INDEX_KEY,
     build_router_filter,
 )
-from copilot.istio.shards import DEFAULT_SHARDS, SHARD_LABEL, RouterShard, suffix
+from copilot.istio.shards import suffix
 from copilot.model import Backend, Destination, InvalidRoute, normalize_hostname, normalize_weights, validate_ip
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.routing_table import HostRoutes, InternalService, TcpPortRoutes
+from copilot.settings import (
+    TLS_VERSIONS,
+    Certificate,
+    GatewaySettings,
+    RouteServiceSettings,
+)
 
 SERVICE_PORT = 8080
 SERVICE_PORT_NAME = "http"
@@ -63,7 +68,6 @@ ROUTE_SERVICE_WEBSOCKET_BODY = (
 # Route services (GatewaySettings.route_services): the loopback Gateway the route-service proxy hands
 # verified requests back to, and the proxy itself as a service (the istio-router job's route-services
 # process, on the router's loopback).
-ROUTE_SERVICE_GATEWAY_NAME = "cf-route-services"
 ROUTE_SERVICE_PROXY_NAME = "cf-route-service-proxy"
 ROUTE_SERVICE_PROXY_HOST = "route-service-proxy.copilot.internal"
 # What a route tells the proxy about itself (the proxy trusts them because it listens on loopback only;
@@ -83,135 +87,10 @@ ROUTE_SERVICE_TOKEN_ENVIRONMENT = "CF_ROUTE_SERVICES_TOKEN"
 _ROUTE_SERVICE_URL_RE = re.compile(r"^https://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]{1,2040}$")
 _CONTEXT_PATH_RE = re.compile(r"^/[A-Za-z0-9\-._~:/@!$&'()*+,;=%]{0,1000}$")
 UNKNOWN_ROUTE_NAME = "cf-unknown-route"
-TLS_VERSIONS = {"1.2": pb.ServerTLSSettings.TLSV1_2, "1.3": pb.ServerTLSSettings.TLSV1_3}
 _LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
 _HEADER_VALUE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """A router certificate: served for SNI names `hosts`; its files are `<certificate_dir>/<name>.crt`
-    and `.key` on the router, which the router's SDS server serves under istiod's file-cert name."""
-
-    name: str
-    hosts: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class OutlierDetection:
-    """Passive health checking by the routers (Envoy outlier detection on every app and platform
-    cluster), as gorouter stops using an endpoint it failed to reach: after `consecutive_failures`
-    locally originated failures in a row on one endpoint (connection refused or timed out, reset before
-    a response, TLS handshake or certificate check failed) the routers send it nothing for
-    `base_ejection_seconds` times the number of its ejections (Envoy caps that at 300 s), then try it
-    again. Responses never count, 5xx included: an app's own 502/503 reaches its client as with
-    gorouter. At most `max_ejection_percent` of a cluster is ejected, and below `min_health_percent`
-    of it healthy the routers use every endpoint again (Envoy's panic mode), so an app whose instances
-    are all ejected, a one-instance app among them, keeps being tried. `consecutive_failures` 0: off."""
-
-    consecutive_failures: int = 3
-    base_ejection_seconds: float = 30.0
-    max_ejection_percent: int = 100
-    min_health_percent: int = 1
-
-
-@dataclass(frozen=True)
-class RouteServiceSettings:
-    """Route services on: the loopback ports of the routers' route-service proxy (proxy_port) and of the
-    Gateway server it hands requests back to once their route service returned them (gateway_port)."""
-
-    proxy_port: int = 7070
-    gateway_port: int = 7071
-    # gorouter's route_services_internal_lookup (and its allowlist: FQDNs or *.domain, empty = every
-    # route): a route service URL that is a route of this foundation is reached through the router
-    # itself, not through DNS and the load balancer (copilot.route_service_lookup decides).
-    internal_lookup: bool = False
-    internal_lookup_allowlist: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class GatewaySettings:
-    """Where the router's Gateway lives and what it listens on."""
-
-    namespace: str = "istio-system"
-    name: str = "cf-ingress"
-    selector: dict[str, str] = field(default_factory=lambda: {"app": "istio-router"})
-    http_port: int = 80
-    # The address the router's listeners bind ("" = every address, as a router behind a load balancer needs).
-    bind: str = ""
-    # CA bundle, as a path on the router, that verifies backends reached over TLS (platform routes with
-    # a tls_port). Without it such backends are skipped rather than reached unverified.
-    upstream_ca_file: str = ""
-    # HTTPS: a server per certificate on https_port (0 = no HTTPS); the first certificate also answers
-    # clients whose SNI names none of them, as gorouter's first tls_pem entry does.
-    https_port: int = 0
-    certificates: tuple[Certificate, ...] = ()
-    certificate_dir: str = "/var/vcap/jobs/istio-router/config/certs"
-    tls_min_version: str = "1.2"
-    tls_cipher_suites: tuple[str, ...] = ()
-    # Proxies in front of the routers (a load balancer terminating TLS) whose X-Forwarded-Proto and
-    # X-Forwarded-For the routers trust (Envoy's xff_num_trusted_hops). 0: the routers set
-    # X-Forwarded-Proto from their own connection (gorouter's sanitize_forwarded_proto: true).
-    trusted_proxy_hops: int = 0
-    # gorouter's router.enable_http2. False: clients get HTTP/1.1 only (ALPN without h2 on HTTPS, no h2c
-    # on HTTP) and the apps of http2 routes are reached over HTTP/1.1 (router_filter.Http1Only).
-    enable_http2: bool = True
-    # Cookies that make a session sticky (gorouter's sticky_session_cookie_names).
-    sticky_session_cookies: tuple[str, ...] = ("JSESSIONID",)
-    # X-CF-App-Instance: a DestinationRule subset (an Envoy cluster) and a route per app instance so a
-    # client can pick one. Off by default: an instance starting or stopping then changes the host's
-    # VirtualService and DestinationRule (a full istiod push) instead of only its endpoints (EDS).
-    instance_routing: bool = False
-    # Route integrity: the Diego instance-identity CA, as a path on the router. When set, an instance
-    # with a TLS proxy port is reached over TLS on that port, and only if its certificate names that
-    # instance's guid: a stale address now held by another instance answers 503 (or the request goes
-    # to another instance), never that instance's response. One cluster per process, and an instance
-    # coming or going changes only endpoints.
-    instance_identity_ca_file: str = ""
-    # The client certificate the router presents to instances' TLS proxies and TCP backends, by name in
-    # certificate_dir (v58 cells refuse a router without one). "" = none.
-    backend_client_certificate: str = ""
-    # How the routers stop sending requests to an endpoint that fails (see OutlierDetection).
-    outlier_detection: OutlierDetection = field(default_factory=OutlierDetection)
-    # Route services (gorouter's protocol, through the routers' route-service proxy). None: a route
-    # bound to a route service fails closed, as gorouter without route_services_secret.
-    route_services: RouteServiceSettings | None = None
-    # Router shards (shards.py): a Gateway per shard, each host bound to the shards that route it.
-    router_shards: tuple[RouterShard, ...] = DEFAULT_SHARDS
-
-    @functools.cached_property
-    def sharded(self) -> bool:
-        """Whether shards are configured (anything but the default single shard `all`); asked per host."""
-        return self.router_shards != DEFAULT_SHARDS
-
-    @property
-    def ref(self) -> str:
-        """The first shard's Gateway (the only one by default)."""
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def route_services_ref(self) -> str:
-        return f"{self.namespace}/{ROUTE_SERVICE_GATEWAY_NAME}"
-
-    def shard_ref(self, index: int) -> str:
-        """The Gateway of shard `index`: gateway.name for the first, `<name>-<shard>` for the others."""
-        return self.ref if index == 0 else f"{self.ref}-{suffix(self.router_shards[index])}"
-
-    def shard_route_services_ref(self, index: int) -> str:
-        base = self.route_services_ref
-        return base if index == 0 else f"{base}-{suffix(self.router_shards[index])}"
-
-    def shard_selector(self, index: int) -> dict[str, str]:
-        """The labels of shard `index`'s routers: gateway.selector, plus the shard label once shards
-        are configured (so each router is selected by its own shard's Gateways only)."""
-        if not self.sharded:
-            return self.selector
-        return {**self.selector, SHARD_LABEL: self.router_shards[index].name}
-
-    def shard_bind(self, index: int) -> str:
-        return self.router_shards[index].bind or self.bind
 
 
 @functools.lru_cache(maxsize=1 << 18)

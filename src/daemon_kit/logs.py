@@ -1,4 +1,6 @@
-"""Structured JSON logs, one object per line on stdout; `extra={...}` fields become keys."""
+"""The one log style of the release's daemons: a JSON object per line on stdout, with `timestamp`
+(UTC, milliseconds), `level`, `source` (the logger's name) and `message`; `extra={...}` fields become
+keys, and an exception its formatted traceback under `exception`."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str) -> None:
+    """Every logger of the process writes JSON lines to stdout from `level` (debug, info, ...) up."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
