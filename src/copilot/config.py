@@ -4,7 +4,6 @@ strict reader: a bad or unknown key is named in the ConfigError). Defaults live 
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import re
 from pathlib import Path
@@ -33,17 +32,11 @@ from copilot.settings import (
     TLSServerConfig,
 )
 from copilot.uaa_token import load_public_keys
-from daemon_kit.config import ConfigError, Section, read
+from daemon_kit.config import ConfigError, Section, default, read
 
 __all__ = ["Config", "ConfigError", "load", "parse"]
 
 _CERT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-
-
-def _default(cls: type, name: str) -> Any:
-    """The default of option `name` of the settings type `cls` (the one place it is written)."""
-    option = cls.__dataclass_fields__[name]  # type: ignore[attr-defined]
-    return option.default if option.default is not dataclasses.MISSING else option.default_factory()
 
 
 def load(path: str | Path) -> Config:
@@ -57,7 +50,7 @@ def parse(data: object) -> Config:
     root = Section(data, "")
     bbs = _bbs(root.section("bbs")) if root.has("bbs") else None
     mcp = root.optional_section("mcp")
-    mcp_listen = mcp.address("listen", _default(Config, "mcp_listen"))
+    mcp_listen = mcp.address("listen", default(Config, "mcp_listen"))
     mcp_tls = None
     if mcp.has("tls"):
         tls = mcp.section("tls")
@@ -65,7 +58,7 @@ def parse(data: object) -> Config:
         tls.done()
     mcp.done()
     health = root.optional_section("health")
-    health_listen = health.address("listen", _default(Config, "health_listen"))
+    health_listen = health.address("listen", default(Config, "health_listen"))
     health.done()
     gw = root.optional_section("gateway")
     gateway = _gateway(gw)
@@ -74,12 +67,12 @@ def parse(data: object) -> Config:
     if root.has("cc"):
         section = root.section("cc")
         cc = CCConfig(
-            listen=section.address("listen", _default(CCConfig, "listen")),
+            listen=section.address("listen", default(CCConfig, "listen")),
             cert=section.file("cert"),
             key=section.file("key"),
             client_ca=section.file("client_ca"),
             bulk_sync_hold_seconds=section.number(
-                "bulk_sync_hold_seconds", _default(CCConfig, "bulk_sync_hold_seconds"), minimum=0
+                "bulk_sync_hold_seconds", default(CCConfig, "bulk_sync_hold_seconds"), minimum=0
             ),
         )
         section.done()
@@ -112,7 +105,7 @@ def _bbs(section: Section) -> BBSConfig:
         raise ConfigError(f"{section.key('url')}: {url!r} must be an https:// URL (BBS requires mutual TLS)")
 
     def number(name: str, **bounds: Any) -> Any:
-        return section.number(name, _default(BBSConfig, name), **bounds)
+        return section.number(name, default(BBSConfig, name), **bounds)
 
     bbs = BBSConfig(
         url=url,
@@ -136,7 +129,7 @@ def _mutual_tls_server(root: Section, name: str, kind: type[RegistrarConfig | Se
         return None
     section = root.section(name)
     value = kind(
-        listen=section.address("listen", _default(kind, "listen")),
+        listen=section.address("listen", default(kind, "listen")),
         cert=section.file("cert"),
         key=section.file("key"),
         client_ca=section.file("client_ca"),
@@ -208,7 +201,7 @@ def _routing_api(section: Section, gateway: GatewaySettings) -> RoutingApiConfig
         raise ConfigError(f"{section.key('uaa_verification_keys')}: {keys_file}: {error}") from None
     groups = _router_groups(section, gateway) if section.has("router_groups") else DEFAULT_ROUTER_GROUPS
     config = RoutingApiConfig(
-        listen=section.address("listen", _default(RoutingApiConfig, "listen")),
+        listen=section.address("listen", default(RoutingApiConfig, "listen")),
         cert=section.file("cert"),
         key=section.file("key"),
         uaa_issuer=section.string("uaa_issuer"),

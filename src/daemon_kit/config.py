@@ -4,6 +4,7 @@ the offending key (`routes[0].port: ...`); a key nobody read is reported as unkn
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,17 @@ def read(
         return decode(text)
     except malformed as error:
         raise ConfigError(f"config file {path} is not {kind}: {error}") from None
+
+
+def default(settings: type, name: str) -> Any:
+    """The default of option `name` of the dataclass `settings`: the one place a default is written,
+    which the parser reads instead of repeating it."""
+    option = settings.__dataclass_fields__[name]  # type: ignore[attr-defined]
+    if option.default is not dataclasses.MISSING:
+        return option.default
+    if option.default_factory is not dataclasses.MISSING:
+        return option.default_factory()
+    raise KeyError(f"{settings.__name__}.{name} has no default")
 
 
 def _bounds(minimum: float | None, maximum: float | None, above: float | None) -> str:
@@ -79,8 +91,10 @@ class Section:
         return self.section(name) if self.has(name) else Section({}, self.key(name))
 
     def string(self, name: str, default: Any = ..., *, empty: bool = False) -> str:
-        """A string, non-empty unless `empty`."""
+        """A string, non-empty unless `empty` (an absent key gives `default` as it is)."""
         value = self.get(name, object, default, "a string")
+        if self._data.get(name) is None:
+            return value
         if not isinstance(value, str) or (not value and not empty):
             raise ConfigError(f"{self.key(name)}: must be a {'string' if empty else 'non-empty string'}")
         return value

@@ -1,50 +1,38 @@
-"""python -m route_registrar --config F [--check]"""
+"""`python -m route_registrar --config F [--check]`: the istio-route-registrar daemon (daemon_kit.cli)."""
 
 from __future__ import annotations
 
-import argparse
-import logging
-import signal
 import sys
-import threading
 
-from route_registrar.config import ConfigError, load
+from daemon_kit import cli
+from route_registrar.config import Config, load
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return cli.main(
+        argv,
         prog="istio-route-registrar",
         description="Registers this VM's platform routes with Copilot's registrar API (mutual TLS), renewing them "
         "while their health checks pass; deregisters them on SIGTERM.",
+        load=load,
+        check=_check,
+        start=_start,
+        config_help="path to the JSON config the istio-route-registrar job renders",
     )
-    parser.add_argument("--config", required=True, help="path to the JSON config the istio-route-registrar job renders")
-    parser.add_argument("--check", action="store_true", help="validate the config, print the registrations and exit")
-    args = parser.parse_args(argv)
-    try:
-        config = load(args.config)
-    except ConfigError as error:
-        print(f"istio-route-registrar: invalid config: {error}", file=sys.stderr)
-        return 2
-    from route_registrar.registrar import Registrar, describe
 
-    if args.check:
-        for line in describe(config):
-            print(line)
-        print(f"config ok ({len(config.routes)} routes)")
-        return 0
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        registrar = Registrar(config)
-    except (OSError, ValueError) as error:  # unreadable or mismatched certificate files
-        logging.getLogger("route_registrar").error("cannot load the TLS files: %s", error)
-        return 1
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+
+def _check(config: Config) -> list[str]:
+    from route_registrar.registrar import describe
+
+    return [*describe(config), f"config ok ({len(config.routes)} routes)"]
+
+
+def _start(config: Config) -> cli.Daemon:
+    from route_registrar.registrar import Registrar
+
+    registrar = Registrar(config)  # OSError, ValueError: unreadable or mismatched TLS files
     registrar.start()
-    done.wait()
-    registrar.stop()
-    return 0
+    return registrar
 
 
 if __name__ == "__main__":

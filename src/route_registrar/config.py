@@ -20,20 +20,17 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
+from daemon_kit.config import ConfigError, Section, default, read
+
+__all__ = ["Config", "ConfigError", "load", "parse", "split_uri"]
+
 MAX_TTL_SECONDS = 3600  # Copilot's registrar API refuses longer TTLs
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST_RE = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message starts with the offending key."""
 
 
 @dataclass(frozen=True)
@@ -82,17 +79,13 @@ class Config:
 
 
 def load(path: str | Path) -> Config:
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"config file {path} is not JSON: {error}") from None
-    return parse(data)
+    """The config file at `path`, read and parsed."""
+    return parse(read(path))
 
 
 def parse(data: object) -> Config:
-    root = _Section(data, "")
+    """The registrations a mapping (the decoded file) gives; raises ConfigError naming the first bad key."""
+    root = Section(data, "")
     copilot = root.section("copilot")
     addresses = copilot.get("addresses", list)
     if not addresses or not all(isinstance(a, str) and a for a in addresses):
@@ -104,7 +97,7 @@ def parse(data: object) -> Config:
         ca_cert=copilot.file("ca_cert"),
         client_cert=copilot.file("client_cert"),
         client_key=copilot.file("client_key"),
-        request_timeout_seconds=copilot.number("request_timeout_seconds", 5.0),
+        request_timeout_seconds=_seconds(copilot, "request_timeout_seconds", default(CopilotTarget, "request_timeout_seconds")),
     )
     copilot.done()
     address = root.string("address")
@@ -127,17 +120,15 @@ def parse(data: object) -> Config:
         instance_index=index,
         source=root.string("source"),
         routes=routes,
-        ttl_intervals=root.number("ttl_intervals", 3.0, minimum=1.5),
-        log_level=root.string("log_level", "info"),
+        ttl_intervals=_seconds(root, "ttl_intervals", default(Config, "ttl_intervals"), minimum=1.5),
+        log_level=root.log_level(),
     )
-    if config.log_level not in LOG_LEVELS:
-        raise ConfigError(f"log_level: {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     root.done()
     return config
 
 
 def _route(data: object, prefix: str) -> Route:
-    section = _Section(data, prefix)
+    section = Section(data, prefix)
     name = section.string("name")
     uris = section.get("uris", list)
     if not uris:
@@ -150,17 +141,17 @@ def _route(data: object, prefix: str) -> Route:
     tls_port = section.port("tls_port", 0)
     if not port and not tls_port:
         raise ConfigError(f"{prefix}: needs port or tls_port")
-    san = section.string("server_cert_domain_san", "") if section.has("server_cert_domain_san") else ""
+    san = section.string("server_cert_domain_san", "", empty=True)
     if tls_port and not san:
         raise ConfigError(f"{prefix}.server_cert_domain_san: is required with tls_port")
-    interval = section.number("registration_interval_seconds")
+    interval = _seconds(section, "registration_interval_seconds")
     health_check = None
     if section.has("health_check") and section.get("health_check", object, None) is not None:
         hc = section.section("health_check")
         health_check = HealthCheck(
             name=hc.string("name"),
             script_path=hc.string("script_path"),
-            timeout_seconds=hc.number("timeout_seconds", interval / 2),
+            timeout_seconds=_seconds(hc, "timeout_seconds", interval / 2),
         )
         if health_check.timeout_seconds >= interval:
             raise ConfigError(f"{prefix}.health_check.timeout_seconds: must be less than registration_interval_seconds")
@@ -170,6 +161,11 @@ def _route(data: object, prefix: str) -> Route:
         raise ConfigError(f"{prefix}.prepend_instance_index: cannot prefix a wildcard uri with the instance index")
     section.done()
     return Route(name, tuple(uris), port, tls_port, san, interval, prepend, health_check)
+
+
+def _seconds(section: Section, name: str, default: object = ..., *, minimum: float | None = None) -> float:
+    """A number greater than 0 (and at least `minimum`), as a float."""
+    return float(section.number(name, default, above=0, minimum=minimum))
 
 
 def split_uri(uri: str, key: str = "uri") -> tuple[str, str]:
@@ -182,65 +178,3 @@ def split_uri(uri: str, key: str = "uri") -> tuple[str, str]:
     if any(c in path for c in "?#"):
         raise ConfigError(f"{key}: {uri!r} has a query or fragment")
     return host, path
-
-
-class _Section:
-    """A mapping being read; remembers which keys were used so unknown keys are reported."""
-
-    def __init__(self, data: object, prefix: str) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{prefix or 'config'}: must be a mapping")
-        self._data: dict[str, Any] = data
-        self._prefix = prefix
-        self._used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self._prefix}.{name}" if self._prefix else name
-
-    def has(self, name: str) -> bool:
-        return name in self._data
-
-    def get(self, name: str, kind: type, default: Any = ...) -> Any:
-        self._used.add(name)
-        if name not in self._data or self._data[name] is None:
-            if default is ...:
-                raise ConfigError(f"{self.key(name)}: is required")
-            return default
-        value = self._data[name]
-        if kind is not object and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
-            raise ConfigError(f"{self.key(name)}: must be a {kind.__name__}")
-        return value
-
-    def section(self, name: str) -> _Section:
-        return _Section(self.get(name, dict), self.key(name))
-
-    def string(self, name: str, default: Any = ...) -> str:
-        value = self.get(name, str, default)
-        if not value and default is ...:
-            raise ConfigError(f"{self.key(name)}: must be a non-empty string")
-        return value
-
-    def number(self, name: str, default: Any = ..., *, minimum: float = 0.0) -> float:
-        """A number greater than 0 and at least `minimum`."""
-        value = self.get(name, object, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or value < minimum:
-            least = f" and at least {minimum:g}" if minimum else ""
-            raise ConfigError(f"{self.key(name)}: must be a number greater than 0{least}")
-        return float(value)
-
-    def port(self, name: str, default: Any = ...) -> int:
-        value = self.get(name, int, default)
-        if not 0 <= value < 65536 or (default is ... and value == 0):
-            raise ConfigError(f"{self.key(name)}: {value} is not a port number")
-        return value
-
-    def file(self, name: str) -> Path:
-        path = Path(self.string(name))
-        if not path.is_file():
-            raise ConfigError(f"{self.key(name)}: file {path} does not exist")
-        return path
-
-    def done(self) -> None:
-        unknown = sorted(set(self._data) - self._used)
-        if unknown:
-            raise ConfigError(f"{self.key(unknown[0])}: unknown key")

@@ -1,21 +1,22 @@
-"""The route-service proxy's configuration file (JSON, rendered by the istio-router job); bad input names the key."""
+"""The route-service proxy's configuration file (JSON, rendered by the istio-router job): `load` reads
+it, `parse` validates the mapping (daemon_kit.config's strict reader: a bad or unknown key is named in
+the ConfigError). Defaults live on `Config`."""
 
 from __future__ import annotations
 
 import ipaddress
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
+from daemon_kit.config import ConfigError, Section, default, read
+
+__all__ = ["Config", "ConfigError", "load", "parse"]
 
 
-class ConfigError(ValueError):
-    """The configuration is invalid; the message starts with the offending key."""
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Config:
+    """Every option of the proxy (the file's keys; client_cert/client_key are the *_file paths)."""
+
     # Where the proxy listens (loopback only: Envoy trusts what it says about routes, and it trusts
     # the route headers Copilot's routes set) and where Envoy's loopback Gateway server takes the
     # requests back that came back from their route service with a valid signature.
@@ -45,60 +46,61 @@ class Config:
 
 
 def load(path: str | Path) -> Config:
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-    try:
-        data = json.loads(text)
-    except ValueError as error:
-        raise ConfigError(f"config file {path} is not JSON: {error}") from None
-    return parse(data)
+    """The config file at `path`, read and parsed."""
+    return parse(read(path))
 
 
 def parse(data: object) -> Config:
+    """The proxy's settings from a mapping (the decoded file); raises ConfigError naming the first bad key."""
     if not isinstance(data, dict):
         raise ConfigError("config: must be a JSON object")
-    known = set(Config.__dataclass_fields__) - {"client_cert_file", "client_key_file"} | {"client_cert", "client_key"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key")
-    defaults = Config(("127.0.0.1", 1), ("127.0.0.1", 1))
-    secret = _string(data, "secret", "")
-    decrypt_only = _string(data, "secret_decrypt_only", "")
+    root = Section(data)
+
+    def number(name: str, minimum: float, integer: bool = False) -> float:
+        return root.number(name, default(Config, name), minimum=minimum, integer=integer)
+
+    def string(name: str) -> str:
+        return root.string(name, default(Config, name), empty=True)
+
+    def boolean(name: str) -> bool:
+        return root.boolean(name, default(Config, name))
+
+    secret, decrypt_only = string("secret"), string("secret_decrypt_only")
     if decrypt_only and not secret:
         raise ConfigError("secret_decrypt_only: given without secret")
-    ca_certs = data.get("ca_certs", [])
-    if not isinstance(ca_certs, list) or not all(isinstance(c, str) and "-----BEGIN CERTIFICATE-----" in c for c in ca_certs):
+    ca_certs = root.string_list("ca_certs", [])
+    if not all("-----BEGIN CERTIFICATE-----" in c for c in ca_certs):
         raise ConfigError("ca_certs: must be a list of PEM certificates")
-    cert, key = data.get("client_cert"), data.get("client_key")
+    cert, key = (root.string(name, "", empty=True) for name in ("client_cert", "client_key"))
     if bool(cert) != bool(key):
         raise ConfigError("client_cert: give client_cert and client_key together")
-    for name in ("client_cert", "client_key"):
-        if data.get(name) and not (isinstance(data[name], str) and Path(data[name]).is_file()):
-            raise ConfigError(f"{name}: file {data[name]!r} does not exist")
-    level = _string(data, "log_level", defaults.log_level)
-    if level not in LOG_LEVELS:
-        raise ConfigError(f"log_level: {level!r} is not one of {', '.join(LOG_LEVELS)}")
+    for name, path in (("client_cert", cert), ("client_key", key)):
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{name}: file {path!r} does not exist")
+    internal_lookup, internal_lookup_https = (
+        _address(root, name) if root.string(name, "", empty=True) else None
+        for name in ("internal_lookup", "internal_lookup_https")
+    )
     config = Config(
-        listen=_loopback(data, "listen"),
-        gateway=_loopback(data, "gateway"),
+        listen=_loopback(root, "listen"),
+        gateway=_loopback(root, "gateway"),
         secret=secret,
         secret_decrypt_only=decrypt_only,
-        local_token=_string(data, "local_token", ""),
-        timeout_seconds=_number(data, "timeout_seconds", defaults.timeout_seconds, minimum=1),
-        recommend_https=_boolean(data, "recommend_https", defaults.recommend_https),
+        local_token=string("local_token"),
+        timeout_seconds=number("timeout_seconds", minimum=1),
+        recommend_https=boolean("recommend_https"),
         ca_certs=tuple(ca_certs),
-        skip_ssl_validation=_boolean(data, "skip_ssl_validation", defaults.skip_ssl_validation),
+        skip_ssl_validation=boolean("skip_ssl_validation"),
         client_cert_file=Path(cert) if cert else None,
         client_key_file=Path(key) if key else None,
-        max_attempts=int(_number(data, "max_attempts", defaults.max_attempts, minimum=1, integer=True)),
-        connect_timeout_seconds=_number(data, "connect_timeout_seconds", defaults.connect_timeout_seconds, minimum=0.1),
-        request_timeout_seconds=_number(data, "request_timeout_seconds", defaults.request_timeout_seconds, minimum=1),
-        log_level=level,
-        internal_lookup=_address(data, "internal_lookup") if data.get("internal_lookup") else None,
-        internal_lookup_https=_address(data, "internal_lookup_https") if data.get("internal_lookup_https") else None,
+        max_attempts=int(number("max_attempts", minimum=1, integer=True)),
+        connect_timeout_seconds=number("connect_timeout_seconds", minimum=0.1),
+        request_timeout_seconds=number("request_timeout_seconds", minimum=1),
+        log_level=root.log_level(),
+        internal_lookup=internal_lookup,
+        internal_lookup_https=internal_lookup_https,
     )
+    root.done()
     if config.internal_lookup_https and not config.internal_lookup:
         raise ConfigError("internal_lookup_https: given without internal_lookup")
     if config.listen == config.gateway:
@@ -106,34 +108,9 @@ def parse(data: object) -> Config:
     return config
 
 
-def _string(data: dict, name: str, default: str) -> str:
-    value = data.get(name, default)
-    if not isinstance(value, str):
-        raise ConfigError(f"{name}: must be a string")
-    return value
-
-
-def _boolean(data: dict, name: str, default: bool) -> bool:
-    value = data.get(name, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name}: must be true or false")
-    return value
-
-
-def _number(data: dict, name: str, default: float, *, minimum: float, integer: bool = False) -> float:
-    value = data.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
-        raise ConfigError(f"{name}: must be {'an integer' if integer else 'a number'}")
-    if value < minimum:
-        raise ConfigError(f"{name}: {value} is out of range")
-    return value
-
-
-def _address(data: dict, name: str) -> tuple[str, int]:
+def _address(root: Section, name: str) -> tuple[str, int]:
     """host:port with an IP address."""
-    value = data.get(name)
-    if not isinstance(value, str):
-        raise ConfigError(f"{name}: must be host:port")
+    value = root.string(name)
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
@@ -145,12 +122,10 @@ def _address(data: dict, name: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _loopback(data: dict, name: str) -> tuple[str, int]:
+def _loopback(root: Section, name: str) -> tuple[str, int]:
     """host:port on a loopback address: the proxy trusts the route headers it is sent only because
     nothing but the router's own Envoy can reach it."""
-    if not isinstance(data.get(name), str):
-        raise ConfigError(f"{name}: is required (host:port)")
-    host, port = _address(data, name)
+    host, port = _address(root, name)
     if not ipaddress.ip_address(host).is_loopback:
-        raise ConfigError(f"{name}: {data[name]!r} must be a loopback address")
+        raise ConfigError(f"{name}: {host}:{port} must be a loopback address")
     return host, port

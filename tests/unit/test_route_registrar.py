@@ -282,13 +282,14 @@ def test_check_prints_the_registrations(pki, tmp_path):
     ({"routes": [route(tls_port=8443)]}, r"routes\[0\].server_cert_domain_san: is required with tls_port"),
     ({"routes": [route(uris=[])]}, r"routes\[0\].uris: must list at least one uri"),
     ({"routes": [route(uris=["bad_host!"])]}, r"routes\[0\].uris\[0\]: 'bad_host!' is not host\[/path\]"),
-    ({"routes": [route(registration_interval_seconds=0)]}, r"registration_interval_seconds: must be a number greater than 0"),
+    ({"routes": [route(registration_interval_seconds=0)]},
+     r"registration_interval_seconds: 0 is out of range \(must be greater than 0\)"),
     ({"routes": [route(health_check={"name": "h", "script_path": "/x", "timeout_seconds": 1})]},
      "timeout_seconds: must be less than registration_interval_seconds"),
     ({"routes": [route(), route()]}, "two routes are named 'api'"),
     ({"routes": [route(uris=["*.x.example.com"], prepend_instance_index=True)]}, "cannot prefix a wildcard uri"),
     ({"routes": [route(color="blue")]}, r"routes\[0\].color: unknown key"),
-    ({"ttl_intervals": 1}, "ttl_intervals: must be a number greater than 0 and at least 1.5"),
+    ({"ttl_intervals": 1}, r"ttl_intervals: 1 is out of range \(must be greater than 0 and at least 1.5\)"),
     ({"log_level": "loud"}, "log_level: 'loud' is not one of"),
 ])
 def test_invalid_config_names_the_key(pki, change, message):
