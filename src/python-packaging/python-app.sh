@@ -4,7 +4,7 @@
 #
 #   install_python_runtime     python/python-*-linux-amd64.tar.gz -> $BOSH_INSTALL_TARGET/python
 #   install_wheels             every python-wheels/*.whl the package ships, offline
-#   install_source DIR         a source package (e.g. copilot) into the runtime's site-packages
+#   install_source DIR         a source package (e.g. copilot, daemon_kit) into the runtime's site-packages
 #   write_launcher NAME MODULE $BOSH_INSTALL_TARGET/bin/NAME runs `python -m MODULE`
 
 : "${BOSH_INSTALL_TARGET:?BOSH_INSTALL_TARGET is not set (packaging scripts run under bosh)}"

@@ -64,6 +64,7 @@ def test_copilot_package_has_the_source_protos_and_no_bytecode(release, tmp_path
         files = set(package.getnames())
     assert "./packaging" in files and "./python-packaging/python-app.sh" in files
     assert {"./copilot/main.py", "./copilot/protos/bbs_pb2.py", "./copilot/xds/mcp_server.py"} <= files
+    assert {"./daemon_kit/__init__.py", "./daemon_kit/cli.py", "./daemon_kit/config.py", "./daemon_kit/logs.py"} <= files
     assert any(f.startswith("./python-wheels/grpcio-") for f in files)
     assert any(f.startswith("./python/python-") for f in files)
     assert not any("__pycache__" in f or f.endswith(".pyc") for f in files)
@@ -79,3 +80,20 @@ def test_router_job_carries_its_templates(release, tmp_path):
     assert {"./monit", "./templates/envoy.json.erb", "./templates/bpm.yml.erb", "./templates/drain.erb"} <= files
     assert manifest["packages"] == ["envoy", "router-sds"]
     assert {c["name"] for c in manifest["consumes"]} == {"pilot", "copilot"}
+
+
+@pytest.mark.parametrize(("package", "program"), [
+    ("copilot", "copilot"), ("istio-route-registrar", "route_registrar"), ("router-sds", "router_sds"),
+    ("router-sds", "route_services"),
+])
+def test_python_packages_carry_the_daemon_kit(release, tmp_path, package, program):
+    """Every Python daemon starts from daemon_kit (its main(), config reader and logs): the package holds it."""
+    tarball, _ = release
+    with tarfile.open(tarball) as tar:
+        tar.extract(f"packages/{package}.tgz", tmp_path, filter="data")
+    with tarfile.open(tmp_path / "packages" / f"{package}.tgz") as archive:
+        files = set(archive.getnames())
+        packaging = archive.extractfile("./packaging").read().decode()
+    kit = {f"./daemon_kit/{name}.py" for name in ("__init__", "cli", "config", "logs", "replies")}
+    assert kit <= files and f"./{program}/__main__.py" in files
+    assert "install_source daemon_kit" in packaging

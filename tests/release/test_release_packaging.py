@@ -112,6 +112,8 @@ def test_packaging_produces_a_working_package(name, all_blobs, tmp_path, pki):
         assert "cf version" in _runs([str(target / "bin" / "cf"), "version"])
     else:
         assert (target / "app" / "index.html").is_file() and (target / "app" / "Staticfile").is_file()
+    if name in ("copilot", "router-sds", "istio-route-registrar"):  # the daemons' shared kit, installed beside them
+        assert str(target) in _package_python(target, "import daemon_kit.cli; print(daemon_kit.__file__)")
     # Packaging wrote nothing outside BOSH_INSTALL_TARGET but its own compile dir.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["compile", "install"] + (["job"] if name == "copilot" else [])
 
