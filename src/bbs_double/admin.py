@@ -36,6 +36,7 @@ import requests
 
 from bbs_double.server import BBSDouble
 from copilot.protos import bbs_pb2
+from daemon_kit.replies import reply
 
 _START_FIELDS = {
     "host_port",
@@ -132,12 +133,7 @@ class AdminServer:
                     code, answer = handle(method, self.path, body)
                 except (KeyError, TypeError, ValueError) as error:
                     code, answer = 400, {"error": f"{type(error).__name__}: {error}"}
-                payload = json.dumps(answer).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                reply(self, code, answer)
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 self._serve("GET")

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import exposition
 
 from copilot.metrics import REGISTRY
+from daemon_kit.replies import reply
 
 Status = Callable[[], tuple[bool, dict]]
 
@@ -38,19 +38,12 @@ class HealthServer:
                 path = self.path.split("?", 1)[0]
                 if path in ("/health", "/live"):
                     ok, details = (status_fn if path == "/health" else live_fn)()
-                    self._send(200 if ok else 503, "application/json", json.dumps(details).encode())
+                    reply(self, 200 if ok else 503, details)
                 elif path == "/metrics":
                     refresh()
-                    self._send(200, exposition.CONTENT_TYPE_LATEST, exposition.generate_latest(REGISTRY))
+                    reply(self, 200, exposition.generate_latest(REGISTRY), exposition.CONTENT_TYPE_LATEST)
                 else:
-                    self._send(404, "text/plain", b"not found\n")
-
-            def _send(self, code: int, content_type: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    reply(self, 404, b"not found\n", "text/plain")
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -18,6 +18,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from daemon_kit.replies import reply
 from devtools.cell import Cell, CellPKI
 from devtools.certs import CA
 from local_tier import render
@@ -46,12 +47,7 @@ def serve(cell: Cell, port: int) -> ThreadingHTTPServer:
 
     class Handler(BaseHTTPRequestHandler):
         def _reply(self, status: int, body: object) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            reply(self, status, body)
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             self._reply(200, sorted(cell.instances))

@@ -82,11 +82,11 @@ def test_router_job_carries_its_templates(release, tmp_path):
     assert {c["name"] for c in manifest["consumes"]} == {"pilot", "copilot"}
 
 
-@pytest.mark.parametrize(("package", "program"), [
-    ("copilot", "copilot"), ("istio-route-registrar", "route_registrar"), ("router-sds", "router_sds"),
-    ("router-sds", "route_services"),
+@pytest.mark.parametrize(("package", "entry"), [
+    ("copilot", "copilot/main.py"), ("istio-route-registrar", "route_registrar/__main__.py"),
+    ("router-sds", "router_sds/__main__.py"), ("router-sds", "route_services/__main__.py"),
 ])
-def test_python_packages_carry_the_daemon_kit(release, tmp_path, package, program):
+def test_python_packages_carry_the_daemon_kit(release, tmp_path, package, entry):
     """Every Python daemon starts from daemon_kit (its main(), config reader and logs): the package holds it."""
     tarball, _ = release
     with tarfile.open(tarball) as tar:
@@ -95,5 +95,5 @@ def test_python_packages_carry_the_daemon_kit(release, tmp_path, package, progra
         files = set(archive.getnames())
         packaging = archive.extractfile("./packaging").read().decode()
     kit = {f"./daemon_kit/{name}.py" for name in ("__init__", "cli", "config", "logs", "replies")}
-    assert kit <= files and f"./{program}/__main__.py" in files
+    assert kit <= files and f"./{entry}" in files
     assert "install_source daemon_kit" in packaging
