@@ -24,6 +24,7 @@ from copilot.settings import (
     Certificate,
     Config,
     GatewaySettings,
+    MutualTLSServerConfig,
     OutlierDetection,
     RegistrarConfig,
     RouteServiceSettings,
@@ -63,19 +64,7 @@ def parse(data: object) -> Config:
     gw = root.optional_section("gateway")
     gateway = _gateway(gw)
     gw.done()
-    cc = None
-    if root.has("cc"):
-        section = root.section("cc")
-        cc = CCConfig(
-            listen=section.address("listen", default(CCConfig, "listen")),
-            cert=section.file("cert"),
-            key=section.file("key"),
-            client_ca=section.file("client_ca"),
-            bulk_sync_hold_seconds=section.number(
-                "bulk_sync_hold_seconds", default(CCConfig, "bulk_sync_hold_seconds"), minimum=0
-            ),
-        )
-        section.done()
+    cc = _mutual_tls_server(root, "cc", CCConfig, "bulk_sync_hold_seconds")
     registrar = _mutual_tls_server(root, "registrar", RegistrarConfig)
     service_discovery = _mutual_tls_server(root, "service_discovery", ServiceDiscoveryConfig)
     backends_section = root.optional_section("backends")
@@ -123,8 +112,9 @@ def _bbs(section: Section) -> BBSConfig:
     return bbs
 
 
-def _mutual_tls_server(root: Section, name: str, kind: type[RegistrarConfig | ServiceDiscoveryConfig]) -> Any:
-    """An optional HTTPS API section {listen, cert, key, client_ca} (mutual TLS)."""
+def _mutual_tls_server(root: Section, name: str, kind: type[MutualTLSServerConfig], *seconds: str) -> Any:
+    """An optional HTTPS API section {listen, cert, key, client_ca} (mutual TLS), with the durations
+    `seconds` (numbers of at least 0) its kind adds."""
     if not root.has(name):
         return None
     section = root.section(name)
@@ -133,6 +123,7 @@ def _mutual_tls_server(root: Section, name: str, kind: type[RegistrarConfig | Se
         cert=section.file("cert"),
         key=section.file("key"),
         client_ca=section.file("client_ca"),
+        **{option: section.number(option, default(kind, option), minimum=0) for option in seconds},
     )
     section.done()
     return value

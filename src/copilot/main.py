@@ -197,21 +197,13 @@ def _record_push(type_url: str, count: int, seconds: float) -> None:
         metrics.PUSH_LATENCY.observe(seconds)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli.main(
-        argv,
-        prog="copilot",
-        description="Feeds istiod with Cloud Foundry routes over MCP-over-xDS.",
-        load=load,
-        check=lambda config: ["config ok"],
-        start=_start,
-    )
-
-
 def _start(config: Config) -> Copilot:
     copilot = Copilot(config)
     copilot.start()
     return copilot
+
+
+main = cli.Program("copilot", "Feeds istiod with Cloud Foundry routes over MCP-over-xDS.", load, _start).main
 
 
 if __name__ == "__main__":

@@ -170,34 +170,37 @@ class BBSConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CCConfig:
-    """The Cloud Controller API (api.CloudControllerCopilot): mutual TLS, clients signed by client_ca."""
+class MutualTLSServerConfig:
+    """One of Copilot's HTTPS APIs: where it listens, its certificate and key, and the CA its clients'
+    certificates must be signed by (mutual TLS)."""
 
+    listen: str
     cert: Path
     key: Path
     client_ca: Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class CCConfig(MutualTLSServerConfig):
+    """The Cloud Controller API (api.CloudControllerCopilot)."""
+
     listen: str = "0.0.0.0:9001"  # the copilot job spec's cc.listen_address
+    # How long istiod waits for Cloud Controller's first BulkSync before BBS routes alone are served.
     bulk_sync_hold_seconds: float = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
-class RegistrarConfig:
-    """Where our route_registrar jobs register platform routes: HTTPS with mutual TLS."""
+class RegistrarConfig(MutualTLSServerConfig):
+    """Where our route_registrar jobs register platform routes."""
 
-    cert: Path
-    key: Path
-    client_ca: Path
     listen: str = "0.0.0.0:9003"  # the copilot job spec's registrar.listen_address
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServiceDiscoveryConfig:
+class ServiceDiscoveryConfig(MutualTLSServerConfig):
     """The `*.apps.internal` lookup API bosh-dns-adapter calls (service-discovery-controller's, see
-    service_discovery.py): HTTPS with mutual TLS, clients signed by client_ca."""
+    service_discovery.py)."""
 
-    cert: Path
-    key: Path
-    client_ca: Path
     listen: str = "0.0.0.0:8054"  # the copilot job spec's service_discovery.listen_address
 
 

@@ -8,19 +8,6 @@ from daemon_kit import cli
 from route_registrar.config import Config, load
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli.main(
-        argv,
-        prog="istio-route-registrar",
-        description="Registers this VM's platform routes with Copilot's registrar API (mutual TLS), renewing them "
-        "while their health checks pass; deregisters them on SIGTERM.",
-        load=load,
-        check=_check,
-        start=_start,
-        config_help="path to the JSON config the istio-route-registrar job renders",
-    )
-
-
 def _check(config: Config) -> list[str]:
     from route_registrar.registrar import describe
 
@@ -33,6 +20,14 @@ def _start(config: Config) -> cli.Daemon:
     registrar = Registrar(config)  # OSError, ValueError: unreadable or mismatched TLS files
     registrar.start()
     return registrar
+
+
+DESCRIPTION = (
+    "Registers this VM's platform routes with Copilot's registrar API (mutual TLS), renewing them while their health"
+    " checks pass; deregisters them on SIGTERM."
+)
+CONFIG_HELP = "path to the JSON config the istio-route-registrar job renders"
+main = cli.Program("istio-route-registrar", DESCRIPTION, load, _start, _check, CONFIG_HELP).main
 
 
 if __name__ == "__main__":

@@ -9,18 +9,6 @@ from daemon_kit import cli
 from route_services.config import Config, load
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli.main(
-        argv,
-        prog="route-services",
-        description="The router's route-service proxy (gorouter's route service protocol).",
-        load=load,
-        check=lambda config: [f"config ok (route services {'on' if config.secret else 'off: no secret'})"],
-        start=_start,
-        config_help="path to the JSON config file",
-    )
-
-
 def _start(config: Config) -> cli.Daemon:
     from route_services.proxy import RouteServiceProxy  # cryptography only when serving
 
@@ -33,6 +21,14 @@ def _start(config: Config) -> cli.Daemon:
         "on" if config.secret else "off (no secret): every request gets 502",
     )
     return proxy
+
+
+def _check(config: Config) -> list[str]:
+    return [f"config ok (route services {'on' if config.secret else 'off: no secret'})"]
+
+
+DESCRIPTION = "The router's route-service proxy (gorouter's route service protocol)."
+main = cli.Program("route-services", DESCRIPTION, load, _start, _check, "path to the JSON config file").main
 
 
 if __name__ == "__main__":

@@ -8,23 +8,19 @@ from daemon_kit import cli
 from router_sds.config import Config, load
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli.main(
-        argv,
-        prog="router-sds",
-        description="Serves the router's TLS certificates to Envoy over SDS.",
-        load=load,
-        check=lambda config: [f"config ok ({len(config.certificates)} certificates)"],
-        start=_start,
-    )
-
-
 def _start(config: Config) -> cli.Daemon:
     from router_sds.server import SdsServer  # grpc only when serving
 
     server = SdsServer(config)
     server.start()  # OSError, RuntimeError: the socket or port cannot be bound
     return server
+
+
+def _check(config: Config) -> list[str]:
+    return [f"config ok ({len(config.certificates)} certificates)"]
+
+
+main = cli.Program("router-sds", "Serves the router's TLS certificates to Envoy over SDS.", load, _start, _check).main
 
 
 if __name__ == "__main__":

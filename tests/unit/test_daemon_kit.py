@@ -119,9 +119,10 @@ _DAEMON = textwrap.dedent(
         logging.getLogger("toy").info("started", extra={"answer": 42})
         return Daemon()
 
-    sys.exit(cli.main(sys.argv[1:], prog="toy", description="a toy daemon", load=lambda p: Config(read(p)),
-                      check=lambda c: ["config ok", f"level {c.log_level}"], start=start))
-    """
+    check = lambda c: ["config ok", f"level {c.log_level}"]
+    program = cli.Program("toy", "a toy daemon", lambda p: Config(read(p)), start, check)
+    sys.exit(program.main())
+"""
 )
 
 
