@@ -29,8 +29,9 @@ class Daemon(Protocol):
 
 @dataclass(frozen=True)
 class Program(Generic[C]):
-    """A daemon's command: `load(path)` reads its config, `start(config)` starts serving and returns what
-    `stop()` tears down, `check(config)` gives the lines `--check` prints."""
+    """A daemon's command: `load(path)` reads its config (which has a `log_level`: debug, info, warning
+    or error), `start(config)` starts serving and returns what `stop()` tears down, `check(config)` gives
+    the lines `--check` prints."""
 
     prog: str
     description: str
