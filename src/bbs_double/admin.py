@@ -28,15 +28,14 @@ typed client.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import requests
 
 from bbs_double.server import BBSDouble
 from copilot.protos import bbs_pb2
-from daemon_kit.replies import reply
+from daemon_kit.httpd import Server, reply
 
 _START_FIELDS = {
     "host_port",
@@ -56,7 +55,7 @@ _START_FIELDS = {
 _DESIRE_FIELDS = {"http_routes", "tcp_routes", "internal_routes", "instances", "domain", "ports"}
 
 
-class AdminServer:
+class AdminServer(Server):
     def __init__(self, double: BBSDouble, port: int = 0) -> None:
         def handle(method: str, path: str, body: dict) -> tuple[int, object]:
             if method == "GET" and path == "/state":
@@ -147,16 +146,7 @@ class AdminServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-
-    def start(self) -> None:
-        threading.Thread(target=self._server.serve_forever, name="bbs-admin", daemon=True).start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__("127.0.0.1", port, Handler, "bbs-admin")
 
 
 def _state(double: BBSDouble) -> dict:

@@ -9,14 +9,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from prometheus_client import exposition
 
 from copilot.metrics import REGISTRY
-from daemon_kit.replies import reply
+from daemon_kit.httpd import Server, reply
 
 Status = Callable[[], tuple[bool, dict]]
 
@@ -25,7 +24,7 @@ def _always_live() -> tuple[bool, dict]:
     return True, {"live": True}
 
 
-class HealthServer:
+class HealthServer(Server):
     def __init__(
         self, address: str, status: Status, before_scrape: Callable[[], None], live: Status = _always_live
     ) -> None:
@@ -48,13 +47,4 @@ class HealthServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((host, int(port)), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-
-    def start(self) -> None:
-        threading.Thread(target=self._server.serve_forever, name="health", daemon=True).start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(host, int(port), Handler, "health")

@@ -18,7 +18,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from daemon_kit.replies import reply
+from daemon_kit.httpd import reply
 from devtools.cell import Cell, CellPKI
 from devtools.certs import CA
 from local_tier import render

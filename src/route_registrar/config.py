@@ -48,6 +48,9 @@ class CopilotTarget:
 
 @dataclass(frozen=True)
 class HealthCheck:
+    """A route's health check: the script run before each registration (exit 0: healthy), killed
+    after `timeout_seconds`; an unhealthy route is deregistered."""
+
     name: str
     script_path: str
     timeout_seconds: float

@@ -29,6 +29,8 @@ class PemSource:
 
 @dataclass(frozen=True)
 class CertificateConfig:
+    """One secret served: its SDS resource name, and where its PEM chain and key come from."""
+
     name: str
     certificate_chain: PemSource
     private_key: PemSource

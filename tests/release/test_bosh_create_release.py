@@ -94,6 +94,6 @@ def test_python_packages_carry_the_daemon_kit(release, tmp_path, package, entry)
     with tarfile.open(tmp_path / "packages" / f"{package}.tgz") as archive:
         files = set(archive.getnames())
         packaging = archive.extractfile("./packaging").read().decode()
-    kit = {f"./daemon_kit/{name}.py" for name in ("__init__", "cli", "config", "logs", "replies")}
+    kit = {f"./daemon_kit/{name}.py" for name in ("__init__", "cli", "config", "logs", "httpd")}
     assert kit <= files and f"./{entry}" in files
     assert "install_source daemon_kit" in packaging

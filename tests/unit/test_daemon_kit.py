@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from daemon_kit.config import ConfigError, Section, default, read
-from daemon_kit.replies import reply
+from daemon_kit.httpd import reply
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
