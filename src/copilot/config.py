@@ -1,6 +1,8 @@
-"""Copilot's configuration file (YAML or JSON): `load` reads it (the one step with I/O), `parse` turns
-the mapping into the settings objects of copilot.settings, validating every key (daemon_kit.config's
-strict reader: a bad or unknown key is named in the ConfigError). Defaults live on the settings types."""
+"""Copilot's configuration file (YAML or JSON): `load` reads and decodes it, `parse` turns the mapping
+into the settings objects of copilot.settings, validating every key with daemon_kit.config's strict
+reader (a bad or unknown key is named in the ConfigError). Defaults live on the settings types, not
+here. Files the config names are checked to exist, and the UAA verification keys decoded, while
+parsing, so `copilot --check` catches them."""
 
 from __future__ import annotations
 
@@ -34,8 +36,6 @@ from copilot.settings import (
 )
 from copilot.uaa_token import load_public_keys
 from daemon_kit.config import ConfigError, Section, default, read
-
-__all__ = ["Config", "ConfigError", "load", "parse"]
 
 _CERT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 

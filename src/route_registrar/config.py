@@ -26,8 +26,6 @@ from pathlib import Path
 
 from daemon_kit.config import ConfigError, Section, default, read
 
-__all__ = ["Config", "ConfigError", "load", "parse", "split_uri"]
-
 MAX_TTL_SECONDS = 3600  # Copilot's registrar API refuses longer TTLs
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST_RE = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")

@@ -10,8 +10,6 @@ from pathlib import Path
 
 from daemon_kit.config import ConfigError, Section, default, read
 
-__all__ = ["Config", "ConfigError", "load", "parse"]
-
 
 @dataclass(frozen=True, kw_only=True)
 class Config:

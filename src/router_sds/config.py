@@ -10,8 +10,6 @@ import yaml
 
 from daemon_kit.config import ConfigError, Section, default, read
 
-__all__ = ["Config", "ConfigError", "load", "parse"]
-
 
 @dataclass(frozen=True)
 class PemSource:
