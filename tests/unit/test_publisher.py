@@ -14,7 +14,7 @@ from copilot.model import HttpRoute, Instance, PortMapping, ProcessRoutes
 from copilot.protos import istio_mcp_pb2 as mcp
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.publisher import Publisher
-from copilot.routing_table import RoutingTable
+from copilot.views import Views
 from copilot.xds.snapshot import Snapshot
 
 SETTINGS = GatewaySettings(namespace="cf")
@@ -47,8 +47,8 @@ def endpoints(snapshot: Snapshot, host: str) -> list[str]:
 
 
 @pytest.fixture
-def setup() -> tuple[RoutingTable, Snapshot, Publisher]:
-    table, snapshot = RoutingTable(), Snapshot()
+def setup() -> tuple[Views, Snapshot, Publisher]:
+    table, snapshot = Views(), Snapshot()
     return table, snapshot, Publisher(table, snapshot, SETTINGS)
 
 
@@ -59,8 +59,8 @@ def test_gateway_is_published_from_the_start(setup) -> None:
 
 def test_publish_builds_the_objects_of_dirty_hosts(setup) -> None:
     table, snapshot, publisher = setup
-    table.upsert_process("p", process("a.example.com", "b.example.com"))
-    table.upsert_instance(0, instance("p"))
+    table.bbs.upsert_process("p", process("a.example.com", "b.example.com"))
+    table.bbs.upsert_instance(0, instance("p"))
     assert publisher.publish() == 2
     for type_url in (VS, DR, SE):
         router_objects = ["cf/cf-unknown-route"] if type_url == VS else []
@@ -71,12 +71,12 @@ def test_publish_builds_the_objects_of_dirty_hosts(setup) -> None:
 
 def test_only_dirty_hosts_are_rebuilt(setup) -> None:
     table, snapshot, publisher = setup
-    table.upsert_process("p", process("a.example.com"))
-    table.upsert_process("q", process("b.example.com"))
+    table.bbs.upsert_process("p", process("a.example.com"))
+    table.bbs.upsert_process("q", process("b.example.com"))
     publisher.publish()
     changes: list[set[str]] = []
     snapshot.subscribe(changes.append)
-    table.upsert_instance(0, instance("q"))
+    table.bbs.upsert_instance(0, instance("q"))
     assert publisher.publish() == 1
     assert changes == [{SE}]  # the VirtualService and DestinationRule did not change
     assert endpoints(snapshot, "b.example.com") == ["10.0.0.1:61000"]
@@ -85,13 +85,13 @@ def test_only_dirty_hosts_are_rebuilt(setup) -> None:
 
 def test_removed_host_is_deleted(setup) -> None:
     table, snapshot, publisher = setup
-    table.upsert_process("p", process("a.example.com", "b.example.com"))
+    table.bbs.upsert_process("p", process("a.example.com", "b.example.com"))
     publisher.publish()
-    table.upsert_process("p", process("a.example.com"))
+    table.bbs.upsert_process("p", process("a.example.com"))
     publisher.publish()
     for type_url in (VS, DR, SE):
         assert [n for n in snapshot.names(type_url) if n != "cf/cf-unknown-route"] == [name("a.example.com")]
-    table.remove_process("p")
+    table.bbs.remove_process("p")
     publisher.publish()
     for type_url in (VS, DR, SE):
         assert [n for n in snapshot.names(type_url) if n != "cf/cf-unknown-route"] == []
@@ -103,28 +103,28 @@ def test_a_bad_instance_is_left_out_and_its_host_keeps_following_changes(setup) 
     """One instance with an address istiod would refuse (one that reached the table without passing a
     source's check) costs only its own endpoint: its host still gets new instances and loses removed ones."""
     table, snapshot, publisher = setup
-    table.upsert_process("p", process("a.example.com"))
-    table.upsert_process("q", process("b.example.com"))
-    table.upsert_instance(0, instance("p"))
+    table.bbs.upsert_process("p", process("a.example.com"))
+    table.bbs.upsert_process("q", process("b.example.com"))
+    table.bbs.upsert_instance(0, instance("p"))
     publisher.publish()
     invalid_input.forget()
     dropped = invalid_input.INVALID_INPUT.labels("builder", "endpoint.address")._value.get()
-    table.upsert_instance(0, instance("p", 1, address="not-an-ip"))
-    table.upsert_instance(0, instance("p", 2, address="10.0.0.2"))  # a new instance of the same app
-    table.upsert_instance(0, instance("q"))
+    table.bbs.upsert_instance(0, instance("p", 1, address="not-an-ip"))
+    table.bbs.upsert_instance(0, instance("p", 2, address="10.0.0.2"))  # a new instance of the same app
+    table.bbs.upsert_instance(0, instance("q"))
     publisher.publish()
     assert publisher.rejected_hosts == 0
     assert invalid_input.INVALID_INPUT.labels("builder", "endpoint.address")._value.get() == dropped + 1
     assert endpoints(snapshot, "a.example.com") == ["10.0.0.1:61000", "10.0.0.2:61002"]
     assert endpoints(snapshot, "b.example.com") == ["10.0.0.1:61000"]
-    table.remove_instance("p", 0, 0, "p-0")
+    table.bbs.remove_instance("p", 0, 0, "p-0")
     publisher.publish()
     assert endpoints(snapshot, "a.example.com") == ["10.0.0.2:61002"]
 
 
 def test_publish_everything_rebuilds_every_host(setup, monkeypatch: pytest.MonkeyPatch) -> None:
     table, snapshot, publisher = setup
-    table.upsert_process("p", process("a.example.com", "b.example.com", "c.example.com"))
+    table.bbs.upsert_process("p", process("a.example.com", "b.example.com", "c.example.com"))
     publisher.publish()
     version = snapshot.version(VS)
     readings = iter([100.0, 100.75])  # the publish's start and end on a test clock
