@@ -1,4 +1,5 @@
-"""The publisher: routing-table changes become snapshot updates for the dirty hosts only."""
+"""The publisher: what changed in the views becomes snapshot updates for the touched keys only, every
+kind of view through one loop and one exit (`_emit`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from copilot import invalid_input
 from copilot import publisher as publisher_module
 from copilot.istio import kinds
 from copilot.istio.builder import GatewaySettings, object_name
-from copilot.model import HttpRoute, Instance, PortMapping, ProcessRoutes
+from copilot.model import CCRoute, HttpRoute, Instance, PortMapping, ProcessRoutes, TcpRoute
 from copilot.protos import istio_mcp_pb2 as mcp
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.publisher import Publisher
@@ -132,3 +133,60 @@ def test_publish_everything_rebuilds_every_host(setup, monkeypatch: pytest.Monke
     assert publisher.publish(everything=True) == 3
     assert snapshot.version(VS) == version
     assert publisher.last_publish_seconds == 0.75  # how long the last publish took
+
+
+def recorded_emits(publisher: Publisher, monkeypatch: pytest.MonkeyPatch) -> list[tuple[list, list]]:
+    """Every `_emit` call from now on, as ([(kind name, object name)], [(kind name, object name)]), passed on."""
+    calls: list[tuple[list, list]] = []
+    emit = publisher._emit
+
+    def recording(upserts, deletions):
+        calls.append(([(o.kind.name, o.name) for o in upserts], [(k.name, n) for k, n in deletions]))
+        emit(upserts, deletions)
+
+    monkeypatch.setattr(publisher, "_emit", recording)
+    return calls
+
+
+def test_one_publish_hands_every_kind_to_one_emit(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    table, snapshot, publisher = setup
+    table.bbs.upsert_process("p", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),), tcp=(TcpRoute(1025, 8080),)))
+    table.bbs.upsert_instance(0, instance("p"))
+    table.cc.upsert_route(CCRoute("r", "p.apps.internal", "", True, "127.128.0.1"))
+    table.cc.map_route("r", "c", 1)
+    table.cc.upsert_association("c", ("p",))
+    calls = recorded_emits(publisher, monkeypatch)
+    publisher.publish()
+    [(upserts, deletions)] = calls  # one exit, so one snapshot update (one push) for the whole publish
+    assert deletions == []
+    assert sorted(kind for kind, _ in upserts) == sorted(
+        ["VirtualService", "DestinationRule", "ServiceEntry"]  # the host
+        + ["ServiceEntry"]  # the internal host
+        + ["Gateway", "VirtualService", "ServiceEntry", "DestinationRule"]  # the TCP port
+    )
+    assert "cf/cf-tcp-1025" in snapshot.names(GW)
+    table.bbs.remove_process("p")  # the host and the port go; the internal route keeps its VIP, without backends
+    publisher.publish()
+    [_, (upserts, deletions)] = calls
+    assert sorted(deletions) == sorted(
+        [("VirtualService", name("a.example.com")), ("DestinationRule", name("a.example.com")),
+         ("ServiceEntry", name("a.example.com")), ("Gateway", "cf/cf-tcp-1025"), ("VirtualService", "cf/cf-tcp-1025"),
+         ("ServiceEntry", "cf/cf-tcp-1025"), ("DestinationRule", "cf/cf-tcp-1025")]
+    )
+    assert [kind for kind, _ in upserts] == ["ServiceEntry"]  # the internal host, now without endpoints
+    assert snapshot.names(GW) == ["cf/cf-ingress"]
+
+
+def test_a_large_publish_emits_in_batches_of_whole_hosts(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    table, snapshot, publisher = setup
+    monkeypatch.setattr(publisher_module, "EMIT_BATCH", 7)
+    hosts = [f"h{i}.example.com" for i in range(10)]
+    table.bbs.upsert_process("p", process(*hosts))
+    calls = recorded_emits(publisher, monkeypatch)
+    publisher.publish()
+    # 7 objects reached after the third host: batches of 3 hosts (9 objects), the last one the rest
+    assert [len(upserts) for upserts, _ in calls] == [9, 9, 9, 3]
+    for upserts, _ in calls:  # a host's VirtualService, DestinationRule and ServiceEntry go together
+        names = [n for _, n in upserts]
+        assert all(names.count(n) == 3 for n in names)
+    assert [n for n in snapshot.names(SE)] == sorted(name(h) for h in hosts)

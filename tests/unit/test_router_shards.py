@@ -140,7 +140,7 @@ def test_bad_isolation_segment_drops_the_entry_and_is_counted(segment: object) -
     assert counter._value.get() == before + 1
 
 
-def test_routing_table_carries_the_segment_to_destinations_and_cc_routes() -> None:
+def test_the_views_carry_the_segment_to_destinations_and_cc_routes() -> None:
     from copilot.model import CCRoute
 
     table = Views()
@@ -249,6 +249,18 @@ def test_weights_among_a_shards_destinations_follow_the_weight_logic() -> None:
     [only_b] = [vs for name, vs in vss.items() if name != f"istio-system/{object_name('w.example.com')}"]
     assert [t.weight for t in both.http[0].route] == [75, 25]
     assert [(t.destination.subset, t.weight) for t in only_b.http[0].route] == [(subset_name("b", 8080), 0)]
+
+
+def test_a_shards_share_of_a_path_is_normalised_once_from_the_relative_weights() -> None:
+    # Three apps on one path, one of them in the segment: the shared routers split between the other
+    # two exactly as their weights say (1:1), never the rounding of a split among all three (34:33).
+    shards = (RouterShard("shared", "shared-and-segments", ()), RouterShard(ISO, "segments", (ISO,)))
+    views = Views()
+    for guid, segment in (("a", ""), ("b", ""), ("c", ISO)):
+        views.bbs.upsert_process(guid, ProcessRoutes((HttpRoute("n.example.com", "", 8080, isolation_segment=segment),)))
+    vss = virtual_services(GatewaySettings(router_shards=shards), views.host_routes("n.example.com"))
+    shared = vss[f"istio-system/{object_name('n.example.com')}"]
+    assert [t.weight for t in shared.http[0].route] == [50, 50]
 
 
 def test_shards_routing_the_same_destinations_share_one_virtual_service() -> None:
