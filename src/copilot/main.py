@@ -121,7 +121,7 @@ class Copilot:
                 "no BulkSync from Cloud Controller yet; serving BBS routes",
                 extra={"waited": self.config.cc.bulk_sync_hold_seconds},
             )
-        self.publisher.publish()  # what the sources said is in the snapshot before istiod hears anything
+        self.publish_loop.publish_now()  # what the sources said is in the snapshot before istiod hears anything
         self.ready.set()
         log.info("serving istiod")
 

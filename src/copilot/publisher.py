@@ -50,6 +50,11 @@ class PublishLoop:
     def request(self) -> None:
         self._wanted.set()
 
+    def publish_now(self) -> None:
+        """Publishes on the caller's thread (the first publish, before istiod is served), timed as every publish."""
+        with metrics.PUBLISH_SECONDS.time():
+            self._publish()
+
     def stop(self) -> None:
         self._stopped = True
         self._wanted.set()
@@ -62,7 +67,7 @@ class PublishLoop:
                 return
             self._wanted.clear()
             try:
-                self._publish()
+                self.publish_now()
             except Exception:  # a bug in one publish must not stop every later one
                 log.exception("publish failed")
 
@@ -76,6 +81,9 @@ class _Builds:
     owned: Callable[[Key], list[tuple[Kind, str]]]
     skipped: str  # the warning when a view is refused
     field: str  # the key's name in that warning
+    # Whether a view may get fewer objects than its key owns (router shards), so what was not built
+    # must be looked for; without shards a host always gets all of its objects (and the look is not free).
+    partial: bool
 
 
 class Publisher:
@@ -99,36 +107,40 @@ class Publisher:
                 lambda host: [(o.kind, o.name) for o in host_object_names(g, host)],
                 "route skipped",
                 "host",
+                gateway.sharded,
             ),
             ViewKind.INTERNAL_HOST: _Builds(
                 lambda view: build_internal(g, view),
                 lambda host: [(SERVICE_ENTRY, internal_object_name(g, host))],
                 "internal route skipped",
                 "host",
+                False,
             ),
             ViewKind.TCP_PORT: _Builds(
                 lambda view: build_tcp(g, view),
                 lambda port: [(o.kind, o.name) for o in tcp_object_names(g, port)],
                 "tcp route skipped",
                 "port",
+                True,
             ),
         }
         self._emit(build_router_objects(gateway), [])
 
     def publish(self, *, everything: bool = False) -> int:
         """Rebuilds what changed since the last call (or everything); returns the number of hosts rebuilt."""
-        with self._lock, metrics.PUBLISH_SECONDS.time():
+        with self._lock:
             started = time.perf_counter()
             upserts: list[IstioObject] = []
             deletions: list[tuple[Kind, str]] = []
             rebuilt = 0
+            dirty = self._views.take_dirty()
             for kind, builds in self._builds.items():
-                keys = self._views.take_dirty(kind)
+                keys = dirty[kind]
                 if everything:
-                    keys |= self._views.keys(kind)
+                    keys = keys | self._views.keys(kind)
                 if kind is ViewKind.HOST:
                     if self._lookup is not None:
-                        keys |= self._lookup.dependents(keys)  # type: ignore[arg-type] - hosts
+                        keys = keys | self._lookup.dependents(keys)  # type: ignore[arg-type] - hosts
                     rebuilt = len(keys)
                 for key in sorted(keys):
                     self._rebuild(kind, builds, key, upserts, deletions)
@@ -158,9 +170,9 @@ class Publisher:
             log.warning(builds.skipped, extra={builds.field: key, "error": str(error)})
             return
         upserts.extend(built)
-        # Router shards: a host (or port) may need fewer objects than before, or none.
-        emitted = {(obj.kind, obj.name) for obj in built}
-        deletions.extend(owned for owned in builds.owned(key) if owned not in emitted)
+        if builds.partial:  # router shards: a host (or port) may need fewer objects than before, or none
+            emitted = {(obj.kind, obj.name) for obj in built}
+            deletions.extend(owned for owned in builds.owned(key) if owned not in emitted)
 
     def _emit(self, upserts: list[IstioObject], deletions: list[tuple[Kind, str]]) -> None:
         """The one exit of everything published: objects to add or replace, and (kind, name) to delete."""

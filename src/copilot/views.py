@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Set
 
 from copilot.model import (
     PLATFORM_PROCESS_PREFIX,
@@ -44,24 +45,24 @@ class Views:
         self.bbs = bbs if bbs is not None else BbsSlice()
         self.cc = cc if cc is not None else CcSlice()
         self.registrar = registrar if registrar is not None else RegistrarSlice()
-        self._dirty: dict[ViewKind, set] = {kind: set() for kind in ViewKind}
 
-    def take_dirty(self, kind: ViewKind) -> set[Key]:
-        """The keys of `kind` whose view may have changed since the last call for that kind."""
+    def take_dirty(self) -> dict[ViewKind, Set[Key]]:
+        """Per kind, the keys whose view may have changed since the last call (the caller's to keep)."""
         hosts, ports, processes = self.bbs.take_touched()
         external, internal = self.cc.take_touched(processes)
-        self._dirty[ViewKind.HOST] |= hosts | external | self.registrar.take_touched()
-        self._dirty[ViewKind.INTERNAL_HOST] |= internal
-        self._dirty[ViewKind.TCP_PORT] |= ports
-        dirty, self._dirty[kind] = self._dirty[kind], set()
-        return dirty
+        registered = self.registrar.take_touched()
+        return {
+            ViewKind.HOST: hosts | external | registered if external or registered else hosts,
+            ViewKind.INTERNAL_HOST: internal,
+            ViewKind.TCP_PORT: ports,
+        }
 
     def keys(self, kind: ViewKind) -> set[Key]:
         """Every key of `kind` that has a view."""
         if kind is ViewKind.HOST:
-            return self.bbs.hosts() | self.cc.external_hosts() | self.registrar.hosts()
+            return self.bbs.hosts() | self.cc.hosts() | self.registrar.hosts()
         if kind is ViewKind.INTERNAL_HOST:
-            return self.cc.internal_hosts()
+            return self.cc.hosts(internal=True)
         return self.bbs.tcp_ports()
 
     def view(self, kind: ViewKind, key: Key) -> View | None:

@@ -22,27 +22,27 @@ def test_tcp_port_pools_every_process_routing_it() -> None:
     table = Views()
     table.bbs.upsert_process("a", ProcessRoutes(tcp=(TcpRoute(1024, 5000),)))
     table.bbs.upsert_process("b", ProcessRoutes(tcp=(TcpRoute(1024, 5000), TcpRoute(1025, 8080))))
-    assert table.take_dirty(ViewKind.TCP_PORT) == {1024, 1025}
+    tcp_only = {ViewKind.HOST: set(), ViewKind.INTERNAL_HOST: set(), ViewKind.TCP_PORT: {1024, 1025}}
+    assert table.take_dirty() == tcp_only  # TCP changes never touch HTTP hosts
     table.bbs.upsert_instance(0, instance("a", 0, 61000))
     table.bbs.upsert_instance(0, instance("b", 0, 62000))
-    assert table.take_dirty(ViewKind.TCP_PORT) == {1024, 1025}
+    assert table.take_dirty() == tcp_only
     assert [b.port for b in table.tcp_routes(1024).backends] == [61000, 62000]
     assert [b.port for b in table.tcp_routes(1025).backends] == [63000]  # b's container port 8080
     assert sorted(table.keys(ViewKind.TCP_PORT)) == [1024, 1025]
-    assert table.take_dirty(ViewKind.HOST) == set()  # TCP changes never touch HTTP hosts
 
 
 def test_removing_a_tcp_route_dirties_only_its_port() -> None:
     table = Views()
     table.bbs.upsert_process("a", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),), tcp=(TcpRoute(1024, 5000),)))
-    table.take_dirty(ViewKind.HOST), table.take_dirty(ViewKind.TCP_PORT)
+    table.take_dirty()
     table.bbs.upsert_process("a", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),)))
-    assert table.take_dirty(ViewKind.TCP_PORT) == {1024}
-    assert table.take_dirty(ViewKind.HOST) == set()
+    dirty = table.take_dirty()
+    assert (dirty[ViewKind.TCP_PORT], dirty[ViewKind.HOST]) == ({1024}, set())
     assert table.tcp_routes(1024) is None
     table.bbs.upsert_process("a", ProcessRoutes(tcp=(TcpRoute(1030, 5000),)))
     table.bbs.remove_process("a")
-    assert table.take_dirty(ViewKind.TCP_PORT) == {1030}
+    assert table.take_dirty()[ViewKind.TCP_PORT] == {1030}
     assert sorted(table.keys(ViewKind.TCP_PORT)) == []
 
 
@@ -50,12 +50,12 @@ def test_destinations_carry_the_app_guid_and_a_new_guid_rebuilds_the_hosts() -> 
     table = Views()
     table.bbs.upsert_process("p", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),), app_guid="app-1"))
     table.bbs.upsert_instance(0, instance("p", 0, 61000, container_port=8080))
-    table.take_dirty(ViewKind.HOST)
+    table.take_dirty()
     [dest] = table.host_routes("a.example.com").paths[""]
     assert dest.app_guid == "app-1"
     assert dest.backends == [Backend("10.0.0.1", 61000, 0, "p-0", 0, "")]
     table.bbs.upsert_process("p", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),), app_guid="app-2"))
-    assert table.take_dirty(ViewKind.HOST) == {"a.example.com"}
+    assert table.take_dirty()[ViewKind.HOST] == {"a.example.com"}
 
 
 def test_gateway_https_and_parity_settings() -> None:

@@ -45,7 +45,7 @@ def table() -> Views:
     table.bbs.upsert_process("pb", routes("b.example.com", "shared.example.com"))
     table.bbs.upsert_instance(ORDINARY, instance("pa", 0))
     table.bbs.upsert_instance(ORDINARY, instance("pb", 0, host_port=62000))
-    table.take_dirty(ViewKind.HOST)
+    table.take_dirty()
     return table
 
 
@@ -60,26 +60,26 @@ def backends(table: Views, host: str, path: str = "") -> list[tuple[str, list[Ba
 
 def test_new_process_marks_its_hosts(table: Views) -> None:
     table.bbs.upsert_process("pc", routes("c.example.com", ("d.example.com", "/api", 8080)))
-    assert table.take_dirty(ViewKind.HOST) == {"c.example.com", "d.example.com"}
-    assert table.take_dirty(ViewKind.HOST) == set()
+    assert table.take_dirty()[ViewKind.HOST] == {"c.example.com", "d.example.com"}
+    assert table.take_dirty()[ViewKind.HOST] == set()
 
 
 def test_identical_upserts_mark_nothing(table: Views) -> None:
     table.bbs.upsert_process("pa", routes("shared.example.com", "a.example.com"))
     table.bbs.upsert_instance(ORDINARY, instance("pa", 0))
-    assert table.take_dirty(ViewKind.HOST) == set()
+    assert table.take_dirty()[ViewKind.HOST] == set()
 
 
 def test_changed_routes_mark_only_hosts_whose_routes_changed(table: Views) -> None:
     table.bbs.upsert_process("pa", routes("a2.example.com", "shared.example.com"))
-    assert table.take_dirty(ViewKind.HOST) == {"a.example.com", "a2.example.com"}
+    assert table.take_dirty()[ViewKind.HOST] == {"a.example.com", "a2.example.com"}
     table.bbs.upsert_process("pa", routes("a2.example.com", ("shared.example.com", "", 9090)))
-    assert table.take_dirty(ViewKind.HOST) == {"shared.example.com"}
+    assert table.take_dirty()[ViewKind.HOST] == {"shared.example.com"}
 
 
 def test_remove_process_marks_its_hosts(table: Views) -> None:
     table.bbs.remove_process("pb")
-    assert table.take_dirty(ViewKind.HOST) == {"b.example.com", "shared.example.com"}
+    assert table.take_dirty()[ViewKind.HOST] == {"b.example.com", "shared.example.com"}
     assert table.host_routes("b.example.com") is None
     assert [guid for guid, _ in backends(table, "shared.example.com")] == ["pa"]
     assert sorted(sorted(table.keys(ViewKind.HOST))) == ["a.example.com", "shared.example.com"]
@@ -87,16 +87,16 @@ def test_remove_process_marks_its_hosts(table: Views) -> None:
 
 def test_remove_unknown_process_marks_nothing(table: Views) -> None:
     table.bbs.remove_process("nope")
-    assert table.take_dirty(ViewKind.HOST) == set()
+    assert table.take_dirty()[ViewKind.HOST] == set()
 
 
 def test_instance_changes_mark_only_the_process_hosts(table: Views) -> None:
     table.bbs.upsert_instance(ORDINARY, instance("pa", 1))
-    assert table.take_dirty(ViewKind.HOST) == {"a.example.com", "shared.example.com"}
+    assert table.take_dirty()[ViewKind.HOST] == {"a.example.com", "shared.example.com"}
     table.bbs.upsert_instance(ORDINARY, instance("pb", 0, host_port=62000, state="CRASHED"))
-    assert table.take_dirty(ViewKind.HOST) == {"b.example.com", "shared.example.com"}
+    assert table.take_dirty()[ViewKind.HOST] == {"b.example.com", "shared.example.com"}
     table.bbs.remove_instance("pa", 1, ORDINARY, "pa-1")
-    assert table.take_dirty(ViewKind.HOST) == {"a.example.com", "shared.example.com"}
+    assert table.take_dirty()[ViewKind.HOST] == {"a.example.com", "shared.example.com"}
 
 
 def test_removing_an_unknown_instance_marks_nothing(table: Views) -> None:
@@ -104,17 +104,17 @@ def test_removing_an_unknown_instance_marks_nothing(table: Views) -> None:
     table.bbs.remove_instance("pa", 0, EVACUATING, "pa-0")
     table.bbs.remove_instance("pa", 0, ORDINARY, "another-guid")
     table.bbs.remove_instance("nope", 0, ORDINARY, "nope-0")
-    assert table.take_dirty(ViewKind.HOST) == set()
+    assert table.take_dirty()[ViewKind.HOST] == set()
     assert table.bbs.counts() == (4, 2)
 
 
 def test_instances_of_a_process_without_routes_mark_nothing() -> None:
     table = Views()
     table.bbs.upsert_instance(ORDINARY, instance("lonely", 0))
-    assert table.take_dirty(ViewKind.HOST) == set()
+    assert table.take_dirty()[ViewKind.HOST] == set()
     # ...but are joined in once the process asks for a route
     table.bbs.upsert_process("lonely", routes("late.example.com"))
-    assert table.take_dirty(ViewKind.HOST) == {"late.example.com"}
+    assert table.take_dirty()[ViewKind.HOST] == {"late.example.com"}
     assert backends(table, "late.example.com") == [("lonely", [Backend("10.0.0.1", 61000, 0, "lonely-0", 0, "")])]
 
 
@@ -148,7 +148,7 @@ def test_two_instances_at_one_index_both_serve_and_each_is_removed_alone(table: 
     whose predecessor's removal has not arrived, or a bad BBS) does not replace the first one."""
     second = instance("pa", 0, host_port=64000, instance_guid="pa-0-second")
     table.bbs.upsert_instance(ORDINARY, second)
-    assert table.take_dirty(ViewKind.HOST) == {"a.example.com", "shared.example.com"}
+    assert table.take_dirty()[ViewKind.HOST] == {"a.example.com", "shared.example.com"}
     [(_, served)] = backends(table, "a.example.com")
     assert sorted((b.instance_guid, b.port) for b in served) == [("pa-0", 61000), ("pa-0-second", 64000)]
     assert table.bbs.counts() == (4, 3)
@@ -166,9 +166,9 @@ def test_an_update_saying_an_instance_no_longer_serves_removes_only_that_instanc
     table.bbs.upsert_instance(ORDINARY, instance("pa", 0, instance_guid="pa-0-second", state="CRASHED"))
     [(_, served)] = backends(table, "a.example.com")
     assert [b.instance_guid for b in served] == ["pa-0"]
-    table.take_dirty(ViewKind.HOST)
+    table.take_dirty()
     table.bbs.upsert_instance(ORDINARY, instance("pa", 0, instance_guid="pa-0-third", state="UNCLAIMED"))
-    assert table.take_dirty(ViewKind.HOST) == set()  # a new instance that does not serve yet changes nothing
+    assert table.take_dirty()[ViewKind.HOST] == set()  # a new instance that does not serve yet changes nothing
     [(_, served)] = backends(table, "a.example.com")
     assert [b.instance_guid for b in served] == ["pa-0"]
 
@@ -196,10 +196,10 @@ def test_replace_bbs_state_marks_only_what_differs(table: Views) -> None:
         "pc": {(0, "pc-0", ORDINARY): instance("pc", 0), (1, "pc-1", ORDINARY): instance("pc", 1, state="CRASHED")},
     }
     table.bbs.replace(processes, instances)
-    assert table.take_dirty(ViewKind.HOST) == {"b.example.com", "shared.example.com", "c.example.com"}
+    assert table.take_dirty()[ViewKind.HOST] == {"b.example.com", "shared.example.com", "c.example.com"}
     assert sorted(sorted(table.keys(ViewKind.HOST))) == ["a.example.com", "c.example.com", "shared.example.com"]
     table.bbs.replace(processes, instances)
-    assert table.take_dirty(ViewKind.HOST) == set()
+    assert table.take_dirty()[ViewKind.HOST] == set()
 
 
 def test_replace_bbs_state_with_changed_instances_marks_their_hosts(table: Views) -> None:
@@ -207,7 +207,7 @@ def test_replace_bbs_state_with_changed_instances_marks_their_hosts(table: Views
         {"pa": routes("a.example.com", "shared.example.com"), "pb": routes("b.example.com", "shared.example.com")},
         {"pa": {(0, "pa-0", ORDINARY): instance("pa", 0), (1, "pa-1", ORDINARY): instance("pa", 1)}},  # pb's instance gone
     )
-    assert table.take_dirty(ViewKind.HOST) == {"a.example.com", "b.example.com", "shared.example.com"}
+    assert table.take_dirty()[ViewKind.HOST] == {"a.example.com", "b.example.com", "shared.example.com"}
     assert backends(table, "b.example.com") == [("pb", [])]
     [(_, served)] = backends(table, "a.example.com")
     assert [b.index for b in served] == [0, 1]
@@ -216,7 +216,7 @@ def test_replace_bbs_state_with_changed_instances_marks_their_hosts(table: Views
 def test_replace_bbs_state_does_not_alias_the_listing(table: Views) -> None:
     listing = {"pa": {(0, "pa-0", ORDINARY): instance("pa", 0)}}
     table.bbs.replace({"pa": routes("a.example.com")}, listing)
-    table.take_dirty(ViewKind.HOST)
+    table.take_dirty()
     listing["pa"][(1, "pa-1", ORDINARY)] = instance("pa", 1)
     [(_, served)] = backends(table, "a.example.com")
     assert len(served) == 1

@@ -141,9 +141,9 @@ def test_internal_route_is_an_internal_service_on_container_addresses(table: Vie
 
 def test_deleting_an_internal_route_removes_its_service(table: Views) -> None:
     table.cc.upsert_route(CCRoute("r", "app.apps.internal", "", True, "127.128.0.5"))
-    table.take_dirty(ViewKind.INTERNAL_HOST)
+    table.take_dirty()
     table.cc.delete_route("r")
-    assert table.take_dirty(ViewKind.INTERNAL_HOST) == {"app.apps.internal"}
+    assert table.take_dirty()[ViewKind.INTERNAL_HOST] == {"app.apps.internal"}
     assert sorted(table.keys(ViewKind.INTERNAL_HOST)) == [] and table.internal_service("app.apps.internal") is None
 
 
@@ -165,13 +165,13 @@ def mapped(table: Views) -> Views:
     table.cc.map_route("rb", "c2", 1)
     table.cc.upsert_association("c1", ("d1",))
     table.cc.upsert_association("c2", ("d2",))
-    table.take_dirty(ViewKind.HOST)
-    table.take_dirty(ViewKind.INTERNAL_HOST)
+    table.take_dirty()
     return table
 
 
 def dirty(table: Views) -> tuple[set[str], set[str]]:
-    return table.take_dirty(ViewKind.HOST), table.take_dirty(ViewKind.INTERNAL_HOST)
+    dirty = table.take_dirty()
+    return dirty[ViewKind.HOST], dirty[ViewKind.INTERNAL_HOST]
 
 
 def test_association_change_of_a_mapped_process_dirties_its_routes(mapped: Views) -> None:

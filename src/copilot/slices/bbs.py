@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 
 from copilot.model import Instance, ProcessRoutes
 
 # An instance within its process: (index, instance guid, presence), presence as BBS's ORDINARY=0,
 # EVACUATING=1, SUSPECT=2 (an evacuating copy has its instance's guid).
 InstanceKey = tuple[int, str, int]
+
+NOTHING: frozenset = frozenset()  # what a slice answers when nothing was touched
 
 
 def instance_key(presence: int, instance: Instance) -> InstanceKey:
@@ -108,20 +110,22 @@ class BbsSlice:
         self._notify()
 
     # ---- reading
-    def take_touched(self) -> tuple[set[str], set[int], set[str]]:
-        """(hosts, TCP ports, process guids) touched since the last call."""
-        with self.lock:
-            touched = self._touched_hosts, self._touched_ports, self._touched_processes
-            self._touched_hosts, self._touched_ports, self._touched_processes = set(), set(), set()
-            return touched
-
     def hosts(self) -> set[str]:
         with self.lock:
-            return {host for host, guids in self._hosts.items() if guids}
+            return set(self._hosts)  # a key goes with its last process
 
     def tcp_ports(self) -> set[int]:
         with self.lock:
-            return {port for port, guids in self._tcp_ports.items() if guids}
+            return set(self._tcp_ports)
+
+    def take_touched(self) -> tuple[Set[str], Set[int], Set[str]]:
+        """(hosts, TCP ports, process guids) touched since the last call (the caller's to keep)."""
+        with self.lock:
+            if not (self._touched_hosts or self._touched_ports or self._touched_processes):
+                return NOTHING, NOTHING, NOTHING  # most publishes: a cheap answer
+            touched = self._touched_hosts, self._touched_ports, self._touched_processes
+            self._touched_hosts, self._touched_ports, self._touched_processes = set(), set(), set()
+            return touched
 
     def processes_of_host(self, host: str) -> Iterable[str]:
         """The process guids routing `host` (call with `lock` held)."""

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 
 from copilot.model import CCRoute, CCState
+from copilot.slices.bbs import NOTHING
 
 
 class CcSlice:
@@ -112,25 +113,24 @@ class CcSlice:
                 dict(self._associations),
             )
 
-    def take_touched(self, diego_guids: Iterable[str]) -> tuple[set[str], set[str]]:
+    def take_touched(self, diego_guids: Iterable[str]) -> tuple[Set[str], Set[str]]:
         """(external hosts, internal hosts) touched since the last call, with those of the routes mapped
-        to `diego_guids` (Diego processes whose routes or instances changed)."""
+        to `diego_guids` (Diego processes whose routes or instances changed); the caller's to keep."""
         with self.lock:
             for guid in diego_guids:
                 for capi_guid in self._capi_by_diego.get(guid, ()):
                     for route_guid in self._routes_by_capi.get(capi_guid, ()):
                         self._touch_route(route_guid)
+            if not (self._touched_external or self._touched_internal):
+                return NOTHING, NOTHING
             touched = self._touched_external, self._touched_internal
             self._touched_external, self._touched_internal = set(), set()
             return touched
 
-    def external_hosts(self) -> set[str]:
+    def hosts(self, *, internal: bool = False) -> set[str]:
+        """The external (or internal) hosts of CC's routes."""
         with self.lock:
-            return {host for host, guids in self._external.items() if guids}
-
-    def internal_hosts(self) -> set[str]:
-        with self.lock:
-            return {host for host, guids in self._internal.items() if guids}
+            return set(self._internal if internal else self._external)  # a host goes with its last route
 
     def routes_of_host(self, host: str, *, internal: bool = False) -> list[CCRoute]:
         """The CC routes of an external (or internal) host, by guid (call with `lock` held)."""

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Set
 
 from copilot.model import Registration
+from copilot.slices.bbs import NOTHING
 
 
 class RegistrarSlice:
@@ -45,9 +47,11 @@ class RegistrarSlice:
         with self.lock:
             return sorted(self._registrations)
 
-    def take_touched(self) -> set[str]:
-        """The hosts touched since the last call."""
+    def take_touched(self) -> Set[str]:
+        """The hosts touched since the last call (the caller's to keep)."""
         with self.lock:
+            if not self._touched:
+                return NOTHING
             touched, self._touched = self._touched, set()
             return touched
 
