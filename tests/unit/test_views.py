@@ -271,3 +271,18 @@ def test_counts(table: Views) -> None:
     assert table.bbs.counts() == (4, 2)
     table.bbs.upsert_instance(ORDINARY, instance("pa", 0, routable=False))
     assert table.bbs.counts() == (4, 1)
+
+
+def test_the_bbs_slice_tells_its_watchers_of_every_change_and_only_of_changes(table: Views) -> None:
+    # Service discovery's address table watches the BBS slice: its names are rebuilt after a change.
+    calls: list[None] = []
+    table.bbs.watch(lambda: calls.append(None))
+    table.bbs.upsert_instance(ORDINARY, instance("pa", 0))  # the same instance again
+    table.bbs.upsert_process("pa", routes("a.example.com", "shared.example.com"))  # the same routes again
+    table.bbs.remove_instance("pa", 5, ORDINARY, "pa-5")  # nobody at that index
+    assert calls == []
+    table.bbs.upsert_instance(ORDINARY, instance("pa", 1))
+    table.bbs.remove_instance("pa", 1, ORDINARY, "pa-1")
+    table.bbs.upsert_process("pc", routes("c.example.com"))
+    table.bbs.replace({"pc": routes("c.example.com")}, {})
+    assert len(calls) == 4
