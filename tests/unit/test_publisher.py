@@ -169,9 +169,15 @@ def test_one_publish_hands_every_kind_to_one_emit(setup, monkeypatch: pytest.Mon
     publisher.publish()
     [_, (upserts, deletions)] = calls
     assert sorted(deletions) == sorted(
-        [("VirtualService", name("a.example.com")), ("DestinationRule", name("a.example.com")),
-         ("ServiceEntry", name("a.example.com")), ("Gateway", "cf/cf-tcp-1025"), ("VirtualService", "cf/cf-tcp-1025"),
-         ("ServiceEntry", "cf/cf-tcp-1025"), ("DestinationRule", "cf/cf-tcp-1025")]
+        [
+            ("VirtualService", name("a.example.com")),
+            ("DestinationRule", name("a.example.com")),
+            ("ServiceEntry", name("a.example.com")),
+            ("Gateway", "cf/cf-tcp-1025"),
+            ("VirtualService", "cf/cf-tcp-1025"),
+            ("ServiceEntry", "cf/cf-tcp-1025"),
+            ("DestinationRule", "cf/cf-tcp-1025"),
+        ]
     )
     assert [kind for kind, _ in upserts] == ["ServiceEntry"]  # the internal host, now without endpoints
     assert snapshot.names(GW) == ["cf/cf-ingress"]
