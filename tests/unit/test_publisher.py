@@ -49,8 +49,8 @@ def endpoints(snapshot: Snapshot, host: str) -> list[str]:
 
 @pytest.fixture
 def setup() -> tuple[Views, Snapshot, Publisher]:
-    table, snapshot = Views(), Snapshot()
-    return table, snapshot, Publisher(table, snapshot, SETTINGS)
+    views, snapshot = Views(), Snapshot()
+    return views, snapshot, Publisher(views, snapshot, SETTINGS)
 
 
 def test_gateway_is_published_from_the_start(setup) -> None:
@@ -59,9 +59,9 @@ def test_gateway_is_published_from_the_start(setup) -> None:
 
 
 def test_publish_builds_the_objects_of_dirty_hosts(setup) -> None:
-    table, snapshot, publisher = setup
-    table.bbs.upsert_process("p", process("a.example.com", "b.example.com"))
-    table.bbs.upsert_instance(0, instance("p"))
+    views, snapshot, publisher = setup
+    views.bbs.upsert_process("p", process("a.example.com", "b.example.com"))
+    views.bbs.upsert_instance(0, instance("p"))
     assert publisher.publish() == 2
     for type_url in (VS, DR, SE):
         router_objects = ["cf/cf-unknown-route"] if type_url == VS else []
@@ -71,13 +71,13 @@ def test_publish_builds_the_objects_of_dirty_hosts(setup) -> None:
 
 
 def test_only_dirty_hosts_are_rebuilt(setup) -> None:
-    table, snapshot, publisher = setup
-    table.bbs.upsert_process("p", process("a.example.com"))
-    table.bbs.upsert_process("q", process("b.example.com"))
+    views, snapshot, publisher = setup
+    views.bbs.upsert_process("p", process("a.example.com"))
+    views.bbs.upsert_process("q", process("b.example.com"))
     publisher.publish()
     changes: list[set[str]] = []
     snapshot.subscribe(changes.append)
-    table.bbs.upsert_instance(0, instance("q"))
+    views.bbs.upsert_instance(0, instance("q"))
     assert publisher.publish() == 1
     assert changes == [{SE}]  # the VirtualService and DestinationRule did not change
     assert endpoints(snapshot, "b.example.com") == ["10.0.0.1:61000"]
@@ -85,14 +85,14 @@ def test_only_dirty_hosts_are_rebuilt(setup) -> None:
 
 
 def test_removed_host_is_deleted(setup) -> None:
-    table, snapshot, publisher = setup
-    table.bbs.upsert_process("p", process("a.example.com", "b.example.com"))
+    views, snapshot, publisher = setup
+    views.bbs.upsert_process("p", process("a.example.com", "b.example.com"))
     publisher.publish()
-    table.bbs.upsert_process("p", process("a.example.com"))
+    views.bbs.upsert_process("p", process("a.example.com"))
     publisher.publish()
     for type_url in (VS, DR, SE):
         assert [n for n in snapshot.names(type_url) if n != "cf/cf-unknown-route"] == [name("a.example.com")]
-    table.bbs.remove_process("p")
+    views.bbs.remove_process("p")
     publisher.publish()
     for type_url in (VS, DR, SE):
         assert [n for n in snapshot.names(type_url) if n != "cf/cf-unknown-route"] == []
@@ -101,31 +101,31 @@ def test_removed_host_is_deleted(setup) -> None:
 
 
 def test_a_bad_instance_is_left_out_and_its_host_keeps_following_changes(setup) -> None:
-    """One instance with an address istiod would refuse (one that reached the table without passing a
+    """One instance with an address istiod would refuse (one that reached a slice without passing a
     source's check) costs only its own endpoint: its host still gets new instances and loses removed ones."""
-    table, snapshot, publisher = setup
-    table.bbs.upsert_process("p", process("a.example.com"))
-    table.bbs.upsert_process("q", process("b.example.com"))
-    table.bbs.upsert_instance(0, instance("p"))
+    views, snapshot, publisher = setup
+    views.bbs.upsert_process("p", process("a.example.com"))
+    views.bbs.upsert_process("q", process("b.example.com"))
+    views.bbs.upsert_instance(0, instance("p"))
     publisher.publish()
     invalid_input.forget()
     dropped = invalid_input.INVALID_INPUT.labels("builder", "endpoint.address")._value.get()
-    table.bbs.upsert_instance(0, instance("p", 1, address="not-an-ip"))
-    table.bbs.upsert_instance(0, instance("p", 2, address="10.0.0.2"))  # a new instance of the same app
-    table.bbs.upsert_instance(0, instance("q"))
+    views.bbs.upsert_instance(0, instance("p", 1, address="not-an-ip"))
+    views.bbs.upsert_instance(0, instance("p", 2, address="10.0.0.2"))  # a new instance of the same app
+    views.bbs.upsert_instance(0, instance("q"))
     publisher.publish()
     assert publisher.rejected_hosts == 0
     assert invalid_input.INVALID_INPUT.labels("builder", "endpoint.address")._value.get() == dropped + 1
     assert endpoints(snapshot, "a.example.com") == ["10.0.0.1:61000", "10.0.0.2:61002"]
     assert endpoints(snapshot, "b.example.com") == ["10.0.0.1:61000"]
-    table.bbs.remove_instance("p", 0, 0, "p-0")
+    views.bbs.remove_instance("p", 0, 0, "p-0")
     publisher.publish()
     assert endpoints(snapshot, "a.example.com") == ["10.0.0.2:61002"]
 
 
 def test_publish_everything_rebuilds_every_host(setup, monkeypatch: pytest.MonkeyPatch) -> None:
-    table, snapshot, publisher = setup
-    table.bbs.upsert_process("p", process("a.example.com", "b.example.com", "c.example.com"))
+    views, snapshot, publisher = setup
+    views.bbs.upsert_process("p", process("a.example.com", "b.example.com", "c.example.com"))
     publisher.publish()
     version = snapshot.version(VS)
     readings = iter([100.0, 100.75])  # the publish's start and end on a test clock
@@ -149,12 +149,12 @@ def recorded_emits(publisher: Publisher, monkeypatch: pytest.MonkeyPatch) -> lis
 
 
 def test_one_publish_hands_every_kind_to_one_emit(setup, monkeypatch: pytest.MonkeyPatch) -> None:
-    table, snapshot, publisher = setup
-    table.bbs.upsert_process("p", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),), tcp=(TcpRoute(1025, 8080),)))
-    table.bbs.upsert_instance(0, instance("p"))
-    table.cc.upsert_route(CCRoute("r", "p.apps.internal", "", True, "127.128.0.1"))
-    table.cc.map_route("r", "c", 1)
-    table.cc.upsert_association("c", ("p",))
+    views, snapshot, publisher = setup
+    views.bbs.upsert_process("p", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),), tcp=(TcpRoute(1025, 8080),)))
+    views.bbs.upsert_instance(0, instance("p"))
+    views.cc.upsert_route(CCRoute("r", "p.apps.internal", "", True, "127.128.0.1"))
+    views.cc.map_route("r", "c", 1)
+    views.cc.upsert_association("c", ("p",))
     calls = recorded_emits(publisher, monkeypatch)
     publisher.publish()
     [(upserts, deletions)] = calls  # one exit, so one snapshot update (one push) for the whole publish
@@ -165,7 +165,7 @@ def test_one_publish_hands_every_kind_to_one_emit(setup, monkeypatch: pytest.Mon
         + ["Gateway", "VirtualService", "ServiceEntry", "DestinationRule"]  # the TCP port
     )
     assert "cf/cf-tcp-1025" in snapshot.names(GW)
-    table.bbs.remove_process("p")  # the host and the port go; the internal route keeps its VIP, without backends
+    views.bbs.remove_process("p")  # the host and the port go; the internal route keeps its VIP, without backends
     publisher.publish()
     [_, (upserts, deletions)] = calls
     assert sorted(deletions) == sorted(
@@ -184,10 +184,10 @@ def test_one_publish_hands_every_kind_to_one_emit(setup, monkeypatch: pytest.Mon
 
 
 def test_a_large_publish_emits_in_batches_of_whole_hosts(setup, monkeypatch: pytest.MonkeyPatch) -> None:
-    table, snapshot, publisher = setup
+    views, snapshot, publisher = setup
     monkeypatch.setattr(publisher_module, "EMIT_BATCH", 7)
     hosts = [f"h{i}.example.com" for i in range(10)]
-    table.bbs.upsert_process("p", process(*hosts))
+    views.bbs.upsert_process("p", process(*hosts))
     calls = recorded_emits(publisher, monkeypatch)
     publisher.publish()
     # 7 objects reached after the third host: batches of 3 hosts (9 objects), the last one the rest
