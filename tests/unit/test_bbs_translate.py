@@ -267,7 +267,7 @@ def test_unknown_presence_is_reported_and_routed_like_any_other() -> None:
     assert unrecognized("ActualLRP.presence") == before + 2
 
 
-# ---------------------------------------------------------------- real sequences -> the routing table
+# ---------------------------------------------------------------- real sequences -> the BBS slice and its views
 
 HOST = "app.example.com"
 

@@ -1,4 +1,4 @@
-"""State behind router parity: TCP routes and app guids in the routing table, and the gateway's HTTPS,
+"""State behind router parity: TCP routes and app guids in the views, and the gateway's HTTPS,
 sticky-session and instance-routing settings in Copilot's config."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Copilot's service discovery (`*.apps.internal`): service-discovery-controller's lookup API as
-bosh-dns-adapter calls it (exact bodies, mutual TLS, the not-warm answer), the routing table's
+bosh-dns-adapter calls it (exact bodies, mutual TLS, the not-warm answer), the BBS slice's
 internal names, and the listener's robustness (handshakes off the accept thread, timeouts, limits)."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> SdPKI:
 
 
 class FakeTable:
-    """What the routing table's internal_addresses() answers, set by the test."""
+    """What the BBS slice's internal_addresses() answers, set by the test."""
 
     def __init__(self) -> None:
         self.names: dict[str, list[str]] = {}
@@ -315,7 +315,7 @@ def test_a_failing_rebuild_keeps_the_last_snapshot() -> None:
         addresses.stop()
 
 
-# ---------------------------------------------------------------------------------------------- the routing table
+# ---------------------------------------------------------------------------------------------- the BBS slice
 
 
 def _instance(guid: str, index: int, ip: str, *, state: str = "RUNNING", routable: bool = True, iguid: str = "") -> Instance:
