@@ -212,7 +212,7 @@ def main() -> None:
             f"{'' if got == len(payload) else ' (MISMATCH)'}"
         )
     print(
-        f"  server views after:  {report['cc_routes']} CC routes, {report['cc_mappings']} mappings, "
+        f"  server slices after: {report['cc_routes']} CC routes, {report['cc_mappings']} mappings, "
         f"{report['cc_associations']} associations, {report['virtual_services']} VirtualServices"
     )
     loaded = "" if args.no_bbs else f" (BBS slice loaded and published in {ready['bbs_load_s']:.1f} s)"
