@@ -323,7 +323,7 @@ def _instance(guid: str, index: int, ip: str, *, state: str = "RUNNING", routabl
                     (PortMapping(8080, 61000, 61001, 61002),))
 
 
-def test_the_routing_table_names_running_routable_instances_by_container_address() -> None:
+def test_the_bbs_slice_names_running_routable_instances_by_container_address() -> None:
     table = Views()
     table.bbs.upsert_process("backend", ProcessRoutes(internal=(InternalRoute(APP), InternalRoute("alias.apps.internal"))))
     table.bbs.upsert_process("web", ProcessRoutes())  # no internal route: not named
