@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from copilot import metrics
@@ -28,11 +28,6 @@ from copilot.views import Key, Views
 from copilot.xds.snapshot import Entry, Snapshot, encode_resource
 
 log = logging.getLogger(__name__)
-
-# Objects handed to `_emit` at once, at most (about 1,000 hosts): a publish of a few keys emits once, and
-# a full rebuild never holds 100k hosts' worth of protobuf messages at once. Each batch holds every
-# object of the keys in it, so a host's VirtualService, DestinationRule and ServiceEntry go together.
-EMIT_BATCH = 3000
 
 
 class PublishLoop:
@@ -130,10 +125,9 @@ class Publisher:
         """Rebuilds what changed since the last call (or everything); returns the number of hosts rebuilt."""
         with self._lock:
             started = time.perf_counter()
-            upserts: list[IstioObject] = []
-            deletions: list[tuple[Kind, str]] = []
-            rebuilt = 0
             dirty = self._views.take_dirty()
+            work: list[tuple[ViewKind, _Builds, list[Key]]] = []
+            rebuilt = 0
             for kind, builds in self._builds.items():
                 keys = dirty[kind]
                 if everything:
@@ -142,25 +136,27 @@ class Publisher:
                     if self._lookup is not None:
                         keys = keys | self._lookup.dependents(keys)  # type: ignore[arg-type] - hosts
                     rebuilt = len(keys)
-                for key in sorted(keys):
-                    self._rebuild(kind, builds, key, upserts, deletions)
-                    if len(upserts) >= EMIT_BATCH:
-                        self._emit(upserts, deletions)
-                        upserts, deletions = [], []
-            if upserts or deletions:
-                self._emit(upserts, deletions)
+                work.append((kind, builds, sorted(keys)))  # type: ignore[type-var] - one kind's keys are alike
+            deletions: list[tuple[Kind, str]] = []
+            self._emit(self._built(work, deletions), deletions)
             self.last_publish_seconds = time.perf_counter() - started
             return rebuilt
 
-    def _rebuild(
-        self, kind: ViewKind, builds: _Builds, key: Key, upserts: list[IstioObject], deletions: list[tuple[Kind, str]]
-    ) -> None:
+    def _built(self, work: list[tuple[ViewKind, _Builds, list[Key]]], deletions: list[tuple[Kind, str]]) -> Iterator[IstioObject]:
+        """The objects of every key in `work`, each key built as its objects are taken, so a full rebuild
+        never holds 100k hosts' worth of protobuf messages; what a key no longer has goes to `deletions`,
+        which is complete once this is exhausted."""
+        for kind, builds, keys in work:
+            for key in keys:
+                yield from self._rebuild(kind, builds, key, deletions)
+
+    def _rebuild(self, kind: ViewKind, builds: _Builds, key: Key, deletions: list[tuple[Kind, str]]) -> list[IstioObject]:
         view = self._views.view(kind, key)
         if self._lookup is not None and kind is ViewKind.HOST:
             self._lookup.record(key, _route_service_urls(view))  # type: ignore[arg-type] - hosts
         if view is None:
             deletions.extend(builds.owned(key))
-            return
+            return []
         try:
             built = builds.build(view)
         except ValueError as error:
@@ -168,14 +164,15 @@ class Publisher:
             self.rejected_hosts += 1
             metrics.HOSTS_REJECTED.inc()
             log.warning(builds.skipped, extra={builds.field: key, "error": str(error)})
-            return
-        upserts.extend(built)
+            return []
         if builds.partial:  # router shards: a host (or port) may need fewer objects than before, or none
             emitted = {(obj.kind, obj.name) for obj in built}
             deletions.extend(owned for owned in builds.owned(key) if owned not in emitted)
+        return built
 
-    def _emit(self, upserts: list[IstioObject], deletions: list[tuple[Kind, str]]) -> None:
-        """The one exit of everything published: objects to add or replace, and (kind, name) to delete."""
+    def _emit(self, upserts: Iterable[IstioObject], deletions: Iterable[tuple[Kind, str]]) -> None:
+        """The one exit of everything published, once per publish: objects to add or replace, built as
+        they are taken, and (kind, name) to delete, complete once `upserts` has been taken."""
         self._apply(_encoded(upserts), [IstioObject(kind, name, kind.message()) for kind, name in deletions])
 
     def _apply(self, objects: list[tuple[str, str, Entry]], deletions: list[IstioObject] = ()) -> None:

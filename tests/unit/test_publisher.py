@@ -141,6 +141,7 @@ def recorded_emits(publisher: Publisher, monkeypatch: pytest.MonkeyPatch) -> lis
     emit = publisher._emit
 
     def recording(upserts, deletions):
+        upserts = list(upserts)  # taken first: the deletions are complete once the upserts are
         calls.append(([(o.kind.name, o.name) for o in upserts], [(k.name, n) for k, n in deletions]))
         emit(upserts, deletions)
 
@@ -183,16 +184,28 @@ def test_one_publish_hands_every_kind_to_one_emit(setup, monkeypatch: pytest.Mon
     assert snapshot.names(GW) == ["cf/cf-ingress"]
 
 
-def test_a_large_publish_emits_in_batches_of_whole_hosts(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_large_publish_emits_once_and_builds_each_host_as_its_objects_are_taken(setup, monkeypatch: pytest.MonkeyPatch) -> None:
     views, snapshot, publisher = setup
-    monkeypatch.setattr(publisher_module, "EMIT_BATCH", 7)
     hosts = [f"h{i}.example.com" for i in range(10)]
     views.bbs.upsert_process("p", process(*hosts))
-    calls = recorded_emits(publisher, monkeypatch)
+    built: list[str] = []
+    build_host = publisher_module.build_host
+    monkeypatch.setattr(publisher_module, "build_host", lambda g, r, i: built.append(r.host) or build_host(g, r, i))
+    taken: list[tuple[int, str]] = []  # (hosts built so far, the object's name) as the snapshot takes each
+    emit = publisher._emit
+
+    def taking(upserts, deletions):
+        def watched():
+            for obj in upserts:
+                taken.append((len(built), obj.name))
+                yield obj
+
+        emit(watched(), deletions)
+
+    monkeypatch.setattr(publisher, "_emit", taking)
     publisher.publish()
-    # 7 objects reached after the third host: batches of 3 hosts (9 objects), the last one the rest
-    assert [len(upserts) for upserts, _ in calls] == [9, 9, 9, 3]
-    for upserts, _ in calls:  # a host's VirtualService, DestinationRule and ServiceEntry go together
-        names = [n for _, n in upserts]
-        assert all(names.count(n) == 3 for n in names)
-    assert [n for n in snapshot.names(SE)] == sorted(name(h) for h in hosts)
+    # One emit for the whole publish (one snapshot update), yet never more than one host's messages
+    # built ahead of what was taken: a host is built when its first object is asked for.
+    assert [n for _, n in taken] == [n for h in sorted(hosts) for n in [name(h)] * 3]
+    assert [count for count, _ in taken] == [i // 3 + 1 for i in range(30)]
+    assert snapshot.names(SE) == sorted(name(h) for h in hosts)
