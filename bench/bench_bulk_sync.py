@@ -4,7 +4,7 @@ into 64 KiB chunks and streamed as Cloud Controller's cc_route_syncer does, thro
 
 Copilot (the server) runs in a subprocess of its own, so its memory figure is its own: peak RSS is the
 subprocess's ru_maxrss (the kernel's high-water mark), read before and after the syncs, plus its current
-RSS from /proc/self/status. The server wires the table to a real Publisher (the sync's response comes
+RSS from /proc/self/status. The server wires the views to a real Publisher (the sync's response comes
 back only after the Istio objects are rebuilt, as in `copilot`), and by default first loads a matching
 BBS slice (one DesiredLRP with 2 instances per CC process) so the CC routes have backends.
 
@@ -32,8 +32,8 @@ from copilot.model import HttpRoute, Instance, PortMapping, ProcessRoutes  # noq
 from copilot.protos import cc_copilot_pb2 as api  # noqa: E402
 from copilot.protos import cc_copilot_pb2_grpc as api_grpc  # noqa: E402
 from copilot.publisher import Publisher  # noqa: E402
-from copilot.routing_table import RoutingTable  # noqa: E402
 from copilot.sources.cc_api import CloudControllerCopilot, serve  # noqa: E402
+from copilot.views import Views  # noqa: E402
 from copilot.xds.snapshot import Snapshot  # noqa: E402
 from devtools.certs import make_ca  # noqa: E402
 
@@ -72,8 +72,8 @@ def _maxrss_mib() -> float:
 
 
 def run_server(pki: Path, routes: int, bbs: bool) -> None:
-    table, snapshot = RoutingTable(), Snapshot()
-    publisher = Publisher(table, snapshot, GatewaySettings())
+    views, snapshot = Views(), Snapshot()
+    publisher = Publisher(views, snapshot, GatewaySettings())
     started = time.perf_counter()
     if bbs:
         processes = {diego_guid(i): ProcessRoutes(http=(HttpRoute(host(i), "", 8080),)) for i in range(routes)}
@@ -94,7 +94,7 @@ def run_server(pki: Path, routes: int, bbs: bool) -> None:
             }
             for i in range(routes)
         }
-        table.replace_bbs_state(processes, instances)
+        views.bbs.replace(processes, instances)
         del processes, instances
         publisher.publish()
     bbs_load = time.perf_counter() - started
@@ -105,7 +105,7 @@ def run_server(pki: Path, routes: int, bbs: bool) -> None:
         publisher.publish()
         publishes.append(time.perf_counter() - t0)
 
-    servicer = CloudControllerCopilot(table, on_change)
+    servicer = CloudControllerCopilot(views.cc, on_change)
     server, port = serve(
         servicer,
         "127.0.0.1:0",
@@ -116,7 +116,7 @@ def run_server(pki: Path, routes: int, bbs: bool) -> None:
     ready = {"port": port, "bbs_load_s": bbs_load, "rss_mib": _rss_mib(), "maxrss_mib": _maxrss_mib()}
     print(json.dumps(ready), flush=True)
     sys.stdin.readline()  # the client says when it is done
-    state = table.cc_state()
+    state = views.cc.state()
     report = {
         "rss_mib": _rss_mib(),
         "maxrss_mib": _maxrss_mib(),
@@ -212,7 +212,7 @@ def main() -> None:
             f"{'' if got == len(payload) else ' (MISMATCH)'}"
         )
     print(
-        f"  server table after:  {report['cc_routes']} CC routes, {report['cc_mappings']} mappings, "
+        f"  server slices after: {report['cc_routes']} CC routes, {report['cc_mappings']} mappings, "
         f"{report['cc_associations']} associations, {report['virtual_services']} VirtualServices"
     )
     loaded = "" if args.no_bbs else f" (BBS slice loaded and published in {ready['bbs_load_s']:.1f} s)"

@@ -23,9 +23,9 @@ from copilot.istio.kinds import VIRTUAL_SERVICE  # noqa: E402
 from copilot.model import HttpRoute, Instance, PortMapping, ProcessRoutes  # noqa: E402
 from copilot.protos import bbs_pb2  # noqa: E402
 from copilot.publisher import Publisher  # noqa: E402
-from copilot.routing_table import RoutingTable  # noqa: E402
 from copilot.sources.bbs_client import Event  # noqa: E402
 from copilot.sources.bbs_watcher import apply_event  # noqa: E402
+from copilot.views import Views  # noqa: E402
 from copilot.xds.mcp_server import encode_response  # noqa: E402
 from copilot.xds.snapshot import Snapshot  # noqa: E402
 
@@ -48,10 +48,10 @@ def _instance(guid: str, index: int, port: int) -> Instance:
 def measure(routes: int, events: int) -> dict:
     processes = {f"pg-{i}": ProcessRoutes(http=(HttpRoute(f"app-{i}.apps.example.com", "", 8080),)) for i in range(routes)}
     instances = {f"pg-{i}": {(idx, f"pg-{i}-{idx}", 0): _instance(f"pg-{i}", idx, i) for idx in range(2)} for i in range(routes)}
-    table, snapshot = RoutingTable(), Snapshot()
-    publisher = Publisher(table, snapshot, GatewaySettings())
+    views, snapshot = Views(), Snapshot()
+    publisher = Publisher(views, snapshot, GatewaySettings())
     started = time.perf_counter()
-    table.replace_bbs_state(processes, instances)
+    views.bbs.replace(processes, instances)
     publisher.publish()
     rebuild = time.perf_counter() - started
 
@@ -77,7 +77,7 @@ def measure(routes: int, events: int) -> dict:
         payload = change.SerializeToString()
         t0 = time.perf_counter()
         event = Event(str(n), "actual_lrp_instance_changed", bbs_pb2.ActualLRPInstanceChangedEvent.FromString(payload))
-        apply_event(table, event)
+        apply_event(views.bbs, event)
         publisher.publish()
         timings.append(time.perf_counter() - t0)
     timings.sort()

@@ -1,4 +1,4 @@
-"""The `copilot` command: wires config, sources, routing table, publisher and the MCP server together."""
+"""The `copilot` command: wires config, sources, their slices and views, publisher and the MCP server together."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from copilot.config import Config, load
 from copilot.health import HealthServer
 from copilot.publisher import Publisher, PublishLoop
 from copilot.router_groups_api import RouterGroupsServer
-from copilot.routing_table import RoutingTable
 from copilot.service_discovery import AddressTable, ServiceDiscoveryServer
 from copilot.sources.bbs_client import BBSClient, TLSFiles
 from copilot.sources.bbs_watcher import BBSWatcher, WithdrawalGuard
@@ -21,6 +20,7 @@ from copilot.sources.cc_api import CloudControllerCopilot
 from copilot.sources.cc_api import serve as serve_cc_api
 from copilot.sources.registrar_api import RegistrarApi
 from copilot.uaa_token import TokenValidator
+from copilot.views import Views
 from copilot.xds.mcp_server import McpServer
 from copilot.xds.snapshot import Snapshot
 from daemon_kit import cli
@@ -35,17 +35,19 @@ class Copilot:
         self.config = config
         # Every source refuses loopback/link-local backends unless the operator's allow-list names them.
         model.allow_internal_networks(config.backends.allowed_internal_networks)
-        self.table = RoutingTable()
+        # Each source writes its own slice and asks the publisher thread for a publish (`request`).
+        self.views = Views()
         self.snapshot = Snapshot()
-        self.publisher = Publisher(self.table, self.snapshot, config.gateway)
-        self.publish_loop = PublishLoop(self._publish_now)
+        self.publisher = Publisher(self.views, self.snapshot, config.gateway)
+        self.publish_loop = PublishLoop(self.publisher.publish)
+        request = self.publish_loop.request
         self.watcher: BBSWatcher | None = None
         if config.bbs is not None:
             client = BBSClient(config.bbs.url, TLSFiles(config.bbs.ca_cert, config.bbs.client_cert, config.bbs.client_key))
             self.watcher = BBSWatcher(
                 client,
-                self.table,
-                self.publish,
+                self.views.bbs,
+                request,
                 reconcile_interval=config.bbs.reconcile_interval_seconds,
                 max_backoff=config.bbs.max_backoff_seconds,
                 liveness_interval=config.bbs.liveness_check_interval_seconds,
@@ -55,17 +57,18 @@ class Copilot:
                     hold_seconds=config.bbs.withdrawal_hold_seconds,
                 ),
             )
-        self.cc_api = CloudControllerCopilot(self.table, self.publish) if config.cc is not None else None
+        self.cc_api = CloudControllerCopilot(self.views.cc, request) if config.cc is not None else None
         self._cc_server = None
         self.registrar = None
         if config.registrar is not None:
             r = config.registrar
-            self.registrar = RegistrarApi(self.table, self.publish, r.listen, cert=r.cert, key=r.key, client_ca=r.client_ca)
+            self.registrar = RegistrarApi(self.views.registrar, request, r.listen, cert=r.cert, key=r.key, client_ca=r.client_ca)
         # *.apps.internal for bosh-dns-adapter: not warm until the first full BBS listing is applied.
         self.service_discovery = None
         if config.service_discovery is not None:
             sd, watcher = config.service_discovery, self.watcher
-            addresses = AddressTable(self.table, watcher.synced.is_set if watcher is not None else lambda: True)
+            addresses = AddressTable(self.views.bbs, watcher.synced.is_set if watcher is not None else lambda: True)
+            self.views.bbs.watch(addresses.invalidate)  # its next answer is built from the changed slice
             self.service_discovery = ServiceDiscoveryServer(
                 addresses, sd.listen, cert=sd.cert, key=sd.key, client_ca=sd.client_ca
             )
@@ -80,16 +83,6 @@ class Copilot:
         self._stopping = threading.Event()
         self.mcp = McpServer(self.snapshot, on_push=_record_push, ready=self.ready)
         self.health = HealthServer(config.health_listen, self.status, self.refresh_metrics, live=self.live)
-
-    def publish(self) -> None:
-        """Asks for a publish; it happens on the publisher thread, right away or after the one running."""
-        if self.service_discovery is not None:
-            self.service_discovery.invalidate()  # its next answer is built from the changed table
-        self.publish_loop.request()
-
-    def _publish_now(self) -> None:
-        with metrics.PUBLISH_SECONDS.time():
-            self.publisher.publish()
 
     def start(self) -> None:
         credentials = None
@@ -127,7 +120,7 @@ class Copilot:
                 "no BulkSync from Cloud Controller yet; serving BBS routes",
                 extra={"waited": self.config.cc.bulk_sync_hold_seconds},
             )
-        self._publish_now()  # what the sources said is in the snapshot before istiod hears anything
+        self.publish_loop.publish_now()  # what the sources said is in the snapshot before istiod hears anything
         self.ready.set()
         log.info("serving istiod")
 
@@ -157,7 +150,7 @@ class Copilot:
         synced = self.watcher is None or (self.watcher.synced.is_set() and self.watcher.live)
         cc_synced = self.cc_api is None or self.cc_api.bulk_synced.is_set()
         staleness = self.watcher.staleness() if self.watcher is not None else 0.0
-        routes, backends = self.table.counts()
+        routes, backends = self.views.bbs.counts()
         if stopping:
             state = "stopping"
         elif not serving:
@@ -184,7 +177,7 @@ class Copilot:
         return True, {"live": True, "ready": self.ready.is_set() and not self._stopping.is_set()}
 
     def refresh_metrics(self) -> None:
-        routes, backends = self.table.counts()
+        routes, backends = self.views.bbs.counts()
         metrics.ROUTES.set(routes)
         metrics.BACKENDS.set(backends)
         if self.watcher is not None:

@@ -1,4 +1,6 @@
-"""The route model: the one source of truth for what a route, a backend and a weight are, and how they are validated."""
+"""The route model: the one source of truth for what a route, a backend and a weight are, and how they are
+validated; and the views (HostRoutes, InternalService, TcpPortRoutes) copilot.views merges from the
+sources' slices and the Istio builder takes as input."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 
 SSH_PORT = 2222
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -366,6 +369,45 @@ class Registration:
     tls_port: int = 0
     server_cert_domain_san: str = ""
     source: str = ""
+
+
+class ViewKind(Enum):
+    """The kinds of view, each keyed by its own key: what the publisher rebuilds when a key is touched."""
+
+    HOST = "host"  # an external hostname the routers serve: HostRoutes
+    INTERNAL_HOST = "internal host"  # a container-to-container hostname with a VIP: InternalService
+    TCP_PORT = "tcp port"  # a router TCP port: TcpPortRoutes
+
+
+@dataclass
+class HostRoutes:
+    """The view of one external hostname: everything needed to build its Istio config."""
+
+    host: str
+    # path ("" for the root) -> weighted destinations, in a stable order; weights are relative (the
+    # builder turns them into Istio's percentages, for the destinations a router actually routes)
+    paths: dict[str, list[Destination]]
+
+
+@dataclass
+class InternalService:
+    """The view of a container-to-container route: a host with its VIP, and the instances behind it
+    (container addresses)."""
+
+    host: str
+    vip: str
+    destinations: list[Destination]
+
+
+@dataclass
+class TcpPortRoutes:
+    """The view of a router TCP port (tcp-router's external port): the instances its connections go to."""
+
+    port: int
+    backends: list[Backend]
+
+
+View = HostRoutes | InternalService | TcpPortRoutes
 
 
 def normalize_weights(weights: list[int]) -> list[int]:

@@ -1,11 +1,14 @@
-"""Turns routing-table changes into snapshot updates: rebuilds the Istio objects of dirty hosts only."""
+"""Turns what changed in the views (copilot.views) into Istio objects: rebuilds only the touched keys of
+each kind of view (external hosts, internal hosts, router TCP ports) with one loop, and hands every
+object built and every name no longer needed to `_emit`, on the publisher's own thread (PublishLoop)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from copilot import metrics
 from copilot.istio.builder import (
@@ -18,9 +21,10 @@ from copilot.istio.builder import (
     internal_object_name,
     tcp_object_names,
 )
-from copilot.istio.kinds import SERVICE_ENTRY, IstioObject
+from copilot.istio.kinds import SERVICE_ENTRY, IstioObject, Kind
+from copilot.model import HostRoutes, View, ViewKind
 from copilot.route_service_lookup import InternalLookup
-from copilot.routing_table import HostRoutes, RoutingTable
+from copilot.views import Key, Views
 from copilot.xds.snapshot import Entry, Snapshot, encode_resource
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,11 @@ class PublishLoop:
     def request(self) -> None:
         self._wanted.set()
 
+    def publish_now(self) -> None:
+        """Publishes on the caller's thread (the first publish, before istiod is served), timed as every publish."""
+        with metrics.PUBLISH_SECONDS.time():
+            self._publish()
+
     def stop(self) -> None:
         self._stopped = True
         self._wanted.set()
@@ -53,16 +62,30 @@ class PublishLoop:
                 return
             self._wanted.clear()
             try:
-                self._publish()
+                self.publish_now()
             except Exception:  # a bug in one publish must not stop every later one
                 log.exception("publish failed")
 
 
-class Publisher:
-    """Owns the path table -> builder -> snapshot; one publish at a time."""
+@dataclass(frozen=True)
+class _Builds:
+    """How one kind of view becomes Istio objects: `build` its objects (ValueError: the view is refused),
+    and `owned` every (kind, name) a key may have, so what was not built is deleted."""
 
-    def __init__(self, table: RoutingTable, snapshot: Snapshot, gateway: GatewaySettings) -> None:
-        self._table = table
+    build: Callable[[View], list[IstioObject]]
+    owned: Callable[[Key], list[tuple[Kind, str]]]
+    skipped: str  # the warning when a view is refused
+    field: str  # the key's name in that warning
+    # Whether a view may get fewer objects than its key owns (router shards), so what was not built
+    # must be looked for; without shards a host always gets all of its objects (and the look is not free).
+    partial: bool
+
+
+class Publisher:
+    """Owns the path views -> builder -> `_emit`; one publish at a time."""
+
+    def __init__(self, views: Views, snapshot: Snapshot, gateway: GatewaySettings) -> None:
+        self._views = views
         self._snapshot = snapshot
         self._gateway = gateway
         self._lock = threading.Lock()
@@ -70,77 +93,87 @@ class Publisher:
         self.last_publish_seconds = 0.0
         rs = gateway.route_services
         # Route services' internal lookup: a host's routes depend on its route service's host too.
-        self._lookup = InternalLookup(table.host_routes, rs.internal_lookup_allowlist) if rs and rs.internal_lookup else None
-        self._apply(_encoded(build_router_objects(gateway)))
+        self._lookup = InternalLookup(views.host_routes, rs.internal_lookup_allowlist) if rs and rs.internal_lookup else None
+        internal = self._lookup.is_internal if self._lookup is not None else None
+        g = gateway
+        self._builds = {
+            ViewKind.HOST: _Builds(
+                lambda view: build_host(g, view, internal),
+                lambda host: [(o.kind, o.name) for o in host_object_names(g, host)],
+                "route skipped",
+                "host",
+                gateway.sharded,
+            ),
+            ViewKind.INTERNAL_HOST: _Builds(
+                lambda view: build_internal(g, view),
+                lambda host: [(SERVICE_ENTRY, internal_object_name(g, host))],
+                "internal route skipped",
+                "host",
+                False,
+            ),
+            ViewKind.TCP_PORT: _Builds(
+                lambda view: build_tcp(g, view),
+                lambda port: [(o.kind, o.name) for o in tcp_object_names(g, port)],
+                "tcp route skipped",
+                "port",
+                True,
+            ),
+        }
+        self._emit(build_router_objects(gateway), [])
 
     def publish(self, *, everything: bool = False) -> int:
-        """Rebuilds what changed since the last call (or every host); returns the number of hosts rebuilt."""
+        """Rebuilds what changed since the last call (or everything); returns the number of hosts rebuilt."""
         with self._lock:
             started = time.perf_counter()
-            hosts = self._table.take_dirty_hosts()
-            if everything:
-                hosts |= set(self._table.hosts())
-            if self._lookup is not None:
-                hosts |= self._lookup.dependents(hosts)
-            # Objects are encoded as soon as they are built, so a full rebuild never holds 100k hosts'
-            # worth of protobuf messages at once.
-            objects: list[tuple[str, str, Entry]] = []
-            deletions: list[IstioObject] = []
-            for host in sorted(hosts):
-                routes = self._table.host_routes(host)
-                if self._lookup is not None:
-                    self._lookup.record(host, _route_service_urls(routes))
-                if routes is None:
-                    deletions.extend(host_object_names(self._gateway, host))
-                    continue
-                internal = self._lookup.is_internal if self._lookup is not None else None
-                try:
-                    built = build_host(self._gateway, routes, internal)
-                    objects.extend(_encoded(built))
-                    if self._gateway.sharded:
-                        # Router shards: the host may need fewer VirtualServices than before (or none).
-                        emitted = {(obj.kind, obj.name) for obj in built}
-                        deletions.extend(o for o in host_object_names(self._gateway, host) if (o.kind, o.name) not in emitted)
-                except ValueError as error:
-                    # One bad host never blocks the others; what it had before stays served.
-                    self.rejected_hosts += 1
-                    metrics.HOSTS_REJECTED.inc()
-                    log.warning("route skipped", extra={"host": host, "error": str(error)})
-            internal = self._table.take_dirty_internal_hosts()
-            if everything:
-                internal |= set(self._table.internal_hosts())
-            for host in sorted(internal):
-                service = self._table.internal_service(host)
-                if service is None:
-                    name = internal_object_name(self._gateway, host)
-                    deletions.append(IstioObject(SERVICE_ENTRY, name, SERVICE_ENTRY.message()))
-                    continue
-                try:
-                    objects.extend(_encoded(build_internal(self._gateway, service)))
-                except ValueError as error:
-                    self.rejected_hosts += 1
-                    metrics.HOSTS_REJECTED.inc()
-                    log.warning("internal route skipped", extra={"host": host, "error": str(error)})
-            ports = self._table.take_dirty_tcp_ports()
-            if everything:
-                ports |= set(self._table.tcp_ports())
-            for port in sorted(ports):
-                tcp = self._table.tcp_routes(port)
-                if tcp is None:
-                    deletions.extend(tcp_object_names(self._gateway, port))
-                    continue
-                try:
-                    built = build_tcp(self._gateway, tcp)
-                    objects.extend(_encoded(built))
-                    if not built:  # no router shard serves TCP ports
-                        deletions.extend(tcp_object_names(self._gateway, port))
-                except ValueError as error:
-                    self.rejected_hosts += 1
-                    metrics.HOSTS_REJECTED.inc()
-                    log.warning("tcp route skipped", extra={"port": port, "error": str(error)})
-            self._apply(objects, deletions)
+            dirty = self._views.take_dirty()
+            work: list[tuple[ViewKind, _Builds, list[Key]]] = []
+            rebuilt = 0
+            for kind, builds in self._builds.items():
+                keys = dirty[kind]
+                if everything:
+                    keys = keys | self._views.keys(kind)
+                if kind is ViewKind.HOST:
+                    if self._lookup is not None:
+                        keys = keys | self._lookup.dependents(keys)  # type: ignore[arg-type] - hosts
+                    rebuilt = len(keys)
+                work.append((kind, builds, sorted(keys)))  # type: ignore[type-var] - one kind's keys are alike
+            deletions: list[tuple[Kind, str]] = []
+            self._emit(self._built(work, deletions), deletions)
             self.last_publish_seconds = time.perf_counter() - started
-            return len(hosts)
+            return rebuilt
+
+    def _built(self, work: list[tuple[ViewKind, _Builds, list[Key]]], deletions: list[tuple[Kind, str]]) -> Iterator[IstioObject]:
+        """The objects of every key in `work`, each key built as its objects are taken, so a full rebuild
+        never holds 100k hosts' worth of protobuf messages; what a key no longer has goes to `deletions`,
+        which is complete once this is exhausted."""
+        for kind, builds, keys in work:
+            for key in keys:
+                yield from self._rebuild(kind, builds, key, deletions)
+
+    def _rebuild(self, kind: ViewKind, builds: _Builds, key: Key, deletions: list[tuple[Kind, str]]) -> list[IstioObject]:
+        view = self._views.view(kind, key)
+        if self._lookup is not None and kind is ViewKind.HOST:
+            self._lookup.record(key, _route_service_urls(view))  # type: ignore[arg-type] - hosts
+        if view is None:
+            deletions.extend(builds.owned(key))
+            return []
+        try:
+            built = builds.build(view)
+        except ValueError as error:
+            # One bad view never blocks the others; what it had before stays served.
+            self.rejected_hosts += 1
+            metrics.HOSTS_REJECTED.inc()
+            log.warning(builds.skipped, extra={builds.field: key, "error": str(error)})
+            return []
+        if builds.partial:  # router shards: a host (or port) may need fewer objects than before, or none
+            emitted = {(obj.kind, obj.name) for obj in built}
+            deletions.extend(owned for owned in builds.owned(key) if owned not in emitted)
+        return built
+
+    def _emit(self, upserts: Iterable[IstioObject], deletions: Iterable[tuple[Kind, str]]) -> None:
+        """The one exit of everything published, once per publish: objects to add or replace, built as
+        they are taken, and (kind, name) to delete, complete once `upserts` has been taken."""
+        self._apply(_encoded(upserts), [IstioObject(kind, name, kind.message()) for kind, name in deletions])
 
     def _apply(self, objects: list[tuple[str, str, Entry]], deletions: list[IstioObject] = ()) -> None:
         updates: list[tuple[str, str, Entry | None]] = list(objects)

@@ -2,7 +2,7 @@
 route service URL names a route of this foundation, so the routers' route-service proxy hands the
 signed request to its own router instead of sending it out through DNS and the load balancer.
 
-As gorouter: the URL's host and path must be a route of the routing table (an exact host before its
+As gorouter: the URL's host and path must be a route of the views (copilot.views) (an exact host before its
 `*.` wildcard, and a context path covering the URL's path), and, when the allowlist is not empty, the
 host must be on it (an FQDN, or `*.domain` for one more label; CVE-2019-3789). A route's decision
 depends on another host's routes, so this module also remembers which hosts' route services name which
@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
-from copilot.routing_table import HostRoutes
+from copilot.model import HostRoutes
 
 
 def _parent_wildcard(host: str) -> str:

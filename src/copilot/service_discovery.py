@@ -7,7 +7,7 @@ place, inside Copilot, so bosh-dns-adapter runs unchanged. It owns:
 
 - the address table: every DesiredLRP `internal-router` hostname from the BBS, as `<hostname>` and
   `<index>.<hostname>`, mapped to the container addresses (`instance_address`) of its RUNNING, routable
-  instances (RoutingTable.internal_addresses), as a snapshot lookups read without waiting. A refresher
+  instances (BbsSlice.internal_addresses), as a snapshot lookups read without waiting. A refresher
   rebuilds it when a source reports a change (`invalidate()`), so a removed instance's address goes
   within one rebuild (milliseconds; about a tenth of a second at 100k processes), with no staleness
   window like the controller's 180 s pruning; rebuilds are paced to keep their CPU share bounded;
@@ -87,7 +87,7 @@ def lookup_key(name: str) -> str:
 
 
 class InternalAddresses(Protocol):
-    """Where the names come from: copilot.routing_table.RoutingTable."""
+    """Where the names come from: the BBS slice (copilot.slices.bbs.BbsSlice)."""
 
     def internal_addresses(self) -> dict[str, list[str]]: ...
 
@@ -99,7 +99,7 @@ class _Snapshot:
 
 
 class AddressTable:
-    """The routing table's internal names, as a snapshot that lookups read without waiting.
+    """The BBS slice's internal names, as a snapshot that lookups read without waiting.
 
     A refresher thread rebuilds the snapshot when a source reports a change (`invalidate()`, cheap:
     sources call it for every change) and at least every `max_age` seconds. Changes reported while it
@@ -214,7 +214,7 @@ class ServiceDiscoveryServer:
         self.addresses.stop()
 
     def invalidate(self) -> None:
-        """A source changed the routing table: the next answer is built from it."""
+        """The BBS slice changed: the next answer is built from it."""
         self.addresses.invalidate()
 
     def open_connections(self) -> int:

@@ -17,8 +17,8 @@ from opsfile_helpers import CF, ENABLE, STAGE1, SYSTEM_DOMAIN, interpolate, job,
 
 from bosh_render import link_from_job, render_job
 from copilot.config import load as load_copilot_config
-from copilot.routing_table import RoutingTable
 from copilot.service_discovery import SERVER_NAME, AddressTable, ServiceDiscoveryServer
+from copilot.views import Views
 from devtools.peers import CACHE, REPO
 
 ALIAS = "copilot-service-discovery"
@@ -114,8 +114,8 @@ def test_bosh_dns_adapters_certificate_is_answered_by_the_rendered_copilot(gener
     sd = load_copilot_config(config_path).service_discovery
     assert sd is not None and sd.listen == "0.0.0.0:8054"
 
-    table = RoutingTable()
-    server = ServiceDiscoveryServer(AddressTable(table, lambda: True), "127.0.0.1:0", cert=sd.cert, key=sd.key,
+    table = Views()
+    server = ServiceDiscoveryServer(AddressTable(table.bbs, lambda: True), "127.0.0.1:0", cert=sd.cert, key=sd.key,
                                     client_ca=sd.client_ca)
     server.start()
     server.addresses.refresh()  # the first snapshot now, rather than waiting for the refresher

@@ -9,15 +9,34 @@ def copilot_config(bbs_url: str, pki: Any, *, reconcile_interval_seconds: float 
     """A Copilot config reading `bbs_url` with the test PKI (conftest's bbs_pki), its MCP and health servers on free ports."""
     from copilot.config import parse
 
-    return parse({
-        "bbs": {
-            "url": bbs_url,
-            "ca_cert": str(pki.client.ca_cert),
-            "client_cert": str(pki.client.client_cert),
-            "client_key": str(pki.client.client_key),
-            "reconcile_interval_seconds": reconcile_interval_seconds,
-            "max_backoff_seconds": 0.1,
-        },
-        "mcp": {"listen": "127.0.0.1:0"},
-        "health": {"listen": "127.0.0.1:0"},
-    })
+    return parse(
+        {
+            "bbs": {
+                "url": bbs_url,
+                "ca_cert": str(pki.client.ca_cert),
+                "client_cert": str(pki.client.client_cert),
+                "client_key": str(pki.client.client_key),
+                "reconcile_interval_seconds": reconcile_interval_seconds,
+                "max_backoff_seconds": 0.1,
+            },
+            "mcp": {"listen": "127.0.0.1:0"},
+            "health": {"listen": "127.0.0.1:0"},
+        }
+    )
+
+
+def routed_weights(views: Any, host: str, path: str = "") -> list[tuple[str, int]]:
+    """(process guid, percentage) of a host+path as the routers get it: the views' relative weights
+    through the real builder (Istio's default of 100 where a route has one destination)."""
+    from copilot.istio import kinds
+    from copilot.istio.builder import GatewaySettings, build_host, subset_name
+
+    routes = views.host_routes(host)
+    [vs] = [o.spec for o in build_host(GatewaySettings(), routes) if o.kind is kinds.VIRTUAL_SERVICE]
+    [route] = [r for r in vs.http if r.name == (path or "/")]
+    destinations = routes.paths[path]
+    guids = {subset_name(d.process_guid, d.container_port): d.process_guid for d in destinations}
+    return [
+        (guids[t.destination.subset] if t.destination.subset else destinations[0].process_guid, t.weight or 100)
+        for t in route.route
+    ]

@@ -17,10 +17,10 @@ from bbs_double.server import BBSDouble
 from copilot import invalid_input, metrics, model
 from copilot.model import HttpRoute, InternalRoute, PortMapping, ProcessRoutes, TcpRoute
 from copilot.protos import bbs_pb2 as bbs
-from copilot.routing_table import RoutingTable
 from copilot.sources import bbs_translate
 from copilot.sources.bbs_client import Event, decode_event
 from copilot.sources.bbs_watcher import apply_event, translate_listing
+from copilot.views import Views
 
 
 @pytest.fixture(autouse=True)
@@ -267,7 +267,7 @@ def test_unknown_presence_is_reported_and_routed_like_any_other() -> None:
     assert unrecognized("ActualLRP.presence") == before + 2
 
 
-# ---------------------------------------------------------------- real sequences -> the routing table
+# ---------------------------------------------------------------- real sequences -> the BBS slice and its views
 
 HOST = "app.example.com"
 
@@ -280,7 +280,7 @@ class Feed:
         self.double = BBSDouble(ca_cert=unused, server_cert=unused, server_key=unused)
         self._subscriber = self.double._subscribe("")
         assert self._subscriber is not None
-        self.table = RoutingTable()
+        self.table = Views()
 
     def take(self) -> list[Event]:
         events = []
@@ -294,7 +294,7 @@ class Feed:
 
     def apply(self, events: list[Event]) -> None:
         for event in events:
-            apply_event(self.table, event)
+            apply_event(self.table.bbs, event)
 
     def served(self) -> list[tuple[str, int]]:
         routes = self.table.host_routes(HOST)
@@ -403,7 +403,7 @@ def test_a_listing_in_the_middle_of_an_evacuation_routes_the_instance_once(feed:
     evacuating.CopyFrom(running)
     evacuating.presence = bbs.ActualLRP.EVACUATING
     processes, instances = translate_listing(feed.double.desired_lrps(), [running, evacuating])
-    feed.table.replace_bbs_state(processes, instances)
+    feed.table.bbs.replace(processes, instances)
     assert list(instances["pg"]) == [(0, running.actual_lrp_instance_key.instance_guid, bbs.ActualLRP.EVACUATING)]
     assert feed.served() == [("10.0.0.1", 61000)]
 
@@ -428,16 +428,16 @@ def running(index: int, guid: str, address: str = "10.0.0.5", *ports: bbs.PortMa
     return lrp
 
 
-def listed(*lrps: bbs.ActualLRP) -> RoutingTable:
+def listed(*lrps: bbs.ActualLRP) -> Views:
     """A table made from a listing of "pg" (routing HOST on 8080) with these instances."""
     desired_lrp = desired(cf_router=[{"hostnames": [HOST], "port": 8080}])
     desired_lrp.process_guid = "pg"
-    table = RoutingTable()
-    table.replace_bbs_state(*translate_listing([desired_lrp], list(lrps)))
+    table = Views()
+    table.bbs.replace(*translate_listing([desired_lrp], list(lrps)))
     return table
 
 
-def served_by(table: RoutingTable) -> list[tuple[str, str, int]]:
+def served_by(table: Views) -> list[tuple[str, str, int]]:
     routes = table.host_routes(HOST)
     assert routes is not None
     return sorted((b.instance_guid, b.address, b.port) for d in routes.paths[""] for b in d.backends)
@@ -483,9 +483,9 @@ def test_a_bad_instance_is_logged_and_counted_once_not_on_every_reconcile(caplog
     bad = running(1, "bad", "not-an-ip")
     for _ in range(3):  # the first listing, two reconciles
         listed(running(0, "good-0"), bad)
-    table = RoutingTable()
-    apply_event(table, Event("1", "actual_lrp_instance_created", bbs.ActualLRPInstanceCreatedEvent(actual_lrp=bad)))
-    apply_event(table, Event("2", "actual_lrp_instance_removed", bbs.ActualLRPInstanceRemovedEvent(actual_lrp=bad)))
+    table = Views()
+    apply_event(table.bbs, Event("1", "actual_lrp_instance_created", bbs.ActualLRPInstanceCreatedEvent(actual_lrp=bad)))
+    apply_event(table.bbs, Event("2", "actual_lrp_instance_removed", bbs.ActualLRPInstanceRemovedEvent(actual_lrp=bad)))
     assert len(warnings(caplog)) == 1
     assert invalid(field) == before + 1
     listed(running(1, "bad", "not-an-ip-either"))  # another bad value is another offending item
@@ -500,7 +500,7 @@ def test_an_instance_moving_to_a_bad_address_stops_being_routed_there() -> None:
     )
     change.before.CopyFrom(bbs.ActualLRPInfo(state="RUNNING", actual_lrp_net_info=running(1, "moving").actual_lrp_net_info))
     change.after.CopyFrom(bbs.ActualLRPInfo(state="RUNNING", actual_lrp_net_info=moved.actual_lrp_net_info))
-    apply_event(table, Event("1", "actual_lrp_instance_changed", change))
+    apply_event(table.bbs, Event("1", "actual_lrp_instance_changed", change))
     assert served_by(table) == [("good-0", "10.0.0.5", 61000)]
 
 
@@ -648,23 +648,23 @@ def lrp_event(kind: str, lrp: bbs.ActualLRP) -> Event:
 def test_two_instances_with_one_index_both_serve_from_events_and_each_is_removed_alone() -> None:
     desired_lrp = desired(cf_router=[{"hostnames": [HOST], "port": 8080}])
     desired_lrp.process_guid = "pg"
-    table = RoutingTable()
-    apply_event(table, Event("0", "desired_lrp_created", bbs.DesiredLRPCreatedEvent(desired_lrp=desired_lrp)))
+    table = Views()
+    apply_event(table.bbs, Event("0", "desired_lrp_created", bbs.DesiredLRPCreatedEvent(desired_lrp=desired_lrp)))
     first, second = running(0, "first", "10.0.0.5"), running(0, "second", "10.0.0.6")
-    apply_event(table, lrp_event("created", first))
-    apply_event(table, lrp_event("created", second))
+    apply_event(table.bbs, lrp_event("created", first))
+    apply_event(table.bbs, lrp_event("created", second))
     assert served_by(table) == [("first", "10.0.0.5", 61000), ("second", "10.0.0.6", 61000)]
-    apply_event(table, lrp_event("removed", first))
+    apply_event(table.bbs, lrp_event("removed", first))
     assert served_by(table) == [("second", "10.0.0.6", 61000)]
-    apply_event(table, lrp_event("created", first))
-    apply_event(table, lrp_event("removed", second))
+    apply_event(table.bbs, lrp_event("created", first))
+    apply_event(table.bbs, lrp_event("removed", second))
     assert served_by(table) == [("first", "10.0.0.5", 61000)]
 
 
 def test_two_instances_with_one_index_in_a_listing_both_serve() -> None:
     table = listed(running(0, "first", "10.0.0.5"), running(0, "second", "10.0.0.6"))
     assert served_by(table) == [("first", "10.0.0.5", 61000), ("second", "10.0.0.6", 61000)]
-    apply_event(table, lrp_event("removed", running(0, "first", "10.0.0.5")))
+    apply_event(table.bbs, lrp_event("removed", running(0, "first", "10.0.0.5")))
     assert served_by(table) == [("second", "10.0.0.6", 61000)]
 
 
@@ -676,8 +676,8 @@ def test_a_removed_event_for_one_presence_leaves_the_evacuating_copy() -> None:
     evacuating.CopyFrom(ordinary)
     evacuating.presence = bbs.ActualLRP.EVACUATING
     table = listed(ordinary)
-    apply_event(table, lrp_event("created", evacuating))
-    apply_event(table, lrp_event("removed", ordinary))
+    apply_event(table.bbs, lrp_event("created", evacuating))
+    apply_event(table.bbs, lrp_event("removed", ordinary))
     assert served_by(table) == [("moving", "10.0.0.5", 61000)]
-    apply_event(table, lrp_event("removed", evacuating))
+    apply_event(table.bbs, lrp_event("removed", evacuating))
     assert served_by(table) == []

@@ -12,11 +12,11 @@ import pytest
 
 from bbs_double.server import BBSDouble
 from copilot import metrics
-from copilot.model import HttpRoute, ProcessRoutes
-from copilot.routing_table import RoutingTable
+from copilot.model import HttpRoute, ProcessRoutes, ViewKind
 from copilot.sources import bbs_watcher
 from copilot.sources.bbs_client import BBSClient
 from copilot.sources.bbs_watcher import BBSWatcher, WithdrawalGuard
+from copilot.views import Views
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,7 +27,11 @@ def route(*hosts: str, port: int = 8080) -> list[dict]:
     return [{"hostnames": list(hosts), "port": port}]
 
 
-def served(table: RoutingTable, host: str = HOST) -> list[tuple[str, int]]:
+def hosts(views: Views) -> list[str]:
+    return sorted(views.keys(ViewKind.HOST))
+
+
+def served(table: Views, host: str = HOST) -> list[tuple[str, int]]:
     """(address, port) of every backend of the host's root path, or [] when the host is unknown."""
     routes = table.host_routes(host)
     if routes is None or "" not in routes.paths:
@@ -38,11 +42,11 @@ def served(table: RoutingTable, host: str = HOST) -> list[tuple[str, int]]:
 class Harness:
     def __init__(self, double: BBSDouble, client: BBSClient, **watcher_options: Any) -> None:
         self.double = double
-        self.table = RoutingTable()
+        self.table = Views()
         self.changes = 0
         self._lock = threading.Lock()
         options = {"reconcile_interval": 0.5, "max_backoff": 0.1, **watcher_options}
-        self.watcher = BBSWatcher(client, self.table, self._changed, **options)
+        self.watcher = BBSWatcher(client, self.table.bbs, self._changed, **options)
 
     def _changed(self) -> None:
         with self._lock:
@@ -169,7 +173,7 @@ def test_events_are_applied_incrementally(harness: Harness, wait_until) -> None:
     wait_until(lambda: table.host_routes(HOST) is None, message="the old host to go")
     wait_until(lambda: served(table, "moved.example.com") == [("10.0.0.4", 63000)], message="the new host")
     double.remove_desired_lrp("pg")
-    wait_until(lambda: table.hosts() == [], message="the removed process's routes to go")
+    wait_until(lambda: hosts(table) == [], message="the removed process's routes to go")
 
 
 def test_events_are_applied_without_a_resync(make_harness, wait_until) -> None:
@@ -200,12 +204,12 @@ def test_survives_a_bad_route_payload(harness: Harness, wait_until) -> None:
     harness.double.desire_lrp("good", http_routes=route("good.example.com"))
     harness.double.desire_lrp("bad", raw_routes={"cf-router": b"{this is not json"})
     start(harness, wait_until)
-    assert harness.table.hosts() == ["good.example.com"]
+    assert hosts(harness.table) == ["good.example.com"]
     harness.double.desire_lrp(
         "bad", raw_routes={"cf-router": b'[{"hostnames": ["bad_host", "fixed.example.com"], "port": 8080}]'}
     )
-    wait_until(lambda: "fixed.example.com" in harness.table.hosts(), message="the fixed route")
-    assert sorted(harness.table.hosts()) == ["fixed.example.com", "good.example.com"]
+    wait_until(lambda: "fixed.example.com" in hosts(harness.table), message="the fixed route")
+    assert sorted(hosts(harness.table)) == ["fixed.example.com", "good.example.com"]
 
 
 def test_bbs_outage_keeps_the_table_reports_staleness_and_resyncs(harness: Harness, clock: Clock, wait_until) -> None:
@@ -253,7 +257,7 @@ def test_event_stream_closed_by_bbs_reconnects_and_resyncs(harness: Harness, wai
     wait_until(lambda: table_has(harness.table, HOST), message="events on the new stream")
 
 
-def table_has(table: RoutingTable, host: str) -> bool:
+def table_has(table: Views, host: str) -> bool:
     return table.host_routes(host) is not None
 
 
@@ -262,19 +266,19 @@ def test_reconcile_repairs_drift(harness: Harness, wait_until) -> None:
     harness.double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
     start(harness, wait_until)
     # something (a lost event, a bug) made the table drift from BBS
-    harness.table.remove_process("pg")
-    harness.table.upsert_process("ghost", ProcessRoutes(http=(HttpRoute("ghost.example.com", "", 8080),)))
+    harness.table.bbs.remove_process("pg")
+    harness.table.bbs.upsert_process("ghost", ProcessRoutes(http=(HttpRoute("ghost.example.com", "", 8080),)))
     wait_until(lambda: served(harness.table) == [("10.0.0.1", 61000)], timeout=5, message="the periodic reconcile")
-    assert harness.table.hosts() == [HOST]
+    assert hosts(harness.table) == [HOST]
 
 
 def test_never_reached_bbs_is_stale_and_unsynced(bbs_pki, clock: Clock, wait_until) -> None:
     from devtools.ports import free_port
 
-    table = RoutingTable()
+    table = Views()
     clock.freeze()
     watcher = BBSWatcher(
-        BBSClient(f"https://127.0.0.1:{free_port()}", bbs_pki.client, timeout=1), table, lambda: None, max_backoff=0.1
+        BBSClient(f"https://127.0.0.1:{free_port()}", bbs_pki.client, timeout=1), table.bbs, lambda: None, max_backoff=0.1
     )
     failed = connection_errors()
     watcher.start()
@@ -293,7 +297,7 @@ def test_stop_ends_the_threads(harness: Harness, wait_until) -> None:
     assert not any(t.is_alive() for t in harness.watcher._threads)
     wait_until(lambda: harness.double.subscriber_count() == 0, message="the event stream closed")
     harness.double.desire_lrp("pg", http_routes=route(HOST))
-    assert harness.table.hosts() == []  # no thread and no stream left to apply it
+    assert hosts(harness.table) == []  # no thread and no stream left to apply it
 
 
 def test_staleness_grows_while_bbs_cannot_list(harness: Harness, wait_until) -> None:
@@ -483,7 +487,7 @@ def fill(double: BBSDouble, apps: int, instances: int) -> list[tuple[str, int]]:
     return backends
 
 
-def all_served(table: RoutingTable, apps: int) -> list[tuple[str, int]]:
+def all_served(table: Views, apps: int) -> list[tuple[str, int]]:
     return sorted(b for app in range(apps) for b in served(table, f"app{app}.example.com"))
 
 
@@ -536,7 +540,7 @@ def test_a_bbs_restarted_empty_is_held_then_applied_if_it_persists(make_harness,
 
     # the withdrawal persists: applied once the hold is over (at the latest a reconcile interval later)
     clock.advance(hold)
-    wait_until(lambda: table.hosts() == ["new.example.com"], timeout=10, message="the persisting withdrawal to be applied")
+    wait_until(lambda: hosts(table) == ["new.example.com"], timeout=10, message="the persisting withdrawal to be applied")
     assert not watcher.withdrawal_held and metrics.BBS_WITHDRAWAL_HELD._value.get() == 0
     assert holds("applied") == applied + 1
 
@@ -569,7 +573,7 @@ def test_a_real_mass_stop_converges_event_by_event(make_harness, wait_until) -> 
     wait_until(lambda: all_served(table, 4) == [], timeout=5, message="every stopped instance to go")
     for app in range(3):
         double.remove_desired_lrp(f"pg-{app}")
-    wait_until(lambda: table.hosts() == ["app3.example.com"], timeout=5, message="the deleted apps' routes to go")
+    wait_until(lambda: hosts(table) == ["app3.example.com"], timeout=5, message="the deleted apps' routes to go")
     syncs = metrics.BBS_SYNCS._value.get()
     wait_until(lambda: metrics.BBS_SYNCS._value.get() >= syncs + 2, message="two reconciles agreeing")
     assert not watcher.withdrawal_held and holds("held") == held
@@ -582,5 +586,5 @@ def test_a_small_withdrawal_by_listing_is_applied_at_once(make_harness, wait_unt
     start(harness, wait_until)
     held = holds("held")
     harness.double.restart(keep_state=False)
-    wait_until(lambda: harness.table.hosts() == [], message="the listing to be applied")
+    wait_until(lambda: hosts(harness.table) == [], message="the listing to be applied")
     assert holds("held") == held and not harness.watcher.withdrawal_held

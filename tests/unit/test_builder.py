@@ -23,9 +23,8 @@ from copilot.istio.builder import (
     service_host,
     subset_name,
 )
-from copilot.model import Backend, Destination
+from copilot.model import Backend, Destination, HostRoutes
 from copilot.protos import istio_networking_pb2 as pb
-from copilot.routing_table import HostRoutes
 
 SETTINGS = GatewaySettings(namespace="cf", name="ingress", selector={"istio": "router"}, http_port=8000)
 
@@ -218,7 +217,7 @@ def test_an_endpoint_with_a_port_istiod_refuses_is_left_out(port: int, tls_port:
 
 def test_tcp_and_internal_routes_leave_out_bad_endpoints_too() -> None:
     from copilot.istio.builder import build_internal, build_tcp
-    from copilot.routing_table import InternalService, TcpPortRoutes
+    from copilot.model import InternalService, TcpPortRoutes
 
     invalid_input.forget()
     backends = [Backend("10.0.0.1", 61000), Backend("not-an-ip", 61001), Backend("10.0.0.3", 70000)]
@@ -320,7 +319,7 @@ def test_without_a_client_certificate_the_router_offers_none() -> None:
 
 def test_tcp_routes_reach_cells_over_tls_with_the_client_certificate() -> None:
     from copilot.istio.builder import build_tcp
-    from copilot.routing_table import TcpPortRoutes
+    from copilot.model import TcpPortRoutes
 
     objects = build_tcp(INTEGRITY, TcpPortRoutes(1024, [Backend("10.0.0.1", 0, 61001, "guid-a", 0)]))
     se = next(o.spec for o in objects if o.kind == kinds.SERVICE_ENTRY)

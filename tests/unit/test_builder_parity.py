@@ -28,9 +28,8 @@ from copilot.istio.builder import (
     tcp_service_host,
 )
 from copilot.istio.router_filter import CLIENT_HEADERS_DROPPED, session_cookie_regex
-from copilot.model import Backend, Destination
+from copilot.model import Backend, Destination, HostRoutes, TcpPortRoutes
 from copilot.protos import istio_networking_pb2 as pb
-from copilot.routing_table import HostRoutes, TcpPortRoutes
 
 CERTS = (Certificate("wildcard", ("*.example.com",)), Certificate("app", ("app.example.com",)))
 SETTINGS = GatewaySettings(namespace="cf", https_port=8443, certificates=CERTS, certificate_dir="/certs/", bind="127.0.0.1")

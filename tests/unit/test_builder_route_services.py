@@ -25,9 +25,8 @@ from copilot.istio.builder import (
     subset_name,
 )
 from copilot.istio.router_filter import build_router_filter
-from copilot.model import Backend, Destination
+from copilot.model import Backend, Destination, HostRoutes
 from copilot.protos import istio_networking_pb2 as pb
-from copilot.routing_table import HostRoutes
 
 SETTINGS = GatewaySettings(namespace="cf", name="ingress", selector={"istio": "router"}, http_port=8000,
                            route_services=RouteServiceSettings(proxy_port=7070, gateway_port=7071))

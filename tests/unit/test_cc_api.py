@@ -1,5 +1,5 @@
 """Copilot's Cloud Controller API (`api.CloudControllerCopilot`) over real gRPC and mutual TLS on loopback,
-driven with our own generated stubs (the cf-copilot field numbers): every RPC against the RoutingTable,
+driven with our own generated stubs (the cf-copilot field numbers): every RPC against the Views,
 who may connect, what is refused and that a refusal changes nothing (oversized fields and messages
 too), and BulkSync at ~50 MB."""
 
@@ -17,13 +17,13 @@ from google.protobuf.message import DecodeError
 
 from copilot.istio import kinds
 from copilot.istio.builder import GatewaySettings, object_name
-from copilot.model import CCRoute, CCState, HttpRoute, Instance, PortMapping, ProcessRoutes
+from copilot.model import CCRoute, CCState, HttpRoute, Instance, PortMapping, ProcessRoutes, ViewKind
 from copilot.protos import cc_copilot_pb2 as api
 from copilot.protos import cc_copilot_pb2_grpc as api_grpc
 from copilot.publisher import Publisher
-from copilot.routing_table import RoutingTable
 from copilot.sources.cc_api import MAX_BULK_SYNC_CHUNKS, MAX_MESSAGE_BYTES, CloudControllerCopilot, serve
 from copilot.sources.cc_validation import MAX_BULK_ENTRIES, MAX_DIEGO_PROCESS_GUIDS, MAX_GUID_LENGTH
+from copilot.views import Views
 from copilot.xds.snapshot import Snapshot
 from devtools.certs import make_ca
 
@@ -62,14 +62,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 
 @dataclass
 class Served:
-    table: RoutingTable
+    table: Views
     servicer: CloudControllerCopilot
     address: str
     changes: list[int]
 
 
-def _serve(pki: PKI, table: RoutingTable, on_change) -> tuple[grpc.Server, CloudControllerCopilot, str]:
-    servicer = CloudControllerCopilot(table, on_change)
+def _serve(pki: PKI, table: Views, on_change) -> tuple[grpc.Server, CloudControllerCopilot, str]:
+    servicer = CloudControllerCopilot(table.cc, on_change)
     server, port = serve(
         servicer,
         "127.0.0.1:0",
@@ -82,7 +82,7 @@ def _serve(pki: PKI, table: RoutingTable, on_change) -> tuple[grpc.Server, Cloud
 
 @pytest.fixture
 def served(pki: PKI) -> Iterator[Served]:
-    table, changes = RoutingTable(), []
+    table, changes = Views(), []
     server, servicer, address = _serve(pki, table, lambda: changes.append(1))
     try:
         yield Served(table, servicer, address, changes)
@@ -162,73 +162,73 @@ def test_health(stub) -> None:
 
 def test_upsert_route_adds_and_replaces(stub, served: Served) -> None:
     upsert_route(stub, route("r1", "a.example.com", "/v1"))
-    assert served.table.cc_state().routes == {"r1": CCRoute("r1", "a.example.com", "/v1")}
+    assert served.table.cc.state().routes == {"r1": CCRoute("r1", "a.example.com", "/v1")}
     upsert_route(stub, route("r1", "b.example.com"))  # same guid: the route moves
-    assert served.table.cc_state().routes == {"r1": CCRoute("r1", "b.example.com", "")}
+    assert served.table.cc.state().routes == {"r1": CCRoute("r1", "b.example.com", "")}
     assert len(served.changes) == 2
 
 
 def test_upsert_route_lower_cases_the_host(stub, served: Served) -> None:
     upsert_route(stub, route("r1", "My-App.Apps.EXAMPLE.com"))
-    assert served.table.cc_state().routes["r1"].host == "my-app.apps.example.com"
+    assert served.table.cc.state().routes["r1"].host == "my-app.apps.example.com"
     assert stub.ListCfRoutes(api.ListCfRoutesRequest(), timeout=TIMEOUT).routes == {"r1": "my-app.apps.example.com"}
 
 
 def test_upsert_internal_route(stub, served: Served) -> None:
     upsert_route(stub, route("r1", "App.Apps.Internal", internal=True, vip="127.128.0.1"))
-    assert served.table.cc_state().routes == {"r1": CCRoute("r1", "app.apps.internal", "", True, "127.128.0.1")}
-    assert served.table.internal_hosts() == ["app.apps.internal"]
+    assert served.table.cc.state().routes == {"r1": CCRoute("r1", "app.apps.internal", "", True, "127.128.0.1")}
+    assert sorted(served.table.keys(ViewKind.INTERNAL_HOST)) == ["app.apps.internal"]
     assert served.table.internal_service("app.apps.internal").destinations == []  # nothing mapped yet
     stub.MapRoute(api.MapRouteRequest(route_mapping=mapping("r1", "c1")), timeout=TIMEOUT)
     upsert_association(stub, association("c1", "c1-v1"))
     service = served.table.internal_service("app.apps.internal")
     assert (service.vip, [d.process_guid for d in service.destinations]) == ("127.128.0.1", ["c1-v1"])
-    assert served.table.hosts() == []  # never an external host
+    assert sorted(served.table.keys(ViewKind.HOST)) == []  # never an external host
 
 
 def test_delete_route(stub, served: Served) -> None:
     upsert_route(stub, route("r1", "a.example.com"))
     upsert_route(stub, route("r2", "b.example.com"))
     stub.DeleteRoute(api.DeleteRouteRequest(guid="r1"), timeout=TIMEOUT)
-    assert set(served.table.cc_state().routes) == {"r2"}
+    assert set(served.table.cc.state().routes) == {"r2"}
     stub.DeleteRoute(api.DeleteRouteRequest(guid="unknown"), timeout=TIMEOUT)  # deleting nothing is fine
-    assert set(served.table.cc_state().routes) == {"r2"}
+    assert set(served.table.cc.state().routes) == {"r2"}
 
 
 def test_map_and_unmap_route(stub, served: Served) -> None:
     upsert_route(stub, route("r1", "a.example.com"))
     stub.MapRoute(api.MapRouteRequest(route_mapping=mapping("r1", "c1", 3)), timeout=TIMEOUT)
     stub.MapRoute(api.MapRouteRequest(route_mapping=mapping("r1", "c2", 128)), timeout=TIMEOUT)
-    assert served.table.cc_state().mappings == {("r1", "c1"): 3, ("r1", "c2"): 128}
+    assert served.table.cc.state().mappings == {("r1", "c1"): 3, ("r1", "c2"): 128}
     stub.MapRoute(api.MapRouteRequest(route_mapping=mapping("r1", "c1", 5)), timeout=TIMEOUT)  # re-map: new weight
-    assert served.table.cc_state().mappings == {("r1", "c1"): 5, ("r1", "c2"): 128}
+    assert served.table.cc.state().mappings == {("r1", "c1"): 5, ("r1", "c2"): 128}
     stub.UnmapRoute(api.UnmapRouteRequest(route_mapping=mapping("r1", "c1", 5)), timeout=TIMEOUT)
-    assert served.table.cc_state().mappings == {("r1", "c2"): 128}
+    assert served.table.cc.state().mappings == {("r1", "c2"): 128}
     stub.UnmapRoute(api.UnmapRouteRequest(route_mapping=mapping("r1", "c9")), timeout=TIMEOUT)  # not mapped: no-op
-    assert served.table.cc_state().mappings == {("r1", "c2"): 128}
+    assert served.table.cc.state().mappings == {("r1", "c2"): 128}
 
 
 def test_mapped_route_serves_the_associated_diego_process(stub, served: Served) -> None:
-    served.table.upsert_process("c1-v1", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),)))
-    served.table.upsert_instance(0, instance("c1-v1"))
+    served.table.bbs.upsert_process("c1-v1", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),)))
+    served.table.bbs.upsert_instance(0, instance("c1-v1"))
     upsert_route(stub, route("r1", "A.example.com", "/api"))
     stub.MapRoute(api.MapRouteRequest(route_mapping=mapping("r1", "c1", 7)), timeout=TIMEOUT)
     upsert_association(stub, association("c1", "c1-v1"))
     paths = served.table.host_routes("a.example.com").paths
     assert [(d.process_guid, d.weight, [(b.address, b.port) for b in d.backends]) for d in paths["/api"]] == [
-        ("c1-v1", 100, [("10.0.0.1", 61000)])
+        ("c1-v1", 7, [("10.0.0.1", 61000)])  # relative: the mapping's weight
     ]
 
 
 def test_upsert_and_delete_association(stub, served: Served) -> None:
     upsert_association(stub, association("c1", "c1-v2", "c1-v1", "c1-v1"))
-    assert served.table.cc_state().associations == {"c1": ("c1-v1", "c1-v2")}  # de-duplicated, sorted
+    assert served.table.cc.state().associations == {"c1": ("c1-v1", "c1-v2")}  # de-duplicated, sorted
     upsert_association(stub, association("c1", "c1-v2"))  # a rolling deploy finished
     upsert_association(stub, association("c2", "c2-v1"))
-    assert served.table.cc_state().associations == {"c1": ("c1-v2",), "c2": ("c2-v1",)}
+    assert served.table.cc.state().associations == {"c1": ("c1-v2",), "c2": ("c2-v1",)}
     request = api.DeleteCapiDiegoProcessAssociationRequest(capi_process_guid="c1")
     stub.DeleteCapiDiegoProcessAssociation(request, timeout=TIMEOUT)
-    assert served.table.cc_state().associations == {"c2": ("c2-v1",)}
+    assert served.table.cc.state().associations == {"c2": ("c2-v1",)}
 
 
 def test_list_rpcs_read_the_table(stub, served: Served) -> None:
@@ -267,7 +267,7 @@ def test_bulk_sync_reassembles_chunks(stub, served: Served, chunk_size: int) -> 
     payload = request.SerializeToString()
     response = stub.BulkSync(chunks(payload, chunk_size), timeout=TIMEOUT)
     assert response.total_bytes_received == len(payload)
-    state = served.table.cc_state()
+    state = served.table.cc.state()
     assert len(state.routes) == 40 and state.routes["r1"] == CCRoute("r1", "app-1.example.com", "/p")
     assert state.mappings[("r39", "c4")] == 40
     assert state.associations["c3"] == ("c3-v1", "c3-v2")
@@ -279,12 +279,12 @@ def test_bulk_sync_of_many_64k_chunks(stub, served: Served) -> None:
     payload = request.SerializeToString()
     assert len(payload) > 4 * CHUNK
     assert bulk_sync(stub, request).total_bytes_received == len(payload)
-    assert len(served.table.cc_state().routes) == 5000
+    assert len(served.table.cc.state().routes) == 5000
 
 
 def test_bulk_sync_replaces_the_cc_state(stub, served: Served) -> None:
     seed(stub)
-    assert served.table.hosts() == ["a.example.com", "b.example.com"]
+    assert sorted(served.table.keys(ViewKind.HOST)) == ["a.example.com", "b.example.com"]
     bulk_sync(
         stub,
         api.BulkSyncRequest(
@@ -293,15 +293,15 @@ def test_bulk_sync_replaces_the_cc_state(stub, served: Served) -> None:
             capi_diego_process_associations=[association("c2", "c2-v1")],
         ),
     )
-    assert served.table.cc_state() == CCState(
+    assert served.table.cc.state() == CCState(
         {"r2": CCRoute("r2", "b.example.com", "/api"), "r3": CCRoute("r3", "c.example.com")},
         {("r3", "c2"): 4},
         {"c2": ("c2-v1",)},
     )
-    assert served.table.hosts() == ["b.example.com", "c.example.com"]  # r1's host is gone
+    assert sorted(served.table.keys(ViewKind.HOST)) == ["b.example.com", "c.example.com"]  # r1's host is gone
     bulk_sync(stub, api.BulkSyncRequest())  # an empty sync: Cloud Controller routes nothing through Istio
-    assert served.table.cc_state() == CCState()
-    assert served.table.hosts() == []
+    assert served.table.cc.state() == CCState()
+    assert sorted(served.table.keys(ViewKind.HOST)) == []
 
 
 def test_bulk_sync_is_atomic_for_readers(stub, served: Served) -> None:
@@ -313,13 +313,13 @@ def test_bulk_sync_is_atomic_for_readers(stub, served: Served) -> None:
         )
 
     bulk_sync(stub, state("old"))
-    old = served.table.cc_state()
+    old = served.table.cc.state()
     seen: list[CCState] = []
     stop = threading.Event()
 
     def read() -> None:
         while not stop.is_set():
-            seen.append(served.table.cc_state())
+            seen.append(served.table.cc.state())
 
     reader = threading.Thread(target=read)
     reader.start()
@@ -328,7 +328,7 @@ def test_bulk_sync_is_atomic_for_readers(stub, served: Served) -> None:
     finally:
         stop.set()
         reader.join()
-    new = served.table.cc_state()
+    new = served.table.cc.state()
     assert len(new.routes) == 3000 and all(guid.startswith("new") for guid in new.routes)
     assert seen and all(s in (old, new) for s in seen)  # never half of each
 
@@ -341,10 +341,10 @@ def _random_bytes(size: int, seed: int = 4) -> bytes:
 
 
 def test_bulk_sync_of_random_bytes_is_refused_and_state_and_istio_objects_stay(pki: PKI) -> None:
-    table, snapshot = RoutingTable(), Snapshot()
+    table, snapshot = Views(), Snapshot()
     publisher = Publisher(table, snapshot, SETTINGS)
-    table.upsert_process("c1-v1", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),)))
-    table.upsert_instance(0, instance("c1-v1"))
+    table.bbs.upsert_process("c1-v1", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),)))
+    table.bbs.upsert_instance(0, instance("c1-v1"))
     server, servicer, address = _serve(pki, table, publisher.publish)
     try:
         with _channel(address, pki.ca, pki.client_cert, pki.client_key) as channel:
@@ -357,7 +357,7 @@ def test_bulk_sync_of_random_bytes_is_refused_and_state_and_istio_objects_stay(p
                     capi_diego_process_associations=[association("c1", "c1-v1")],
                 ),
             )
-            before = table.cc_state()
+            before = table.cc.state()
             versions = {t: snapshot.version(t) for t in ISTIO_TYPES}
             names = {t: snapshot.names(t) for t in ISTIO_TYPES}
             assert f"cf/{object_name('b.example.com')}" in names[kinds.VIRTUAL_SERVICE.collection]
@@ -368,7 +368,7 @@ def test_bulk_sync_of_random_bytes_is_refused_and_state_and_istio_objects_stay(p
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "chunk" in refused.value.details()
 
-            assert table.cc_state() == before
+            assert table.cc.state() == before
             publisher.publish()
             assert {t: snapshot.version(t) for t in ISTIO_TYPES} == versions
             assert {t: snapshot.names(t) for t in ISTIO_TYPES} == names
@@ -387,7 +387,7 @@ def test_random_bytes_before_any_bulk_sync_do_not_count_as_one(stub, served: Ser
 
 def test_bulk_sync_with_one_invalid_entry_changes_nothing(stub, served: Served) -> None:
     seed(stub)
-    before, changes = served.table.cc_state(), len(served.changes)
+    before, changes = served.table.cc.state(), len(served.changes)
     request = api.BulkSyncRequest(
         routes=[route("r7", "ok.example.com"), route("r8", "not a host")],
         route_mappings=[mapping("r7", "c7")],
@@ -396,7 +396,7 @@ def test_bulk_sync_with_one_invalid_entry_changes_nothing(stub, served: Served) 
         bulk_sync(stub, request)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details().startswith("routes[1].host:")
-    assert served.table.cc_state() == before
+    assert served.table.cc.state() == before
     assert len(served.changes) == changes
 
 
@@ -416,7 +416,7 @@ def test_bulk_sync_of_about_50_mb(stub, served: Served) -> None:
     assert 50_000_000 < len(payload) < 60_000_000
     response = stub.BulkSync(chunks(payload), timeout=120)
     assert response.total_bytes_received == len(payload)
-    state = served.table.cc_state()
+    state = served.table.cc.state()
     assert (len(state.routes), len(state.mappings), len(state.associations)) == (n, n, n)
     last = f"{n - 1:08x}-0000-4000-8000-{n - 1:012x}"
     assert state.routes[last] == CCRoute(last, f"app-{n - 1:06d}.apps.internal-domain.example.com", "/api")
@@ -491,19 +491,19 @@ def test_invalid_request_is_refused_naming_the_field_and_changes_nothing(
     stub, served: Served, rpc, request_message, field
 ) -> None:
     seed(stub)
-    before, changes = served.table.cc_state(), len(served.changes)
+    before, changes = served.table.cc.state(), len(served.changes)
     with pytest.raises(grpc.RpcError) as refused:
         getattr(stub, rpc)(request_message, timeout=TIMEOUT)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details().startswith(f"{field}:"), refused.value.details()
-    assert served.table.cc_state() == before
+    assert served.table.cc.state() == before
     assert len(served.changes) == changes
 
 
 def test_a_message_over_the_limit_is_refused_and_changes_nothing(stub, served: Served) -> None:
     """A 15 MB guid, and an association of 400,000 guids (the sizes observed), are refused by gRPC itself."""
     seed(stub)
-    before, changes = served.table.cc_state(), len(served.changes)
+    before, changes = served.table.cc.state(), len(served.changes)
     oversized = [
         lambda: upsert_route(stub, route("g" * (15 << 20), "a.example.com")),
         lambda: upsert_association(stub, association("c1", *(f"{i:036x}" for i in range(400_000)))),
@@ -513,7 +513,7 @@ def test_a_message_over_the_limit_is_refused_and_changes_nothing(stub, served: S
         with pytest.raises(grpc.RpcError) as refused:
             call()
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
-    assert served.table.cc_state() == before
+    assert served.table.cc.state() == before
     assert len(served.changes) == changes
     assert stub.Health(api.HealthRequest(), timeout=TIMEOUT).healthy
 
@@ -521,14 +521,14 @@ def test_a_message_over_the_limit_is_refused_and_changes_nothing(stub, served: S
 def test_the_largest_valid_requests_fit_the_message_limit(stub, served: Served) -> None:
     diego_guids = [f"{i:0{MAX_GUID_LENGTH}d}" for i in range(MAX_DIEGO_PROCESS_GUIDS)]
     upsert_association(stub, association("c" * MAX_GUID_LENGTH, *diego_guids))
-    assert served.table.cc_state().associations["c" * MAX_GUID_LENGTH] == tuple(diego_guids)
+    assert served.table.cc.state().associations["c" * MAX_GUID_LENGTH] == tuple(diego_guids)
     upsert_route(stub, route("g" * MAX_GUID_LENGTH, ".".join(["a" * 63] * 3 + ["a" * 61]), "/a" * 512))
-    assert len(served.table.cc_state().routes) == 1
+    assert len(served.table.cc.state().routes) == 1
 
 
 def test_bulk_sync_with_an_oversized_field_or_list_is_refused_naming_it(stub, served: Served) -> None:
     seed(stub)
-    before, changes = served.table.cc_state(), len(served.changes)
+    before, changes = served.table.cc.state(), len(served.changes)
     big_guid = api.BulkSyncRequest(routes=[route("r1", "a.example.com"), route("g" * (15 << 20), "b.example.com")])
     too_many = b"\x12\x00" * (MAX_BULK_ENTRIES + 1)  # MAX_BULK_ENTRIES + 1 (empty) routes
     cases = [
@@ -540,7 +540,7 @@ def test_bulk_sync_with_an_oversized_field_or_list_is_refused_naming_it(stub, se
             stub.BulkSync(request_chunks, timeout=60)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert refused.value.details() == details
-    assert served.table.cc_state() == before
+    assert served.table.cc.state() == before
     assert len(served.changes) == changes
 
 
@@ -557,8 +557,8 @@ class _Context:
 
 def test_bulk_sync_of_too_many_chunks_is_refused() -> None:
     """An endless stream of empty chunks ends (the byte bound alone would never be reached)."""
-    table = RoutingTable()
-    servicer = CloudControllerCopilot(table, lambda: None)
+    table = Views()
+    servicer = CloudControllerCopilot(table.cc, lambda: None)
     empty = api.BulkSyncRequestChunk()
     sent = 0
 
@@ -578,7 +578,7 @@ def test_bulk_sync_of_too_many_chunks_is_refused() -> None:
 @pytest.mark.parametrize("weight", [1, 128])
 def test_weight_bounds_are_accepted(stub, served: Served, weight: int) -> None:
     stub.MapRoute(api.MapRouteRequest(route_mapping=mapping("r1", "c1", weight)), timeout=TIMEOUT)
-    assert served.table.cc_state().mappings == {("r1", "c1"): weight}
+    assert served.table.cc.state().mappings == {("r1", "c1"): weight}
 
 
 # ---------------------------------------------------------------- who may connect
@@ -594,7 +594,7 @@ def _refused_clients(pki: PKI) -> dict[str, tuple]:
 @pytest.mark.parametrize("client", ["no client certificate", "client certificate from another CA"])
 def test_untrusted_clients_are_refused_and_change_nothing(stub, served: Served, pki: PKI, client: str) -> None:
     seed(stub)
-    before, changes = served.table.cc_state(), len(served.changes)
+    before, changes = served.table.cc.state(), len(served.changes)
     ca, cert, key = _refused_clients(pki)[client]
     with _channel(served.address, ca, cert, key) as channel:
         intruder = api_grpc.CloudControllerCopilotStub(channel)
@@ -609,7 +609,7 @@ def test_untrusted_clients_are_refused_and_change_nothing(stub, served: Served, 
             with pytest.raises(grpc.RpcError) as refused:
                 call()
             assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED), refused.value
-    assert served.table.cc_state() == before
+    assert served.table.cc.state() == before
     assert len(served.changes) == changes
     assert stub.Health(api.HealthRequest(), timeout=TIMEOUT).healthy  # the trusted client still gets in
 

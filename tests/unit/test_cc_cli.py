@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from copilot.model import CCRoute
-from copilot.routing_table import RoutingTable
 from copilot.sources.cc_api import CloudControllerCopilot, serve
+from copilot.views import Views
 from devtools.certs import make_ca
 
 
 @dataclass
 class Served:
-    table: RoutingTable
+    table: Views
     address: str
     ca: Path
     cert: Path
@@ -37,9 +37,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     server_pair = ca.issue("copilot", root, ip_addresses=["127.0.0.1"], client=False)
     client = ca.issue("cloud-controller", root, server=False)
     stranger = other.issue("stranger", root / "other", server=False)
-    table = RoutingTable()
+    table = Views()
     server, port = serve(
-        CloudControllerCopilot(table, lambda: None),
+        CloudControllerCopilot(table.cc, lambda: None),
         "127.0.0.1:0",
         cert=server_pair.cert_path.read_bytes(),
         key=server_pair.key_path.read_bytes(),
@@ -92,9 +92,9 @@ def test_health(served: Served) -> None:
 
 def test_upsert_map_associate_and_list(served: Served) -> None:
     assert ok(served, "upsert-route", "--guid", "r-cli", "--host", "CLI.Example.com", "--path", "/v2") == {}
-    assert served.table.cc_state().routes["r-cli"] == CCRoute("r-cli", "cli.example.com", "/v2")
+    assert served.table.cc.state().routes["r-cli"] == CCRoute("r-cli", "cli.example.com", "/v2")
     ok(served, "map-route", "--route-guid", "r-cli", "--capi-process-guid", "c-cli", "--weight", "3")
-    assert served.table.cc_state().mappings[("r-cli", "c-cli")] == 3
+    assert served.table.cc.state().mappings[("r-cli", "c-cli")] == 3
     ok(
         served,
         "upsert-association",
@@ -105,16 +105,16 @@ def test_upsert_map_associate_and_list(served: Served) -> None:
         "--diego-process-guid",
         "c-cli-v1",
     )
-    assert served.table.cc_state().associations["c-cli"] == ("c-cli-v1", "c-cli-v2")
+    assert served.table.cc.state().associations["c-cli"] == ("c-cli-v1", "c-cli-v2")
     assert ok(served, "list-routes")["routes"]["r-cli"] == "cli.example.com"
 
 
 def test_invalid_request_exits_1_naming_the_field(served: Served) -> None:
-    before = served.table.cc_state()
+    before = served.table.cc.state()
     result = copilot_cc(served, "map-route", "--route-guid", "r", "--capi-process-guid", "c", "--weight", "129")
     assert result.returncode == 1
     assert "INVALID_ARGUMENT" in result.stderr and "route_mapping.route_weight" in result.stderr
-    assert served.table.cc_state() == before
+    assert served.table.cc.state() == before
 
 
 def test_bulk_sync_from_a_json_file(served: Served, tmp_path: Path) -> None:
@@ -131,7 +131,7 @@ def test_bulk_sync_from_a_json_file(served: Served, tmp_path: Path) -> None:
     path.write_text(json.dumps(request))
     response = ok(served, "bulk-sync", "--file", str(path))
     assert response["total_bytes_received"] > 0
-    state = served.table.cc_state()  # replaced: what earlier tests added is gone
+    state = served.table.cc.state()  # replaced: what earlier tests added is gone
     assert state.routes == {
         "b1": CCRoute("b1", "one.example.com"),
         "b2": CCRoute("b2", "two.example.com", "/x"),
@@ -144,7 +144,7 @@ def test_bulk_sync_from_a_json_file(served: Served, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("who", ["client certificate from another CA", "server certificate from another CA"])
 def test_wrong_ca_exits_1_with_a_message(served: Served, who: str) -> None:
-    before = served.table.cc_state()
+    before = served.table.cc.state()
     args = ("upsert-route", "--guid", "x", "--host", "x.example.com")
     if who.startswith("client"):
         result = copilot_cc(served, *args, cert=served.stranger_cert, key=served.stranger_key)
@@ -155,4 +155,4 @@ def test_wrong_ca_exits_1_with_a_message(served: Served, who: str) -> None:
     # gRPC's own handshake log lines may come first; the CLI's message is the last line.
     assert result.stderr.strip().splitlines()[-1].startswith("copilot-cc: UNAVAILABLE: "), result.stderr
     assert "Traceback" not in result.stderr
-    assert served.table.cc_state() == before
+    assert served.table.cc.state() == before

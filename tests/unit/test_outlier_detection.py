@@ -9,9 +9,8 @@ import pytest
 from copilot.config import ConfigError, parse
 from copilot.istio import kinds
 from copilot.istio.builder import GatewaySettings, build_host, build_tcp
-from copilot.model import Backend, Destination
+from copilot.model import Backend, Destination, HostRoutes, TcpPortRoutes
 from copilot.protos import istio_networking_pb2 as pb
-from copilot.routing_table import HostRoutes, TcpPortRoutes
 from copilot.settings import OutlierDetection
 
 

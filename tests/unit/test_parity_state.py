@@ -1,4 +1,4 @@
-"""State behind router parity: TCP routes and app guids in the routing table, and the gateway's HTTPS,
+"""State behind router parity: TCP routes and app guids in the views, and the gateway's HTTPS,
 sticky-session and instance-routing settings in Copilot's config."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from google.protobuf import json_format
 
 from copilot.config import ConfigError, parse
 from copilot.istio.builder import Certificate, build_gateway, build_router_objects
-from copilot.model import Backend, HttpRoute, Instance, PortMapping, ProcessRoutes, TcpRoute
+from copilot.model import Backend, HttpRoute, Instance, PortMapping, ProcessRoutes, TcpRoute, ViewKind
 from copilot.protos import istio_networking_pb2 as pb
-from copilot.routing_table import RoutingTable
+from copilot.views import Views
 
 
 def instance(guid: str, index: int, host_port: int, container_port: int = 5000) -> Instance:
@@ -19,43 +19,43 @@ def instance(guid: str, index: int, host_port: int, container_port: int = 5000) 
 
 
 def test_tcp_port_pools_every_process_routing_it() -> None:
-    table = RoutingTable()
-    table.upsert_process("a", ProcessRoutes(tcp=(TcpRoute(1024, 5000),)))
-    table.upsert_process("b", ProcessRoutes(tcp=(TcpRoute(1024, 5000), TcpRoute(1025, 8080))))
-    assert table.take_dirty_tcp_ports() == {1024, 1025}
-    table.upsert_instance(0, instance("a", 0, 61000))
-    table.upsert_instance(0, instance("b", 0, 62000))
-    assert table.take_dirty_tcp_ports() == {1024, 1025}
+    table = Views()
+    table.bbs.upsert_process("a", ProcessRoutes(tcp=(TcpRoute(1024, 5000),)))
+    table.bbs.upsert_process("b", ProcessRoutes(tcp=(TcpRoute(1024, 5000), TcpRoute(1025, 8080))))
+    tcp_only = {ViewKind.HOST: set(), ViewKind.INTERNAL_HOST: set(), ViewKind.TCP_PORT: {1024, 1025}}
+    assert table.take_dirty() == tcp_only  # TCP changes never touch HTTP hosts
+    table.bbs.upsert_instance(0, instance("a", 0, 61000))
+    table.bbs.upsert_instance(0, instance("b", 0, 62000))
+    assert table.take_dirty() == tcp_only
     assert [b.port for b in table.tcp_routes(1024).backends] == [61000, 62000]
     assert [b.port for b in table.tcp_routes(1025).backends] == [63000]  # b's container port 8080
-    assert table.tcp_ports() == [1024, 1025]
-    assert table.take_dirty_hosts() == set()  # TCP changes never touch HTTP hosts
+    assert sorted(table.keys(ViewKind.TCP_PORT)) == [1024, 1025]
 
 
 def test_removing_a_tcp_route_dirties_only_its_port() -> None:
-    table = RoutingTable()
-    table.upsert_process("a", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),), tcp=(TcpRoute(1024, 5000),)))
-    table.take_dirty_hosts(), table.take_dirty_tcp_ports()
-    table.upsert_process("a", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),)))
-    assert table.take_dirty_tcp_ports() == {1024}
-    assert table.take_dirty_hosts() == set()
+    table = Views()
+    table.bbs.upsert_process("a", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),), tcp=(TcpRoute(1024, 5000),)))
+    table.take_dirty()
+    table.bbs.upsert_process("a", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),)))
+    dirty = table.take_dirty()
+    assert (dirty[ViewKind.TCP_PORT], dirty[ViewKind.HOST]) == ({1024}, set())
     assert table.tcp_routes(1024) is None
-    table.upsert_process("a", ProcessRoutes(tcp=(TcpRoute(1030, 5000),)))
-    table.remove_process("a")
-    assert table.take_dirty_tcp_ports() == {1030}
-    assert table.tcp_ports() == []
+    table.bbs.upsert_process("a", ProcessRoutes(tcp=(TcpRoute(1030, 5000),)))
+    table.bbs.remove_process("a")
+    assert table.take_dirty()[ViewKind.TCP_PORT] == {1030}
+    assert sorted(table.keys(ViewKind.TCP_PORT)) == []
 
 
 def test_destinations_carry_the_app_guid_and_a_new_guid_rebuilds_the_hosts() -> None:
-    table = RoutingTable()
-    table.upsert_process("p", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),), app_guid="app-1"))
-    table.upsert_instance(0, instance("p", 0, 61000, container_port=8080))
-    table.take_dirty_hosts()
+    table = Views()
+    table.bbs.upsert_process("p", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),), app_guid="app-1"))
+    table.bbs.upsert_instance(0, instance("p", 0, 61000, container_port=8080))
+    table.take_dirty()
     [dest] = table.host_routes("a.example.com").paths[""]
     assert dest.app_guid == "app-1"
     assert dest.backends == [Backend("10.0.0.1", 61000, 0, "p-0", 0, "")]
-    table.upsert_process("p", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),), app_guid="app-2"))
-    assert table.take_dirty_hosts() == {"a.example.com"}
+    table.bbs.upsert_process("p", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),), app_guid="app-2"))
+    assert table.take_dirty()[ViewKind.HOST] == {"a.example.com"}
 
 
 def test_gateway_https_and_parity_settings() -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from copilot.model import Registration
-from copilot.routing_table import RoutingTable
 from copilot.sources.registrar_api import RegistrarApi
+from copilot.views import Views
 from devtools.certs import CertPair, make_ca
 from devtools.peers import REPO
 from devtools.waiting import wait_until
@@ -53,12 +53,12 @@ def pki(tmp_path_factory) -> PKI:
 
 
 class Copilot:
-    """A RoutingTable behind Copilot's real RegistrarApi on loopback."""
+    """A Views behind Copilot's real RegistrarApi on loopback."""
 
     def __init__(self, pki: PKI, address: str = "127.0.0.1:0", **limits: float) -> None:
-        self.table = RoutingTable()
+        self.table = Views()
         self.changes = 0
-        self.api = RegistrarApi(self.table, self._changed, address, cert=pki.server.cert_path, key=pki.server.key_path,
+        self.api = RegistrarApi(self.table.registrar, self._changed, address, cert=pki.server.cert_path, key=pki.server.key_path,
                                 client_ca=pki.client.cert_path.parent / "client-ca.crt", **limits)
         self.api.start()
         self.port = self.api.port
@@ -68,7 +68,7 @@ class Copilot:
 
     def registered(self) -> set[tuple[str, str, str, int, int, str, str]]:
         return {(r.host, r.path, r.address, r.port, r.tls_port, r.server_cert_domain_san, r.source)
-                for r in self.table.registrations()}
+                for r in self.table.registrar.registrations()}
 
 
 @pytest.fixture

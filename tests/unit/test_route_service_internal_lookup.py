@@ -19,12 +19,12 @@ from copilot.config import ConfigError, parse
 from copilot.istio import kinds
 from copilot.istio.builder import ROUTE_SERVICE_INTERNAL_HEADER, GatewaySettings, RouteServiceSettings, build_host, object_name
 from copilot.istio.router_filter import CLIENT_HEADERS_DROPPED
-from copilot.model import Backend, Destination, HttpRoute, ProcessRoutes
+from copilot.model import Backend, Destination, HostRoutes, HttpRoute, ProcessRoutes
 from copilot.protos import istio_mcp_pb2 as mcp
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.publisher import Publisher
 from copilot.route_service_lookup import InternalLookup, allowlisted
-from copilot.routing_table import HostRoutes, RoutingTable
+from copilot.views import Views
 from copilot.xds.snapshot import Snapshot
 from route_services import proxy as rs_proxy
 from route_services.config import Config
@@ -102,13 +102,13 @@ def _marked(snapshot, host: str) -> bool:
 
 
 def test_publisher_rebuilds_a_bound_host_when_its_route_service_route_comes_and_goes() -> None:
-    table, snapshot = RoutingTable(), Snapshot()
+    table, snapshot = Views(), Snapshot()
     publisher = Publisher(table, snapshot, SETTINGS)
-    table.upsert_process("app", ProcessRoutes(http=(HttpRoute("app.example.com", "", 8080, route_service_url="https://rs.example.com/x"),)))
+    table.bbs.upsert_process("app", ProcessRoutes(http=(HttpRoute("app.example.com", "", 8080, route_service_url="https://rs.example.com/x"),)))
     assert publisher.publish() == 1 and not _marked(snapshot, "app.example.com")  # no such route yet: outside
-    table.upsert_process("rs", ProcessRoutes(http=(HttpRoute("rs.example.com", "", 8080),)))
+    table.bbs.upsert_process("rs", ProcessRoutes(http=(HttpRoute("rs.example.com", "", 8080),)))
     assert publisher.publish() == 2 and _marked(snapshot, "app.example.com")  # rs.example.com, and the host bound to it
-    table.remove_process("rs")
+    table.bbs.remove_process("rs")
     assert publisher.publish() == 2 and not _marked(snapshot, "app.example.com")
 
 

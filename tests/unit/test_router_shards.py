@@ -23,10 +23,10 @@ from copilot.istio.builder import (
     tcp_object_names,
 )
 from copilot.istio.shards import DEFAULT_SHARDS, SHARD_LABEL, RouterShard
-from copilot.model import Backend, Destination, HttpRoute, Instance, PortMapping, ProcessRoutes
+from copilot.model import Backend, Destination, HostRoutes, HttpRoute, Instance, PortMapping, ProcessRoutes, TcpPortRoutes
 from copilot.protos import bbs_pb2 as bbs
-from copilot.routing_table import HostRoutes, RoutingTable, TcpPortRoutes
 from copilot.sources import bbs_translate
+from copilot.views import Views
 
 ISO = "persistent_isolation_segment"
 SHARDS = (RouterShard("shared", "shared-and-segments"), RouterShard(ISO, "segments", (ISO,)))
@@ -140,18 +140,18 @@ def test_bad_isolation_segment_drops_the_entry_and_is_counted(segment: object) -
     assert counter._value.get() == before + 1
 
 
-def test_routing_table_carries_the_segment_to_destinations_and_cc_routes() -> None:
+def test_the_views_carry_the_segment_to_destinations_and_cc_routes() -> None:
     from copilot.model import CCRoute
 
-    table = RoutingTable()
-    table.upsert_process("pg-iso", ProcessRoutes((HttpRoute("iso.example.com", "", 8080, isolation_segment=ISO),)))
-    table.upsert_instance(0, Instance("pg-iso", 0, "i0", "RUNNING", True, "10.0.0.1", "", False, (PortMapping(8080, 61000),)))
+    table = Views()
+    table.bbs.upsert_process("pg-iso", ProcessRoutes((HttpRoute("iso.example.com", "", 8080, isolation_segment=ISO),)))
+    table.bbs.upsert_instance(0, Instance("pg-iso", 0, "i0", "RUNNING", True, "10.0.0.1", "", False, (PortMapping(8080, 61000),)))
     [destination] = table.host_routes("iso.example.com").paths[""]
     assert destination.isolation_segment == ISO
     # A Cloud Controller route mapped to the process takes the process's segment.
-    table.upsert_cc_route(CCRoute("r1", "cc.example.com"))
-    table.upsert_association("capi-1", ("pg-iso",))
-    table.map_route("r1", "capi-1", 1)
+    table.cc.upsert_route(CCRoute("r1", "cc.example.com"))
+    table.cc.upsert_association("capi-1", ("pg-iso",))
+    table.cc.map_route("r1", "capi-1", 1)
     [mapped] = table.host_routes("cc.example.com").paths[""]
     assert mapped.isolation_segment == ISO
 
@@ -251,6 +251,18 @@ def test_weights_among_a_shards_destinations_follow_the_weight_logic() -> None:
     assert [(t.destination.subset, t.weight) for t in only_b.http[0].route] == [(subset_name("b", 8080), 0)]
 
 
+def test_a_shards_share_of_a_path_is_normalised_once_from_the_relative_weights() -> None:
+    # Three apps on one path, one of them in the segment: the shared routers split between the other
+    # two exactly as their weights say (1:1), never the rounding of a split among all three (34:33).
+    shards = (RouterShard("shared", "shared-and-segments", ()), RouterShard(ISO, "segments", (ISO,)))
+    views = Views()
+    for guid, segment in (("a", ""), ("b", ""), ("c", ISO)):
+        views.bbs.upsert_process(guid, ProcessRoutes((HttpRoute("n.example.com", "", 8080, isolation_segment=segment),)))
+    vss = virtual_services(GatewaySettings(router_shards=shards), views.host_routes("n.example.com"))
+    shared = vss[f"istio-system/{object_name('n.example.com')}"]
+    assert [t.weight for t in shared.http[0].route] == [50, 50]
+
+
 def test_shards_routing_the_same_destinations_share_one_virtual_service() -> None:
     shards = (
         RouterShard("a", "shared-and-segments"),
@@ -292,7 +304,7 @@ def test_publisher_deletes_the_virtual_services_a_host_no_longer_needs() -> None
     from copilot.publisher import Publisher
     from copilot.xds.snapshot import Snapshot
 
-    table = RoutingTable()
+    table = Views()
     snapshot = Snapshot()
     publisher = Publisher(table, snapshot, SHARDED)
     host = "pub.example.com"
@@ -300,14 +312,14 @@ def test_publisher_deletes_the_virtual_services_a_host_no_longer_needs() -> None
     def names() -> set[str]:
         return {n for n in snapshot.names(kinds.VIRTUAL_SERVICE.collection) if n.startswith("istio-system/pub.example.com")}
 
-    table.upsert_process("pg-a", ProcessRoutes((HttpRoute(host, "", 8080),)))
-    table.upsert_process("pg-b", ProcessRoutes((HttpRoute(host, "", 8080, isolation_segment=ISO),)))
+    table.bbs.upsert_process("pg-a", ProcessRoutes((HttpRoute(host, "", 8080),)))
+    table.bbs.upsert_process("pg-b", ProcessRoutes((HttpRoute(host, "", 8080, isolation_segment=ISO),)))
     publisher.publish()
     assert len(names()) == 2
-    table.remove_process("pg-b")
+    table.bbs.remove_process("pg-b")
     publisher.publish()
     assert names() == {f"istio-system/{object_name(host)}"}
-    table.upsert_process("pg-a", ProcessRoutes((HttpRoute(host, "", 8080, isolation_segment="elsewhere"),)))
+    table.bbs.upsert_process("pg-a", ProcessRoutes((HttpRoute(host, "", 8080, isolation_segment="elsewhere"),)))
     publisher.publish()
     assert names() == set()
 

@@ -1,5 +1,5 @@
 """Copilot's service discovery (`*.apps.internal`): service-discovery-controller's lookup API as
-bosh-dns-adapter calls it (exact bodies, mutual TLS, the not-warm answer), the routing table's
+bosh-dns-adapter calls it (exact bodies, mutual TLS, the not-warm answer), the BBS slice's
 internal names, and the listener's robustness (handshakes off the accept thread, timeouts, limits)."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import pytest
 from copilot import service_discovery
 from copilot.config import ConfigError, parse
 from copilot.model import Instance, InternalRoute, PortMapping, ProcessRoutes
-from copilot.routing_table import RoutingTable
 from copilot.service_discovery import SERVER_NAME, AddressTable, ServiceDiscoveryServer
+from copilot.views import Views
 from devtools.certs import CertPair, make_ca
 from devtools.waiting import wait_until
 
@@ -50,7 +50,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> SdPKI:
 
 
 class FakeTable:
-    """What the routing table's internal_addresses() answers, set by the test."""
+    """What the BBS slice's internal_addresses() answers, set by the test."""
 
     def __init__(self) -> None:
         self.names: dict[str, list[str]] = {}
@@ -315,7 +315,7 @@ def test_a_failing_rebuild_keeps_the_last_snapshot() -> None:
         addresses.stop()
 
 
-# ---------------------------------------------------------------------------------------------- the routing table
+# ---------------------------------------------------------------------------------------------- the BBS slice
 
 
 def _instance(guid: str, index: int, ip: str, *, state: str = "RUNNING", routable: bool = True, iguid: str = "") -> Instance:
@@ -323,17 +323,17 @@ def _instance(guid: str, index: int, ip: str, *, state: str = "RUNNING", routabl
                     (PortMapping(8080, 61000, 61001, 61002),))
 
 
-def test_the_routing_table_names_running_routable_instances_by_container_address() -> None:
-    table = RoutingTable()
-    table.upsert_process("backend", ProcessRoutes(internal=(InternalRoute(APP), InternalRoute("alias.apps.internal"))))
-    table.upsert_process("web", ProcessRoutes())  # no internal route: not named
-    table.upsert_instance(0, _instance("backend", 0, "10.255.0.1"))
-    table.upsert_instance(0, _instance("backend", 1, "10.255.0.2"))
-    table.upsert_instance(0, _instance("backend", 2, "10.255.0.3", state="CLAIMED"))
-    table.upsert_instance(0, _instance("backend", 3, "10.255.0.4", routable=False))
-    table.upsert_instance(0, _instance("backend", 4, ""))  # no container address reported
-    table.upsert_instance(0, _instance("web", 0, "10.255.0.9"))
-    assert table.internal_addresses() == {
+def test_the_bbs_slice_names_running_routable_instances_by_container_address() -> None:
+    table = Views()
+    table.bbs.upsert_process("backend", ProcessRoutes(internal=(InternalRoute(APP), InternalRoute("alias.apps.internal"))))
+    table.bbs.upsert_process("web", ProcessRoutes())  # no internal route: not named
+    table.bbs.upsert_instance(0, _instance("backend", 0, "10.255.0.1"))
+    table.bbs.upsert_instance(0, _instance("backend", 1, "10.255.0.2"))
+    table.bbs.upsert_instance(0, _instance("backend", 2, "10.255.0.3", state="CLAIMED"))
+    table.bbs.upsert_instance(0, _instance("backend", 3, "10.255.0.4", routable=False))
+    table.bbs.upsert_instance(0, _instance("backend", 4, ""))  # no container address reported
+    table.bbs.upsert_instance(0, _instance("web", 0, "10.255.0.9"))
+    assert table.bbs.internal_addresses() == {
         APP: ["10.255.0.1", "10.255.0.2"],
         f"0.{APP}": ["10.255.0.1"],
         f"1.{APP}": ["10.255.0.2"],
@@ -341,10 +341,10 @@ def test_the_routing_table_names_running_routable_instances_by_container_address
         "0.alias.apps.internal": ["10.255.0.1"],
         "1.alias.apps.internal": ["10.255.0.2"],
     }
-    table.upsert_instance(1, _instance("backend", 1, "10.255.0.7", iguid="evacuating"))  # an evacuating copy still serves
-    assert table.internal_addresses()[f"1.{APP}"] == ["10.255.0.2", "10.255.0.7"]
-    table.remove_process("backend")
-    assert table.internal_addresses() == {}
+    table.bbs.upsert_instance(1, _instance("backend", 1, "10.255.0.7", iguid="evacuating"))  # an evacuating copy still serves
+    assert table.bbs.internal_addresses()[f"1.{APP}"] == ["10.255.0.2", "10.255.0.7"]
+    table.bbs.remove_process("backend")
+    assert table.bbs.internal_addresses() == {}
 
 
 # ---------------------------------------------------------------------------------------------- TLS

@@ -33,9 +33,18 @@ from copilot.istio.router_filter import (
     build_router_filter,
 )
 from copilot.istio.shards import suffix
-from copilot.model import Backend, Destination, InvalidRoute, normalize_hostname, normalize_weights, validate_ip
+from copilot.model import (
+    Backend,
+    Destination,
+    HostRoutes,
+    InternalService,
+    InvalidRoute,
+    TcpPortRoutes,
+    normalize_hostname,
+    normalize_weights,
+    validate_ip,
+)
 from copilot.protos import istio_networking_pb2 as pb
-from copilot.routing_table import HostRoutes, InternalService, TcpPortRoutes
 from copilot.settings import (
     TLS_VERSIONS,
     Certificate,
@@ -537,7 +546,9 @@ def _routable_backends(settings: GatewaySettings, dest: Destination) -> list[Bac
 
 
 def _route_targets(settings: GatewaySettings, destinations: list[Destination]) -> list[tuple[str, Destination, int]]:
-    """(subset, destination, weight) for a route: a process subset per destination."""
+    """(subset, destination, weight) for a route: a process subset per destination, its relative weight
+    (copilot.views) turned into Istio's percentage: the one place weights are normalised, after a router
+    shard kept what it routes."""
     weights = normalize_weights([dest.weight for dest in destinations]) if destinations else []
     return [
         (subset_name(dest.process_guid, dest.container_port), dest, weight)

@@ -2,7 +2,7 @@
 
 Instances: only a RUNNING instance whose `routable` is true or unset serves (`Instance.serving`);
 UNCLAIMED and CLAIMED ones (no net info yet) and CRASHED ones are translated but never routed,
-whatever their payload says (the routing table keeps only serving instances). Presence does not
+whatever their payload says (the BBS slice keeps only serving instances). Presence does not
 affect serving: an EVACUATING copy keeps serving until it is removed, and so does a SUSPECT one (its
 cell vanished) until BBS removes it once the replacement runs. A state or presence Copilot does not
 know is reported (copilot_bbs_unrecognized_total) and handled as documented: an unknown state never

@@ -1,4 +1,4 @@
-"""Keeps the routing table's BBS slice current: subscribe to events, list everything, apply each event,
+"""Keeps the BBS slice (copilot.slices.bbs) current: subscribe to events, list everything, apply each event,
 reconcile with a full listing periodically and after every reconnect. BBS unreachable: keep serving
 what we have, retry with backoff, report staleness.
 
@@ -14,7 +14,7 @@ the last time BBS answered (a ping, a listing or an event), rising for as long a
 
 A peer that lost its state: a full listing that would withdraw most routes (more than
 `WithdrawalGuard.fraction` of the serving instances or of the desired LRPs Copilot knows, and at least
-`minimum` of them) is held, not applied: the table keeps what it has, events keep being applied, the
+`minimum` of them) is held, not applied: the slice keeps what it has, events keep being applied, the
 hold is reported (`copilot_bbs_withdrawal_held`, a warning, `withdrawal_held`), and the reconcile
 lists again when the hold ends. A listing that still withdraws most routes after `hold_seconds` is
 applied; one that no longer does (BBS got its state back) is applied at once and ends the hold.
@@ -24,7 +24,7 @@ lost; only a listing can withdraw by absence, so only listings are guarded (docs
 
 Events are applied the way route-emitter applies them, tolerating the real BBS's sequences and its
 lack of ordering. An event is about one instance (process guid, index, instance guid, presence: the
-routing table's key) and never touches another at the same index: a crash with a quick restart sends
+slice's key) and never touches another at the same index: a crash with a quick restart sends
 the new UNCLAIMED instance before the removal of the old one, and two instances at one index both
 serve until each one's own removal. An instance that starts EVACUATING replaces its own ORDINARY
 entry (the evacuating copy serves until removed, the replacement once it runs).
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from copilot import metrics
 from copilot.model import Instance, ProcessRoutes
 from copilot.protos import bbs_pb2
-from copilot.routing_table import InstanceKey, RoutingTable, instance_key
+from copilot.slices.bbs import BbsSlice, InstanceKey, instance_key
 from copilot.sources import bbs_translate
 from copilot.sources.bbs_client import BBSClient, BBSError, Event, EventStream, MalformedEvent
 
@@ -98,7 +98,7 @@ class BBSWatcher:
     def __init__(
         self,
         client: BBSClient,
-        table: RoutingTable,
+        bbs: BbsSlice,
         on_change: Callable[[], None],
         *,
         reconcile_interval: float = 30.0,
@@ -107,7 +107,7 @@ class BBSWatcher:
         withdrawal_guard: WithdrawalGuard | None = None,
     ) -> None:
         self._client = client
-        self._table = table
+        self._bbs = bbs
         self._on_change = on_change
         self._reconcile_interval = reconcile_interval
         self._max_backoff = max_backoff
@@ -123,7 +123,7 @@ class BBSWatcher:
         self._live = False  # subscribed and listed: the event stream keeps our state confirmed
         self._suspect = False  # Copilot is ending the live stream: BBS stopped answering
         self._started_at = time.monotonic()
-        self._process_guids: set[str] = set()  # desired LRPs in the table
+        self._process_guids: set[str] = set()  # desired LRPs in the slice
         self._hold: _Hold | None = None
         self._malformed_seen: set[tuple[str, str]] = set()
         self.synced = threading.Event()  # set once the first full listing is applied (and never cleared)
@@ -282,7 +282,7 @@ class BBSWatcher:
             self._give_up_on(stream)
 
     def sync(self) -> bool:
-        """Lists BBS and makes the table match, unless the listing is held (a mass withdrawal: the module
+        """Lists BBS and makes the slice match, unless the listing is held (a mass withdrawal: the module
         docstring); retried if events landed while listing. Returns whether the listing was applied."""
         for _ in range(3):
             seen = self._events_applied
@@ -307,13 +307,13 @@ class BBSWatcher:
         processes, instances = translate_listing(desired, actual)
         if self._held(self._withdrawal(processes, instances)):
             return False
-        self._table.replace_bbs_state(processes, instances)
+        self._bbs.replace(processes, instances)
         self._process_guids = set(processes)
         return True
 
     # ---- the withdrawal guard (call with the lock held)
     def _withdrawal(self, processes: dict, instances: dict[str, dict[InstanceKey, Instance]]) -> Withdrawal:
-        serving = self._table.serving_instance_guids()
+        serving = self._bbs.serving_instance_guids()
         listed = {i.instance_guid for by_key in instances.values() for i in by_key.values() if i.serving and i.instance_guid}
         return Withdrawal(
             instances=len(serving - listed),
@@ -379,7 +379,7 @@ class BBSWatcher:
             return
         with self._lock:
             self._events_applied += 1
-            apply_event(self._table, item)
+            apply_event(self._bbs, item)
             if item.type in ("desired_lrp_created", "desired_lrp_changed", "desired_lrp_removed"):
                 desired = item.message.after if item.type == "desired_lrp_changed" else item.message.desired_lrp
                 if item.type == "desired_lrp_removed":
@@ -398,32 +398,32 @@ def _close(stream: EventStream) -> None:
         log.debug("closing the BBS event stream failed", exc_info=True)
 
 
-def apply_event(table: RoutingTable, event: Event) -> None:
-    """Applies one decoded BBS event to the routing table."""
+def apply_event(bbs: BbsSlice, event: Event) -> None:
+    """Applies one decoded BBS event to the BBS slice."""
     message = event.message
     if event.type == "desired_lrp_created":
         desired = message.desired_lrp
-        table.upsert_process(desired.process_guid, bbs_translate.process_routes(desired))
+        bbs.upsert_process(desired.process_guid, bbs_translate.process_routes(desired))
     elif event.type == "desired_lrp_removed":
-        table.remove_process(message.desired_lrp.process_guid)  # its instances go with it
+        bbs.remove_process(message.desired_lrp.process_guid)  # its instances go with it
     elif event.type == "desired_lrp_changed":
-        table.upsert_process(message.after.process_guid, bbs_translate.process_routes(message.after))
+        bbs.upsert_process(message.after.process_guid, bbs_translate.process_routes(message.after))
     elif event.type == "actual_lrp_instance_created":
         lrp = message.actual_lrp
         instance = bbs_translate.instance(lrp)
         if lrp.presence == EVACUATING and instance.instance_guid:
             # route-emitter unregisters the ORDINARY entry of an instance that starts evacuating
-            table.remove_instance(instance.process_guid, instance.index, ORDINARY, instance.instance_guid)
-        table.upsert_instance(lrp.presence, instance)
+            bbs.remove_instance(instance.process_guid, instance.index, ORDINARY, instance.instance_guid)
+        bbs.upsert_instance(lrp.presence, instance)
     elif event.type == "actual_lrp_instance_changed":
         key, instance_key = message.actual_lrp_key, message.actual_lrp_instance_key
         if message.before.presence != message.after.presence:
-            table.remove_instance(key.process_guid, key.index, message.before.presence, instance_key.instance_guid)
-        table.upsert_instance(message.after.presence, bbs_translate.instance_from_info(key, instance_key, message.after))
+            bbs.remove_instance(key.process_guid, key.index, message.before.presence, instance_key.instance_guid)
+        bbs.upsert_instance(message.after.presence, bbs_translate.instance_from_info(key, instance_key, message.after))
     elif event.type == "actual_lrp_instance_removed":
         lrp = message.actual_lrp
         key = lrp.actual_lrp_key
-        table.remove_instance(key.process_guid, key.index, lrp.presence, lrp.actual_lrp_instance_key.instance_guid)
+        bbs.remove_instance(key.process_guid, key.index, lrp.presence, lrp.actual_lrp_instance_key.instance_guid)
     # actual_lrp_crashed carries no routing change of its own: the created/removed (quick restart) or
     # changed (to CRASHED) events that come with it do.
 
@@ -431,7 +431,7 @@ def apply_event(table: RoutingTable, event: Event) -> None:
 def translate_listing(
     desired: list[bbs_pb2.DesiredLRP], actual: list[bbs_pb2.ActualLRP]
 ) -> tuple[dict[str, ProcessRoutes], dict[str, dict[InstanceKey, Instance]]]:
-    """A full listing as the table's BBS slice: processes, and instances by `instance_key`."""
+    """A full listing as the BBS slice: processes, and instances by `instance_key`."""
     processes = {lrp.process_guid: bbs_translate.process_routes(lrp) for lrp in desired}
     instances: dict[str, dict[InstanceKey, Instance]] = defaultdict(dict)
     for lrp in actual:

@@ -1,7 +1,7 @@
 """The `api.CloudControllerCopilot` gRPC service Cloud Controller calls (cf-copilot contract), over mutual TLS.
 
 Every request is validated before anything changes: a rejected request (InvalidArgument, naming the
-field) leaves the routing table exactly as it was. BulkSync replaces the whole CC slice atomically.
+field) leaves the CC slice (copilot.slices.cc) exactly as it was. BulkSync replaces the whole slice atomically.
 Sizes are bounded: each field (cc_validation), each gRPC message (MAX_MESSAGE_BYTES, else
 ResourceExhausted) and a whole BulkSync (MAX_BULK_SYNC_BYTES in at most MAX_BULK_SYNC_CHUNKS chunks).
 """
@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from copilot.model import CCState, InvalidRoute
 from copilot.protos import cc_copilot_pb2 as api
 from copilot.protos import cc_copilot_pb2_grpc as api_grpc
-from copilot.routing_table import RoutingTable
+from copilot.slices.cc import CcSlice
 from copilot.sources import cc_validation
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ MAX_BULK_SYNC_CHUNKS = 1 << 20  # 8,192 of CC's 64 KiB chunks make MAX_BULK_SYNC
 
 
 class CloudControllerCopilot(api_grpc.CloudControllerCopilotServicer):
-    def __init__(self, table: RoutingTable, on_change: Callable[[], None]) -> None:
-        self._table = table
+    def __init__(self, cc: CcSlice, on_change: Callable[[], None]) -> None:
+        self._cc = cc
         self._on_change = on_change
         self.bulk_synced = threading.Event()
 
@@ -47,37 +47,37 @@ class CloudControllerCopilot(api_grpc.CloudControllerCopilotServicer):
 
     def UpsertRoute(self, request: api.UpsertRouteRequest, context: grpc.ServicerContext) -> api.UpsertRouteResponse:  # noqa: N802
         route = _valid(context, lambda: cc_validation.route(request.route))
-        self._table.upsert_cc_route(route)
+        self._cc.upsert_route(route)
         self._on_change()
         return api.UpsertRouteResponse()
 
     def DeleteRoute(self, request: api.DeleteRouteRequest, context: grpc.ServicerContext) -> api.DeleteRouteResponse:  # noqa: N802
         _valid(context, lambda: cc_validation.guid(request.guid, "guid"))
-        self._table.delete_cc_route(request.guid)
+        self._cc.delete_route(request.guid)
         self._on_change()
         return api.DeleteRouteResponse()
 
     def MapRoute(self, request: api.MapRouteRequest, context: grpc.ServicerContext) -> api.MapRouteResponse:  # noqa: N802
         route_guid, capi_guid, weight = _valid(context, lambda: cc_validation.mapping(request.route_mapping))
-        self._table.map_route(route_guid, capi_guid, weight)
+        self._cc.map_route(route_guid, capi_guid, weight)
         self._on_change()
         return api.MapRouteResponse()
 
     def UnmapRoute(self, request: api.UnmapRouteRequest, context: grpc.ServicerContext) -> api.UnmapRouteResponse:  # noqa: N802
         route_guid, capi_guid, _ = _valid(context, lambda: cc_validation.mapping(request.route_mapping))
-        self._table.unmap_route(route_guid, capi_guid)
+        self._cc.unmap_route(route_guid, capi_guid)
         self._on_change()
         return api.UnmapRouteResponse()
 
     def UpsertCapiDiegoProcessAssociation(self, request, context):  # noqa: N802
         capi_guid, diego_guids = _valid(context, lambda: cc_validation.association(request.capi_diego_process_association))
-        self._table.upsert_association(capi_guid, diego_guids)
+        self._cc.upsert_association(capi_guid, diego_guids)
         self._on_change()
         return api.UpsertCapiDiegoProcessAssociationResponse()
 
     def DeleteCapiDiegoProcessAssociation(self, request, context):  # noqa: N802
         _valid(context, lambda: cc_validation.guid(request.capi_process_guid, "capi_process_guid"))
-        self._table.delete_association(request.capi_process_guid)
+        self._cc.delete_association(request.capi_process_guid)
         self._on_change()
         return api.DeleteCapiDiegoProcessAssociationResponse()
 
@@ -96,17 +96,17 @@ class CloudControllerCopilot(api_grpc.CloudControllerCopilotServicer):
         except DecodeError:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"chunk: the {received} bytes received are not a BulkSyncRequest")
         state = _valid(context, lambda: bulk_state(request))
-        self._table.replace_cc_state(state)
+        self._cc.replace(state)
         self.bulk_synced.set()
         self._on_change()
         log.info("bulk sync applied", extra={"bytes": received, "routes": len(state.routes), "mappings": len(state.mappings)})
         return api.BulkSyncResponse(total_bytes_received=received)
 
     def ListCfRoutes(self, request, context):  # noqa: N802
-        return api.ListCfRoutesResponse(routes={guid: route.host for guid, route in self._table.cc_state().routes.items()})
+        return api.ListCfRoutesResponse(routes={guid: route.host for guid, route in self._cc.state().routes.items()})
 
     def ListCfRouteMappings(self, request, context):  # noqa: N802
-        mappings = self._table.cc_state().mappings
+        mappings = self._cc.state().mappings
         return api.ListCfRouteMappingsResponse(
             route_mappings={
                 f"{route_guid}-{capi_guid}": api.RouteMapping(
@@ -117,7 +117,7 @@ class CloudControllerCopilot(api_grpc.CloudControllerCopilotServicer):
         )
 
     def ListCapiDiegoProcessAssociations(self, request, context):  # noqa: N802
-        associations = self._table.cc_state().associations
+        associations = self._cc.state().associations
         return api.ListCapiDiegoProcessAssociationsResponse(
             capi_diego_process_associations={
                 capi: api.DiegoProcessGuids(diego_process_guids=list(guids)) for capi, guids in associations.items()

@@ -27,7 +27,7 @@ from pathlib import Path
 from copilot import metrics
 from copilot.https_listener import HttpsListener, Request, Response
 from copilot.model import InvalidRoute, Registration, check_backend_address, normalize_hostname, normalize_path
-from copilot.routing_table import RoutingTable
+from copilot.slices.registrar import RegistrarSlice
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class RegistrarApi:
 
     def __init__(
         self,
-        table: RoutingTable,
+        registrations: RegistrarSlice,
         on_change: Callable[[], None],
         address: str,
         *,
@@ -105,7 +105,7 @@ class RegistrarApi:
         max_connections: int = MAX_CONNECTIONS,
         max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER,
     ) -> None:
-        self._table = table
+        self._registrations = registrations
         self._on_change = on_change
         self._stop = threading.Event()
         self._listener = HttpsListener(
@@ -131,7 +131,7 @@ class RegistrarApi:
 
     def _expire(self) -> None:
         while not self._stop.wait(1.0):
-            expired = self._table.expire_registrations(time.monotonic())
+            expired = self._registrations.expire(time.monotonic())
             if expired:
                 log.info("platform routes expired", extra={"count": expired})
                 self._on_change()
@@ -152,9 +152,9 @@ class RegistrarApi:
         now = time.monotonic()
         for registration, ttl in registrations:
             if register:
-                self._table.register(registration, now + ttl)
+                self._registrations.register(registration, now + ttl)
             else:
-                self._table.unregister(registration)
+                self._registrations.unregister(registration)
         self._on_change()
         return Response(200, {"registered" if register else "unregistered": len(registrations)})
 
