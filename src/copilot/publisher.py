@@ -21,7 +21,7 @@ from copilot.istio.builder import (
 from copilot.istio.kinds import SERVICE_ENTRY, IstioObject
 from copilot.route_service_lookup import InternalLookup
 from copilot.routing_table import HostRoutes, RoutingTable
-from copilot.xds.snapshot import Entry, Snapshot, encode_resource
+from copilot.xds.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class PublishLoop:
 class Publisher:
     """Owns the path table -> builder -> snapshot; one publish at a time."""
 
-    def __init__(self, table: RoutingTable, snapshot: Snapshot, gateway: GatewaySettings) -> None:
+    def __init__(self, table: RoutingTable, snapshot: Store, gateway: GatewaySettings) -> None:
         self._table = table
         self._snapshot = snapshot
         self._gateway = gateway
@@ -84,7 +84,7 @@ class Publisher:
                 hosts |= self._lookup.dependents(hosts)
             # Objects are encoded as soon as they are built, so a full rebuild never holds 100k hosts'
             # worth of protobuf messages at once.
-            objects: list[tuple[str, str, Entry]] = []
+            objects: list[IstioObject] = []
             deletions: list[IstioObject] = []
             for host in sorted(hosts):
                 routes = self._table.host_routes(host)
@@ -142,10 +142,8 @@ class Publisher:
             self.last_publish_seconds = time.perf_counter() - started
             return len(hosts)
 
-    def _apply(self, objects: list[tuple[str, str, Entry]], deletions: list[IstioObject] = ()) -> None:
-        updates: list[tuple[str, str, Entry | None]] = list(objects)
-        updates.extend((obj.kind.collection, obj.name, None) for obj in deletions)
-        self._snapshot.apply(updates)
+    def _apply(self, objects: list[IstioObject], deletions: list[IstioObject] = ()) -> None:
+        self._snapshot.apply(objects, [(obj.kind, obj.name) for obj in deletions])
 
 
 def _route_service_urls(routes: HostRoutes | None) -> list[str]:
@@ -154,5 +152,5 @@ def _route_service_urls(routes: HostRoutes | None) -> list[str]:
     return [d.route_service_url for ds in routes.paths.values() for d in ds if d.route_service_url]
 
 
-def _encoded(objects: list[IstioObject]) -> list[tuple[str, str, Entry]]:
-    return [(obj.kind.collection, obj.name, encode_resource(obj.name, obj.spec)) for obj in objects]
+def _encoded(objects: list[IstioObject]) -> list[IstioObject]:
+    return objects  # the store serializes each spec as it applies it

@@ -1,140 +1,87 @@
-"""Versioned per-type resource sets (MCP Resources wrapped in Any), updated incrementally.
+"""Immutable, versioned snapshots of the Istio objects Copilot serves: what the store hands the MCP server.
 
-Each resource's version is a digest of its content; a type's version combines the digests of its
-resources (order-independent XOR), so versions change only when content changes and two Copilots
-holding the same state report the same versions. Resources are kept pre-encoded as
-DiscoveryResponse `resources` fields, so a full-state response is a byte join, not a re-serialization.
+A `Snapshot` holds, per type URL, a `KindSnapshot`: the kind's resources (name -> `Resource`: content
+digest and serialized spec bytes, no protobuf message objects), its version and when it last changed.
+Nothing in a snapshot changes after the store released it, so stream threads answer from the one they
+hold without locks and without calling back into the store.
+
+A kind's version combines its resources' digests (order-independent XOR, plus the count): it changes
+only when content changes, and two Copilots holding the same state report the same versions.
+Resources sit in `SHARDS` fixed buckets (by a stable hash of the name) so that the store copies only
+the buckets a change touched before it releases the next snapshot, not the whole kind: at 100,000
+hosts one BBS event copies a few hundred entries, not a 100,000-entry dict.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import threading
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
-from google.protobuf.message import Message
+from copilot.istio.kinds import Kind
 
-from copilot.xds.wire import length_delimited
-
-MCP_RESOURCE_TYPE = "type.googleapis.com/istio.mcp.v1alpha1.Resource"
-RESOURCES_FIELD = 2  # DiscoveryResponse.resources
-_MCP_TYPE_FIELD = length_delimited(1, MCP_RESOURCE_TYPE.encode())
+SHARDS = 256
 
 
-@dataclass(frozen=True)
-class Entry:
-    digest: int
-    encoded: bytes  # a complete `resources` field of a DiscoveryResponse
+def shard_of(name: str) -> int:
+    """The bucket a resource name lives in: stable across processes (unlike `hash`), so response order is too."""
+    return zlib.crc32(name.encode()) % SHARDS
 
 
-def encode_resource(name: str, body: Message) -> Entry:
-    """Wraps a spec in an MCP Resource whose metadata.version is its content digest.
+class Resource:
+    """One serialized object: its content digest and spec bytes. `envelope` is the MCP envelope around
+    the spec, filled in by xds.encoding the first time the resource is sent (once per content)."""
 
-    The envelope (Any{Resource{Metadata, Any{spec}}}) is written field by field: it is the hot path of
-    a full rebuild, and building four messages only to serialize them costs more than the spec itself.
-    """
-    body_bytes = body.SerializeToString(deterministic=True)
-    type_field, full_name = _spec_type_field(body.DESCRIPTOR.full_name)
-    name_bytes = name.encode()
-    digest = hashlib.blake2b(name_bytes + b"\0" + full_name + b"\0" + body_bytes, digest_size=16)
-    metadata = length_delimited(1, name_bytes) + length_delimited(3, digest.hexdigest().encode())  # Metadata{name, version}
-    spec = type_field + length_delimited(2, body_bytes)  # Any{type_url, value}
-    resource = length_delimited(1, metadata) + length_delimited(2, spec)  # Resource{metadata, body}
-    wrapped = _MCP_TYPE_FIELD + length_delimited(2, resource)  # Any{type_url, value}
-    return Entry(int.from_bytes(digest.digest(), "big"), length_delimited(RESOURCES_FIELD, wrapped))
+    __slots__ = ("digest", "body", "envelope")
+
+    def __init__(self, digest: int, body: bytes) -> None:
+        self.digest = digest
+        self.body = body
+        self.envelope: bytes | None = None
 
 
-@functools.cache
-def _spec_type_field(full_name: str) -> tuple[bytes, bytes]:
-    return length_delimited(1, f"type.googleapis.com/{full_name}".encode()), full_name.encode()
+def kind_version(combined: int, count: int) -> str:
+    return f"{combined:032x}-{count}"
 
 
-class _TypeState:
-    __slots__ = ("entries", "combined")
-
-    def __init__(self) -> None:
-        self.entries: dict[str, Entry] = {}
-        self.combined = 0
-
-    @property
-    def version(self) -> str:
-        return f"{self.combined:032x}-{len(self.entries)}"
+EMPTY_VERSION = kind_version(0, 0)
 
 
 @dataclass(frozen=True)
-class TypeView:
-    """A consistent read of one type: its version, its encoded resources and when it last changed."""
+class KindSnapshot:
+    """One kind at one version: its resources in their buckets (read-only), and when it last changed
+    (time.monotonic(); 0.0 if it never did)."""
 
-    version: str
-    encoded: list[bytes]
-    changed_at: float
+    kind: Kind | None
+    version: str = EMPTY_VERSION
+    changed_at: float = 0.0
+    count: int = 0
+    shards: tuple[Mapping[str, Resource], ...] = field(default=(), repr=False)
+
+    def items(self) -> Iterator[tuple[str, Resource]]:
+        for shard in self.shards:
+            yield from shard.items()
+
+    def names(self) -> list[str]:
+        return sorted(name for shard in self.shards for name in shard)
+
+    def get(self, name: str) -> Resource | None:
+        return self.shards[shard_of(name)].get(name) if self.shards else None
 
 
+_NOTHING = KindSnapshot(None)
+
+
+@dataclass(frozen=True)
 class Snapshot:
-    """The resources Copilot serves, by type URL; notifies listeners after every change."""
+    """Every kind at one moment. `serial` grows with each snapshot the store releases."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._types: dict[str, _TypeState] = {}
-        self._changed_at: dict[str, float] = {}
-        self._listeners: list[Callable[[set[str]], None]] = []
+    serial: int
+    kinds: Mapping[str, KindSnapshot]  # by type URL (Kind.collection)
 
-    def apply(self, updates: Iterable[tuple[str, str, Entry | None]]) -> set[str]:
-        """Applies (type_url, name, entry-or-None-to-delete) updates; returns the type URLs whose version changed."""
-        changed: set[str] = set()
-        now = time.monotonic()
-        with self._lock:
-            for type_url, name, entry in updates:
-                state = self._types.setdefault(type_url, _TypeState())
-                old = state.entries.get(name)
-                if entry is None:
-                    if old is None:
-                        continue
-                    del state.entries[name]
-                    state.combined ^= old.digest
-                else:
-                    if old is not None and old.digest == entry.digest:
-                        continue
-                    if old is not None:
-                        state.combined ^= old.digest
-                    state.entries[name] = entry
-                    state.combined ^= entry.digest
-                changed.add(type_url)
-            for type_url in changed:
-                self._changed_at[type_url] = now
-            listeners = list(self._listeners)
-        if changed:
-            for listener in listeners:
-                listener(changed)
-        return changed
-
-    def view(self, type_url: str) -> TypeView:
-        with self._lock:
-            state = self._types.get(type_url)
-            if state is None:
-                return TypeView(_TypeState().version, [], 0.0)
-            return TypeView(state.version, [e.encoded for e in state.entries.values()], self._changed_at.get(type_url, 0.0))
+    def resources(self, type_url: str) -> KindSnapshot:
+        """The kind istiod asks for by `type_url`; an empty one for a type Copilot holds none of."""
+        return self.kinds.get(type_url, _NOTHING)
 
     def version(self, type_url: str) -> str:
-        with self._lock:
-            state = self._types.get(type_url)
-            return state.version if state else _TypeState().version
-
-    def names(self, type_url: str) -> list[str]:
-        with self._lock:
-            state = self._types.get(type_url)
-            return sorted(state.entries) if state else []
-
-    def subscribe(self, listener: Callable[[set[str]], None]) -> Callable[[], None]:
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return unsubscribe
+        return self.resources(type_url).version

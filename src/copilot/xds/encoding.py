@@ -1,0 +1,93 @@
+"""The protobuf wire layout of what Copilot sends istiod, in one place: MCP resource envelopes and
+DiscoveryResponses, written field by field from pre-serialized specs.
+
+A resource is sent as a DiscoveryResponse `resources` field holding
+Any{mcp.Resource{Metadata{name, version}, Any{spec}}}. The spec bytes are the innermost value, so the
+whole field is an envelope header followed by the spec bytes unchanged; the header is encoded once per
+content (memoized on the immutable `Resource` that content names) and a response is a byte join of
+headers and specs, never a re-serialization. Building the four messages only to serialize them would
+cost more than the spec itself on a full rebuild.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+from copilot.istio.kinds import Kind
+from copilot.xds.snapshot import KindSnapshot, Resource
+
+MCP_RESOURCE_TYPE = "type.googleapis.com/istio.mcp.v1alpha1.Resource"
+
+# DiscoveryResponse fields (envoy.service.discovery.v3)
+_VERSION_INFO, _RESOURCES, _TYPE_URL, _NONCE = 1, 2, 4, 5
+# google.protobuf.Any: type_url=1, value=2; istio.mcp.v1alpha1.Resource: metadata=1, body=2;
+# istio.mcp.v1alpha1.Metadata: name=1, version=3.
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+
+
+def varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field_header(field_number: int, length: int) -> bytes:
+    return varint((field_number << 3) | 2) + varint(length)
+
+
+def length_delimited(field_number: int, payload: bytes) -> bytes:
+    """Encodes one length-delimited field (strings, bytes, sub-messages)."""
+    return _field_header(field_number, len(payload)) + payload
+
+
+_MCP_TYPE_FIELD = length_delimited(1, MCP_RESOURCE_TYPE.encode())
+
+
+def content_digest(kind: Kind, name: str, body: bytes) -> int:
+    """A resource's content digest (its MCP metadata.version): over its name, spec type and spec bytes."""
+    full_name = _spec_type(kind)[1]
+    return int.from_bytes(hashlib.blake2b(name.encode() + b"\0" + full_name + b"\0" + body, digest_size=16).digest(), "big")
+
+
+@functools.cache
+def _spec_type(kind: Kind) -> tuple[bytes, bytes]:
+    """(the Any.type_url field of the kind's spec, the spec's full proto name)."""
+    full_name = kind.message.DESCRIPTOR.full_name
+    return length_delimited(1, f"type.googleapis.com/{full_name}".encode()), full_name.encode()
+
+
+def envelope(kind: Kind, name: str, resource: Resource) -> bytes:
+    """The `resources` field of a DiscoveryResponse up to the spec bytes (which follow it unchanged)."""
+    header = resource.envelope
+    if header is None:
+        body_length = len(resource.body)
+        spec = _spec_type(kind)[0] + _field_header(2, body_length)  # Any{type_url, value}
+        metadata = length_delimited(1, length_delimited(1, name.encode()) + length_delimited(3, b"%032x" % resource.digest))
+        spec_length = len(spec) + body_length
+        mcp = metadata + _field_header(2, spec_length) + spec  # Resource{metadata, body}
+        mcp_length = len(mcp) + body_length
+        wrapped = _MCP_TYPE_FIELD + _field_header(2, mcp_length) + mcp  # Any{type_url, value}
+        header = _field_header(_RESOURCES, len(wrapped) + body_length) + wrapped
+        resource.envelope = header  # same bytes whichever stream thread gets here first
+    return header
+
+
+def encode_response(resources: KindSnapshot, type_url: str, nonce: str) -> bytes:
+    """A DiscoveryResponse carrying every resource of one type at its snapshot's version."""
+    kind = resources.kind
+    parts = [length_delimited(_VERSION_INFO, resources.version.encode())]
+    if kind is not None:
+        for name, resource in resources.items():
+            parts.append(envelope(kind, name, resource))
+            parts.append(resource.body)
+    parts.append(length_delimited(_TYPE_URL, type_url.encode()))
+    parts.append(length_delimited(_NONCE, nonce.encode()))
+    return b"".join(parts)

@@ -1,0 +1,178 @@
+"""The store of Istio objects Copilot serves, keyed by (kind, name), with content digests.
+
+The publisher's side: `apply(upserts, deletions)` serializes each spec once (the store keeps spec bytes
+and a digest, never protobuf messages), drops what did not change (an upsert with an unchanged digest
+and the deletion of an unknown name are no-ops: no new version, no push), and releases a new immutable
+`Snapshot` (snapshot.py) to its watchers (the MCP server) after every change.
+
+Readiness lives here: until `release()` is called (Copilot has read its sources) changes are kept but no
+snapshot leaves the store, so istiod's streams get no answer rather than an empty world. The store
+never calls into the protocol layer except to hand over a snapshot, and the protocol layer never calls
+back into the store: it answers from the snapshot it was handed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from google.protobuf.message import Message
+
+from copilot.istio.kinds import IstioObject, Kind
+from copilot.xds.encoding import content_digest
+from copilot.xds.snapshot import SHARDS, KindSnapshot, Resource, Snapshot, kind_version, shard_of
+
+Watcher = Callable[[Snapshot], None]
+
+
+class _KindState:
+    """One kind's live resources, in buckets; a bucket a released snapshot shares is copied before a write."""
+
+    __slots__ = ("kind", "shards", "shared", "combined", "count", "changed_at", "released")
+
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
+        self.shards: list[dict[str, Resource]] = [{} for _ in range(SHARDS)]
+        self.shared = [False] * SHARDS
+        self.combined = 0
+        self.count = 0
+        self.changed_at = 0.0
+        self.released: KindSnapshot | None = None  # the last KindSnapshot handed out, while still current
+
+    def _writable(self, index: int) -> dict[str, Resource]:
+        if self.shared[index]:
+            self.shards[index] = dict(self.shards[index])
+            self.shared[index] = False
+        return self.shards[index]
+
+    def put(self, name: str, resource: Resource) -> bool:
+        index = shard_of(name)
+        old = self.shards[index].get(name)
+        if old is not None and old.digest == resource.digest:
+            return False
+        self._writable(index)[name] = resource
+        self.combined ^= resource.digest if old is None else resource.digest ^ old.digest
+        self.count += old is None
+        return True
+
+    def delete(self, name: str) -> bool:
+        index = shard_of(name)
+        old = self.shards[index].get(name)
+        if old is None:
+            return False
+        del self._writable(index)[name]
+        self.combined ^= old.digest
+        self.count -= 1
+        return True
+
+    def freeze(self) -> KindSnapshot:
+        if self.released is None:
+            self.released = KindSnapshot(
+                self.kind, kind_version(self.combined, self.count), self.changed_at, self.count, tuple(self.shards)
+            )
+            self.shared = [True] * SHARDS
+        return self.released
+
+
+class Store:
+    """Istio objects by (kind, name); `apply()` from the publisher, snapshots out to `watch()`ers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kinds: dict[Kind, _KindState] = {}
+        self._watchers: list[Watcher] = []
+        self._released = False
+        self._serial = 0
+
+    def apply(self, upserts: Iterable[IstioObject], deletions: Iterable[tuple[Kind, str]] = ()) -> None:
+        """Upserts and deletes objects; releases a new snapshot if anything changed (and `release()` was called)."""
+        # Serialized before the lock: a full rebuild's specs are turned into bytes one by one, as they come.
+        prepared = [(obj.kind, obj.name, _resource(obj.kind, obj.name, obj.spec)) for obj in upserts]
+        deleted = list(deletions)
+        now = time.monotonic()
+        with self._lock:
+            changed: set[_KindState] = set()
+            for kind, name, resource in prepared:
+                state = self._state(kind)
+                if state.put(name, resource):
+                    changed.add(state)
+            for kind, name in deleted:
+                state = self._kinds.get(kind)
+                if state is not None and state.delete(name):
+                    changed.add(state)
+            if not changed:
+                return
+            for state in changed:
+                state.changed_at = now
+                state.released = None
+            if not self._released:
+                return
+            snapshot, watchers = self._snapshot(), list(self._watchers)
+        for watcher in watchers:
+            watcher(snapshot)
+
+    def release(self) -> None:
+        """Opens the store: hands its current snapshot to the watchers now and every later one as it comes.
+        Called once Copilot's sources have been read; later calls do nothing."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+            snapshot, watchers = self._snapshot(), list(self._watchers)
+        for watcher in watchers:
+            watcher(snapshot)
+
+    @property
+    def released(self) -> bool:
+        """True once `release()` was called: istiod is being served."""
+        return self._released
+
+    def watch(self, watcher: Watcher) -> Callable[[], None]:
+        """Calls `watcher(snapshot)` after every released change (at once, if already released); returns
+        an unsubscribe. Watchers run on the applying thread: they must only hand the snapshot on. Two
+        snapshots may reach a watcher out of order; `Snapshot.serial` says which is newer."""
+        with self._lock:
+            self._watchers.append(watcher)
+            snapshot = self._snapshot() if self._released else None
+        if snapshot is not None:
+            watcher(snapshot)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if watcher in self._watchers:
+                    self._watchers.remove(watcher)
+
+        return unsubscribe
+
+    def snapshot(self) -> Snapshot:
+        """The current state as a snapshot, released or not (for tests, benchmarks and debugging)."""
+        with self._lock:
+            return self._snapshot()
+
+    # Reads of the current state, for tests and debugging.
+    def names(self, kind: Kind) -> list[str]:
+        return self.snapshot().resources(kind.collection).names()
+
+    def version(self, kind: Kind) -> str:
+        return self.snapshot().version(kind.collection)
+
+    def get(self, kind: Kind, name: str) -> Message | None:
+        """The spec held under (kind, name), decoded again; None if there is none."""
+        resource = self.snapshot().resources(kind.collection).get(name)
+        return None if resource is None else kind.message.FromString(resource.body)
+
+    def _state(self, kind: Kind) -> _KindState:
+        state = self._kinds.get(kind)
+        if state is None:
+            state = self._kinds[kind] = _KindState(kind)
+        return state
+
+    def _snapshot(self) -> Snapshot:
+        self._serial += 1
+        return Snapshot(self._serial, {kind.collection: state.freeze() for kind, state in self._kinds.items()})
+
+
+def _resource(kind: Kind, name: str, spec: Message) -> Resource:
+    body = spec.SerializeToString(deterministic=True)
+    return Resource(content_digest(kind, name, body), body)
