@@ -25,7 +25,9 @@ def vs(host: str, subset: str = "s") -> pb.VirtualService:
 
 def response(store: Store, kind: kinds.Kind = VS, nonce: str = "7") -> discovery_pb2.DiscoveryResponse:
     snapshot = store.snapshot()
-    return discovery_pb2.DiscoveryResponse.FromString(encode_response(snapshot.resources(kind.collection), kind.collection, nonce))
+    return discovery_pb2.DiscoveryResponse.FromString(
+        encode_response(snapshot.resources(kind.collection), kind.collection, nonce)
+    )
 
 
 def test_a_response_is_the_discovery_response_protobuf_would_write() -> None:
@@ -55,7 +57,10 @@ def test_resources_unpack_to_the_specs() -> None:
     assert wrapped.type_url == MCP_RESOURCE_TYPE
     resource = mcp.Resource.FromString(wrapped.value)
     assert resource.metadata.name == "cf/app"
-    assert resource.metadata.version == f"{content_digest(VS, 'cf/app', vs('app.example.com').SerializeToString(deterministic=True)):032x}"
+    assert (
+        resource.metadata.version
+        == f"{content_digest(VS, 'cf/app', vs('app.example.com').SerializeToString(deterministic=True)):032x}"
+    )
     body = pb.VirtualService()
     assert resource.body.Unpack(body) and body == vs("app.example.com")
 
