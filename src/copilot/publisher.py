@@ -21,7 +21,7 @@ from copilot.istio.builder import (
 from copilot.istio.kinds import SERVICE_ENTRY, IstioObject
 from copilot.route_service_lookup import InternalLookup
 from copilot.routing_table import HostRoutes, RoutingTable
-from copilot.xds.store import Store
+from copilot.xds.store import Serialized, Store, serialize
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Publisher:
                 hosts |= self._lookup.dependents(hosts)
             # Objects are encoded as soon as they are built, so a full rebuild never holds 100k hosts'
             # worth of protobuf messages at once.
-            objects: list[IstioObject] = []
+            objects: list[Serialized] = []
             deletions: list[IstioObject] = []
             for host in sorted(hosts):
                 routes = self._table.host_routes(host)
@@ -142,7 +142,7 @@ class Publisher:
             self.last_publish_seconds = time.perf_counter() - started
             return len(hosts)
 
-    def _apply(self, objects: list[IstioObject], deletions: list[IstioObject] = ()) -> None:
+    def _apply(self, objects: list[Serialized], deletions: list[IstioObject] = ()) -> None:
         self._snapshot.apply(objects, [(obj.kind, obj.name) for obj in deletions])
 
 
@@ -152,5 +152,5 @@ def _route_service_urls(routes: HostRoutes | None) -> list[str]:
     return [d.route_service_url for ds in routes.paths.values() for d in ds if d.route_service_url]
 
 
-def _encoded(objects: list[IstioObject]) -> list[IstioObject]:
-    return objects  # the store serializes each spec as it applies it
+def _encoded(objects: list[IstioObject]) -> list[Serialized]:
+    return [serialize(obj) for obj in objects]

@@ -9,7 +9,7 @@ from copilot.istio import kinds
 from copilot.istio.kinds import IstioObject
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.xds.snapshot import EMPTY_VERSION, SHARDS, Snapshot, shard_of
-from copilot.xds.store import Store
+from copilot.xds.store import Store, serialize
 
 VS, SE = kinds.VIRTUAL_SERVICE, kinds.SERVICE_ENTRY
 
@@ -191,3 +191,11 @@ def test_an_unchanged_kind_is_the_same_object_in_the_next_snapshot() -> None:
     assert after.resources(SE.collection) is before.resources(SE.collection)
     assert after.resources(VS.collection) is not before.resources(VS.collection)
     assert after.resources(VS.collection).changed_at > 0
+
+
+def test_a_serialized_object_is_applied_as_the_object_itself() -> None:
+    direct, via = Store(), Store()
+    direct.apply(objects(3))
+    via.apply(serialize(o) for o in objects(3))
+    assert via.version(VS) == direct.version(VS) and via.names(VS) == direct.names(VS)
+    assert via.get(VS, "ns/host-1") == vs("h1.example.com")

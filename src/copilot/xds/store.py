@@ -1,9 +1,10 @@
 """The store of Istio objects Copilot serves, keyed by (kind, name), with content digests.
 
 The publisher's side: `apply(upserts, deletions)` serializes each spec once (the store keeps spec bytes
-and a digest, never protobuf messages), drops what did not change (an upsert with an unchanged digest
-and the deletion of an unknown name are no-ops: no new version, no push), and releases a new immutable
-`Snapshot` (snapshot.py) to its watchers (the MCP server) after every change.
+and a digest, never protobuf messages) and drops what did not change: an upsert with an unchanged digest
+and the deletion of an unknown name are no-ops (no new version, no push). Anything else releases a new
+immutable `Snapshot` (snapshot.py) to the watchers (the MCP server). A caller gathering many objects
+for one apply can hand over `serialize(obj)` instead of each object, to hold bytes, not messages, meanwhile.
 
 Readiness lives here: until `release()` is called (Copilot has read its sources) changes are kept but no
 snapshot leaves the store, so istiod's streams get no answer rather than an empty world. The store
@@ -16,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
@@ -24,6 +26,20 @@ from copilot.xds.encoding import content_digest
 from copilot.xds.snapshot import SHARDS, KindSnapshot, Resource, Snapshot, kind_version, shard_of
 
 Watcher = Callable[[Snapshot], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Serialized:
+    """What the store keeps of an IstioObject: its key and its serialized spec with the content digest."""
+
+    kind: Kind
+    name: str
+    resource: Resource
+
+
+def serialize(obj: IstioObject) -> Serialized:
+    body = obj.spec.SerializeToString(deterministic=True)
+    return Serialized(obj.kind, obj.name, Resource(content_digest(obj.kind, obj.name, body), body))
 
 
 class _KindState:
@@ -85,17 +101,17 @@ class Store:
         self._released = False
         self._serial = 0
 
-    def apply(self, upserts: Iterable[IstioObject], deletions: Iterable[tuple[Kind, str]] = ()) -> None:
+    def apply(self, upserts: Iterable[IstioObject | Serialized], deletions: Iterable[tuple[Kind, str]] = ()) -> None:
         """Upserts and deletes objects; releases a new snapshot if anything changed (and `release()` was called)."""
-        # Serialized before the lock: a full rebuild's specs are turned into bytes one by one, as they come.
-        prepared = [(obj.kind, obj.name, _resource(obj.kind, obj.name, obj.spec)) for obj in upserts]
+        # Serialized before the lock, one by one as they come (a generator of upserts never holds many messages).
+        prepared = [obj if isinstance(obj, Serialized) else serialize(obj) for obj in upserts]
         deleted = list(deletions)
         now = time.monotonic()
         with self._lock:
             changed: set[_KindState] = set()
-            for kind, name, resource in prepared:
-                state = self._state(kind)
-                if state.put(name, resource):
+            for item in prepared:
+                state = self._state(item.kind)
+                if state.put(item.name, item.resource):
                     changed.add(state)
             for kind, name in deleted:
                 state = self._kinds.get(kind)
@@ -171,8 +187,3 @@ class Store:
     def _snapshot(self) -> Snapshot:
         self._serial += 1
         return Snapshot(self._serial, {kind.collection: state.freeze() for kind, state in self._kinds.items()})
-
-
-def _resource(kind: Kind, name: str, spec: Message) -> Resource:
-    body = spec.SerializeToString(deterministic=True)
-    return Resource(content_digest(kind, name, body), body)
