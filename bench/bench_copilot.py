@@ -56,7 +56,7 @@ def measure(routes: int, events: int) -> dict:
     rebuild = time.perf_counter() - started
 
     snapshot.release()  # as Copilot does after its first publish: from now on every change is a new snapshot
-    # The first response after the rebuild: it also encodes each resource's MCP envelope (once per content).
+    # A full VirtualService response: a join of the resources encoded once, when the store took them.
     view = snapshot.snapshot().resources(VIRTUAL_SERVICE.collection)
     started = time.perf_counter()
     encoded = encode_response(view, VIRTUAL_SERVICE.collection, "1")

@@ -8,7 +8,7 @@ import random
 from copilot.istio import kinds
 from copilot.istio.kinds import IstioObject
 from copilot.protos import istio_networking_pb2 as pb
-from copilot.xds.snapshot import EMPTY_VERSION, SHARDS, Snapshot, shard_of
+from copilot.xds.snapshot import EMPTY_VERSION, FANOUT, Snapshot, bucket_of
 from copilot.xds.store import Store, serialize
 
 VS, SE = kinds.VIRTUAL_SERVICE, kinds.SERVICE_ENTRY
@@ -126,14 +126,14 @@ def test_the_store_keeps_the_serialized_spec_not_the_message() -> None:
     spec.hosts[0] = "mutated.example.com"  # the caller's message is not referenced afterwards
     assert store.get(VS, "ns/a") == vs("a.example.com")
     resource = store.snapshot().resources(VS.collection).get("ns/a")
-    assert resource is not None and type(resource.body) is bytes
-    assert resource.body == vs("a.example.com").SerializeToString(deterministic=True)
+    assert resource is not None and resource.body == vs("a.example.com").SerializeToString(deterministic=True)
     assert store.get(VS, "ns/missing") is None
 
 
 def test_resources_spread_over_the_buckets_by_a_stable_hash() -> None:
-    assert shard_of("istio-system/app.example.com") == shard_of("istio-system/app.example.com")
-    assert len({shard_of(f"ns/host-{i}") for i in range(2000)}) == SHARDS
+    assert bucket_of("istio-system/app.example.com") == (4, 25)  # the same in every process (not `hash`)
+    assert len({bucket_of(f"ns/host-{i}")[0] for i in range(2000)}) == FANOUT
+    assert len({bucket_of(f"ns/host-{i}") for i in range(20_000)}) > FANOUT * FANOUT * 0.9
 
 
 # ---------------------------------------------------------------- release and snapshots
@@ -168,7 +168,7 @@ def test_a_watcher_added_after_release_gets_the_current_snapshot() -> None:
 
 def test_a_released_snapshot_never_changes() -> None:
     store, seen = released()
-    store.apply(objects(300))  # enough to put several in one bucket
+    store.apply(objects(10_000))  # enough to put several in one leaf
     first = seen[-1]
     names, version = first.resources(VS.collection).names(), first.version(VS.collection)
     digests = {name: r.digest for name, r in first.resources(VS.collection).items()}
@@ -179,7 +179,7 @@ def test_a_released_snapshot_never_changes() -> None:
     latest = seen[-1].resources(VS.collection)
     assert "ns/new" in latest.names() and "ns/host-8" not in latest.names()
     assert latest.get("ns/host-7").digest != digests["ns/host-7"]  # type: ignore[union-attr]
-    assert latest.count == 300
+    assert latest.count == 10_000
 
 
 def test_an_unchanged_kind_is_the_same_object_in_the_next_snapshot() -> None:

@@ -47,7 +47,7 @@ def test_a_response_is_the_discovery_response_protobuf_would_write() -> None:
         expected.resources.add(type_url=MCP_RESOURCE_TYPE, value=wrapped.SerializeToString(deterministic=True))
     raw = encode_response(snapshot, VS.collection, "7")
     assert raw == expected.SerializeToString(deterministic=True)
-    assert encode_response(snapshot, VS.collection, "7") == raw  # again, from the memoized envelopes
+    assert encode_response(snapshot, VS.collection, "7") == raw  # a response is a join of what was encoded once
 
 
 def test_resources_unpack_to_the_specs() -> None:

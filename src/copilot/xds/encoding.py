@@ -1,12 +1,11 @@
 """The protobuf wire layout of what Copilot sends istiod, in one place: MCP resource envelopes and
-DiscoveryResponses, written field by field from pre-serialized specs.
+DiscoveryResponses, written field by field from serialized specs.
 
 A resource is sent as a DiscoveryResponse `resources` field holding
-Any{mcp.Resource{Metadata{name, version}, Any{spec}}}. The spec bytes are the innermost value, so the
-whole field is an envelope header followed by the spec bytes unchanged; the header is encoded once per
-content (memoized on the immutable `Resource` that content names) and a response is a byte join of
-headers and specs, never a re-serialization. Building the four messages only to serialize them would
-cost more than the spec itself on a full rebuild.
+Any{mcp.Resource{Metadata{name, version}, Any{spec}}}, its metadata.version the content digest. It is
+encoded once per content, when the store takes the object (`resource()`); a response is then a byte join
+of the encoded resources of one kind, never a re-serialization. Building the four messages only to
+serialize them would cost more than the spec itself on a full rebuild.
 """
 
 from __future__ import annotations
@@ -51,12 +50,6 @@ def length_delimited(field_number: int, payload: bytes) -> bytes:
 _MCP_TYPE_FIELD = length_delimited(1, MCP_RESOURCE_TYPE.encode())
 
 
-def content_digest(kind: Kind, name: str, body: bytes) -> int:
-    """A resource's content digest (its MCP metadata.version): over its name, spec type and spec bytes."""
-    full_name = _spec_type(kind)[1]
-    return int.from_bytes(hashlib.blake2b(name.encode() + b"\0" + full_name + b"\0" + body, digest_size=16).digest(), "big")
-
-
 @functools.cache
 def _spec_type(kind: Kind) -> tuple[bytes, bytes]:
     """(the Any.type_url field of the kind's spec, the spec's full proto name)."""
@@ -64,30 +57,31 @@ def _spec_type(kind: Kind) -> tuple[bytes, bytes]:
     return length_delimited(1, f"type.googleapis.com/{full_name}".encode()), full_name.encode()
 
 
-def envelope(kind: Kind, name: str, resource: Resource) -> bytes:
-    """The `resources` field of a DiscoveryResponse up to the spec bytes (which follow it unchanged)."""
-    header = resource.envelope
-    if header is None:
-        body_length = len(resource.body)
-        spec = _spec_type(kind)[0] + _field_header(2, body_length)  # Any{type_url, value}
-        metadata = length_delimited(1, length_delimited(1, name.encode()) + length_delimited(3, b"%032x" % resource.digest))
-        spec_length = len(spec) + body_length
-        mcp = metadata + _field_header(2, spec_length) + spec  # Resource{metadata, body}
-        mcp_length = len(mcp) + body_length
-        wrapped = _MCP_TYPE_FIELD + _field_header(2, mcp_length) + mcp  # Any{type_url, value}
-        header = _field_header(_RESOURCES, len(wrapped) + body_length) + wrapped
-        resource.envelope = header  # same bytes whichever stream thread gets here first
-    return header
+def content_digest(kind: Kind, name: str, body: bytes) -> int:
+    """A resource's content digest (its MCP metadata.version): over its name, spec type and spec bytes."""
+    full_name = _spec_type(kind)[1]
+    return int.from_bytes(hashlib.blake2b(name.encode() + b"\0" + full_name + b"\0" + body, digest_size=16).digest(), "big")
+
+
+def resource(kind: Kind, name: str, body: bytes) -> Resource:
+    """The serialized spec `body` of (kind, name) as it is sent: a DiscoveryResponse `resources` field."""
+    digest = content_digest(kind, name, body)
+    body_length = len(body)
+    spec = _spec_type(kind)[0] + _field_header(2, body_length)  # Any{type_url, value}, up to the value
+    metadata = length_delimited(1, length_delimited(1, name.encode()) + length_delimited(3, b"%032x" % digest))
+    mcp = metadata + _field_header(2, len(spec) + body_length) + spec  # Resource{metadata, body}
+    wrapped = _MCP_TYPE_FIELD + _field_header(2, len(mcp) + body_length) + mcp  # Any{type_url, value}
+    header = _field_header(_RESOURCES, len(wrapped) + body_length) + wrapped
+    return Resource(digest, header + body, len(header))
 
 
 def encode_response(resources: KindSnapshot, type_url: str, nonce: str) -> bytes:
     """A DiscoveryResponse carrying every resource of one type at its snapshot's version."""
-    kind = resources.kind
-    parts = [length_delimited(_VERSION_INFO, resources.version.encode())]
-    if kind is not None:
-        for name, resource in resources.items():
-            parts.append(envelope(kind, name, resource))
-            parts.append(resource.body)
-    parts.append(length_delimited(_TYPE_URL, type_url.encode()))
-    parts.append(length_delimited(_NONCE, nonce.encode()))
-    return b"".join(parts)
+    return b"".join(
+        (
+            length_delimited(_VERSION_INFO, resources.version.encode()),
+            *resources.encoded(),
+            length_delimited(_TYPE_URL, type_url.encode()),
+            length_delimited(_NONCE, nonce.encode()),
+        )
+    )

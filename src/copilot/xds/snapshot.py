@@ -1,43 +1,46 @@
 """Immutable, versioned snapshots of the Istio objects Copilot serves: what the store hands the MCP server.
 
 A `Snapshot` holds, per type URL, a `KindSnapshot`: the kind's resources (name -> `Resource`: content
-digest and serialized spec bytes, no protobuf message objects), its version and when it last changed.
+digest and the encoded MCP resource, no protobuf message objects), its version and when it last changed.
 Nothing in a snapshot changes after the store released it, so stream threads answer from the one they
 hold without locks and without calling back into the store.
 
 A kind's version combines its resources' digests (order-independent XOR, plus the count): it changes
 only when content changes, and two Copilots holding the same state report the same versions.
-Resources sit in `SHARDS` fixed buckets (by a stable hash of the name) so that the store copies only
-the buckets a change touched before it releases the next snapshot, not the whole kind: at 100,000
-hosts one BBS event copies a few hundred entries, not a 100,000-entry dict.
+
+Resources sit in a fixed two-level tree of buckets (`FANOUT` x `FANOUT` leaves, by a stable hash of the
+name), so that releasing a new snapshot after a change copies only the path the change touched (one
+inner node of `FANOUT` references, one leaf of a few entries), never the whole kind: at 100,000 hosts a
+BBS event copies about a hundred references, not a 100,000-entry dict.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 
-from copilot.istio.kinds import Kind
-
-SHARDS = 256
+FANOUT = 64  # inner nodes per kind, and leaves per inner node
 
 
-def shard_of(name: str) -> int:
-    """The bucket a resource name lives in: stable across processes (unlike `hash`), so response order is too."""
-    return zlib.crc32(name.encode()) % SHARDS
+def bucket_of(name: str) -> tuple[int, int]:
+    """(inner node, leaf) of a resource name: stable across processes (unlike `hash`), so response order is too."""
+    return divmod(zlib.crc32(name.encode()) % (FANOUT * FANOUT), FANOUT)
 
 
 class Resource:
-    """One serialized object: its content digest and spec bytes. `envelope` is the MCP envelope around
-    the spec, filled in by xds.encoding the first time the resource is sent (once per content)."""
+    """One object as it is sent: its content digest and its encoded `resources` field (xds.encoding),
+    whose last bytes, from `body_at`, are the serialized spec."""
 
-    __slots__ = ("digest", "body", "envelope")
+    __slots__ = ("digest", "encoded", "body_at")
 
-    def __init__(self, digest: int, body: bytes) -> None:
+    def __init__(self, digest: int, encoded: bytes, body_at: int) -> None:
         self.digest = digest
-        self.body = body
-        self.envelope: bytes | None = None
+        self.encoded = encoded
+        self.body_at = body_at
+
+    @property
+    def body(self) -> bytes:
+        return self.encoded[self.body_at :]
 
 
 def kind_version(combined: int, count: int) -> str:
@@ -45,39 +48,51 @@ def kind_version(combined: int, count: int) -> str:
 
 
 EMPTY_VERSION = kind_version(0, 0)
+Tree = tuple[Sequence[Mapping[str, Resource]], ...]  # FANOUT inner nodes of FANOUT leaves
 
 
-@dataclass(frozen=True)
 class KindSnapshot:
-    """One kind at one version: its resources in their buckets (read-only), and when it last changed
-    (time.monotonic(); 0.0 if it never did)."""
+    """One kind at one version: its resources (read-only), and when it last changed (time.monotonic();
+    0.0 if it never did). Plain slots rather than a frozen dataclass: one is made per change."""
 
-    kind: Kind | None
-    version: str = EMPTY_VERSION
-    changed_at: float = 0.0
-    count: int = 0
-    shards: tuple[Mapping[str, Resource], ...] = field(default=(), repr=False)
+    __slots__ = ("version", "changed_at", "count", "tree")
+
+    def __init__(self, version: str = EMPTY_VERSION, changed_at: float = 0.0, count: int = 0, tree: Tree = ()) -> None:
+        self.version = version
+        self.changed_at = changed_at
+        self.count = count
+        self.tree = tree
 
     def items(self) -> Iterator[tuple[str, Resource]]:
-        for shard in self.shards:
-            yield from shard.items()
+        for node in self.tree:
+            for leaf in node:
+                yield from leaf.items()
+
+    def encoded(self) -> list[bytes]:
+        """Every resource's encoded `resources` field (xds.encoding), in tree order."""
+        return [r.encoded for node in self.tree for leaf in node for r in leaf.values()]
 
     def names(self) -> list[str]:
-        return sorted(name for shard in self.shards for name in shard)
+        return sorted(name for name, _ in self.items())
 
     def get(self, name: str) -> Resource | None:
-        return self.shards[shard_of(name)].get(name) if self.shards else None
+        if not self.tree:
+            return None
+        node, leaf = bucket_of(name)
+        return self.tree[node][leaf].get(name)
 
 
-_NOTHING = KindSnapshot(None)
+_NOTHING = KindSnapshot()
 
 
-@dataclass(frozen=True)
 class Snapshot:
-    """Every kind at one moment. `serial` grows with each snapshot the store releases."""
+    """Every kind at one moment, by type URL (Kind.collection). `serial` grows with each snapshot the store makes."""
 
-    serial: int
-    kinds: Mapping[str, KindSnapshot]  # by type URL (Kind.collection)
+    __slots__ = ("serial", "kinds")
+
+    def __init__(self, serial: int, kinds: Mapping[str, KindSnapshot]) -> None:
+        self.serial = serial
+        self.kinds = kinds
 
     def resources(self, type_url: str) -> KindSnapshot:
         """The kind istiod asks for by `type_url`; an empty one for a type Copilot holds none of."""

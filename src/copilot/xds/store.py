@@ -16,21 +16,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
 from copilot.istio.kinds import IstioObject, Kind
-from copilot.xds.encoding import content_digest
-from copilot.xds.snapshot import SHARDS, KindSnapshot, Resource, Snapshot, kind_version, shard_of
+from copilot.xds import encoding
+from copilot.xds.snapshot import FANOUT, KindSnapshot, Resource, Snapshot, bucket_of, kind_version
 
 Watcher = Callable[[Snapshot], None]
 
 
 @dataclass(frozen=True, slots=True)
 class Serialized:
-    """What the store keeps of an IstioObject: its key and its serialized spec with the content digest."""
+    """What the store keeps of an IstioObject: its key and the encoded resource with its content digest."""
 
     kind: Kind
     name: str
@@ -38,56 +38,85 @@ class Serialized:
 
 
 def serialize(obj: IstioObject) -> Serialized:
-    body = obj.spec.SerializeToString(deterministic=True)
-    return Serialized(obj.kind, obj.name, Resource(content_digest(obj.kind, obj.name, body), body))
+    return Serialized(obj.kind, obj.name, encoding.resource(obj.kind, obj.name, obj.spec.SerializeToString(deterministic=True)))
+
+
+class _Leaf(dict):
+    """A bucket of resources by name; `generation` says which snapshot generation may still write it."""
+
+    __slots__ = ("generation",)
+
+
+class _Node(list):
+    """FANOUT leaves; `generation` as for leaves."""
+
+    __slots__ = ("generation",)
+
+
+def _leaf(generation: int, items: Mapping[str, Resource] | None = None) -> _Leaf:
+    leaf = _Leaf(items or ())
+    leaf.generation = generation
+    return leaf
+
+
+def _node(generation: int, leaves: Iterable[_Leaf]) -> _Node:
+    node = _Node(leaves)
+    node.generation = generation
+    return node
 
 
 class _KindState:
-    """One kind's live resources, in buckets; a bucket a released snapshot shares is copied before a write."""
+    """One kind's live resources in the two-level tree (snapshot.py). A node or leaf made before the last
+    freeze may be shared with a released snapshot: it is copied, never written, by a later change."""
 
-    __slots__ = ("kind", "shards", "shared", "combined", "count", "changed_at", "released")
+    __slots__ = ("tree", "generation", "combined", "count", "changed_at", "released")
 
-    def __init__(self, kind: Kind) -> None:
-        self.kind = kind
-        self.shards: list[dict[str, Resource]] = [{} for _ in range(SHARDS)]
-        self.shared = [False] * SHARDS
+    def __init__(self) -> None:
+        self.generation = 0
+        self.tree = [_node(0, (_leaf(0) for _ in range(FANOUT))) for _ in range(FANOUT)]
         self.combined = 0
         self.count = 0
         self.changed_at = 0.0
         self.released: KindSnapshot | None = None  # the last KindSnapshot handed out, while still current
 
-    def _writable(self, index: int) -> dict[str, Resource]:
-        if self.shared[index]:
-            self.shards[index] = dict(self.shards[index])
-            self.shared[index] = False
-        return self.shards[index]
+    def _find(self, name: str) -> tuple[int, int, _Leaf]:
+        node, leaf = bucket_of(name)
+        return node, leaf, self.tree[node][leaf]
+
+    def _writable(self, node_index: int, leaf_index: int) -> _Leaf:
+        node = self.tree[node_index]
+        if node.generation != self.generation:
+            node = self.tree[node_index] = _node(self.generation, node)
+        leaf = node[leaf_index]
+        if leaf.generation != self.generation:
+            leaf = node[leaf_index] = _leaf(self.generation, leaf)
+        return leaf
 
     def put(self, name: str, resource: Resource) -> bool:
-        index = shard_of(name)
-        old = self.shards[index].get(name)
+        node, leaf, bucket = self._find(name)
+        old = bucket.get(name)
         if old is not None and old.digest == resource.digest:
             return False
-        self._writable(index)[name] = resource
+        self._writable(node, leaf)[name] = resource
         self.combined ^= resource.digest if old is None else resource.digest ^ old.digest
         self.count += old is None
         return True
 
     def delete(self, name: str) -> bool:
-        index = shard_of(name)
-        old = self.shards[index].get(name)
+        node, leaf, bucket = self._find(name)
+        old = bucket.get(name)
         if old is None:
             return False
-        del self._writable(index)[name]
+        del self._writable(node, leaf)[name]
         self.combined ^= old.digest
         self.count -= 1
         return True
 
     def freeze(self) -> KindSnapshot:
         if self.released is None:
-            self.released = KindSnapshot(
-                self.kind, kind_version(self.combined, self.count), self.changed_at, self.count, tuple(self.shards)
-            )
-            self.shared = [True] * SHARDS
+            tree = tuple(self.tree)
+            self.released = KindSnapshot(kind_version(self.combined, self.count), self.changed_at, self.count, tree)
+            self.generation += 1  # everything in `tree` is shared from now on
         return self.released
 
 
@@ -181,7 +210,7 @@ class Store:
     def _state(self, kind: Kind) -> _KindState:
         state = self._kinds.get(kind)
         if state is None:
-            state = self._kinds[kind] = _KindState(kind)
+            state = self._kinds[kind] = _KindState()
         return state
 
     def _snapshot(self) -> Snapshot:
