@@ -1,7 +1,7 @@
 """The store of Istio objects Copilot serves, keyed by (kind, name), with content digests.
 
-The publisher's side: `apply(upserts, deletions)` serializes each spec once (the store keeps spec bytes
-and a digest, never protobuf messages) and drops what did not change: an upsert with an unchanged digest
+The publisher's side: `apply(upserts, deletions)` serializes and encodes each spec once (the store keeps
+it as it is sent, with its digest, never as a protobuf message) and drops what did not change: an upsert with an unchanged digest
 and the deletion of an unknown name are no-ops (no new version, no push). Anything else releases a new
 immutable `Snapshot` (snapshot.py) to the watchers (the MCP server). A caller gathering many objects
 for one apply can hand over `serialize(obj)` instead of each object, to hold bytes, not messages, meanwhile.
