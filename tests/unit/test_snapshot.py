@@ -8,7 +8,7 @@ import random
 from copilot.istio import kinds
 from copilot.istio.kinds import IstioObject
 from copilot.protos import istio_networking_pb2 as pb
-from copilot.xds.snapshot import EMPTY_VERSION, FANOUT, Snapshot, bucket_of
+from copilot.xds.snapshot import EMPTY_VERSION, Snapshot
 from copilot.xds.store import Store, serialize
 
 VS, SE = kinds.VIRTUAL_SERVICE, kinds.SERVICE_ENTRY
@@ -130,10 +130,47 @@ def test_the_store_keeps_the_serialized_spec_not_the_message() -> None:
     assert store.get(VS, "ns/missing") is None
 
 
-def test_resources_spread_over_the_buckets_by_a_stable_hash() -> None:
-    assert bucket_of("istio-system/app.example.com") == (4, 25)  # the same in every process (not `hash`)
-    assert len({bucket_of(f"ns/host-{i}")[0] for i in range(2000)}) == FANOUT
-    assert len({bucket_of(f"ns/host-{i}") for i in range(20_000)}) > FANOUT * FANOUT * 0.9
+def test_a_kind_built_in_name_order_is_served_in_name_order() -> None:
+    """The publisher builds a full rebuild in name order: the response keeps it (through many leaf splits)."""
+    store = Store()
+    names = sorted(f"ns/host-{i:05}" for i in range(20_000))
+    store.apply(IstioObject(VS, name, pb.VirtualService(hosts=[name])) for name in names)
+    assert [name for name, _ in store.snapshot().resources(VS.collection).items()] == names
+
+
+def test_random_changes_match_a_plain_dict_and_released_snapshots_stay_as_they_were() -> None:
+    rng = random.Random(15)
+    store, seen = released()
+    model: dict[str, str] = {}
+    kept: list[tuple[Snapshot, dict[str, str]]] = []
+    for step in range(60):
+        upserts, deletions = [], []
+        for _ in range(rng.choice((1, 10, 400))):
+            name = f"ns/host-{rng.randrange(3000)}"
+            if rng.random() < 0.3:
+                deletions.append((VS, name))
+                model.pop(name, None)
+            else:
+                host = f"{rng.randrange(5)}.{name}"
+                upserts.append(IstioObject(VS, name, vs(host)))
+                model[name] = host
+        # one apply: upserts first, then deletions; a name in both ends deleted
+        for _, name in deletions:
+            model.pop(name, None)
+        store.apply(upserts, deletions)
+        if step % 5 == 0:
+            kept.append((seen[-1], dict(model)))
+        current = store.snapshot().resources(VS.collection)
+        assert current.names() == sorted(model) and current.count == len(model)
+    for snapshot, then in kept:  # every snapshot still says what it said when it was released
+        resources = snapshot.resources(VS.collection)
+        assert resources.names() == sorted(then)
+        for name, host in then.items():
+            resource = resources.get(name)
+            assert resource is not None and pb.VirtualService.FromString(resource.body).hosts == [host]
+    model_store = Store()
+    model_store.apply(IstioObject(VS, name, vs(host)) for name, host in model.items())
+    assert store.version(VS) == model_store.version(VS)  # the version is the content's, whatever the history
 
 
 # ---------------------------------------------------------------- release and snapshots

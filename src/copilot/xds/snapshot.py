@@ -8,23 +8,44 @@ hold without locks and without calling back into the store.
 A kind's version combines its resources' digests (order-independent XOR, plus the count): it changes
 only when content changes, and two Copilots holding the same state report the same versions.
 
-Resources sit in a fixed two-level tree of buckets (`FANOUT` x `FANOUT` leaves, by a stable hash of the
-name), so that releasing a new snapshot after a change copies only the path the change touched (one
-inner node of `FANOUT` references, one leaf of a few entries), never the whole kind: at 100,000 hosts a
-BBS event copies about a hundred references, not a 100,000-entry dict.
+Resources sit in a two-level tree ordered by name: nodes of up to `NODE_MAX` leaves, leaves of up to
+`LEAF_MAX` resources (split in two when they outgrow it). Releasing a snapshot after a change copies
+only the path the change touched (the root's node list, one node, one leaf), never the whole kind: at
+100,000 hosts a BBS event copies a few hundred references, not a 100,000-entry dict. Name order also
+keeps a response's resources in the order a full rebuild made them (the publisher builds hosts in name
+order), so the byte join of 100,000 resources reads memory in sequence rather than at random.
 """
 
 from __future__ import annotations
 
-import zlib
+import bisect
 from collections.abc import Iterator, Mapping, Sequence
 
-FANOUT = 64  # inner nodes per kind, and leaves per inner node
+LEAF_MAX = 64  # resources in a leaf before it splits
+NODE_MAX = 64  # leaves in a node before it splits
 
 
-def bucket_of(name: str) -> tuple[int, int]:
-    """(inner node, leaf) of a resource name: stable across processes (unlike `hash`), so response order is too."""
-    return divmod(zlib.crc32(name.encode()) % (FANOUT * FANOUT), FANOUT)
+class Leaf(dict):
+    """Resources by name, all at or above the leaf's lower bound (`Node.keys`). `generation`: the store's
+    write generation the leaf belongs to (older ones are shared with a released snapshot: read only)."""
+
+    __slots__ = ("generation",)
+
+
+class Node:
+    """Up to NODE_MAX leaves in name order; `keys[i]` is the lowest name leaf i holds ("" for the first)."""
+
+    __slots__ = ("generation", "keys", "leaves")
+
+    def __init__(self, generation: int, keys: list[str], leaves: list[Leaf]) -> None:
+        self.generation = generation
+        self.keys = keys
+        self.leaves = leaves
+
+
+def find(keys: Sequence[str], name: str) -> int:
+    """The index of the child whose range holds `name` (keys are the children's lower bounds, keys[0] = "")."""
+    return bisect.bisect_right(keys, name) - 1
 
 
 class Resource:
@@ -48,38 +69,43 @@ def kind_version(combined: int, count: int) -> str:
 
 
 EMPTY_VERSION = kind_version(0, 0)
-Tree = tuple[Sequence[Mapping[str, Resource]], ...]  # FANOUT inner nodes of FANOUT leaves
 
 
 class KindSnapshot:
     """One kind at one version: its resources (read-only), and when it last changed (time.monotonic();
     0.0 if it never did). Plain slots rather than a frozen dataclass: one is made per change."""
 
-    __slots__ = ("version", "changed_at", "count", "tree")
+    __slots__ = ("version", "changed_at", "count", "keys", "nodes")
 
-    def __init__(self, version: str = EMPTY_VERSION, changed_at: float = 0.0, count: int = 0, tree: Tree = ()) -> None:
+    def __init__(
+        self,
+        version: str = EMPTY_VERSION,
+        changed_at: float = 0.0,
+        count: int = 0,
+        keys: tuple[str, ...] = ("",),
+        nodes: tuple[Node, ...] = (Node(0, [""], [Leaf()]),),
+    ) -> None:
         self.version = version
         self.changed_at = changed_at
         self.count = count
-        self.tree = tree
+        self.keys = keys  # the nodes' lower bounds
+        self.nodes = nodes
 
     def items(self) -> Iterator[tuple[str, Resource]]:
-        for node in self.tree:
-            for leaf in node:
+        for node in self.nodes:
+            for leaf in node.leaves:
                 yield from leaf.items()
 
     def encoded(self) -> list[bytes]:
-        """Every resource's encoded `resources` field (xds.encoding), in tree order."""
-        return [r.encoded for node in self.tree for leaf in node for r in leaf.values()]
+        """Every resource's encoded `resources` field (xds.encoding), by leaf in name order."""
+        return [r.encoded for node in self.nodes for leaf in node.leaves for r in leaf.values()]
 
     def names(self) -> list[str]:
         return sorted(name for name, _ in self.items())
 
     def get(self, name: str) -> Resource | None:
-        if not self.tree:
-            return None
-        node, leaf = bucket_of(name)
-        return self.tree[node][leaf].get(name)
+        node = self.nodes[find(self.keys, name)]
+        return node.leaves[find(node.keys, name)].get(name)
 
 
 _NOTHING = KindSnapshot()

@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 
 from copilot.istio.kinds import IstioObject, Kind
 from copilot.xds import encoding
-from copilot.xds.snapshot import FANOUT, KindSnapshot, Resource, Snapshot, bucket_of, kind_version
+from copilot.xds.snapshot import LEAF_MAX, NODE_MAX, KindSnapshot, Leaf, Node, Resource, Snapshot, find, kind_version
 
 Watcher = Callable[[Snapshot], None]
 
@@ -41,83 +41,83 @@ def serialize(obj: IstioObject) -> Serialized:
     return Serialized(obj.kind, obj.name, encoding.resource(obj.kind, obj.name, obj.spec.SerializeToString(deterministic=True)))
 
 
-class _Leaf(dict):
-    """A bucket of resources by name; `generation` says which snapshot generation may still write it."""
-
-    __slots__ = ("generation",)
-
-
-class _Node(list):
-    """FANOUT leaves; `generation` as for leaves."""
-
-    __slots__ = ("generation",)
-
-
-def _leaf(generation: int, items: Mapping[str, Resource] | None = None) -> _Leaf:
-    leaf = _Leaf(items or ())
-    leaf.generation = generation
-    return leaf
-
-
-def _node(generation: int, leaves: Iterable[_Leaf]) -> _Node:
-    node = _Node(leaves)
-    node.generation = generation
-    return node
-
-
 class _KindState:
-    """One kind's live resources in the two-level tree (snapshot.py). A node or leaf made before the last
-    freeze may be shared with a released snapshot: it is copied, never written, by a later change."""
+    """One kind's live resources in the name-ordered tree (snapshot.py). A node or leaf of an older
+    generation than the state's may be shared with a released snapshot: a change copies it, never writes it."""
 
-    __slots__ = ("tree", "generation", "combined", "count", "changed_at", "released")
+    __slots__ = ("keys", "nodes", "generation", "combined", "count", "changed_at", "released")
 
     def __init__(self) -> None:
         self.generation = 0
-        self.tree = [_node(0, (_leaf(0) for _ in range(FANOUT))) for _ in range(FANOUT)]
+        self.keys = [""]  # the nodes' lower bounds
+        self.nodes = [Node(0, [""], [_leaf(0)])]
         self.combined = 0
         self.count = 0
         self.changed_at = 0.0
         self.released: KindSnapshot | None = None  # the last KindSnapshot handed out, while still current
 
-    def _find(self, name: str) -> tuple[int, int, _Leaf]:
-        node, leaf = bucket_of(name)
-        return node, leaf, self.tree[node][leaf]
+    def _lookup(self, name: str) -> Resource | None:
+        node = self.nodes[find(self.keys, name)]
+        return node.leaves[find(node.keys, name)].get(name)
 
-    def _writable(self, node_index: int, leaf_index: int) -> _Leaf:
-        node = self.tree[node_index]
+    def _writable(self, name: str) -> tuple[int, Node, int, Leaf]:
+        n = find(self.keys, name)
+        node = self.nodes[n]
         if node.generation != self.generation:
-            node = self.tree[node_index] = _node(self.generation, node)
-        leaf = node[leaf_index]
+            node = self.nodes[n] = Node(self.generation, list(node.keys), list(node.leaves))
+        i = find(node.keys, name)
+        leaf = node.leaves[i]
         if leaf.generation != self.generation:
-            leaf = node[leaf_index] = _leaf(self.generation, leaf)
-        return leaf
+            leaf = node.leaves[i] = _leaf(self.generation, leaf)
+        return n, node, i, leaf
 
     def put(self, name: str, resource: Resource) -> bool:
-        node, leaf, bucket = self._find(name)
-        old = bucket.get(name)
+        old = self._lookup(name)
         if old is not None and old.digest == resource.digest:
             return False
-        self._writable(node, leaf)[name] = resource
+        n, node, i, leaf = self._writable(name)
+        leaf[name] = resource
         self.combined ^= resource.digest if old is None else resource.digest ^ old.digest
-        self.count += old is None
+        if old is None:
+            self.count += 1
+            if len(leaf) > LEAF_MAX:
+                self._split_leaf(n, node, i, leaf)
         return True
 
     def delete(self, name: str) -> bool:
-        node, leaf, bucket = self._find(name)
-        old = bucket.get(name)
+        old = self._lookup(name)
         if old is None:
             return False
-        del self._writable(node, leaf)[name]
+        del self._writable(name)[3][name]  # an emptied leaf stays: the next name in its range goes there
         self.combined ^= old.digest
         self.count -= 1
         return True
 
+    def _split_leaf(self, n: int, node: Node, i: int, leaf: Leaf) -> None:
+        names = sorted(leaf)
+        half = len(names) // 2
+        node.leaves[i : i + 1] = [_leaf(self.generation, {k: leaf[k] for k in part}) for part in (names[:half], names[half:])]
+        node.keys.insert(i + 1, names[half])
+        if len(node.leaves) > NODE_MAX:
+            half = len(node.leaves) // 2
+            right = Node(self.generation, node.keys[half:], node.leaves[half:])
+            del node.keys[half:], node.leaves[half:]
+            self.nodes.insert(n + 1, right)
+            self.keys.insert(n + 1, right.keys[0])
+
     def freeze(self) -> KindSnapshot:
         if self.released is None:
-            tree = tuple(self.tree)
-            self.released = KindSnapshot(kind_version(self.combined, self.count), self.changed_at, self.count, tree)
-            self.generation += 1  # everything in `tree` is shared from now on
+            self.released = KindSnapshot(
+                kind_version(self.combined, self.count), self.changed_at, self.count, tuple(self.keys), tuple(self.nodes)
+            )
+            self.generation += 1  # every node and leaf in it is shared from now on
         return self.released
+
+
+def _leaf(generation: int, items: Mapping[str, Resource] | None = None) -> Leaf:
+    leaf = Leaf(items or ())
+    leaf.generation = generation
+    return leaf
 
 
 class Store:
