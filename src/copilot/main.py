@@ -193,14 +193,14 @@ class Copilot:
             metrics.BBS_STALENESS.set(self.watcher.staleness())
 
 
+def _record_nack(type_url: str) -> None:
+    metrics.ISTIOD_NACKS.labels(type_url).inc()
+
+
 def _record_push(type_url: str, count: int, seconds: float) -> None:
     metrics.PUSHES.labels(type_url).inc()
     if seconds:
         metrics.PUSH_LATENCY.observe(seconds)
-
-
-def _record_nack(type_url: str) -> None:
-    metrics.ISTIOD_NACKS.labels(type_url).inc()
 
 
 def main(argv: list[str] | None = None) -> int:
