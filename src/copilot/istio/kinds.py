@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 from copilot.protos import istio_networking_pb2 as networking
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one object per kind: compared and hashed by identity (a hot dict key)
 class Kind:
     name: str
     collection: str  # the type_url istiod subscribes with over MCP-over-xDS

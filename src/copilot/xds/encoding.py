@@ -52,27 +52,32 @@ _MCP_TYPE_FIELD = length_delimited(1, MCP_RESOURCE_TYPE.encode())
 
 @functools.cache
 def _spec_type(kind: Kind) -> tuple[bytes, bytes]:
-    """(the Any.type_url field of the kind's spec, the spec's full proto name)."""
+    """(the Any.type_url field of the kind's spec, the spec's full proto name and separators for the digest)."""
     full_name = kind.message.DESCRIPTOR.full_name
-    return length_delimited(1, f"type.googleapis.com/{full_name}".encode()), full_name.encode()
+    return length_delimited(1, f"type.googleapis.com/{full_name}".encode()), b"\0" + full_name.encode() + b"\0"
+
+
+def _digest(name: bytes, typed: bytes, body: bytes) -> hashlib.blake2b:
+    return hashlib.blake2b(name + typed + body, digest_size=16)
 
 
 def content_digest(kind: Kind, name: str, body: bytes) -> int:
     """A resource's content digest (its MCP metadata.version): over its name, spec type and spec bytes."""
-    full_name = _spec_type(kind)[1]
-    return int.from_bytes(hashlib.blake2b(name.encode() + b"\0" + full_name + b"\0" + body, digest_size=16).digest(), "big")
+    return int.from_bytes(_digest(name.encode(), _spec_type(kind)[1], body).digest(), "big")
 
 
 def resource(kind: Kind, name: str, body: bytes) -> Resource:
     """The serialized spec `body` of (kind, name) as it is sent: a DiscoveryResponse `resources` field."""
-    digest = content_digest(kind, name, body)
+    type_field, typed = _spec_type(kind)
+    name_bytes = name.encode()
+    digest = _digest(name_bytes, typed, body)
     body_length = len(body)
-    spec = _spec_type(kind)[0] + _field_header(2, body_length)  # Any{type_url, value}, up to the value
-    metadata = length_delimited(1, length_delimited(1, name.encode()) + length_delimited(3, b"%032x" % digest))
+    spec = type_field + _field_header(2, body_length)  # Any{type_url, value}, up to the value
+    metadata = length_delimited(1, length_delimited(1, name_bytes) + length_delimited(3, digest.hexdigest().encode()))
     mcp = metadata + _field_header(2, len(spec) + body_length) + spec  # Resource{metadata, body}
     wrapped = _MCP_TYPE_FIELD + _field_header(2, len(mcp) + body_length) + mcp  # Any{type_url, value}
     header = _field_header(_RESOURCES, len(wrapped) + body_length) + wrapped
-    return Resource(digest, header + body, len(header))
+    return Resource(int.from_bytes(digest.digest(), "big"), header + body, len(header))
 
 
 def encode_response(resources: KindSnapshot, type_url: str, nonce: str) -> bytes:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from google.protobuf.message import Message
 
@@ -28,8 +28,7 @@ from copilot.xds.snapshot import LEAF_MAX, NODE_MAX, KindSnapshot, Leaf, Node, R
 Watcher = Callable[[Snapshot], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Serialized:
+class Serialized(NamedTuple):
     """What the store keeps of an IstioObject: its key and the encoded resource with its content digest."""
 
     kind: Kind
@@ -56,26 +55,30 @@ class _KindState:
         self.changed_at = 0.0
         self.released: KindSnapshot | None = None  # the last KindSnapshot handed out, while still current
 
-    def _lookup(self, name: str) -> Resource | None:
-        node = self.nodes[find(self.keys, name)]
-        return node.leaves[find(node.keys, name)].get(name)
-
-    def _writable(self, name: str) -> tuple[int, Node, int, Leaf]:
+    def _locate(self, name: str) -> tuple[int, Node, int, Leaf]:
         n = find(self.keys, name)
+        node = self.nodes[n]
+        i = find(node.keys, name)
+        return n, node, i, node.leaves[i]
+
+    def _writable(self, n: int, i: int) -> tuple[Node, Leaf]:
+        """The node and leaf on the path to a change, copied first if a released snapshot shares them
+        (a leaf of the current generation is only ever in a node of the current generation)."""
         node = self.nodes[n]
         if node.generation != self.generation:
             node = self.nodes[n] = Node(self.generation, list(node.keys), list(node.leaves))
-        i = find(node.keys, name)
         leaf = node.leaves[i]
         if leaf.generation != self.generation:
             leaf = node.leaves[i] = _leaf(self.generation, leaf)
-        return n, node, i, leaf
+        return node, leaf
 
     def put(self, name: str, resource: Resource) -> bool:
-        old = self._lookup(name)
+        n, node, i, leaf = self._locate(name)
+        old = leaf.get(name)
         if old is not None and old.digest == resource.digest:
             return False
-        n, node, i, leaf = self._writable(name)
+        if leaf.generation != self.generation:
+            node, leaf = self._writable(n, i)
         leaf[name] = resource
         self.combined ^= resource.digest if old is None else resource.digest ^ old.digest
         if old is None:
@@ -85,10 +88,13 @@ class _KindState:
         return True
 
     def delete(self, name: str) -> bool:
-        old = self._lookup(name)
+        n, _, i, leaf = self._locate(name)
+        old = leaf.get(name)
         if old is None:
             return False
-        del self._writable(name)[3][name]  # an emptied leaf stays: the next name in its range goes there
+        if leaf.generation != self.generation:
+            leaf = self._writable(n, i)[1]
+        del leaf[name]  # an emptied leaf stays: the next name in its range goes there
         self.combined ^= old.digest
         self.count -= 1
         return True
