@@ -34,7 +34,7 @@ from copilot.protos import cc_copilot_pb2_grpc as api_grpc  # noqa: E402
 from copilot.publisher import Publisher  # noqa: E402
 from copilot.sources.cc_api import CloudControllerCopilot, serve  # noqa: E402
 from copilot.views import Views  # noqa: E402
-from copilot.xds.snapshot import Snapshot  # noqa: E402
+from copilot.xds.store import Store  # noqa: E402
 from devtools.certs import make_ca  # noqa: E402
 
 CHUNK = 64 * 1024
@@ -72,7 +72,7 @@ def _maxrss_mib() -> float:
 
 
 def run_server(pki: Path, routes: int, bbs: bool) -> None:
-    views, snapshot = Views(), Snapshot()
+    views, snapshot = Views(), Store()
     publisher = Publisher(views, snapshot, GatewaySettings())
     started = time.perf_counter()
     if bbs:
@@ -124,7 +124,7 @@ def run_server(pki: Path, routes: int, bbs: bool) -> None:
         "cc_routes": len(state.routes),
         "cc_mappings": len(state.mappings),
         "cc_associations": len(state.associations),
-        "virtual_services": len(snapshot.names(VIRTUAL_SERVICE.collection)),
+        "virtual_services": len(snapshot.names(VIRTUAL_SERVICE)),
     }
     server.stop(None)
     print(json.dumps(report), flush=True)

@@ -26,8 +26,8 @@ from copilot.publisher import Publisher  # noqa: E402
 from copilot.sources.bbs_client import Event  # noqa: E402
 from copilot.sources.bbs_watcher import apply_event  # noqa: E402
 from copilot.views import Views  # noqa: E402
-from copilot.xds.mcp_server import encode_response  # noqa: E402
-from copilot.xds.snapshot import Snapshot  # noqa: E402
+from copilot.xds.encoding import encode_response  # noqa: E402
+from copilot.xds.store import Store  # noqa: E402
 
 
 def _instance(guid: str, index: int, port: int) -> Instance:
@@ -48,16 +48,18 @@ def _instance(guid: str, index: int, port: int) -> Instance:
 def measure(routes: int, events: int) -> dict:
     processes = {f"pg-{i}": ProcessRoutes(http=(HttpRoute(f"app-{i}.apps.example.com", "", 8080),)) for i in range(routes)}
     instances = {f"pg-{i}": {(idx, f"pg-{i}-{idx}", 0): _instance(f"pg-{i}", idx, i) for idx in range(2)} for i in range(routes)}
-    views, snapshot = Views(), Snapshot()
+    views, snapshot = Views(), Store()
     publisher = Publisher(views, snapshot, GatewaySettings())
     started = time.perf_counter()
     views.bbs.replace(processes, instances)
     publisher.publish()
     rebuild = time.perf_counter() - started
 
-    view = snapshot.view(VIRTUAL_SERVICE.collection)
+    snapshot.release()  # as Copilot does after its first publish: from now on every change is a new snapshot
+    # A full VirtualService response: a join of the resources encoded once, when the store took them.
+    view = snapshot.snapshot().resources(VIRTUAL_SERVICE.collection)
     started = time.perf_counter()
-    encoded = encode_response(view.version, view.encoded, VIRTUAL_SERVICE.collection, "1")
+    encoded = encode_response(view, VIRTUAL_SERVICE.collection, "1")
     encode = time.perf_counter() - started
 
     # One event = an instance of one process goes RUNNING on a new port, decoded as BBS sends it.

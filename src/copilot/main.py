@@ -22,7 +22,7 @@ from copilot.sources.registrar_api import RegistrarApi
 from copilot.uaa_token import TokenValidator
 from copilot.views import Views
 from copilot.xds.mcp_server import McpServer
-from copilot.xds.snapshot import Snapshot
+from copilot.xds.store import Store
 from daemon_kit import cli
 
 log = logging.getLogger("copilot")
@@ -35,10 +35,15 @@ class Copilot:
         self.config = config
         # Every source refuses loopback/link-local backends unless the operator's allow-list names them.
         model.allow_internal_networks(config.backends.allowed_internal_networks)
+        # istiod gets no answer until the sources have been read: BBS listed, and (with CC) the first
+        # BulkSync applied or bulk_sync_hold_seconds passed, then `store.release()`. A restart never
+        # announces an empty world.
+        self.mcp = McpServer(on_push=_record_push, on_nack=_record_nack)
+        self.store = Store()
+        self.store.watch(self.mcp.serve)
         # Each source writes its own slice and asks the publisher thread for a publish (`request`).
         self.views = Views()
-        self.snapshot = Snapshot()
-        self.publisher = Publisher(self.views, self.snapshot, config.gateway)
+        self.publisher = Publisher(self.views, self.store, config.gateway)
         self.publish_loop = PublishLoop(self.publisher.publish)
         request = self.publish_loop.request
         self.watcher: BBSWatcher | None = None
@@ -77,11 +82,7 @@ class Copilot:
             ra = config.routing_api
             validator = TokenValidator(ra.uaa_verification_keys, ra.uaa_issuer)
             self.routing_api = RouterGroupsServer(ra.listen, ra.router_groups, validator, cert=ra.cert, key=ra.key)
-        # istiod gets no answer until the sources have been read: BBS listed, and (with CC) the first
-        # BulkSync applied or bulk_sync_hold_seconds passed. A restart never announces an empty world.
-        self.ready = threading.Event()
         self._stopping = threading.Event()
-        self.mcp = McpServer(self.snapshot, on_push=_record_push, ready=self.ready)
         self.health = HealthServer(config.health_listen, self.status, self.refresh_metrics, live=self.live)
 
     def start(self) -> None:
@@ -120,8 +121,8 @@ class Copilot:
                 "no BulkSync from Cloud Controller yet; serving BBS routes",
                 extra={"waited": self.config.cc.bulk_sync_hold_seconds},
             )
-        self.publish_loop.publish_now()  # what the sources said is in the snapshot before istiod hears anything
-        self.ready.set()
+        self.publish_loop.publish_now()  # what the sources said is in the store before istiod hears anything
+        self.store.release()
         log.info("serving istiod")
 
     def stop(self) -> None:
@@ -146,7 +147,7 @@ class Copilot:
         down after that keeps Copilot ready, since the last known routes are still served (and every
         Copilot shares the BBS): the status says `bbs_stale` instead of `ok`, with the staleness."""
         stopping = self._stopping.is_set()
-        serving = self.ready.is_set()
+        serving = self.store.released
         synced = self.watcher is None or (self.watcher.synced.is_set() and self.watcher.live)
         cc_synced = self.cc_api is None or self.cc_api.bulk_synced.is_set()
         staleness = self.watcher.staleness() if self.watcher is not None else 0.0
@@ -174,7 +175,7 @@ class Copilot:
     def live(self) -> tuple[bool, dict]:
         """Liveness, for /live: the process answers, ready or not (it never depends on BBS, Cloud
         Controller or istiod, so restarting on it cannot make an outage of theirs worse)."""
-        return True, {"live": True, "ready": self.ready.is_set() and not self._stopping.is_set()}
+        return True, {"live": True, "ready": self.store.released and not self._stopping.is_set()}
 
     def refresh_metrics(self) -> None:
         routes, backends = self.views.bbs.counts()
@@ -182,6 +183,10 @@ class Copilot:
         metrics.BACKENDS.set(backends)
         if self.watcher is not None:
             metrics.BBS_STALENESS.set(self.watcher.staleness())
+
+
+def _record_nack(type_url: str) -> None:
+    metrics.ISTIOD_NACKS.labels(type_url).inc()
 
 
 def _record_push(type_url: str, count: int, seconds: float) -> None:

@@ -25,7 +25,7 @@ from copilot.istio.kinds import SERVICE_ENTRY, IstioObject, Kind
 from copilot.model import HostRoutes, View, ViewKind
 from copilot.route_service_lookup import InternalLookup
 from copilot.views import Key, Views
-from copilot.xds.snapshot import Entry, Snapshot, encode_resource
+from copilot.xds.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,9 @@ class _Builds:
 class Publisher:
     """Owns the path views -> builder -> `_emit`; one publish at a time."""
 
-    def __init__(self, views: Views, snapshot: Snapshot, gateway: GatewaySettings) -> None:
+    def __init__(self, views: Views, store: Store, gateway: GatewaySettings) -> None:
         self._views = views
-        self._snapshot = snapshot
+        self._store = store
         self._gateway = gateway
         self._lock = threading.Lock()
         self.rejected_hosts = 0
@@ -172,20 +172,12 @@ class Publisher:
 
     def _emit(self, upserts: Iterable[IstioObject], deletions: Iterable[tuple[Kind, str]]) -> None:
         """The one exit of everything published, once per publish: objects to add or replace, built as
-        they are taken, and (kind, name) to delete, complete once `upserts` has been taken."""
-        self._apply(_encoded(upserts), [IstioObject(kind, name, kind.message()) for kind, name in deletions])
-
-    def _apply(self, objects: list[tuple[str, str, Entry]], deletions: list[IstioObject] = ()) -> None:
-        updates: list[tuple[str, str, Entry | None]] = list(objects)
-        updates.extend((obj.kind.collection, obj.name, None) for obj in deletions)
-        self._snapshot.apply(updates)
+        they are taken (the store serializes each as it comes), and (kind, name) to delete, complete once
+        `upserts` has been taken."""
+        self._store.apply(upserts, deletions)
 
 
 def _route_service_urls(routes: HostRoutes | None) -> list[str]:
     if routes is None:
         return []
     return [d.route_service_url for ds in routes.paths.values() for d in ds if d.route_service_url]
-
-
-def _encoded(objects: list[IstioObject]) -> list[tuple[str, str, Entry]]:
-    return [(obj.kind.collection, obj.name, encode_resource(obj.name, obj.spec)) for obj in objects]

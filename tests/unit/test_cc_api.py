@@ -24,13 +24,13 @@ from copilot.publisher import Publisher
 from copilot.sources.cc_api import MAX_BULK_SYNC_CHUNKS, MAX_MESSAGE_BYTES, CloudControllerCopilot, serve
 from copilot.sources.cc_validation import MAX_BULK_ENTRIES, MAX_DIEGO_PROCESS_GUIDS, MAX_GUID_LENGTH
 from copilot.views import Views
-from copilot.xds.snapshot import Snapshot
+from copilot.xds.store import Store
 from devtools.certs import make_ca
 
 CHUNK = 64 * 1024
 TIMEOUT = 10.0
 SETTINGS = GatewaySettings(namespace="cf")
-ISTIO_TYPES = [k.collection for k in (kinds.VIRTUAL_SERVICE, kinds.DESTINATION_RULE, kinds.SERVICE_ENTRY)]
+ISTIO_TYPES = [kinds.VIRTUAL_SERVICE, kinds.DESTINATION_RULE, kinds.SERVICE_ENTRY]
 
 
 # ---------------------------------------------------------------- fixtures
@@ -341,7 +341,7 @@ def _random_bytes(size: int, seed: int = 4) -> bytes:
 
 
 def test_bulk_sync_of_random_bytes_is_refused_and_state_and_istio_objects_stay(pki: PKI) -> None:
-    table, snapshot = Views(), Snapshot()
+    table, snapshot = Views(), Store()
     publisher = Publisher(table, snapshot, SETTINGS)
     table.bbs.upsert_process("c1-v1", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8080),)))
     table.bbs.upsert_instance(0, instance("c1-v1"))
@@ -360,7 +360,7 @@ def test_bulk_sync_of_random_bytes_is_refused_and_state_and_istio_objects_stay(p
             before = table.cc.state()
             versions = {t: snapshot.version(t) for t in ISTIO_TYPES}
             names = {t: snapshot.names(t) for t in ISTIO_TYPES}
-            assert f"cf/{object_name('b.example.com')}" in names[kinds.VIRTUAL_SERVICE.collection]
+            assert f"cf/{object_name('b.example.com')}" in names[kinds.VIRTUAL_SERVICE]
 
             payload = _random_bytes(200_000)
             with pytest.raises(grpc.RpcError) as refused:

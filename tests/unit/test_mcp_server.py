@@ -1,4 +1,4 @@
-"""The MCP-over-xDS server, driven by a real gRPC ADS client on loopback."""
+"""The MCP-over-xDS server, driven by a real gRPC ADS client on loopback, fed by a real Store."""
 
 from __future__ import annotations
 
@@ -13,17 +13,20 @@ import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
+from copilot.istio import kinds
+from copilot.istio.kinds import IstioObject
 from copilot.protos import istio_mcp_pb2 as mcp
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.xds import mcp_server
-from copilot.xds.mcp_server import McpServer, encode_response
-from copilot.xds.snapshot import MCP_RESOURCE_TYPE, Snapshot, encode_resource
+from copilot.xds.encoding import MCP_RESOURCE_TYPE
+from copilot.xds.mcp_server import McpServer
+from copilot.xds.store import Store
 from devtools.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-VS = "networking.istio.io/v1/VirtualService"
-SE = "networking.istio.io/v1/ServiceEntry"
+VS = kinds.VIRTUAL_SERVICE.collection
+SE = kinds.SERVICE_ENTRY.collection
 WAIT = 5.0  # bound on anything that should happen
 QUIET = 0.4  # how long "nothing arrives" is watched for
 
@@ -34,8 +37,11 @@ def vs(host: str) -> pb.VirtualService:
     return spec
 
 
-def put(snapshot: Snapshot, name: str, host: str, type_url: str = VS) -> None:
-    snapshot.apply([(type_url, name, encode_resource(name, vs(host)))])
+def put(store: Store, name: str, host: str, kind: kinds.Kind = kinds.VIRTUAL_SERVICE) -> None:
+    spec = vs(host) if kind is kinds.VIRTUAL_SERVICE else kind.message()
+    if kind is kinds.SERVICE_ENTRY:
+        spec.hosts.append(host)
+    store.apply([IstioObject(kind, name, spec)])
 
 
 class AdsClient:
@@ -100,18 +106,47 @@ def names(response: discovery_pb2.DiscoveryResponse) -> list[str]:
     return sorted(mcp.Resource.FromString(r.value).metadata.name for r in response.resources)
 
 
-@pytest.fixture
-def snapshot() -> Snapshot:
-    snapshot = Snapshot()
-    put(snapshot, "cf/a", "a.example.com")
-    put(snapshot, "cf/b", "b.example.com")
-    return snapshot
+class Nacks:
+    """The on_nack observer: the type URLs reported, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, type_url: str) -> None:
+        with self._lock:
+            self.seen.append(type_url)
+
+    def count(self, type_url: str) -> int:
+        with self._lock:
+            return self.seen.count(type_url)
 
 
 @pytest.fixture
-def server(snapshot: Snapshot) -> Iterator[McpServer]:
-    server = McpServer(snapshot)
+def store() -> Store:
+    store = Store()
+    put(store, "cf/a", "a.example.com")
+    put(store, "cf/b", "b.example.com")
+    return store
+
+
+@pytest.fixture
+def nack_observer() -> Nacks:
+    return Nacks()
+
+
+def serving(store: Store, **observers) -> McpServer:
+    """An MCP server watching `store`, started on a free loopback port (released or not: the caller says)."""
+    server = McpServer(**observers)
+    store.watch(server.serve)
     server.start("127.0.0.1:0")
+    return server
+
+
+@pytest.fixture
+def server(store: Store, nack_observer: Nacks) -> Iterator[McpServer]:
+    server = serving(store, on_nack=nack_observer)
+    store.release()
     yield server
     server.stop(grace=0)
 
@@ -123,11 +158,11 @@ def client(server: McpServer) -> Iterator[AdsClient]:
     client.close()
 
 
-def test_first_request_gets_the_full_state_even_with_an_unknown_nonce(client: AdsClient, snapshot: Snapshot) -> None:
+def test_first_request_gets_the_full_state_even_with_an_unknown_nonce(client: AdsClient, store: Store) -> None:
     client.send(VS, nonce="made-up-nonce-42", version="whatever")
     response = client.recv()
     assert response.type_url == VS
-    assert response.version_info == snapshot.version(VS)
+    assert response.version_info == store.version(kinds.VIRTUAL_SERVICE)
     assert response.nonce
     assert names(response) == ["cf/a", "cf/b"]
 
@@ -162,42 +197,42 @@ def test_ack_gets_no_new_response(client: AdsClient) -> None:
     client.assert_quiet()
 
 
-def test_change_is_pushed_to_subscribed_types_only(client: AdsClient, snapshot: Snapshot) -> None:
+def test_change_is_pushed_to_subscribed_types_only(client: AdsClient, store: Store) -> None:
     client.send(VS)
     first = client.recv()
     client.ack(first)
-    put(snapshot, "cf/c", "c.example.com")
+    put(store, "cf/c", "c.example.com")
     pushed = client.recv()
     assert pushed.type_url == VS
     assert names(pushed) == ["cf/a", "cf/b", "cf/c"]
-    assert pushed.version_info == snapshot.version(VS) != first.version_info
+    assert pushed.version_info == store.version(kinds.VIRTUAL_SERVICE) != first.version_info
     assert pushed.nonce != first.nonce
     client.ack(pushed)
     # ServiceEntries were never asked for: nothing is pushed for them
-    put(snapshot, "cf/se", "se.example.com", SE)
+    put(store, "cf/se", "se.example.com", kinds.SERVICE_ENTRY)
     client.assert_quiet()
 
 
-def test_deletion_is_pushed(client: AdsClient, snapshot: Snapshot) -> None:
+def test_deletion_is_pushed(client: AdsClient, store: Store) -> None:
     client.send(VS)
     client.ack(client.recv())
-    snapshot.apply([(VS, "cf/a", None)])
+    store.apply([], [(kinds.VIRTUAL_SERVICE, "cf/a")])
     assert names(client.recv()) == ["cf/b"]
 
 
-def test_a_snapshot_apply_without_change_pushes_nothing(client: AdsClient, snapshot: Snapshot) -> None:
+def test_an_apply_without_change_pushes_nothing(client: AdsClient, store: Store) -> None:
     client.send(VS)
     client.ack(client.recv())
-    put(snapshot, "cf/a", "a.example.com")  # same content
+    put(store, "cf/a", "a.example.com")  # same content
     client.assert_quiet()
 
 
-def test_a_burst_of_changes_ends_at_the_latest_state(client: AdsClient, snapshot: Snapshot) -> None:
+def test_a_burst_of_changes_ends_at_the_latest_state(client: AdsClient, store: Store) -> None:
     client.send(VS)
     client.ack(client.recv())
     for i in range(20):
-        put(snapshot, f"cf/burst-{i}", f"burst-{i}.example.com")
-    final = snapshot.version(VS)
+        put(store, f"cf/burst-{i}", f"burst-{i}.example.com")
+    final = store.version(kinds.VIRTUAL_SERVICE)
     seen = []
     while not seen or seen[-1].version_info != final:
         response = client.recv()
@@ -208,10 +243,10 @@ def test_a_burst_of_changes_ends_at_the_latest_state(client: AdsClient, snapshot
     client.assert_quiet()
 
 
-def test_stale_ack_is_ignored(client: AdsClient, snapshot: Snapshot) -> None:
+def test_stale_ack_is_ignored(client: AdsClient, store: Store) -> None:
     client.send(VS)
     first = client.recv()
-    put(snapshot, "cf/c", "c.example.com")
+    put(store, "cf/c", "c.example.com")
     second = client.recv()
     client.ack(first)  # ACK of an older response: no answer
     client.assert_quiet()
@@ -229,7 +264,7 @@ def test_request_without_nonce_gets_the_state_again(client: AdsClient) -> None:
     assert names(again) == names(first)
 
 
-def test_nack_is_logged_and_not_answered(client: AdsClient, snapshot: Snapshot, caplog: pytest.LogCaptureFixture) -> None:
+def test_nack_is_logged_and_not_answered(client: AdsClient, store: Store, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="copilot.xds.mcp_server")
     client.send(VS)
     response = client.recv()
@@ -239,50 +274,43 @@ def test_nack_is_logged_and_not_answered(client: AdsClient, snapshot: Snapshot, 
     assert record.error == "VirtualService cf/a: invalid host"  # type: ignore[attr-defined]
     assert record.type_url == VS  # type: ignore[attr-defined]
     # the next change is still pushed
-    put(snapshot, "cf/c", "c.example.com")
+    put(store, "cf/c", "c.example.com")
     assert names(client.recv()) == ["cf/a", "cf/b", "cf/c"]
 
 
-def nacks(type_url: str) -> float:
-    from copilot.metrics import REGISTRY
-
-    return REGISTRY.get_sample_value("copilot_istiod_nacks_total", {"type_url": type_url}) or 0.0
-
-
-def test_a_nack_is_counted_and_logged_once_per_rejected_response(
-    client: AdsClient, snapshot: Snapshot, caplog: pytest.LogCaptureFixture, wait_until
+def test_a_nack_is_reported_and_logged_once_per_rejected_response(
+    client: AdsClient, store: Store, nack_observer: Nacks, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="copilot.xds.mcp_server")
-    before = nacks(VS)
     client.send(VS)
     first = client.recv()
     client.ack(first)
-    put(snapshot, "cf/c", "c.example.com")
+    put(store, "cf/c", "c.example.com")
     second = client.recv()
     client.send(VS, nonce=second.nonce, version=first.version_info, error="VirtualService cf/c: port out of range")
-    wait_until(lambda: nacks(VS) == before + 1, timeout=WAIT, message="the NACK counted")
-    # istiod repeating its NACK of the same response: neither counted nor logged again. The request
+    wait_until(lambda: nack_observer.count(VS) == 1, timeout=WAIT, message="the NACK reported")
+    # istiod repeating its NACK of the same response: neither reported nor logged again. The request
     # after it (answered) shows the server has read past it.
     client.send(VS, nonce=second.nonce, version=first.version_info, error="VirtualService cf/c: port out of range")
     client.send(SE)
     assert client.recv().type_url == SE
-    assert nacks(VS) == before + 1
+    assert nack_observer.seen == [VS]
     [record] = [r for r in caplog.records if r.getMessage() == "istiod rejected config"]
     assert record.error == "VirtualService cf/c: port out of range"  # type: ignore[attr-defined]
     assert (record.type_url, record.nonce) == (VS, second.nonce)  # type: ignore[attr-defined]
     assert record.rejected_version == second.version_info  # type: ignore[attr-defined]
     assert record.kept_version == first.version_info  # type: ignore[attr-defined]
     # The next response rejected is another NACK.
-    put(snapshot, "cf/d", "d.example.com")
+    put(store, "cf/d", "d.example.com")
     third = client.recv()
     client.send(VS, nonce=third.nonce, version=first.version_info, error="VirtualService cf/d: port out of range")
-    wait_until(lambda: nacks(VS) == before + 2, timeout=WAIT, message="the second NACK counted")
+    wait_until(lambda: nack_observer.count(VS) == 2, timeout=WAIT, message="the second NACK reported")
     wait_until(lambda: len([r for r in caplog.records if r.getMessage() == "istiod rejected config"]) == 2, timeout=WAIT)
-    assert nacks(SE) == 0
+    assert nack_observer.seen == [VS, VS]
 
 
-def test_several_types_on_one_stream(client: AdsClient, snapshot: Snapshot) -> None:
-    put(snapshot, "cf/se", "se.example.com", SE)
+def test_several_types_on_one_stream(client: AdsClient, store: Store) -> None:
+    put(store, "cf/se", "se.example.com", kinds.SERVICE_ENTRY)
     client.send(VS)
     client.send(SE)
     responses = {r.type_url: r for r in (client.recv(), client.recv())}
@@ -290,20 +318,37 @@ def test_several_types_on_one_stream(client: AdsClient, snapshot: Snapshot) -> N
     assert names(responses[SE]) == ["cf/se"]
     for response in responses.values():
         client.ack(response)
-    snapshot.apply([(SE, "cf/se", None), (VS, "cf/d", encode_resource("cf/d", vs("d.example.com")))])
+    store.apply([IstioObject(kinds.VIRTUAL_SERVICE, "cf/d", vs("d.example.com"))], [(kinds.SERVICE_ENTRY, "cf/se")])
     pushed = {r.type_url: r for r in (client.recv(), client.recv())}
     assert names(pushed[SE]) == []
     assert names(pushed[VS]) == ["cf/a", "cf/b", "cf/d"]
 
 
-def test_every_stream_gets_the_push(server: McpServer, snapshot: Snapshot) -> None:
+def everything(store: Store, tag: str) -> None:
+    """One apply that moves every kind Copilot serves."""
+    store.apply(IstioObject(kind, f"cf/{tag}", kind.message()) for kind in reversed(kinds.PUSH_ORDER))
+
+
+def test_a_change_to_several_kinds_is_pushed_in_push_order(client: AdsClient, store: Store) -> None:
+    everything(store, "first")
+    for kind in reversed(kinds.PUSH_ORDER):  # subscribed in the opposite order
+        client.send(kind.collection)
+        client.ack(client.recv())
+    everything(store, "second")
+    pushed = [client.recv() for _ in kinds.PUSH_ORDER]
+    assert [r.type_url for r in pushed] == [kind.collection for kind in kinds.PUSH_ORDER]
+    assert all("cf/second" in names(r) for r in pushed)
+    assert kinds.PUSH_ORDER.index(kinds.DESTINATION_RULE) < kinds.PUSH_ORDER.index(kinds.VIRTUAL_SERVICE)
+
+
+def test_every_stream_gets_the_push(server: McpServer, store: Store) -> None:
     clients = [AdsClient(server.port) for _ in range(3)]
     try:
         for c in clients:
             c.send(VS)
             c.ack(c.recv())
         assert server.stream_count() == 3
-        put(snapshot, "cf/c", "c.example.com")
+        put(store, "cf/c", "c.example.com")
         for c in clients:
             assert names(c.recv()) == ["cf/a", "cf/b", "cf/c"]
     finally:
@@ -312,33 +357,55 @@ def test_every_stream_gets_the_push(server: McpServer, snapshot: Snapshot) -> No
     wait_until(lambda: server.stream_count() == 0, timeout=5, message="the closed streams to end")
 
 
-def test_ready_event_holds_answers_until_set(snapshot: Snapshot) -> None:
-    ready = threading.Event()
-    server = McpServer(snapshot, ready=ready)
-    server.start("127.0.0.1:0")
+def test_requests_wait_for_the_first_snapshot_and_are_answered_in_push_order(store: Store) -> None:
+    server = serving(store)  # the store is not released: its sources have not been read
     client = AdsClient(server.port)
     try:
         client.send(VS)
+        client.send(SE)
         client.assert_quiet(0.6)
-        put(snapshot, "cf/c", "c.example.com")  # changes while held are not pushed on their own
+        put(store, "cf/c", "c.example.com")  # changes before the release are not pushed on their own
         client.assert_quiet(0.3)
-        ready.set()
-        response = client.recv()
-        assert names(response) == ["cf/a", "cf/b", "cf/c"]
-        client.ack(response)
+        wait_until(lambda: server.stream_count() == 1, timeout=WAIT, message="the stream to be open")
+        store.release()
+        first, second = client.recv(), client.recv()
+        assert (first.type_url, second.type_url) == (SE, VS)  # ServiceEntry before VirtualService
+        assert names(second) == ["cf/a", "cf/b", "cf/c"]
+        client.ack(first)
+        client.ack(second)
         client.assert_quiet()
     finally:
         client.close()
         server.stop(grace=0)
 
 
-def test_on_push_observer(snapshot: Snapshot, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stream_closed_while_waiting_for_the_first_snapshot_ends(store: Store) -> None:
+    server = serving(store)
+    client = AdsClient(server.port)
+    try:
+        client.send(VS)
+        wait_until(lambda: server.stream_count() == 1, timeout=WAIT, message="the stream to be open")
+        client.close()
+        wait_until(lambda: server.stream_count() == 0, timeout=WAIT, message="the waiting stream to end")
+    finally:
+        server.stop(grace=0)
+
+
+def test_an_older_snapshot_arriving_late_is_ignored(client: AdsClient, server: McpServer, store: Store) -> None:
+    old = store.snapshot()
+    put(store, "cf/c", "c.example.com")
+    server.serve(old)  # e.g. from an apply that lost the race to hand its snapshot over
+    client.send(VS)
+    assert names(client.recv()) == ["cf/a", "cf/b", "cf/c"]
+
+
+def test_on_push_observer(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each push is observed as (type, resources, seconds since that type last changed; 0 if it never did)."""
-    changed_at = snapshot.view(VS).changed_at
+    changed_at = store.snapshot().resources(VS).changed_at
     monkeypatch.setattr(mcp_server, "time", SimpleNamespace(monotonic=lambda: changed_at + 2.5))
     pushes: list[tuple[str, int, float]] = []
-    server = McpServer(snapshot, on_push=lambda *args: pushes.append(args))
-    server.start("127.0.0.1:0")
+    server = serving(store, on_push=lambda *args: pushes.append(args))
+    store.release()
     client = AdsClient(server.port)
     try:
         client.send(VS)
@@ -351,9 +418,9 @@ def test_on_push_observer(snapshot: Snapshot, monkeypatch: pytest.MonkeyPatch) -
         server.stop(grace=0)
 
 
-def test_stop_ends_open_streams(snapshot: Snapshot) -> None:
-    server = McpServer(snapshot)
-    server.start("127.0.0.1:0")
+def test_stop_ends_open_streams(store: Store) -> None:
+    server = serving(store)
+    store.release()
     client = AdsClient(server.port)
     try:
         client.send(VS)
@@ -365,16 +432,9 @@ def test_stop_ends_open_streams(snapshot: Snapshot) -> None:
         client.close()
 
 
-def test_start_on_a_taken_port_fails(server: McpServer, snapshot: Snapshot) -> None:
-    other = McpServer(snapshot)
+def test_start_on_a_taken_port_fails(server: McpServer) -> None:
+    other = McpServer()
     with pytest.raises(OSError, match="cannot listen"):  # main() reports OSError as "cannot start"
         other.start(f"127.0.0.1:{server.port}")
     with pytest.raises(OSError, match="cannot listen"):
         other.start("256.1.1.1:5")
-
-
-def test_encode_response_is_a_discovery_response(snapshot: Snapshot) -> None:
-    view = snapshot.view(VS)
-    response = discovery_pb2.DiscoveryResponse.FromString(encode_response(view.version, view.encoded, VS, "7"))
-    assert (response.version_info, response.type_url, response.nonce) == (view.version, VS, "7")
-    assert len(response.resources) == 2

@@ -12,14 +12,12 @@ from copilot import publisher as publisher_module
 from copilot.istio import kinds
 from copilot.istio.builder import GatewaySettings, object_name
 from copilot.model import CCRoute, HttpRoute, Instance, PortMapping, ProcessRoutes, TcpRoute
-from copilot.protos import istio_mcp_pb2 as mcp
-from copilot.protos import istio_networking_pb2 as pb
 from copilot.publisher import Publisher
 from copilot.views import Views
-from copilot.xds.snapshot import Snapshot
+from copilot.xds.store import Store
 
 SETTINGS = GatewaySettings(namespace="cf")
-VS, DR, SE, GW = (k.collection for k in (kinds.VIRTUAL_SERVICE, kinds.DESTINATION_RULE, kinds.SERVICE_ENTRY, kinds.GATEWAY))
+VS, DR, SE, GW = kinds.VIRTUAL_SERVICE, kinds.DESTINATION_RULE, kinds.SERVICE_ENTRY, kinds.GATEWAY
 
 
 def process(*hosts: str) -> ProcessRoutes:
@@ -34,22 +32,16 @@ def name(host: str) -> str:
     return f"cf/{object_name(host)}"
 
 
-def endpoints(snapshot: Snapshot, host: str) -> list[str]:
-    from envoy.service.discovery.v3 import discovery_pb2
-
-    response = discovery_pb2.DiscoveryResponse.FromString(b"".join(snapshot.view(SE).encoded))
-    for wrapped in response.resources:
-        resource = mcp.Resource.FromString(wrapped.value)
-        if resource.metadata.name == name(host):
-            se = pb.ServiceEntry()
-            resource.body.Unpack(se)
-            return sorted(f"{e.address}:{e.ports['http']}" for e in se.endpoints)
-    raise AssertionError(f"no ServiceEntry for {host}")
+def endpoints(snapshot: Store, host: str) -> list[str]:
+    se = snapshot.get(SE, name(host))
+    if se is None:
+        raise AssertionError(f"no ServiceEntry for {host}")
+    return sorted(f"{e.address}:{e.ports['http']}" for e in se.endpoints)
 
 
 @pytest.fixture
-def setup() -> tuple[Views, Snapshot, Publisher]:
-    views, snapshot = Views(), Snapshot()
+def setup() -> tuple[Views, Store, Publisher]:
+    views, snapshot = Views(), Store()
     return views, snapshot, Publisher(views, snapshot, SETTINGS)
 
 
@@ -75,11 +67,11 @@ def test_only_dirty_hosts_are_rebuilt(setup) -> None:
     views.bbs.upsert_process("p", process("a.example.com"))
     views.bbs.upsert_process("q", process("b.example.com"))
     publisher.publish()
-    changes: list[set[str]] = []
-    snapshot.subscribe(changes.append)
+    before = {kind: snapshot.version(kind) for kind in (VS, DR, SE)}
     views.bbs.upsert_instance(0, instance("q"))
     assert publisher.publish() == 1
-    assert changes == [{SE}]  # the VirtualService and DestinationRule did not change
+    moved = {kind for kind in (VS, DR, SE) if snapshot.version(kind) != before[kind]}
+    assert moved == {SE}  # the VirtualService and DestinationRule did not change
     assert endpoints(snapshot, "b.example.com") == ["10.0.0.1:61000"]
     assert endpoints(snapshot, "a.example.com") == []
 

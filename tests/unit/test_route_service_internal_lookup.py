@@ -20,12 +20,11 @@ from copilot.istio import kinds
 from copilot.istio.builder import ROUTE_SERVICE_INTERNAL_HEADER, GatewaySettings, RouteServiceSettings, build_host, object_name
 from copilot.istio.router_filter import CLIENT_HEADERS_DROPPED
 from copilot.model import Backend, Destination, HostRoutes, HttpRoute, ProcessRoutes
-from copilot.protos import istio_mcp_pb2 as mcp
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.publisher import Publisher
 from copilot.route_service_lookup import InternalLookup, allowlisted
 from copilot.views import Views
-from copilot.xds.snapshot import Snapshot
+from copilot.xds.store import Store
 from route_services import proxy as rs_proxy
 from route_services.config import Config
 from route_services.config import parse as parse_proxy_config
@@ -84,16 +83,10 @@ def test_hosts_bound_to_a_route_service_host_are_its_dependents() -> None:
 
 
 def _virtual_service(snapshot, host: str) -> pb.VirtualService:
-    from envoy.service.discovery.v3 import discovery_pb2
-
-    response = discovery_pb2.DiscoveryResponse.FromString(b"".join(snapshot.view(kinds.VIRTUAL_SERVICE.collection).encoded))
-    for wrapped in response.resources:
-        resource = mcp.Resource.FromString(wrapped.value)
-        if resource.metadata.name == f"{SETTINGS.namespace}/{object_name(host)}":
-            vs = pb.VirtualService()
-            resource.body.Unpack(vs)
-            return vs
-    raise AssertionError(f"no VirtualService for {host}")
+    vs = snapshot.get(kinds.VIRTUAL_SERVICE, f"{SETTINGS.namespace}/{object_name(host)}")
+    if vs is None:
+        raise AssertionError(f"no VirtualService for {host}")
+    return vs
 
 
 def _marked(snapshot, host: str) -> bool:
@@ -102,7 +95,7 @@ def _marked(snapshot, host: str) -> bool:
 
 
 def test_publisher_rebuilds_a_bound_host_when_its_route_service_route_comes_and_goes() -> None:
-    table, snapshot = Views(), Snapshot()
+    table, snapshot = Views(), Store()
     publisher = Publisher(table, snapshot, SETTINGS)
     table.bbs.upsert_process("app", ProcessRoutes(http=(HttpRoute("app.example.com", "", 8080, route_service_url="https://rs.example.com/x"),)))
     assert publisher.publish() == 1 and not _marked(snapshot, "app.example.com")  # no such route yet: outside

@@ -302,15 +302,15 @@ def test_tcp_ports_are_served_by_shards_that_route_shared_destinations() -> None
 
 def test_publisher_deletes_the_virtual_services_a_host_no_longer_needs() -> None:
     from copilot.publisher import Publisher
-    from copilot.xds.snapshot import Snapshot
+    from copilot.xds.store import Store
 
     table = Views()
-    snapshot = Snapshot()
+    snapshot = Store()
     publisher = Publisher(table, snapshot, SHARDED)
     host = "pub.example.com"
 
     def names() -> set[str]:
-        return {n for n in snapshot.names(kinds.VIRTUAL_SERVICE.collection) if n.startswith("istio-system/pub.example.com")}
+        return {n for n in snapshot.names(kinds.VIRTUAL_SERVICE) if n.startswith("istio-system/pub.example.com")}
 
     table.bbs.upsert_process("pg-a", ProcessRoutes((HttpRoute(host, "", 8080),)))
     table.bbs.upsert_process("pg-b", ProcessRoutes((HttpRoute(host, "", 8080, isolation_segment=ISO),)))

@@ -1,21 +1,17 @@
-"""The snapshot: content-addressed versions, deletes, listeners, and the pre-encoded MCP resources."""
+"""The store and its snapshots: (kind, name) keys, content-addressed versions, no-op upserts and
+deletions, readiness (nothing leaves before `release()`), immutable released snapshots, watchers."""
 
 from __future__ import annotations
 
 import random
 
-from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import any_pb2, wrappers_pb2
-from hypothesis import given
-from hypothesis import strategies as st
-
-from copilot.protos import istio_mcp_pb2 as mcp
+from copilot.istio import kinds
+from copilot.istio.kinds import IstioObject
 from copilot.protos import istio_networking_pb2 as pb
-from copilot.xds.snapshot import MCP_RESOURCE_TYPE, Snapshot, encode_resource
-from copilot.xds.wire import length_delimited, varint
+from copilot.xds.snapshot import EMPTY_VERSION, Snapshot
+from copilot.xds.store import Store, serialize
 
-VS = "networking.istio.io/v1/VirtualService"
-SE = "networking.istio.io/v1/ServiceEntry"
+VS, SE = kinds.VIRTUAL_SERVICE, kinds.SERVICE_ENTRY
 
 
 def vs(host: str, subset: str = "s") -> pb.VirtualService:
@@ -24,181 +20,219 @@ def vs(host: str, subset: str = "s") -> pb.VirtualService:
     return spec
 
 
-def resources(n: int = 5) -> list[tuple[str, str, object]]:
-    return [(VS, f"ns/host-{i}", encode_resource(f"ns/host-{i}", vs(f"h{i}.example.com"))) for i in range(n)]
+def objects(n: int = 5) -> list[IstioObject]:
+    return [IstioObject(VS, f"ns/host-{i}", vs(f"h{i}.example.com")) for i in range(n)]
 
 
-def decode(encoded: list[bytes]) -> list[mcp.Resource]:
-    response = discovery_pb2.DiscoveryResponse.FromString(b"".join(encoded))
-    out = []
-    for wrapped in response.resources:
-        assert wrapped.type_url == MCP_RESOURCE_TYPE
-        out.append(mcp.Resource.FromString(wrapped.value))
-    return out
-
-
-# ---------------------------------------------------------------- encoding
-
-
-def test_encoded_resource_is_a_discovery_response_resources_field() -> None:
-    spec = vs("app.example.com")
-    entry = encode_resource("cf/app", spec)
-    [resource] = decode([entry.encoded])
-    assert resource.metadata.name == "cf/app"
-    assert resource.metadata.version  # the content digest
-    assert resource.body.type_url == "type.googleapis.com/istio.networking.v1alpha3.VirtualService"
-    body = pb.VirtualService()
-    assert resource.body.Unpack(body)
-    assert body == spec
-
-
-def test_encoded_resource_matches_protobuf_serialisation() -> None:
-    spec = vs("app.example.com")
-    entry = encode_resource("cf/app", spec)
-    [resource] = decode([entry.encoded])
-    expected = mcp.Resource(
-        metadata=mcp.Metadata(name="cf/app", version=resource.metadata.version),
-        body=any_pb2.Any(
-            type_url="type.googleapis.com/istio.networking.v1alpha3.VirtualService",
-            value=spec.SerializeToString(deterministic=True),
-        ),
-    )
-    wrapped = any_pb2.Any(type_url=MCP_RESOURCE_TYPE, value=expected.SerializeToString(deterministic=True))
-    assert entry.encoded == length_delimited(2, wrapped.SerializeToString(deterministic=True))
-
-
-def test_digest_depends_on_name_and_content_only() -> None:
-    a = encode_resource("cf/a", vs("a.example.com"))
-    assert a == encode_resource("cf/a", vs("a.example.com"))
-    assert a.digest != encode_resource("cf/b", vs("a.example.com")).digest
-    assert a.digest != encode_resource("cf/a", vs("a.example.com", subset="other")).digest
-    # same bytes, different message type
-    assert encode_resource("cf/x", pb.VirtualService()).digest != encode_resource("cf/x", pb.DestinationRule()).digest
-
-
-@given(st.integers(min_value=1, max_value=2**64 - 1), st.binary(min_size=1, max_size=20_000))
-def test_wire_helpers_match_protobuf(value: int, payload: bytes) -> None:
-    assert b"\x08" + varint(value) == wrappers_pb2.UInt64Value(value=value).SerializeToString()
-    assert length_delimited(1, payload) == wrappers_pb2.BytesValue(value=payload).SerializeToString()
-
-
-def test_varint_examples() -> None:
-    assert varint(0) == b"\x00"
-    assert varint(127) == b"\x7f"
-    assert varint(128) == b"\x80\x01"
-    assert varint(300) == b"\xac\x02"
-    assert varint(16384) == b"\x80\x80\x01"
+def released() -> tuple[Store, list[Snapshot]]:
+    store, seen = Store(), []
+    store.watch(seen.append)
+    store.release()
+    return store, seen
 
 
 # ---------------------------------------------------------------- versions
 
 
-def test_empty_type_has_a_stable_version() -> None:
-    assert Snapshot().version(VS) == Snapshot().version(VS)
-    view = Snapshot().view(VS)
-    assert view.encoded == [] and view.version == Snapshot().version(VS)
+def test_an_empty_store_has_the_empty_version_for_every_type() -> None:
+    store = Store()
+    assert store.version(VS) == store.version(SE) == EMPTY_VERSION
+    assert store.snapshot().resources("networking.istio.io/v1/Sidecar").names() == []
 
 
 def test_version_changes_only_when_content_changes() -> None:
-    snapshot = Snapshot()
-    empty = snapshot.version(VS)
-    assert snapshot.apply(resources()) == {VS}
-    v1 = snapshot.version(VS)
-    assert v1 != empty
-    assert snapshot.apply(resources()) == set()  # same content again
-    assert snapshot.version(VS) == v1
-    name = "ns/host-2"
-    assert snapshot.apply([(VS, name, encode_resource(name, vs("changed.example.com")))]) == {VS}
-    v2 = snapshot.version(VS)
-    assert v2 != v1
-    # putting the old content back gives the old version back
-    snapshot.apply([(VS, name, encode_resource(name, vs("h2.example.com")))])
-    assert snapshot.version(VS) == v1
+    store, seen = released()
+    store.apply(objects())
+    v1 = store.version(VS)
+    assert v1 != EMPTY_VERSION and len(seen) == 2  # the release, then the change
+    store.apply(objects())  # same content again: no version, no snapshot
+    assert store.version(VS) == v1 and len(seen) == 2
+    store.apply([IstioObject(VS, "ns/host-2", vs("changed.example.com"))])
+    assert store.version(VS) not in (v1, EMPTY_VERSION)
+    store.apply([IstioObject(VS, "ns/host-2", vs("h2.example.com"))])  # the old content back: the old version back
+    assert store.version(VS) == v1
 
 
-def test_versions_are_per_type() -> None:
-    snapshot = Snapshot()
-    snapshot.apply(resources())
-    se_version = snapshot.version(SE)
-    snapshot.apply([(VS, "ns/extra", encode_resource("ns/extra", vs("extra.example.com")))])
-    assert snapshot.version(SE) == se_version
+def test_versions_are_per_kind() -> None:
+    store = Store()
+    store.apply(objects())
+    se = store.version(SE)
+    store.apply([IstioObject(VS, "ns/extra", vs("extra.example.com"))])
+    assert store.version(SE) == se
 
 
-def test_same_resources_in_any_order_give_the_same_version() -> None:
-    items = resources(20)
+def test_the_same_name_under_two_kinds_is_two_objects() -> None:
+    store = Store()
+    store.apply([IstioObject(VS, "ns/x", pb.VirtualService()), IstioObject(kinds.DESTINATION_RULE, "ns/x", pb.DestinationRule())])
+    assert store.names(VS) == store.names(kinds.DESTINATION_RULE) == ["ns/x"]
+
+
+def test_same_objects_in_any_order_and_batches_give_the_same_version() -> None:
+    items = objects(40)
     rng = random.Random(7)
     versions = set()
     for _ in range(5):
         shuffled = items[:]
         rng.shuffle(shuffled)
-        snapshot = Snapshot()
-        # also apply them in several batches
+        store = Store()
         for start in range(0, len(shuffled), 6):
-            snapshot.apply(shuffled[start : start + 6])
-        versions.add(snapshot.version(VS))
-        assert snapshot.names(VS) == sorted(name for _, name, _ in items)
+            store.apply(shuffled[start : start + 6])
+        versions.add(store.version(VS))
+        assert store.names(VS) == sorted(o.name for o in items)
     assert len(versions) == 1
 
 
 def test_history_does_not_matter_for_the_version() -> None:
-    direct = Snapshot()
-    direct.apply(resources(3))
-    winding = Snapshot()
-    winding.apply(resources(6))
-    winding.apply([(VS, f"ns/host-{i}", None) for i in range(3, 6)])
-    winding.apply([(VS, "ns/host-0", encode_resource("ns/host-0", vs("other.example.com")))])
-    winding.apply(resources(1))
+    direct = Store()
+    direct.apply(objects(3))
+    winding = Store()
+    winding.apply(objects(6))
+    winding.apply([], [(VS, f"ns/host-{i}") for i in range(3, 6)])
+    winding.apply([IstioObject(VS, "ns/host-0", vs("other.example.com"))])
+    winding.apply(objects(1))
     assert winding.version(VS) == direct.version(VS)
 
 
 def test_delete() -> None:
-    snapshot = Snapshot()
-    snapshot.apply(resources(3))
-    before = snapshot.version(VS)
-    assert snapshot.apply([(VS, "ns/host-1", None)]) == {VS}
-    assert snapshot.names(VS) == ["ns/host-0", "ns/host-2"]
-    assert snapshot.version(VS) != before
-    assert [r.metadata.name for r in decode(snapshot.view(VS).encoded)] == ["ns/host-0", "ns/host-2"]
-    # deleting what is not there changes nothing
-    after = snapshot.version(VS)
-    assert snapshot.apply([(VS, "ns/host-1", None), (SE, "ns/nothing", None)]) == set()
-    assert snapshot.version(VS) == after
-    snapshot.apply([(VS, "ns/host-0", None), (VS, "ns/host-2", None)])
-    assert snapshot.version(VS) == Snapshot().version(VS)
-    assert snapshot.view(VS).encoded == []
+    store, seen = released()
+    store.apply(objects(3))
+    before = store.version(VS)
+    store.apply([], [(VS, "ns/host-1")])
+    assert store.names(VS) == ["ns/host-0", "ns/host-2"]
+    assert store.version(VS) != before
+    after, count = store.version(VS), len(seen)
+    store.apply([], [(VS, "ns/host-1"), (SE, "ns/nothing")])  # deleting what is not there is a no-op
+    assert store.version(VS) == after and len(seen) == count
+    store.apply([], [(VS, "ns/host-0"), (VS, "ns/host-2")])
+    assert store.version(VS) == EMPTY_VERSION
+    assert store.names(VS) == []
 
 
-def test_view_is_consistent() -> None:
-    snapshot = Snapshot()
-    snapshot.apply(resources(4))
-    view = snapshot.view(VS)
-    assert view.version == snapshot.version(VS)
-    assert view.changed_at > 0
-    assert sorted(r.metadata.name for r in decode(view.encoded)) == snapshot.names(VS)
+def test_an_upsert_and_a_deletion_in_one_apply_are_one_snapshot() -> None:
+    store, seen = released()
+    store.apply(objects(2))
+    store.apply([IstioObject(SE, "ns/se", pb.ServiceEntry(hosts=["x"]))], [(VS, "ns/host-0")])
+    assert len(seen) == 3
+    assert (seen[-1].resources(VS.collection).names(), seen[-1].resources(SE.collection).names()) == (["ns/host-1"], ["ns/se"])
 
 
-# ---------------------------------------------------------------- listeners
+# ---------------------------------------------------------------- what is kept
 
 
-def test_listeners_get_the_changed_type_urls() -> None:
-    snapshot = Snapshot()
-    calls: list[set[str]] = []
-    unsubscribe = snapshot.subscribe(calls.append)
-    snapshot.apply(resources(2) + [(SE, "ns/se", encode_resource("ns/se", pb.ServiceEntry(hosts=["x"])))])
-    assert calls == [{VS, SE}]
-    snapshot.apply(resources(2))  # no change: no call
-    assert calls == [{VS, SE}]
-    snapshot.apply([(SE, "ns/se", None)])
-    assert calls == [{VS, SE}, {SE}]
+def test_the_store_keeps_the_serialized_spec_not_the_message() -> None:
+    spec = vs("a.example.com")
+    store = Store()
+    store.apply([IstioObject(VS, "ns/a", spec)])
+    spec.hosts[0] = "mutated.example.com"  # the caller's message is not referenced afterwards
+    assert store.get(VS, "ns/a") == vs("a.example.com")
+    resource = store.snapshot().resources(VS.collection).get("ns/a")
+    assert resource is not None and resource.body == vs("a.example.com").SerializeToString(deterministic=True)
+    assert store.get(VS, "ns/missing") is None
+
+
+def test_a_kind_built_in_name_order_is_served_in_name_order() -> None:
+    """The publisher builds a full rebuild in name order: the response keeps it (through many leaf splits)."""
+    store = Store()
+    names = sorted(f"ns/host-{i:05}" for i in range(20_000))
+    store.apply(IstioObject(VS, name, pb.VirtualService(hosts=[name])) for name in names)
+    assert [name for name, _ in store.snapshot().resources(VS.collection).items()] == names
+
+
+def test_random_changes_match_a_plain_dict_and_released_snapshots_stay_as_they_were() -> None:
+    rng = random.Random(15)
+    store, seen = released()
+    model: dict[str, str] = {}
+    kept: list[tuple[Snapshot, dict[str, str]]] = []
+    for step in range(60):
+        upserts, deletions = [], []
+        for _ in range(rng.choice((1, 10, 400))):
+            name = f"ns/host-{rng.randrange(3000)}"
+            if rng.random() < 0.3:
+                deletions.append((VS, name))
+                model.pop(name, None)
+            else:
+                host = f"{rng.randrange(5)}.{name}"
+                upserts.append(IstioObject(VS, name, vs(host)))
+                model[name] = host
+        # one apply: upserts first, then deletions; a name in both ends deleted
+        for _, name in deletions:
+            model.pop(name, None)
+        store.apply(upserts, deletions)
+        if step % 5 == 0:
+            kept.append((seen[-1], dict(model)))
+        current = store.snapshot().resources(VS.collection)
+        assert current.names() == sorted(model) and current.count == len(model)
+    for snapshot, then in kept:  # every snapshot still says what it said when it was released
+        resources = snapshot.resources(VS.collection)
+        assert resources.names() == sorted(then)
+        for name, host in then.items():
+            resource = resources.get(name)
+            assert resource is not None and pb.VirtualService.FromString(resource.body).hosts == [host]
+    model_store = Store()
+    model_store.apply(IstioObject(VS, name, vs(host)) for name, host in model.items())
+    assert store.version(VS) == model_store.version(VS)  # the version is the content's, whatever the history
+
+
+# ---------------------------------------------------------------- release and snapshots
+
+
+def test_nothing_leaves_the_store_before_release() -> None:
+    store, seen = Store(), []
+    store.watch(seen.append)
+    store.apply(objects(2))
+    assert seen == [] and not store.released
+    store.release()
+    assert store.released
+    [first] = seen
+    assert first.resources(VS.collection).names() == ["ns/host-0", "ns/host-1"]
+    store.release()  # once only
+    assert len(seen) == 1
+    store.apply(objects(3))
+    assert len(seen) == 2 and seen[1].serial > first.serial
+
+
+def test_a_watcher_added_after_release_gets_the_current_snapshot() -> None:
+    store, _ = released()
+    store.apply(objects(2))
+    late: list[Snapshot] = []
+    unsubscribe = store.watch(late.append)
+    assert [s.resources(VS.collection).names() for s in late] == [["ns/host-0", "ns/host-1"]]
     unsubscribe()
-    snapshot.apply([(VS, "ns/host-0", None)])
-    assert len(calls) == 2
+    store.apply(objects(3))
+    assert len(late) == 1
     unsubscribe()  # idempotent
 
 
-def test_listener_may_read_the_snapshot() -> None:
-    snapshot = Snapshot()
-    seen: list[str] = []
-    snapshot.subscribe(lambda urls: seen.extend(snapshot.version(u) for u in urls))
-    snapshot.apply(resources(1))
-    assert seen == [snapshot.version(VS)]
+def test_a_released_snapshot_never_changes() -> None:
+    store, seen = released()
+    store.apply(objects(10_000))  # enough to put several in one leaf
+    first = seen[-1]
+    names, version = first.resources(VS.collection).names(), first.version(VS.collection)
+    digests = {name: r.digest for name, r in first.resources(VS.collection).items()}
+    store.apply([IstioObject(VS, "ns/host-7", vs("moved.example.com")), IstioObject(VS, "ns/new", vs("new.example.com"))])
+    store.apply([], [(VS, "ns/host-8")])
+    assert first.resources(VS.collection).names() == names and first.version(VS.collection) == version
+    assert {name: r.digest for name, r in first.resources(VS.collection).items()} == digests
+    latest = seen[-1].resources(VS.collection)
+    assert "ns/new" in latest.names() and "ns/host-8" not in latest.names()
+    assert latest.get("ns/host-7").digest != digests["ns/host-7"]  # type: ignore[union-attr]
+    assert latest.count == 10_000
+
+
+def test_an_unchanged_kind_is_the_same_object_in_the_next_snapshot() -> None:
+    store, seen = released()
+    store.apply([*objects(2), IstioObject(SE, "ns/se", pb.ServiceEntry(hosts=["x"]))])
+    before = seen[-1]
+    store.apply([IstioObject(VS, "ns/new", vs("new.example.com"))])
+    after = seen[-1]
+    assert after.resources(SE.collection) is before.resources(SE.collection)
+    assert after.resources(VS.collection) is not before.resources(VS.collection)
+    assert after.resources(VS.collection).changed_at > 0
+
+
+def test_a_serialized_object_is_applied_as_the_object_itself() -> None:
+    direct, via = Store(), Store()
+    direct.apply(objects(3))
+    via.apply(serialize(o) for o in objects(3))
+    assert via.version(VS) == direct.version(VS) and via.names(VS) == direct.names(VS)
+    assert via.get(VS, "ns/host-1") == vs("h1.example.com")

@@ -1,4 +1,5 @@
-"""The Istio kinds Copilot serves: their MCP collection (type URL istiod asks for) and their proto message."""
+"""The Istio kinds Copilot serves: their MCP collection (type URL istiod asks for), their proto message,
+and the order a change is pushed to istiod in."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from google.protobuf.message import Message
 from copilot.protos import istio_networking_pb2 as networking
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one object per kind: compared and hashed by identity (a hot dict key)
 class Kind:
     name: str
     collection: str  # the type_url istiod subscribes with over MCP-over-xDS
@@ -23,7 +24,23 @@ SERVICE_ENTRY = Kind("ServiceEntry", "networking.istio.io/v1/ServiceEntry", netw
 # istiod still asks for EnvoyFilter under v1alpha3 (the kind never graduated).
 ENVOY_FILTER = Kind("EnvoyFilter", "networking.istio.io/v1alpha3/EnvoyFilter", networking.EnvoyFilter)
 
-ALL = (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, SERVICE_ENTRY, ENVOY_FILTER)
+# The order the MCP server pushes a change in, when several kinds moved at once (and answers the
+# requests istiod made before the first snapshot). Make before break: an object goes out before the
+# objects that refer to it, so istiod never builds a route to something it does not know yet (a
+# subset it has no DestinationRule for is a 503, a Gateway it has not seen drops the route).
+# - DestinationRule: subsets and TLS to the instances; referred to by VirtualService routes.
+# - Gateway: the router's listeners; referred to by VirtualServices (`gateways`).
+# - ServiceEntry: the hosts and endpoints VirtualService routes point at.
+# - EnvoyFilter: patches what the three above generate (the gateway's connection managers, the
+#   clusters of identity-checked instances); a patch whose target is missing is applied when it
+#   appears, so after them costs nothing, and it must be in place before routes use them: it carries
+#   the route-integrity check (fail closed) and the gorouter headers every route is expected to have.
+#   (It is built once from the config at start, so in practice it goes out in the first answers only.)
+# - VirtualService: the routes, last, once everything they use is there.
+# One order for upserts and deletions alike: a subset a DestinationRule drops while a VirtualService
+# still routes to it goes a moment before the VirtualService moves (istiod's push debounce usually
+# folds both into one push); pushing removals in the reverse order would need two pushes per kind.
+PUSH_ORDER = (DESTINATION_RULE, GATEWAY, SERVICE_ENTRY, ENVOY_FILTER, VIRTUAL_SERVICE)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,16 @@
 """The Aggregated Discovery Service (state of the world) that istiod's `xds://` config source dials.
 
-Every type istiod asks for is answered (empty when we hold none), each response carries the full
-set for its type, and a change in the snapshot is pushed to every subscribed stream at once.
-Responses are assembled from pre-encoded resources (see snapshot.py). A response istiod rejects (a
-NACK: a request with error_detail) is not answered; it is counted in `copilot_istiod_nacks_total`
-and logged with istiod's message, once per rejected response (type and nonce) on a stream.
+The server is handed immutable snapshots (`serve(snapshot)`, wired to Store.watch) and answers every
+stream from the newest one it holds; it never calls back into the store. Every type istiod asks for is
+answered (empty when we hold none), each response carries the full set for its type, and a new snapshot
+is pushed to every stream for each subscribed type whose version moved, in kinds.PUSH_ORDER.
+
+Readiness: until the first snapshot arrives, a stream's requests are kept unanswered (istiod waits; a
+restarted Copilot never tells it that the world is empty); the first snapshot answers them, in push
+order. A response istiod rejects (a NACK: a request with error_detail) is not answered; it is logged
+with istiod's message and reported to `on_nack`, once per rejected response (type and nonce) on a
+stream. Pushes are reported to `on_push`. Metrics are the caller's (main wires them): this package
+knows nothing of copilot.metrics.
 """
 
 from __future__ import annotations
@@ -14,41 +20,38 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
-from copilot import metrics
+from copilot.istio.kinds import PUSH_ORDER
+from copilot.xds.encoding import encode_response
 from copilot.xds.snapshot import Snapshot
-from copilot.xds.wire import length_delimited
 
 log = logging.getLogger(__name__)
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 _CLOSE = object()
+_RANK = {kind.collection: rank for rank, kind in enumerate(PUSH_ORDER)}
 
-PushObserver = Callable[[str, int, float], None]  # (type_url, resource count, seconds since the change)
+PushObserver = Callable[[str, int, float], None]  # (type_url, resource count, seconds since that type changed)
+NackObserver = Callable[[str], None]  # (type_url)
 
 
-def encode_response(version: str, resources: list[bytes], type_url: str, nonce: str) -> bytes:
-    """A DiscoveryResponse: version_info=1, resources=2, type_url=4, nonce=5."""
-    return b"".join(
-        (
-            length_delimited(1, version.encode()),
-            *resources,
-            length_delimited(4, type_url.encode()),
-            length_delimited(5, nonce.encode()),
-        )
-    )
+def push_order(type_urls: Iterable[str]) -> list[str]:
+    """Type URLs in kinds.PUSH_ORDER; types Copilot holds none of (always empty) after, by name."""
+    return sorted(type_urls, key=lambda url: (_RANK.get(url, len(_RANK)), url))
 
 
 class _Stream:
-    """One ADS stream: what each subscribed type was last sent, and the nonce that went with it."""
+    """One ADS stream: the snapshot it answers from, what each subscribed type was last sent, and the nonce."""
 
-    def __init__(self, peer: str) -> None:
+    def __init__(self, peer: str, snapshot: Snapshot | None) -> None:
         self.peer = peer
+        self.snapshot = snapshot
+        self.waiting: dict[str, discovery_pb2.DiscoveryRequest] = {}  # requests made before the first snapshot
         self.sent_version: dict[str, str] = {}
         self.sent_nonce: dict[str, str] = {}
         self.nacked_nonce: dict[str, str] = {}  # the last response of each type istiod rejected
@@ -57,18 +60,26 @@ class _Stream:
 
 
 class McpServer:
-    """Serves a Snapshot over ADS. `start()` binds; `stop()` ends every stream."""
+    """Serves the snapshots it is handed over ADS. `start()` binds; `stop()` ends every stream."""
 
-    def __init__(self, snapshot: Snapshot, on_push: PushObserver | None = None, ready: threading.Event | None = None) -> None:
-        """`ready`, when given, holds every answer until it is set: a restarted Copilot must not tell istiod
-        that the world is empty before its sources have been read."""
-        self._snapshot = snapshot
+    def __init__(self, on_push: PushObserver | None = None, on_nack: NackObserver | None = None) -> None:
         self._on_push = on_push
-        self._ready = ready
+        self._on_nack = on_nack
+        self._snapshot: Snapshot | None = None
         self._server: grpc.Server | None = None
         self._streams: set[_Stream] = set()
         self._lock = threading.Lock()
         self.port = 0
+
+    def serve(self, snapshot: Snapshot) -> None:
+        """Takes a newer snapshot and hands it to every stream (an older one, arriving late, is ignored)."""
+        with self._lock:
+            if self._snapshot is not None and snapshot.serial <= self._snapshot.serial:
+                return
+            self._snapshot = snapshot
+            streams = list(self._streams)
+        for stream in streams:
+            stream.inbox.put(snapshot)
 
     def start(self, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
         server = grpc.server(
@@ -96,13 +107,11 @@ class McpServer:
             raise OSError(f"cannot listen on {address}")
         server.start()
         self._server = server
-        self._unsubscribe = self._snapshot.subscribe(self._on_change)
         return self.port
 
     def stop(self, grace: float = 0.5) -> None:
         if self._server is None:
             return
-        self._unsubscribe()
         with self._lock:
             for stream in self._streams:
                 stream.inbox.put(_CLOSE)
@@ -114,17 +123,13 @@ class McpServer:
             return len(self._streams)
 
     # ---- internals
-    def _on_change(self, type_urls: set[str]) -> None:
-        with self._lock:
-            streams = list(self._streams)
-        for stream in streams:
-            stream.inbox.put(type_urls)
-
     def _stream_aggregated_resources(self, requests: Iterator[discovery_pb2.DiscoveryRequest], context) -> Iterator[bytes]:
-        stream = _Stream(context.peer())
         with self._lock:
+            stream = _Stream(context.peer(), self._snapshot)
             self._streams.add(stream)
         log.info("mcp stream opened", extra={"peer": stream.peer})
+        if stream.snapshot is None:
+            log.info("holding istiod's requests until the first snapshot", extra={"peer": stream.peer})
 
         def read() -> None:
             try:
@@ -137,42 +142,50 @@ class McpServer:
 
         threading.Thread(target=read, name="mcp-reader", daemon=True).start()
         try:
-            if self._ready is not None and not self._ready.is_set():
-                log.info("holding istiod's requests until the first sync", extra={"peer": stream.peer})
-                while not self._ready.wait(1.0):
-                    if not context.is_active():
-                        return
             while True:
                 item = stream.inbox.get()
                 if item is _CLOSE:
                     return
                 if isinstance(item, discovery_pb2.DiscoveryRequest):
+                    if stream.snapshot is None:
+                        stream.waiting[item.type_url] = item  # answered when the first snapshot comes
+                        continue
                     response = self._answer(stream, item)
                     if response is not None:
                         yield response
-                else:
-                    # A change. Fold in every change already queued, then push each moved type once:
-                    # bursts coalesce by themselves, with no fixed delay.
-                    changed = set(item)
-                    pending: list[object] = []
-                    while True:
-                        try:
-                            queued = stream.inbox.get_nowait()
-                        except queue.Empty:
-                            break
-                        if isinstance(queued, set):
-                            changed |= queued
-                        else:
-                            pending.append(queued)
-                    for queued in pending:
-                        stream.inbox.put(queued)
-                    for type_url in sorted(changed):  # push every subscribed type that moved
-                        if type_url in stream.sent_version and self._snapshot.version(type_url) != stream.sent_version[type_url]:
-                            yield self._response(stream, type_url)
+                elif isinstance(item, Snapshot):
+                    yield from self._take(stream, item)
         finally:
             with self._lock:
                 self._streams.discard(stream)
             log.info("mcp stream closed", extra={"peer": stream.peer})
+
+    def _take(self, stream: _Stream, snapshot: Snapshot) -> Iterator[bytes]:
+        """A new snapshot: fold in every snapshot already queued (bursts coalesce by themselves, with no
+        fixed delay), then answer the requests held for the first one and push each subscribed type that moved."""
+        pending: list[object] = []
+        while True:
+            try:
+                queued = stream.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(queued, Snapshot):
+                snapshot = queued if queued.serial > snapshot.serial else snapshot
+            else:
+                pending.append(queued)
+        for queued in pending:
+            stream.inbox.put(queued)
+        if stream.snapshot is not None and snapshot.serial <= stream.snapshot.serial:
+            return
+        stream.snapshot = snapshot
+        waiting, stream.waiting = stream.waiting, {}
+        for type_url in push_order(set(waiting) | set(stream.sent_version)):
+            if type_url in waiting:
+                response = self._answer(stream, waiting[type_url])
+                if response is not None:
+                    yield response
+            elif snapshot.version(type_url) != stream.sent_version[type_url]:
+                yield self._response(stream, type_url)
 
     def _answer(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest) -> bytes | None:
         type_url = request.type_url
@@ -181,7 +194,8 @@ class McpServer:
             # state would be rejected again.
             if stream.nacked_nonce.get(type_url) != request.response_nonce:
                 stream.nacked_nonce[type_url] = request.response_nonce
-                metrics.ISTIOD_NACKS.labels(type_url).inc()
+                if self._on_nack is not None:
+                    self._on_nack(type_url)
                 log.error(
                     "istiod rejected config",
                     extra={
@@ -200,15 +214,17 @@ class McpServer:
         if latest is not None and request.response_nonce:
             if request.response_nonce != latest:
                 return None  # an ACK of an older response; a newer one is on its way
-            if self._snapshot.version(type_url) == stream.sent_version[type_url]:
+            if stream.snapshot is not None and stream.snapshot.version(type_url) == stream.sent_version[type_url]:
                 return None  # an ACK of what we sent, and nothing newer
         return self._response(stream, type_url)
 
     def _response(self, stream: _Stream, type_url: str) -> bytes:
-        view = self._snapshot.view(type_url)
+        assert stream.snapshot is not None  # requests wait in stream.waiting until there is one
+        resources = stream.snapshot.resources(type_url)
         nonce = str(next(stream.nonces))
-        stream.sent_version[type_url] = view.version
+        stream.sent_version[type_url] = resources.version
         stream.sent_nonce[type_url] = nonce
         if self._on_push is not None:
-            self._on_push(type_url, len(view.encoded), time.monotonic() - view.changed_at if view.changed_at else 0.0)
-        return encode_response(view.version, view.encoded, type_url, nonce)
+            since = time.monotonic() - resources.changed_at if resources.changed_at else 0.0
+            self._on_push(type_url, resources.count, since)
+        return encode_response(resources, type_url, nonce)

@@ -1,140 +1,128 @@
-"""Versioned per-type resource sets (MCP Resources wrapped in Any), updated incrementally.
+"""Immutable, versioned snapshots of the Istio objects Copilot serves: what the store hands the MCP server.
 
-Each resource's version is a digest of its content; a type's version combines the digests of its
-resources (order-independent XOR), so versions change only when content changes and two Copilots
-holding the same state report the same versions. Resources are kept pre-encoded as
-DiscoveryResponse `resources` fields, so a full-state response is a byte join, not a re-serialization.
+A `Snapshot` holds, per type URL, a `KindSnapshot`: the kind's resources (name -> `Resource`: content
+digest and the encoded MCP resource, no protobuf message objects), its version and when it last changed.
+Nothing in a snapshot changes after the store released it, so stream threads answer from the one they
+hold without locks and without calling back into the store.
+
+A kind's version combines its resources' digests (order-independent XOR, plus the count): it changes
+only when content changes, and two Copilots holding the same state report the same versions.
+
+Resources sit in a two-level tree ordered by name: nodes of up to `NODE_MAX` leaves, leaves of up to
+`LEAF_MAX` resources (split in two when they outgrow it). Releasing a snapshot after a change copies
+only the path the change touched (the root's node list, one node, one leaf), never the whole kind: at
+100,000 hosts a BBS event copies a few hundred references, not a 100,000-entry dict. Name order also
+keeps a response's resources in the order a full rebuild made them (the publisher builds hosts in name
+order), so the byte join of 100,000 resources reads memory in sequence rather than at random.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import threading
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import bisect
+from collections.abc import Iterator, Mapping, Sequence
 
-from google.protobuf.message import Message
-
-from copilot.xds.wire import length_delimited
-
-MCP_RESOURCE_TYPE = "type.googleapis.com/istio.mcp.v1alpha1.Resource"
-RESOURCES_FIELD = 2  # DiscoveryResponse.resources
-_MCP_TYPE_FIELD = length_delimited(1, MCP_RESOURCE_TYPE.encode())
+LEAF_MAX = 64  # resources in a leaf before it splits
+NODE_MAX = 64  # leaves in a node before it splits
 
 
-@dataclass(frozen=True)
-class Entry:
-    digest: int
-    encoded: bytes  # a complete `resources` field of a DiscoveryResponse
+class Leaf(dict):
+    """Resources by name, all at or above the leaf's lower bound (`Node.keys`). `generation`: the store's
+    write generation the leaf belongs to (older ones are shared with a released snapshot: read only)."""
+
+    __slots__ = ("generation",)
 
 
-def encode_resource(name: str, body: Message) -> Entry:
-    """Wraps a spec in an MCP Resource whose metadata.version is its content digest.
+class Node:
+    """Up to NODE_MAX leaves in name order; `keys[i]` is the lowest name leaf i holds ("" for the first)."""
 
-    The envelope (Any{Resource{Metadata, Any{spec}}}) is written field by field: it is the hot path of
-    a full rebuild, and building four messages only to serialize them costs more than the spec itself.
-    """
-    body_bytes = body.SerializeToString(deterministic=True)
-    type_field, full_name = _spec_type_field(body.DESCRIPTOR.full_name)
-    name_bytes = name.encode()
-    digest = hashlib.blake2b(name_bytes + b"\0" + full_name + b"\0" + body_bytes, digest_size=16)
-    metadata = length_delimited(1, name_bytes) + length_delimited(3, digest.hexdigest().encode())  # Metadata{name, version}
-    spec = type_field + length_delimited(2, body_bytes)  # Any{type_url, value}
-    resource = length_delimited(1, metadata) + length_delimited(2, spec)  # Resource{metadata, body}
-    wrapped = _MCP_TYPE_FIELD + length_delimited(2, resource)  # Any{type_url, value}
-    return Entry(int.from_bytes(digest.digest(), "big"), length_delimited(RESOURCES_FIELD, wrapped))
+    __slots__ = ("generation", "keys", "leaves")
+
+    def __init__(self, generation: int, keys: list[str], leaves: list[Leaf]) -> None:
+        self.generation = generation
+        self.keys = keys
+        self.leaves = leaves
 
 
-@functools.cache
-def _spec_type_field(full_name: str) -> tuple[bytes, bytes]:
-    return length_delimited(1, f"type.googleapis.com/{full_name}".encode()), full_name.encode()
+def find(keys: Sequence[str], name: str) -> int:
+    """The index of the child whose range holds `name` (keys are the children's lower bounds, keys[0] = "")."""
+    return bisect.bisect_right(keys, name) - 1
 
 
-class _TypeState:
-    __slots__ = ("entries", "combined")
+class Resource:
+    """One object as it is sent: its content digest and its encoded `resources` field (xds.encoding),
+    whose last bytes, from `body_at`, are the serialized spec."""
 
-    def __init__(self) -> None:
-        self.entries: dict[str, Entry] = {}
-        self.combined = 0
+    __slots__ = ("digest", "encoded", "body_at")
+
+    def __init__(self, digest: int, encoded: bytes, body_at: int) -> None:
+        self.digest = digest
+        self.encoded = encoded
+        self.body_at = body_at
 
     @property
-    def version(self) -> str:
-        return f"{self.combined:032x}-{len(self.entries)}"
+    def body(self) -> bytes:
+        return self.encoded[self.body_at :]
 
 
-@dataclass(frozen=True)
-class TypeView:
-    """A consistent read of one type: its version, its encoded resources and when it last changed."""
+def kind_version(combined: int, count: int) -> str:
+    return f"{combined:032x}-{count}"
 
-    version: str
-    encoded: list[bytes]
-    changed_at: float
+
+EMPTY_VERSION = kind_version(0, 0)
+
+
+class KindSnapshot:
+    """One kind at one version: its resources (read-only), and when it last changed (time.monotonic();
+    0.0 if it never did). Plain slots rather than a frozen dataclass: one is made per change."""
+
+    __slots__ = ("version", "changed_at", "count", "keys", "nodes")
+
+    def __init__(
+        self,
+        version: str = EMPTY_VERSION,
+        changed_at: float = 0.0,
+        count: int = 0,
+        keys: tuple[str, ...] = ("",),
+        nodes: tuple[Node, ...] = (Node(0, [""], [Leaf()]),),
+    ) -> None:
+        self.version = version
+        self.changed_at = changed_at
+        self.count = count
+        self.keys = keys  # the nodes' lower bounds
+        self.nodes = nodes
+
+    def items(self) -> Iterator[tuple[str, Resource]]:
+        for node in self.nodes:
+            for leaf in node.leaves:
+                yield from leaf.items()
+
+    def encoded(self) -> list[bytes]:
+        """Every resource's encoded `resources` field (xds.encoding), by leaf in name order."""
+        return [r.encoded for node in self.nodes for leaf in node.leaves for r in leaf.values()]
+
+    def names(self) -> list[str]:
+        return sorted(name for name, _ in self.items())
+
+    def get(self, name: str) -> Resource | None:
+        node = self.nodes[find(self.keys, name)]
+        return node.leaves[find(node.keys, name)].get(name)
+
+
+_NOTHING = KindSnapshot()
 
 
 class Snapshot:
-    """The resources Copilot serves, by type URL; notifies listeners after every change."""
+    """Every kind at one moment, by type URL (Kind.collection). `serial` grows with each snapshot the store makes."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._types: dict[str, _TypeState] = {}
-        self._changed_at: dict[str, float] = {}
-        self._listeners: list[Callable[[set[str]], None]] = []
+    __slots__ = ("serial", "kinds")
 
-    def apply(self, updates: Iterable[tuple[str, str, Entry | None]]) -> set[str]:
-        """Applies (type_url, name, entry-or-None-to-delete) updates; returns the type URLs whose version changed."""
-        changed: set[str] = set()
-        now = time.monotonic()
-        with self._lock:
-            for type_url, name, entry in updates:
-                state = self._types.setdefault(type_url, _TypeState())
-                old = state.entries.get(name)
-                if entry is None:
-                    if old is None:
-                        continue
-                    del state.entries[name]
-                    state.combined ^= old.digest
-                else:
-                    if old is not None and old.digest == entry.digest:
-                        continue
-                    if old is not None:
-                        state.combined ^= old.digest
-                    state.entries[name] = entry
-                    state.combined ^= entry.digest
-                changed.add(type_url)
-            for type_url in changed:
-                self._changed_at[type_url] = now
-            listeners = list(self._listeners)
-        if changed:
-            for listener in listeners:
-                listener(changed)
-        return changed
+    def __init__(self, serial: int, kinds: Mapping[str, KindSnapshot]) -> None:
+        self.serial = serial
+        self.kinds = kinds
 
-    def view(self, type_url: str) -> TypeView:
-        with self._lock:
-            state = self._types.get(type_url)
-            if state is None:
-                return TypeView(_TypeState().version, [], 0.0)
-            return TypeView(state.version, [e.encoded for e in state.entries.values()], self._changed_at.get(type_url, 0.0))
+    def resources(self, type_url: str) -> KindSnapshot:
+        """The kind istiod asks for by `type_url`; an empty one for a type Copilot holds none of."""
+        return self.kinds.get(type_url, _NOTHING)
 
     def version(self, type_url: str) -> str:
-        with self._lock:
-            state = self._types.get(type_url)
-            return state.version if state else _TypeState().version
-
-    def names(self, type_url: str) -> list[str]:
-        with self._lock:
-            state = self._types.get(type_url)
-            return sorted(state.entries) if state else []
-
-    def subscribe(self, listener: Callable[[set[str]], None]) -> Callable[[], None]:
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return unsubscribe
+        return self.resources(type_url).version

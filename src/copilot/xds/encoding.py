@@ -1,0 +1,92 @@
+"""The protobuf wire layout of what Copilot sends istiod, in one place: MCP resource envelopes and
+DiscoveryResponses, written field by field from serialized specs.
+
+A resource is sent as a DiscoveryResponse `resources` field holding
+Any{mcp.Resource{Metadata{name, version}, Any{spec}}}, its metadata.version the content digest. It is
+encoded once per content, when the store takes the object (`resource()`); a response is then a byte join
+of the encoded resources of one kind, never a re-serialization. Building the four messages only to
+serialize them would cost more than the spec itself on a full rebuild.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+from copilot.istio.kinds import Kind
+from copilot.xds.snapshot import KindSnapshot, Resource
+
+MCP_RESOURCE_TYPE = "type.googleapis.com/istio.mcp.v1alpha1.Resource"
+
+# DiscoveryResponse fields (envoy.service.discovery.v3)
+_VERSION_INFO, _RESOURCES, _TYPE_URL, _NONCE = 1, 2, 4, 5
+# google.protobuf.Any: type_url=1, value=2; istio.mcp.v1alpha1.Resource: metadata=1, body=2;
+# istio.mcp.v1alpha1.Metadata: name=1, version=3.
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+
+
+def varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field_header(field_number: int, length: int) -> bytes:
+    return varint((field_number << 3) | 2) + varint(length)
+
+
+def length_delimited(field_number: int, payload: bytes) -> bytes:
+    """Encodes one length-delimited field (strings, bytes, sub-messages)."""
+    return _field_header(field_number, len(payload)) + payload
+
+
+_MCP_TYPE_FIELD = length_delimited(1, MCP_RESOURCE_TYPE.encode())
+
+
+@functools.cache
+def _spec_type(kind: Kind) -> tuple[bytes, bytes]:
+    """(the Any.type_url field of the kind's spec, the spec's full proto name and separators for the digest)."""
+    full_name = kind.message.DESCRIPTOR.full_name
+    return length_delimited(1, f"type.googleapis.com/{full_name}".encode()), b"\0" + full_name.encode() + b"\0"
+
+
+def _digest(name: bytes, typed: bytes, body: bytes) -> hashlib.blake2b:
+    return hashlib.blake2b(name + typed + body, digest_size=16)
+
+
+def content_digest(kind: Kind, name: str, body: bytes) -> int:
+    """A resource's content digest (its MCP metadata.version): over its name, spec type and spec bytes."""
+    return int.from_bytes(_digest(name.encode(), _spec_type(kind)[1], body).digest(), "big")
+
+
+def resource(kind: Kind, name: str, body: bytes) -> Resource:
+    """The serialized spec `body` of (kind, name) as it is sent: a DiscoveryResponse `resources` field."""
+    type_field, typed = _spec_type(kind)
+    name_bytes = name.encode()
+    digest = _digest(name_bytes, typed, body)
+    body_length = len(body)
+    spec = type_field + _field_header(2, body_length)  # Any{type_url, value}, up to the value
+    metadata = length_delimited(1, length_delimited(1, name_bytes) + length_delimited(3, digest.hexdigest().encode()))
+    mcp = metadata + _field_header(2, len(spec) + body_length) + spec  # Resource{metadata, body}
+    wrapped = _MCP_TYPE_FIELD + _field_header(2, len(mcp) + body_length) + mcp  # Any{type_url, value}
+    header = _field_header(_RESOURCES, len(wrapped) + body_length) + wrapped
+    return Resource(int.from_bytes(digest.digest(), "big"), header + body, len(header))
+
+
+def encode_response(resources: KindSnapshot, type_url: str, nonce: str) -> bytes:
+    """A DiscoveryResponse carrying every resource of one type at its snapshot's version."""
+    return b"".join(
+        (
+            length_delimited(_VERSION_INFO, resources.version.encode()),
+            *resources.encoded(),
+            length_delimited(_TYPE_URL, type_url.encode()),
+            length_delimited(_NONCE, nonce.encode()),
+        )
+    )
