@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import grpc  # noqa: E402
 
-from copilot.istio.builder import GatewaySettings  # noqa: E402
 from copilot.istio.kinds import VIRTUAL_SERVICE  # noqa: E402
 from copilot.model import HttpRoute, Instance, PortMapping, ProcessRoutes  # noqa: E402
 from copilot.protos import cc_copilot_pb2 as api  # noqa: E402
 from copilot.protos import cc_copilot_pb2_grpc as api_grpc  # noqa: E402
 from copilot.publisher import Publisher  # noqa: E402
+from copilot.settings import GatewaySettings  # noqa: E402
 from copilot.sources.cc_api import CloudControllerCopilot, serve  # noqa: E402
 from copilot.views import Views  # noqa: E402
 from copilot.xds.store import Store  # noqa: E402

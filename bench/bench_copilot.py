@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from copilot.istio.builder import GatewaySettings  # noqa: E402
 from copilot.istio.kinds import VIRTUAL_SERVICE  # noqa: E402
 from copilot.model import HttpRoute, Instance, PortMapping, ProcessRoutes  # noqa: E402
 from copilot.protos import bbs_pb2  # noqa: E402
 from copilot.publisher import Publisher  # noqa: E402
+from copilot.settings import GatewaySettings  # noqa: E402
 from copilot.sources.bbs_client import Event  # noqa: E402
 from copilot.sources.bbs_watcher import apply_event  # noqa: E402
 from copilot.views import Views  # noqa: E402

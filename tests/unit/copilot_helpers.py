@@ -29,7 +29,8 @@ def routed_weights(views: Any, host: str, path: str = "") -> list[tuple[str, int
     """(process guid, percentage) of a host+path as the routers get it: the views' relative weights
     through the real builder (Istio's default of 100 where a route has one destination)."""
     from copilot.istio import kinds
-    from copilot.istio.builder import GatewaySettings, build_host, subset_name
+    from copilot.istio.builder import build_host, subset_name
+    from copilot.settings import GatewaySettings
 
     routes = views.host_routes(host)
     [vs] = [o.spec for o in build_host(GatewaySettings(), routes) if o.kind is kinds.VIRTUAL_SERVICE]

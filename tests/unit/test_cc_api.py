@@ -16,11 +16,12 @@ import pytest
 from google.protobuf.message import DecodeError
 
 from copilot.istio import kinds
-from copilot.istio.builder import GatewaySettings, object_name
+from copilot.istio.builder import object_name
 from copilot.model import CCRoute, CCState, HttpRoute, Instance, PortMapping, ProcessRoutes, ViewKind
 from copilot.protos import cc_copilot_pb2 as api
 from copilot.protos import cc_copilot_pb2_grpc as api_grpc
 from copilot.publisher import Publisher
+from copilot.settings import GatewaySettings
 from copilot.sources.cc_api import MAX_BULK_SYNC_CHUNKS, MAX_MESSAGE_BYTES, CloudControllerCopilot, serve
 from copilot.sources.cc_validation import MAX_BULK_ENTRIES, MAX_DIEGO_PROCESS_GUIDS, MAX_GUID_LENGTH
 from copilot.views import Views

@@ -11,10 +11,11 @@ from google.protobuf import json_format
 
 from copilot.config import parse
 from copilot.istio import kinds
-from copilot.istio.builder import Certificate, GatewaySettings, build_host, build_router_objects
+from copilot.istio.builder import build_host, build_router_objects
 from copilot.istio.router_filter import HTTP1_TLS_SOCKET, HTTP1_TLS_SOCKET_BY_SNI, SDS_CLUSTER, file_cert_name
 from copilot.model import Backend, Destination, HostRoutes
 from copilot.protos import istio_networking_pb2 as pb
+from copilot.settings import Certificate, GatewaySettings
 from router_sds.server import file_cert_name as sds_file_cert_name
 
 CERTS = (Certificate("wild", ("*.example.com",)), Certificate("app", ("app.example.com", "www.example.com")))

@@ -8,10 +8,10 @@ import pytest
 
 from copilot.config import ConfigError, parse
 from copilot.istio import kinds
-from copilot.istio.builder import GatewaySettings, build_host, build_tcp
+from copilot.istio.builder import build_host, build_tcp
 from copilot.model import Backend, Destination, HostRoutes, TcpPortRoutes
 from copilot.protos import istio_networking_pb2 as pb
-from copilot.settings import OutlierDetection
+from copilot.settings import GatewaySettings, OutlierDetection
 
 
 def _routes() -> HostRoutes:

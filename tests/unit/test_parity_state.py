@@ -7,9 +7,10 @@ import pytest
 from google.protobuf import json_format
 
 from copilot.config import ConfigError, parse
-from copilot.istio.builder import Certificate, build_gateway, build_router_objects
+from copilot.istio.builder import build_gateway, build_router_objects
 from copilot.model import Backend, HttpRoute, Instance, PortMapping, ProcessRoutes, TcpRoute, ViewKind
 from copilot.protos import istio_networking_pb2 as pb
+from copilot.settings import Certificate
 from copilot.views import Views
 
 

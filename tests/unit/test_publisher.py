@@ -10,9 +10,10 @@ import pytest
 from copilot import invalid_input
 from copilot import publisher as publisher_module
 from copilot.istio import kinds
-from copilot.istio.builder import GatewaySettings, object_name
+from copilot.istio.builder import object_name
 from copilot.model import CCRoute, HttpRoute, Instance, PortMapping, ProcessRoutes, TcpRoute
 from copilot.publisher import Publisher
+from copilot.settings import GatewaySettings
 from copilot.views import Views
 from copilot.xds.store import Store
 

@@ -17,12 +17,13 @@ import pytest
 
 from copilot.config import ConfigError, parse
 from copilot.istio import kinds
-from copilot.istio.builder import ROUTE_SERVICE_INTERNAL_HEADER, GatewaySettings, RouteServiceSettings, build_host, object_name
+from copilot.istio.builder import ROUTE_SERVICE_INTERNAL_HEADER, build_host, object_name
 from copilot.istio.router_filter import CLIENT_HEADERS_DROPPED
 from copilot.model import Backend, Destination, HostRoutes, HttpRoute, ProcessRoutes
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.publisher import Publisher
 from copilot.route_service_lookup import InternalLookup, allowlisted
+from copilot.settings import GatewaySettings, RouteServiceSettings
 from copilot.views import Views
 from copilot.xds.store import Store
 from route_services import proxy as rs_proxy

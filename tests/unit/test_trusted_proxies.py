@@ -8,8 +8,9 @@ import pytest
 
 from copilot.config import ConfigError, parse
 from copilot.istio import kinds
-from copilot.istio.builder import GatewaySettings, build_router_objects
+from copilot.istio.builder import build_router_objects
 from copilot.protos import istio_networking_pb2 as pb
+from copilot.settings import GatewaySettings
 
 
 def _hcm_patch(settings: GatewaySettings) -> dict:

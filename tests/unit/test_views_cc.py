@@ -7,9 +7,10 @@ import pytest
 from copilot_helpers import routed_weights
 
 from copilot.istio import kinds
-from copilot.istio.builder import GatewaySettings, build_internal
+from copilot.istio.builder import build_internal
 from copilot.model import CCRoute, CCState, HttpRoute, Instance, PortMapping, ProcessRoutes, ViewKind
 from copilot.protos import istio_networking_pb2 as pb
+from copilot.settings import GatewaySettings
 from copilot.views import Views
 
 
