@@ -91,10 +91,11 @@ def default_spec(job_name: str) -> dict:
     }
 
 
-def _merge(base: dict, override: dict) -> dict:
+def deep_merge(base: dict, override: dict) -> dict:
+    """`base` with `override` laid over it, nested dicts merged key by key (as BOSH merges properties)."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -163,7 +164,7 @@ def render_job(job_dir: Path, properties: dict | None, *, spec_overrides: dict |
     context = {
         "templates": plan,
         "properties": resolve_properties(spec.get("properties"), properties),
-        "spec": _merge(default_spec(spec["name"]), spec_overrides or {}),
+        "spec": deep_merge(default_spec(spec["name"]), spec_overrides or {}),
         "links": {name: _normalise_link(name, link) for name, link in links.items()},
     }
     ruby = shutil.which("ruby")

@@ -94,6 +94,22 @@ def tls_context(
     return context
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What keeps a slow, silent or greedy client to its own slots: the TLS handshake's and the request's
+    time, how long a kept-alive connection may idle (None: one request per connection), how many
+    connections may be open, and how many of them from one address (None: no limit of its own)."""
+
+    handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS
+    request_timeout: float = REQUEST_TIMEOUT_SECONDS
+    idle_timeout: float | None = None
+    max_connections: int = MAX_CONNECTIONS
+    max_connections_per_peer: int | None = None
+
+
+DEFAULT_LIMITS = ConnectionLimits()
+
+
 class HttpsListener:
     """Serves `app` over HTTPS on `address` (host:port, IPv6 hosts in brackets, port 0 = any); `start()`
     serves, `stop()` closes the listener and every open connection. The options: the module docstring."""
@@ -108,11 +124,7 @@ class HttpsListener:
         cert: Path | None = None,
         key: Path | None = None,
         client_ca: Path | None = None,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
-        request_timeout: float = REQUEST_TIMEOUT_SECONDS,
-        idle_timeout: float | None = None,
-        max_connections: int = MAX_CONNECTIONS,
-        max_connections_per_peer: int | None = None,
+        limits: ConnectionLimits = DEFAULT_LIMITS,
         max_body_bytes: int | None = MAX_BODY_BYTES,
         length_required_for: Collection[str] = (),
         body_error: BodyError = _plain_error,
@@ -127,11 +139,11 @@ class HttpsListener:
         self.name = name
         refused = _Refusals(name, on_refused)
         answer = _Answers(app, max_body_bytes, frozenset(length_required_for), body_error, internal_error)
-        handler = _handler(name, answer, refused, request_timeout, idle_timeout)
+        handler = _handler(name, answer, refused, limits.request_timeout, limits.idle_timeout)
         host, _, port = address.rpartition(":")
         self._server = _Server(
-            (host.strip("[]"), int(port)), handler, context, handshake_timeout=handshake_timeout,
-            max_connections=max_connections, max_connections_per_peer=max_connections_per_peer, refused=refused,
+            (host.strip("[]"), int(port)), handler, context, handshake_timeout=limits.handshake_timeout,
+            max_connections=limits.max_connections, max_connections_per_peer=limits.max_connections_per_peer, refused=refused,
             backlog=backlog,
         )
         self.port: int = self._server.server_address[1]

@@ -67,16 +67,14 @@ class Copilot:
         self.registrar = None
         if config.registrar is not None:
             r = config.registrar
-            self.registrar = RegistrarApi(self.views.registrar, request, r.listen, cert=r.cert, key=r.key, client_ca=r.client_ca)
+            self.registrar = RegistrarApi(self.views.registrar, request, r)
         # *.apps.internal for bosh-dns-adapter: not warm until the first full BBS listing is applied.
         self.service_discovery = None
         if config.service_discovery is not None:
             sd, watcher = config.service_discovery, self.watcher
             addresses = AddressTable(self.views.bbs, watcher.synced.is_set if watcher is not None else lambda: True)
             self.views.bbs.watch(addresses.invalidate)  # its next answer is built from the changed slice
-            self.service_discovery = ServiceDiscoveryServer(
-                addresses, sd.listen, cert=sd.cert, key=sd.key, client_ca=sd.client_ca
-            )
+            self.service_discovery = ServiceDiscoveryServer(addresses, sd)
         self.routing_api: RouterGroupsServer | None = None
         if config.routing_api is not None:  # routing-api's router groups, for Cloud Controller and the cf CLI
             ra = config.routing_api

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from prometheus_client import Counter
 
-from copilot.https_listener import HttpsListener, Request, Response
+from copilot.https_listener import DEFAULT_LIMITS, ConnectionLimits, HttpsListener, Request, Response
 from copilot.metrics import REGISTRY
 from copilot.uaa_token import TokenError, TokenValidator
 
@@ -271,14 +271,21 @@ class RouterGroupsServer:
     """The router-groups API on its HTTPS listener."""
 
     def __init__(
-        self, address: str, groups: Sequence[RouterGroup], validator: TokenValidator, *, cert: Path, key: Path, **limits: float
+        self,
+        address: str,
+        groups: Sequence[RouterGroup],
+        validator: TokenValidator,
+        *,
+        cert: Path,
+        key: Path,
+        limits: ConnectionLimits = DEFAULT_LIMITS,
     ) -> None:
         self.api = RouterGroupsApi(groups, validator)
         self._listener = HttpsListener(
             "routing-api", address, self.api, cert=cert, key=key,
             body_error=lambda status, message: _error(status, "ProcessRequestError", f"Cannot process request: {message}"),
             internal_error=_error(500, "InternalServerError", "internal error"),
-            on_refused=lambda reason: CONNECTIONS_REFUSED.labels(reason).inc(), **limits,  # type: ignore[arg-type]
+            on_refused=lambda reason: CONNECTIONS_REFUSED.labels(reason).inc(), limits=limits,
         )
         self.port = self._listener.port
 

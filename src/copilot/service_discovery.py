@@ -45,16 +45,19 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-from copilot.https_listener import HttpsListener, Request, Response, tls_context
+from copilot.https_listener import ConnectionLimits, HttpsListener, Request, Response, tls_context
+from copilot.settings import MutualTLSServerConfig
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "service-discovery-controller.service.cf.internal"
-HANDSHAKE_TIMEOUT_SECONDS = 5.0  # bosh-dns-adapter's own TLS handshake timeout
-REQUEST_TIMEOUT_SECONDS = 10.0  # bosh-dns-adapter's request timeout
-IDLE_TIMEOUT_SECONDS = 60.0  # a kept-alive connection waits this long for its next request
-MAX_CONNECTIONS = 1024
-MAX_CONNECTIONS_PER_PEER = 64  # one bosh-dns-adapter per cell; it keeps connections alive
+LIMITS = ConnectionLimits(
+    handshake_timeout=5.0,  # bosh-dns-adapter's own TLS handshake timeout
+    request_timeout=10.0,  # bosh-dns-adapter's request timeout
+    idle_timeout=60.0,  # a kept-alive connection waits this long for its next request
+    max_connections=1024,
+    max_connections_per_peer=64,  # one bosh-dns-adapter per cell; it keeps connections alive
+)
 MAX_AGE_SECONDS = 5.0  # the address table is rebuilt at least this often, even without a change reported
 MIN_PAUSE_SECONDS = 0.01  # between two rebuilds: changes in a burst are taken together
 PAUSE_FACTOR = 3.0  # ... and at least 3 times as long as the last rebuild took: rebuilds use at most ~25% CPU
@@ -185,23 +188,13 @@ class ServiceDiscoveryServer:
     def __init__(
         self,
         addresses: AddressTable,
-        address: str,
-        *,
-        cert: Path,
-        key: Path,
-        client_ca: Path,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
-        request_timeout: float = REQUEST_TIMEOUT_SECONDS,
-        idle_timeout: float = IDLE_TIMEOUT_SECONDS,
-        max_connections: int = MAX_CONNECTIONS,
-        max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER,
+        server: MutualTLSServerConfig,
+        limits: ConnectionLimits = LIMITS,
     ) -> None:
         self.addresses = addresses
         self._listener = HttpsListener(
-            "service-discovery", address, self._answer, context=server_context(cert, key, client_ca),
-            handshake_timeout=handshake_timeout, request_timeout=request_timeout, idle_timeout=idle_timeout,
-            max_connections=max_connections, max_connections_per_peer=max_connections_per_peer,
-            max_body_bytes=None, backlog=256,
+            "service-discovery", server.listen, self._answer, context=server_context(server.cert, server.key, server.client_ca),
+            limits=limits, max_body_bytes=None, backlog=256,
         )
         self.port: int = self._listener.port
 

@@ -164,17 +164,7 @@ class CA:
             .issuer_name(ca_cert.subject)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=True,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                _key_usage("digital_signature", "key_encipherment"),
                 critical=True,
             )
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
@@ -185,6 +175,20 @@ class CA:
         return builder.sign(ca_key, hashes.SHA256()), key
 
 
+
+_KEY_USAGES = (
+    "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+    "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only",
+)
+
+
+def _key_usage(*granted: str) -> x509.KeyUsage:
+    """A KeyUsage extension granting exactly the named usages."""
+    unknown = set(granted) - set(_KEY_USAGES)
+    if unknown:
+        raise ValueError(f"unknown key usages: {sorted(unknown)}")
+    return x509.KeyUsage(**{usage: usage in granted for usage in _KEY_USAGES})
+
 def make_ca(out_dir: Path, common_name: str, *, issuer: CA | None = None, path_length: int | None = None) -> CA:
     """Create a CA, written to `out_dir/<common_name>.crt` and `.key`: self-signed, or an intermediate
     signed by `issuer` (as cf-deployment's `diego_instance_identity_ca` under `application_ca`)."""
@@ -194,17 +198,7 @@ def make_ca(out_dir: Path, common_name: str, *, issuer: CA | None = None, path_l
         _base_builder(subject, key)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage("digital_signature", "key_cert_sign", "crl_sign"),
             critical=True,
         )
     )

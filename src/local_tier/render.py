@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from bosh_render import link_from_job, render_job
+from bosh_render import deep_merge, link_from_job, render_job
 from devtools import peers
 from local_tier.layout import Layout
 
@@ -95,7 +95,7 @@ def render(layout: Layout, manifest: dict, routers: dict[str, dict] | None = Non
         if not (root / "packages").exists():
             (root / "packages").symlink_to(layout.packages)
         instance = {**INSTANCE, "name": name, "id": f"{name}-0"}
-        properties = _merged(jobs["istio-router"], overrides)
+        properties = deep_merge(jobs["istio-router"], overrides)
         processes += _render_job(
             root, "istio-router", properties, consumed["istio-router"], instance, group=name, shared={CERTS: layout.root}
         )
@@ -140,13 +140,6 @@ def _render_job(
         )
         for process in bpm["processes"]
     ]
-
-
-def _merged(base: dict, overrides: dict) -> dict:
-    merged = dict(base)
-    for key, value in overrides.items():
-        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return merged
 
 
 def render_errand(layout: Layout, manifest: dict) -> Path:

@@ -312,11 +312,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Failure(400, "Invalid Content-Length.")
         return self._sized_body(int(length)), int(length)
 
-    def _sized_body(self, length: int) -> Iterator[bytes]:
+    def _sized_body(self, length: int, *, closed: str = "the client closed before sending its whole body") -> Iterator[bytes]:
         while length > 0:
             chunk = self.rfile.read(min(length, _CHUNK))
             if not chunk:
-                raise ConnectionError("the client closed before sending its whole body")
+                raise ConnectionError(closed)
             length -= len(chunk)
             yield chunk
 
@@ -328,12 +328,7 @@ class _Handler(BaseHTTPRequestHandler):
                 while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
                     pass  # trailers are dropped
                 return
-            while size > 0:
-                chunk = self.rfile.read(min(size, _CHUNK))
-                if not chunk:
-                    raise ConnectionError("the client closed inside a chunk")
-                size -= len(chunk)
-                yield chunk
+            yield from self._sized_body(size, closed="the client closed inside a chunk")
             self.rfile.readline(8)
 
     def _relay(self, response: http.client.HTTPResponse) -> None:

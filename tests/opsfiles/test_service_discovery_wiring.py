@@ -7,6 +7,7 @@ manifest. Stage 1 keeps bosh-dns-adapter on the controller."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import socket
 import ssl
@@ -115,8 +116,7 @@ def test_bosh_dns_adapters_certificate_is_answered_by_the_rendered_copilot(gener
     assert sd is not None and sd.listen == "0.0.0.0:8054"
 
     table = Views()
-    server = ServiceDiscoveryServer(AddressTable(table.bbs, lambda: True), "127.0.0.1:0", cert=sd.cert, key=sd.key,
-                                    client_ca=sd.client_ca)
+    server = ServiceDiscoveryServer(AddressTable(table.bbs, lambda: True), dataclasses.replace(sd, listen="127.0.0.1:0"))
     server.start()
     server.addresses.refresh()  # the first snapshot now, rather than waiting for the refresher
     try:

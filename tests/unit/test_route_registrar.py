@@ -5,6 +5,7 @@ validation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from copilot.model import Registration
+from copilot.settings import MutualTLSServerConfig
+from copilot.sources import registrar_api
 from copilot.sources.registrar_api import RegistrarApi
 from copilot.views import Views
 from devtools.certs import CertPair, make_ca
@@ -58,8 +61,13 @@ class Copilot:
     def __init__(self, pki: PKI, address: str = "127.0.0.1:0", **limits: float) -> None:
         self.table = Views()
         self.changes = 0
-        self.api = RegistrarApi(self.table.registrar, self._changed, address, cert=pki.server.cert_path, key=pki.server.key_path,
-                                client_ca=pki.client.cert_path.parent / "client-ca.crt", **limits)
+        listen = MutualTLSServerConfig(
+            listen=address,
+            cert=pki.server.cert_path,
+            key=pki.server.key_path,
+            client_ca=pki.client.cert_path.parent / "client-ca.crt",
+        )
+        self.api = RegistrarApi(self.table.registrar, self._changed, listen, dataclasses.replace(registrar_api.LIMITS, **limits))
         self.api.start()
         self.port = self.api.port
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from copilot.config import DEFAULT_ROUTER_GROUPS, ConfigError, parse
-from copilot.https_listener import Request
+from copilot.https_listener import ConnectionLimits, Request
 from copilot.router_groups_api import (
     RouterGroupError,
     RouterGroupsApi,
@@ -223,7 +223,8 @@ def server(tls, uaa: TestUAA) -> Iterator[RouterGroupsServer]:
     _, pair = tls
     server = RouterGroupsServer(
         "127.0.0.1:0", [TCP], TokenValidator(load_public_keys(uaa.public_key_pem), ISSUER),
-        cert=pair.cert_path, key=pair.key_path, handshake_timeout=1.0, request_timeout=1.0, max_connections=8,
+        cert=pair.cert_path, key=pair.key_path,
+        limits=ConnectionLimits(handshake_timeout=1.0, request_timeout=1.0, max_connections=8),
     )
     server.start()
     yield server

@@ -4,6 +4,7 @@ internal names, and the listener's robustness (handshakes off the accept thread,
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import socket
@@ -21,6 +22,7 @@ from copilot import service_discovery
 from copilot.config import ConfigError, parse
 from copilot.model import Instance, InternalRoute, PortMapping, ProcessRoutes
 from copilot.service_discovery import SERVER_NAME, AddressTable, ServiceDiscoveryServer
+from copilot.settings import MutualTLSServerConfig
 from copilot.views import Views
 from devtools.certs import CertPair, make_ca
 from devtools.waiting import wait_until
@@ -83,9 +85,9 @@ def serve(pki: SdPKI, **options) -> Served:
     table, warm = FakeTable(), threading.Event()
     warm.set()
     addresses = AddressTable(table, warm.is_set, max_age=3600)
-    server = ServiceDiscoveryServer(
-        addresses, "127.0.0.1:0", cert=pki.server.cert_path, key=pki.server.key_path, client_ca=pki.ca, **options
-    )
+    limits = dataclasses.replace(service_discovery.LIMITS, **options)
+    listen = MutualTLSServerConfig(listen="127.0.0.1:0", cert=pki.server.cert_path, key=pki.server.key_path, client_ca=pki.ca)
+    server = ServiceDiscoveryServer(addresses, listen, limits)
     server.start()
     wait_until(lambda: addresses.warm, message="the first snapshot")
     return Served(server, table, warm)

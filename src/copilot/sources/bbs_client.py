@@ -20,8 +20,8 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import requests
 from google.protobuf.message import DecodeError, Message
@@ -91,15 +91,17 @@ class MalformedEvent(BBSError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class TLSFiles:
+class TLSFiles(NamedTuple):
+    """BBS's mutual TLS: the CA its server certificate is signed by, and our client certificate and key."""
+
     ca_cert: Path
     client_cert: Path
     client_key: Path
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
+    """One event of BBS's stream: its SSE id, its type (e.g. `actual_lrp_changed`) and its decoded payload."""
+
     id: str
     type: str
     message: Message

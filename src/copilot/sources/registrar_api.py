@@ -22,21 +22,23 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from copilot import metrics
-from copilot.https_listener import HttpsListener, Request, Response
+from copilot.https_listener import ConnectionLimits, HttpsListener, Request, Response
 from copilot.model import InvalidRoute, Registration, check_backend_address, normalize_hostname, normalize_path
+from copilot.settings import MutualTLSServerConfig
 from copilot.slices.registrar import RegistrarSlice
 
 log = logging.getLogger(__name__)
 
 MAX_TTL_SECONDS = 3600
 MAX_BODY_BYTES = 4 << 20
-HANDSHAKE_TIMEOUT_SECONDS = 5.0  # a registrar's own request timeout is 5 s (request_timeout_seconds)
-REQUEST_TIMEOUT_SECONDS = 10.0  # from the end of the handshake to the whole request read
-MAX_CONNECTIONS = 128
-MAX_CONNECTIONS_PER_PEER = 16  # a registrar opens one connection per route being renewed at once
+LIMITS = ConnectionLimits(
+    handshake_timeout=5.0,  # a registrar's own request timeout is 5 s (request_timeout_seconds)
+    request_timeout=10.0,  # from the end of the handshake to the whole request read
+    max_connections=128,
+    max_connections_per_peer=16,  # a registrar opens one connection per route being renewed at once
+)
 _METHODS = ("POST", "DELETE")  # register (or renew), remove
 _FIELDS = {"host", "path", "address", "port", "tls_port", "server_cert_domain_san", "source", "ttl_seconds"}
 
@@ -95,24 +97,15 @@ class RegistrarApi:
         self,
         registrations: RegistrarSlice,
         on_change: Callable[[], None],
-        address: str,
-        *,
-        cert: Path,
-        key: Path,
-        client_ca: Path,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
-        request_timeout: float = REQUEST_TIMEOUT_SECONDS,
-        max_connections: int = MAX_CONNECTIONS,
-        max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER,
+        server: MutualTLSServerConfig,
+        limits: ConnectionLimits = LIMITS,
     ) -> None:
         self._registrations = registrations
         self._on_change = on_change
         self._stop = threading.Event()
         self._listener = HttpsListener(
-            "registrar-api", address, self._answer, cert=cert, key=key, client_ca=client_ca,
-            handshake_timeout=handshake_timeout, request_timeout=request_timeout,
-            max_connections=max_connections, max_connections_per_peer=max_connections_per_peer,
-            max_body_bytes=MAX_BODY_BYTES, length_required_for=_METHODS,
+            "registrar-api", server.listen, self._answer, cert=server.cert, key=server.key, client_ca=server.client_ca,
+            limits=limits, max_body_bytes=MAX_BODY_BYTES, length_required_for=_METHODS,
             on_refused=lambda reason: metrics.REGISTRAR_CONNECTIONS_REFUSED.labels(reason).inc(),
         )
         self.port = self._listener.port
