@@ -2,9 +2,15 @@
 (manifests/local.yml, as `run-local` runs them: istiod debounce 100 ms, route integrity, the router's client
 certificate), app instances behind v58 cell proxies. With N routes in place (2 instances each), each
 change is timed from the BBS event (or CC call) to the first response that shows it through Envoy; the
-router's cluster count and the RSS of Envoy, istiod and Copilot are printed too. Asserts nothing.
+router's cluster count and the RSS of Envoy, istiod and Copilot are printed too, and, per change, what
+it cost (counters read before and after each change, averaged over the changes of a kind): istiod's
+full pushes (a new PushContext each), its xDS pushes by type, the time it spent building them and its
+debounce, the router's CDS/LDS/RDS updates and clusters added or changed, Copilot's responses to
+istiod. Asserts nothing.
 
-    .venv/bin/python bench/bench_convergence.py [--routes 100 10000] [--changes 100]
+    .venv/bin/python bench/bench_convergence.py [--routes 100 10000] [--changes 100] [-o OPS_FILE ...]
+
+-o applies ops-files to the local manifest (e.g. to measure one property against its default).
 
 Changes: "scale up" (a third instance of a running app: its cell starts it first, as Diego does, then BBS
 reports it RUNNING; until a response comes from it), "new app" (a new route's first instance, until the
@@ -33,6 +39,63 @@ from devtools.tier import Tier, start_tier, wait_until  # noqa: E402
 
 INSTANCES_PER_ROUTE = 2
 
+# What a change cost: (column, where, Prometheus series or Envoy stat). Counters and sums only.
+COSTS = (
+    ("full", "istiod", "pilot_pushcontext_init_seconds_count"),
+    ("init s", "istiod", "pilot_pushcontext_init_seconds_sum"),
+    ("cds", "istiod", 'pilot_xds_pushes{type="cds"}'),
+    ("eds", "istiod", 'pilot_xds_pushes{type="eds"}'),
+    ("lds", "istiod", 'pilot_xds_pushes{type="lds"}'),
+    ("rds", "istiod", 'pilot_xds_pushes{type="rds"}'),
+    ("push s", "istiod", "pilot_xds_push_time_sum"),
+    ("debounce s", "istiod", "pilot_debounce_time_sum"),
+    ("E cds", "envoy", "cluster_manager.cds.update_success"),
+    ("E +cl", "envoy", "cluster_manager.cluster_added"),
+    ("E ~cl", "envoy", "cluster_manager.cluster_modified"),
+    ("E lds", "envoy", "listener_manager.lds.update_success"),
+    ("E rds", "envoy", "rds_updates"),
+    ("mcp", "copilot", "copilot_pushes_total"),
+)
+
+
+def prometheus_sums(url: str) -> dict[str, float]:
+    """Every sample of a Prometheus text page, by series (labels kept), plus each metric name summed
+    over its labels, and each `name{one label}` summed over the others."""
+    values: dict[str, float] = {}
+    for line in requests.get(url, timeout=10).text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        name, _, labels = series.partition("{")
+        number = float(value)
+        values[name] = values.get(name, 0.0) + number
+        for label in labels.rstrip("}").split(","):
+            if label:
+                key = f"{name}{{{label}}}"
+                values[key] = values.get(key, 0.0) + number
+    return values
+
+
+def envoy_stats(admin_port: int) -> dict[str, float]:
+    text = requests.get(f"http://127.0.0.1:{admin_port}/stats?usedonly", timeout=10).text
+    values: dict[str, float] = {"rds_updates": 0.0}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.strip().lstrip("-").isdigit():
+            values[name] = float(value)
+            if ".rds." in name and name.endswith(".update_success"):
+                values["rds_updates"] += float(value)
+    return values
+
+
+def costs(tier: Tier) -> dict[str, float]:
+    pages = {
+        "istiod": prometheus_sums(f"http://127.0.0.1:{tier.ports['istiod_monitoring_port']}/metrics"),
+        "copilot": prometheus_sums(f"http://127.0.0.1:{tier.ports['copilot_health_port']}/metrics"),
+        "envoy": envoy_stats(tier.ports["router_admin_port"]),
+    }
+    return {column: pages[where].get(series, 0.0) for column, where, series in COSTS}
+
 
 def footprint(tier: Tier) -> str:
     programs = {"router Envoy": "istio-router-envoy", "istiod": "pilot-discovery", "Copilot": "copilot"}
@@ -40,7 +103,7 @@ def footprint(tier: Tier) -> str:
     return f"router clusters {tier.envoy.cluster_count()}; RSS: {sizes}"
 
 
-def run(routes: int, changes: int) -> dict[str, list[float]]:
+def run(routes: int, changes: int, ops_files: list[Path]) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
     # The routes in place: Diego's listing when Copilot starts. Their instances report a TLS proxy port
     # nothing listens on (they are load, never asked for); the last route's instances are real.
     unused_port = free_port()
@@ -59,9 +122,10 @@ def run(routes: int, changes: int) -> dict[str, list[float]]:
                 bbs.start_instance(f"bg-{i}", index, **template, instance_guid=f"bg-{i}-{index}")
 
     timings: dict[str, list[float]] = {"scale up": [], "new app": [], "weights": []}
+    spent: dict[str, dict[str, float]] = {kind: dict.fromkeys(costs_columns(), 0.0) for kind in timings}
     with tempfile.TemporaryDirectory() as workdir:
         started = time.monotonic()
-        tier = start_tier(Path(workdir), test_certificates=False, preload=preload)
+        tier = start_tier(Path(workdir), ops_files=ops_files, test_certificates=False, preload=preload)
         instances: list[CellInstance] = []
         try:
             last = routes - 1
@@ -73,14 +137,33 @@ def run(routes: int, changes: int) -> dict[str, list[float]]:
             print(f"  {footprint(tier)}", flush=True)
             session = requests.Session()
 
-            def measure(host: str, start, done) -> float:
+            def measure(kind: str, host: str, start, done) -> None:
+                """Times one change into timings[kind]; what it cost (until istiod and the router were
+                quiet again) into spent[kind]."""
+                before = costs(tier)
                 t0 = time.perf_counter()
                 start()
                 while time.perf_counter() - t0 < 120:
                     response = session.get(tier.router_url, headers={"Host": host}, timeout=10)
                     if done(response):
                         break
-                return time.perf_counter() - t0
+                timings[kind].append(time.perf_counter() - t0)
+                after = settled(before)
+                for column in spent[kind]:
+                    spent[kind][column] += after[column] - before[column]
+
+            def settled(before: dict[str, float]) -> dict[str, float]:
+                """The counters once a second went by without istiod pushing (later pushes of the change
+                count too); at most 60 s."""
+                now = costs(tier)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    later = costs(tier)
+                    if all(later[c] == now[c] for c in ("full", "cds", "eds", "lds", "rds", "E cds", "E rds")):
+                        return later
+                    now = later
+                return now
 
             stub = tier.cc_stub()
             for name in ("blue", "green"):
@@ -99,12 +182,11 @@ def run(routes: int, changes: int) -> dict[str, list[float]]:
                 # Scale up the last route (its instances are real): a third instance.
                 guid = f"scaled-{n}"
                 scaled = tier.cell.start_instance(guid)
-                timings["scale up"].append(
-                    measure(
-                        f"bg-{last}.apps.example.com",
-                        lambda s=scaled: tier.bbs.start_instance(f"bg-{last}", 2, **s.net_info()),
-                        lambda r, g=guid: r.text.strip() == g,
-                    )
+                measure(
+                    "scale up",
+                    f"bg-{last}.apps.example.com",
+                    lambda s=scaled: tier.bbs.start_instance(f"bg-{last}", 2, **s.net_info()),
+                    lambda r, g=guid: r.text.strip() == g,
                 )
                 tier.bbs.remove_instance(f"bg-{last}", 2)
                 scaled.stop()
@@ -112,12 +194,11 @@ def run(routes: int, changes: int) -> dict[str, list[float]]:
                 tier.bbs.desire_lrp(f"new-{n}", http_routes=[{"hostnames": [host], "port": 8080}])
                 wait_until(lambda h=host: tier.get(h).status_code == 503, timeout=120, message="the route without backends")
                 fresh = tier.cell.start_instance(f"new-{n}-0")
-                timings["new app"].append(
-                    measure(
-                        host,
-                        lambda n=n, f=fresh: tier.bbs.start_instance(f"new-{n}", 0, **f.net_info()),
-                        lambda r: r.status_code == 200,
-                    )
+                measure(
+                    "new app",
+                    host,
+                    lambda n=n, f=fresh: tier.bbs.start_instance(f"new-{n}", 0, **f.net_info()),
+                    lambda r: r.status_code == 200,
                 )
                 tier.bbs.remove_instance(f"new-{n}", 0)
                 tier.bbs.remove_desired_lrp(f"new-{n}")
@@ -126,11 +207,9 @@ def run(routes: int, changes: int) -> dict[str, list[float]]:
                 stub.UpsertRoute(api.UpsertRouteRequest(route=api.Route(guid=f"w-{n}", host=host)))
                 map_route(f"w-{n}", "blue", 1)
                 wait_until(lambda h=host: tier.get(h).text.strip() == "blue-v1-0", timeout=120, message="blue")
-                timings["weights"].append(
-                    measure(host, lambda n=n: map_route(f"w-{n}", "green", 3), lambda r: r.text.strip() == "green-v1-0")
-                )
+                measure("weights", host, lambda n=n: map_route(f"w-{n}", "green", 3), lambda r: r.text.strip() == "green-v1-0")
             print(f"  after the changes: {footprint(tier)}", flush=True)
-            return timings
+            return timings, spent
         finally:
             for instance in instances:
                 instance.stop()
@@ -141,10 +220,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--routes", type=int, nargs="+", default=[100, 10_000])
     parser.add_argument("--changes", type=int, default=100)
+    parser.add_argument("-o", "--ops-file", type=Path, action="append", default=[], help="ops-file over manifests/local.yml")
     args = parser.parse_args()
-    print("the tier: manifests/local.yml, every other property at its job default", flush=True)
+    ops = "".join(f" + {path}" for path in args.ops_file)
+    print(f"the tier: manifests/local.yml{ops}, every other property at its job default", flush=True)
     for routes in args.routes:
-        results = run(routes, args.changes)
+        results, spent = run(routes, args.changes, [path.resolve() for path in args.ops_file])
         print(f"{'routes':>8} {'change':>9} {'count':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}", flush=True)
         for kind, values in results.items():
             values.sort()
@@ -154,6 +235,16 @@ def main() -> None:
                 f"{values[-1] * 1000:>8.1f}",
                 flush=True,
             )
+        print("  per change (mean): istiod full pushes, PushContext init s, xDS pushes by type, push build s,")
+        print("  debounce s; the router's (E) CDS updates, clusters added/modified, LDS, RDS updates; Copilot's MCP responses")
+        print(f"{'change':>9} " + " ".join(f"{c:>10}" for c in costs_columns()), flush=True)
+        for kind, columns in spent.items():
+            count = max(1, len(results[kind]))
+            print(f"{kind:>9} " + " ".join(f"{v / count:>10.2f}" for v in columns.values()), flush=True)
+
+
+def costs_columns() -> list[str]:
+    return [column for column, _, _ in COSTS]
 
 
 if __name__ == "__main__":

@@ -266,10 +266,15 @@ def test_pilot_flags_and_env(pki, tmp_path):
         "PILOT_ENABLE_ALPN_FILTER": "false", "PILOT_ENABLE_METADATA_EXCHANGE": "false",
         "PILOT_ENABLE_TELEMETRY_LABEL": "false", "PILOT_ENDPOINT_TELEMETRY_LABEL": "false",
         "POD_NAMESPACE": "istio-system", "PILOT_DEBOUNCE_AFTER": "100ms", "PILOT_DEBOUNCE_MAX": "10s",
+        # An instance starting or stopping reaches the routers without waiting for the debounce.
+        "PILOT_ENABLE_EDS_DEBOUNCE": "false",
         # A router's EDS request names every cluster: 4 MiB (istiod's default) is too small at 100,000 hosts.
         "ISTIO_GPRC_MAXRECVMSGSIZE": "33554432",
     }
     assert process["hooks"]["pre_start"] == "/var/vcap/jobs/pilot-discovery/bin/wait-for-copilot"
+    env = yaml.safe_load(render("pilot-discovery", {"eds_debounce": True}, tmp_path / "d", links={"copilot": copilot_link()})[
+        "config/bpm.yml"].read_text())["processes"][0]["env"]
+    assert env["PILOT_ENABLE_EDS_DEBOUNCE"] == "true"
     properties, links = cases(pki)["pilot-discovery"]["custom"]
     args = yaml.safe_load(render("pilot-discovery", properties, tmp_path / "b", links=links)["config/bpm.yml"].read_text())[
         "processes"][0]["args"]
@@ -317,6 +322,10 @@ def test_router_bootstrap_node_and_xds_endpoints(pki, tmp_path):
         "pipe": {"path": "/var/vcap/data/istio-router/sds/sds.sock"}}
     listener = bootstrap["static_resources"]["listeners"][0]
     assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 8080}
+    # Incremental xDS: a full push sends the router the clusters that changed, not every cluster again.
+    assert bootstrap["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
+    sotw = render("istio-router", {"pilot_tls": pilot_tls(pki), "xds_delta": False}, tmp_path / "b", links=links)
+    assert json.loads(sotw["config/envoy.json"].read_text())["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
     bpm = yaml.safe_load(rendered["config/bpm.yml"].read_text())
     envoy = bpm["processes"][0]
     assert envoy["capabilities"] == ["NET_BIND_SERVICE"] and envoy["ephemeral_disk"] is True

@@ -1,0 +1,34 @@
+"""What a change costs istiod and the router, as the release ships them (issue 14, convergence): the
+router speaks incremental (delta) xDS with istiod, and a new app's first instance reaches the routers
+as an endpoint update of its one cluster, not a full push of every route (istiod build change 6)."""
+
+from __future__ import annotations
+
+from devtools.tier import Tier, wait_until
+
+
+def _istiod_log(tier: Tier) -> str:
+    return tier.log_path("pilot-discovery").read_text(errors="replace")
+
+
+def test_router_uses_delta_xds(tier: Tier) -> None:
+    # istiod logs each stream it serves: a router on state-of-the-world xDS opens "new connection".
+    assert "new delta connection for node" in _istiod_log(tier)
+
+
+def test_new_apps_first_instance_is_no_full_push(tier: Tier, apps, unique) -> None:
+    host, process = f"{unique}.example.com", f"{unique}-pg"
+    tier.bbs.desire_lrp(process, http_routes=[{"hostnames": [host], "port": 8080}])
+    # The route is known (its objects are in istiod and on the router) and has no instance yet.
+    wait_until(lambda: tier.get(host).status_code == 503, message="the new route without instances")
+    assert f"Incremental push, service {host} at shard" in _istiod_log(tier)  # seen with no endpoints
+
+    apps.append(tier.start_instance(process, 0, f"{unique}-i0"))
+    wait_until(lambda: tier.get(host).text.strip() == f"{unique}-i0", message="the first instance to serve")
+
+    # A later line in the same log: once it is there, everything istiod logged before it is too.
+    fence = f"{unique}-fence.example.com"
+    tier.bbs.desire_lrp(f"{unique}-fence", http_routes=[{"hostnames": [fence], "port": 8080}])
+    wait_until(lambda: f"service {fence} at shard" in _istiod_log(tier), message="istiod to log the fence route")
+    # Stock istiod: "Full push, new service istio-system/<host>" (every route rebuilt for every router).
+    assert f"Full push, new service istio-system/{host}" not in _istiod_log(tier)
