@@ -15,7 +15,7 @@ from copilot.publisher import Publisher, PublishLoop
 from copilot.router_groups_api import RouterGroupsServer
 from copilot.service_discovery import AddressTable, ServiceDiscoveryServer
 from copilot.sources.bbs_client import BBSClient, TLSFiles
-from copilot.sources.bbs_watcher import BBSWatcher, WithdrawalGuard
+from copilot.sources.bbs_watcher import BBSWatcher
 from copilot.sources.cc_api import CloudControllerCopilot
 from copilot.sources.cc_api import serve as serve_cc_api
 from copilot.sources.registrar_api import RegistrarApi
@@ -49,19 +49,7 @@ class Copilot:
         self.watcher: BBSWatcher | None = None
         if config.bbs is not None:
             client = BBSClient(config.bbs.url, TLSFiles(config.bbs.ca_cert, config.bbs.client_cert, config.bbs.client_key))
-            self.watcher = BBSWatcher(
-                client,
-                self.views.bbs,
-                request,
-                reconcile_interval=config.bbs.reconcile_interval_seconds,
-                max_backoff=config.bbs.max_backoff_seconds,
-                liveness_interval=config.bbs.liveness_check_interval_seconds,
-                withdrawal_guard=WithdrawalGuard(
-                    fraction=config.bbs.withdrawal_hold_fraction,
-                    minimum=config.bbs.withdrawal_hold_minimum,
-                    hold_seconds=config.bbs.withdrawal_hold_seconds,
-                ),
-            )
+            self.watcher = BBSWatcher(client, self.views.bbs, request, config.bbs)
         self.cc_api = CloudControllerCopilot(self.views.cc, request) if config.cc is not None else None
         self._cc_server = None
         self.registrar = None

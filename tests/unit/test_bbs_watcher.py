@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +14,10 @@ import pytest
 from bbs_double.server import BBSDouble
 from copilot import metrics
 from copilot.model import HttpRoute, ProcessRoutes, ViewKind
+from copilot.settings import BBSConfig
 from copilot.sources import bbs_watcher
 from copilot.sources.bbs_client import BBSClient
-from copilot.sources.bbs_watcher import BBSWatcher, WithdrawalGuard
+from copilot.sources.bbs_watcher import BBSWatcher
 from copilot.views import Views
 
 pytestmark = pytest.mark.timeout(60)
@@ -39,14 +41,20 @@ def served(table: Views, host: str = HOST) -> list[tuple[str, int]]:
     return sorted((b.address, b.port) for d in routes.paths[""] for b in d.backends)
 
 
+def watcher_settings(url: str, **options: Any) -> BBSConfig:
+    """The `bbs` settings a watcher follows, with `options` over their defaults (the watcher is handed its
+    client, so the file paths are never read)."""
+    return BBSConfig(url=url, ca_cert=Path("ca.crt"), client_cert=Path("client.crt"), client_key=Path("client.key"), **options)
+
+
 class Harness:
     def __init__(self, double: BBSDouble, client: BBSClient, **watcher_options: Any) -> None:
         self.double = double
         self.table = Views()
         self.changes = 0
         self._lock = threading.Lock()
-        options = {"reconcile_interval": 0.5, "max_backoff": 0.1, **watcher_options}
-        self.watcher = BBSWatcher(client, self.table.bbs, self._changed, **options)
+        options = {"reconcile_interval_seconds": 0.5, "max_backoff_seconds": 0.1, **watcher_options}
+        self.watcher = BBSWatcher(client, self.table.bbs, self._changed, watcher_settings(double.url, **options))
 
     def _changed(self) -> None:
         with self._lock:
@@ -92,7 +100,7 @@ def connection_errors() -> float:
 
 @pytest.fixture
 def make_harness(bbs_double: BBSDouble, bbs_pki) -> Iterator[Callable[..., Harness]]:
-    """`make_harness(timeout=2, **BBSWatcher options)`: a watcher of the double, stopped after the test."""
+    """`make_harness(timeout=2, **bbs settings)`: a watcher of the double, stopped after the test."""
     made: list[Harness] = []
 
     def make(timeout: float = 2, **watcher_options: Any) -> Harness:
@@ -177,7 +185,7 @@ def test_events_are_applied_incrementally(harness: Harness, wait_until) -> None:
 
 
 def test_events_are_applied_without_a_resync(make_harness, wait_until) -> None:
-    harness = make_harness(reconcile_interval=3600)  # only events can bring changes in
+    harness = make_harness(reconcile_interval_seconds=3600)  # only events can bring changes in
     start(harness, wait_until)
     syncs = metrics.BBS_SYNCS._value.get()
     harness.double.desire_lrp("pg", http_routes=route(HOST))
@@ -277,9 +285,9 @@ def test_never_reached_bbs_is_stale_and_unsynced(bbs_pki, clock: Clock, wait_unt
 
     table = Views()
     clock.freeze()
-    watcher = BBSWatcher(
-        BBSClient(f"https://127.0.0.1:{free_port()}", bbs_pki.client, timeout=1), table.bbs, lambda: None, max_backoff=0.1
-    )
+    url = f"https://127.0.0.1:{free_port()}"
+    settings = watcher_settings(url, max_backoff_seconds=0.1)
+    watcher = BBSWatcher(BBSClient(url, bbs_pki.client, timeout=1), table.bbs, lambda: None, settings)
     failed = connection_errors()
     watcher.start()
     try:
@@ -432,7 +440,7 @@ def test_real_sequences_route_like_route_emitter(harness: Harness, wait_until) -
 
 def test_a_hung_bbs_makes_staleness_rise_and_is_resubscribed_once_it_answers(make_harness, wait_until) -> None:
     """Before the fix a hung BBS showed staleness 0 for as long as the reconcile took to notice (here: never)."""
-    harness = make_harness(timeout=0.5, reconcile_interval=3600, liveness_interval=0.2)
+    harness = make_harness(timeout=0.5, reconcile_interval_seconds=3600, liveness_check_interval_seconds=0.2)
     double, table, watcher = harness.double, harness.table, harness.watcher
     double.desire_lrp("pg", http_routes=route(HOST))
     double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
@@ -459,7 +467,7 @@ def test_a_quiet_healthy_stream_is_never_torn_down(make_harness, wait_until) -> 
     """Silence many request timeouts long: pings keep confirming BBS, the one subscription stays up."""
     from bbs_double.server import EVENTS_PATH
 
-    harness = make_harness(timeout=0.3, reconcile_interval=3600, liveness_interval=0.1)
+    harness = make_harness(timeout=0.3, reconcile_interval_seconds=3600, liveness_check_interval_seconds=0.1)
     start(harness, wait_until)
     subscriptions = harness.double.requests_received(EVENTS_PATH)
     syncs = metrics.BBS_SYNCS._value.get()
@@ -496,7 +504,7 @@ def holds(outcome: str) -> float:
 
 
 def test_a_bbs_restarted_with_its_state_loses_nothing(make_harness, wait_until) -> None:
-    harness = make_harness(withdrawal_guard=WithdrawalGuard(fraction=0.5, minimum=2, hold_seconds=30))
+    harness = make_harness(withdrawal_hold_fraction=0.5, withdrawal_hold_minimum=2, withdrawal_hold_seconds=30)
     backends = fill(harness.double, apps=3, instances=2)
     start(harness, wait_until)
     assert all_served(harness.table, 3) == sorted(backends)
@@ -510,7 +518,7 @@ def test_a_bbs_restarted_with_its_state_loses_nothing(make_harness, wait_until) 
 def test_a_bbs_restarted_empty_is_held_then_applied_if_it_persists(make_harness, clock: Clock, wait_until) -> None:
     """Before the fix every route went the moment the empty BBS was listed. The hold's time is the test's."""
     hold = 30
-    harness = make_harness(withdrawal_guard=WithdrawalGuard(fraction=0.5, minimum=2, hold_seconds=hold))
+    harness = make_harness(withdrawal_hold_fraction=0.5, withdrawal_hold_minimum=2, withdrawal_hold_seconds=hold)
     double, table, watcher = harness.double, harness.table, harness.watcher
     backends = fill(double, apps=3, instances=2)
     start(harness, wait_until)
@@ -547,7 +555,7 @@ def test_a_bbs_restarted_empty_is_held_then_applied_if_it_persists(make_harness,
 
 def test_a_hold_ends_when_bbs_lists_its_state_again(make_harness, wait_until) -> None:
     """A BBS restored with its state after an empty restart: nothing was withdrawn, the hold is dropped."""
-    harness = make_harness(withdrawal_guard=WithdrawalGuard(fraction=0.5, minimum=2, hold_seconds=60))
+    harness = make_harness(withdrawal_hold_fraction=0.5, withdrawal_hold_minimum=2, withdrawal_hold_seconds=60)
     double, table, watcher = harness.double, harness.table, harness.watcher
     backends = fill(double, apps=2, instances=2)
     start(harness, wait_until)
@@ -562,7 +570,7 @@ def test_a_hold_ends_when_bbs_lists_its_state_again(make_harness, wait_until) ->
 
 def test_a_real_mass_stop_converges_event_by_event(make_harness, wait_until) -> None:
     """Removal events are BBS saying what went: never held, however many."""
-    harness = make_harness(withdrawal_guard=WithdrawalGuard(fraction=0.5, minimum=2, hold_seconds=60))
+    harness = make_harness(withdrawal_hold_fraction=0.5, withdrawal_hold_minimum=2, withdrawal_hold_seconds=60)
     double, table, watcher = harness.double, harness.table, harness.watcher
     fill(double, apps=4, instances=3)
     start(harness, wait_until)
@@ -581,7 +589,7 @@ def test_a_real_mass_stop_converges_event_by_event(make_harness, wait_until) -> 
 
 def test_a_small_withdrawal_by_listing_is_applied_at_once(make_harness, wait_until) -> None:
     """Below the minimum (or below the fraction) a listing is applied as it comes."""
-    harness = make_harness(withdrawal_guard=WithdrawalGuard(fraction=0.5, minimum=10, hold_seconds=60))
+    harness = make_harness(withdrawal_hold_fraction=0.5, withdrawal_hold_minimum=10, withdrawal_hold_seconds=60)
     fill(harness.double, apps=2, instances=2)
     start(harness, wait_until)
     held = holds("held")

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from copilot import metrics
 from copilot.model import Instance, ProcessRoutes
 from copilot.protos import bbs_pb2
+from copilot.settings import BBSConfig
 from copilot.slices.bbs import BbsSlice, InstanceKey, instance_key
 from copilot.sources import bbs_translate
 from copilot.sources.bbs_client import BBSClient, BBSError, Event, EventStream, MalformedEvent
@@ -61,9 +62,9 @@ class WithdrawalGuard:
     serving instances (or of the desired LRPs) Copilot knows, and at least `minimum` of them; applied
     once they have persisted for `hold_seconds` (0: never held)."""
 
-    fraction: float = 0.5
-    minimum: int = 3
-    hold_seconds: float = 120.0
+    fraction: float
+    minimum: int
+    hold_seconds: float
 
     def is_mass(self, withdrawn: int, known: int) -> bool:
         return self.hold_seconds > 0 and withdrawn >= self.minimum and withdrawn > self.fraction * known
@@ -100,19 +101,19 @@ class BBSWatcher:
         client: BBSClient,
         bbs: BbsSlice,
         on_change: Callable[[], None],
-        *,
-        reconcile_interval: float = 30.0,
-        max_backoff: float = 10.0,
-        liveness_interval: float = 5.0,
-        withdrawal_guard: WithdrawalGuard | None = None,
+        settings: BBSConfig,
     ) -> None:
+        """`settings`: the config's `bbs` section, whose reconcile interval, backoff, liveness interval
+        and withdrawal hold the watcher follows (their defaults live there)."""
         self._client = client
         self._bbs = bbs
         self._on_change = on_change
-        self._reconcile_interval = reconcile_interval
-        self._max_backoff = max_backoff
-        self._liveness_interval = liveness_interval
-        self._guard = withdrawal_guard if withdrawal_guard is not None else WithdrawalGuard()
+        self._reconcile_interval = settings.reconcile_interval_seconds
+        self._max_backoff = settings.max_backoff_seconds
+        self._liveness_interval = settings.liveness_check_interval_seconds
+        self._guard = WithdrawalGuard(
+            settings.withdrawal_hold_fraction, settings.withdrawal_hold_minimum, settings.withdrawal_hold_seconds
+        )
         self._stop = threading.Event()
         self._wake = threading.Event()  # the reconcile loop recomputes when it lists next (a hold began, stop)
         self._lock = threading.Lock()  # one of {full sync, event application} at a time
