@@ -207,8 +207,10 @@ class HttpRoute:
 class TcpRoute:
     """A TCP route: connections to the router's external port go to the process's container port."""
 
-    external_port: int
+    external_port: int  # the router's port (one of its router group's reservable ports)
     container_port: int
+    # The routing-api router group the DesiredLRP's tcp-router route names ("" when it names none); kept
+    # as BBS reports it, the router serves every TCP port it is given.
     router_group_guid: str = ""
 
 
@@ -236,9 +238,9 @@ class CCRoute:
 
     guid: str
     host: str
-    path: str = ""
-    internal: bool = False
-    vip: str = ""
+    path: str = ""  # "" for a route without a context path
+    internal: bool = False  # a container-to-container route (apps.internal), served by a VIP, not the routers
+    vip: str = ""  # an internal route's virtual IP, from Cloud Controller
 
 
 @dataclass(frozen=True)
