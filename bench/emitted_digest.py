@@ -64,7 +64,9 @@ SETTINGS = {
 
 
 def _instance(guid: str, index: int, ports: tuple[PortMapping, ...], *, state: str = "RUNNING", zone: str = "z1") -> Instance:
-    return Instance(guid, index, f"{guid}-i{index}", state, True, f"10.1.{index}.{len(guid)}", f"10.255.{index}.9", False, ports, zone)
+    return Instance(
+        guid, index, f"{guid}-i{index}", state, True, f"10.1.{index}.{len(guid)}", f"10.255.{index}.9", False, ports, zone
+    )
 
 
 def populate(views: Views) -> None:
@@ -94,7 +96,11 @@ def populate(views: Views) -> None:
         bbs.upsert_process(guid, ProcessRoutes(tuple(http), tcp, internal, app_guid=f"app-guid-{i}" if i % 9 else ""))
         for index in range(1 + i % 3):
             tls = 61001 + index if i % 4 != 1 else 0
-            ports = (PortMapping(8080, 61000 + index, 62000, tls), PortMapping(8081, 61100 + index), PortMapping(9000, 63000 + i, 0, 63500 + i))
+            ports = (
+                PortMapping(8080, 61000 + index, 62000, tls),
+                PortMapping(8081, 61100 + index),
+                PortMapping(9000, 63000 + i, 0, 63500 + i),
+            )
             bbs.upsert_instance(0, _instance(guid, index, ports, zone=f"z{index % 2}"))
         if i % 8 == 2:
             bbs.upsert_instance(1, _instance(guid, 0, (PortMapping(8080, 64000, 0, 64001),)))  # evacuating
