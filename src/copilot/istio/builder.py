@@ -104,10 +104,13 @@ _HEADER_VALUE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 log = logging.getLogger(__name__)
 
 
+_NAME_UNSAFE_RE = re.compile(r"[^a-z0-9.-]")
+
+
 @functools.lru_cache(maxsize=1 << 18)
 def object_name(host: str) -> str:
     """A DNS-1123 name for a host's objects: readable prefix plus a hash so distinct hosts never collide."""
-    readable = re.sub(r"[^a-z0-9.-]", "-", host.replace("*", "wildcard"))[:200].strip(".-")
+    readable = _NAME_UNSAFE_RE.sub("-", host.replace("*", "wildcard"))[:200].strip(".-")
     return f"{readable}-{hashlib.sha256(host.encode()).hexdigest()[:10]}"
 
 
@@ -356,11 +359,12 @@ def build_host(
         return []
     if settings.sharded:  # the DestinationRule and ServiceEntry hold what some shard routes
         routes = HostRoutes(routes.host, _union(routes, [group for _, group in groups]))
-    port = IDENTITY_SERVICE_PORT if any(_integrity(settings, d) for d in _unique_destinations(routes)) else SERVICE_PORT
+    destinations = _unique_destinations(routes)
+    port = IDENTITY_SERVICE_PORT if any(_integrity(settings, d) for d in destinations) else SERVICE_PORT
     # One process (and port) behind every route of the host: its endpoints are exactly the host's, so the
     # routes use the host's default cluster and the DestinationRule has no process subset (one Envoy
     # cluster per host instead of two). Several processes (weighted routing) get a subset each.
-    subsets = len({subset_name(d.process_guid, d.container_port) for d in _unique_destinations(routes)}) > 1
+    subsets = len({subset_name(d.process_guid, d.container_port) for d in destinations}) > 1
     objects = [
         IstioObject(VIRTUAL_SERVICE, name if i == 0 else _shard_virtual_service_name(settings, host, shards[0]),
                     _virtual_service(settings, host, svc, port, group, shards, internal_route_service, subsets=subsets))
@@ -459,12 +463,9 @@ def _destination_objects(
     identity = _Identity.of(settings) if port == IDENTITY_SERVICE_PORT else None
     dr.MergeFromString(_host_rule_base(settings.outlier_detection, identity))
     dr.host = svc
-    se = pb.ServiceEntry(
-        hosts=[svc],
-        location=pb.ServiceEntry.MESH_INTERNAL,
-        resolution=pb.ServiceEntry.STATIC,
-    )
-    se.ports.add(number=port, protocol="HTTP", name=SERVICE_PORT_NAME)
+    se = pb.ServiceEntry()
+    se.MergeFromString(_host_service_entry_base(port))
+    se.hosts.append(svc)
     seen: set[str] = set()
     for dest in _unique_destinations(routes):
         subset = subset_name(dest.process_guid, dest.container_port)
@@ -521,8 +522,12 @@ def _add_route_targets(
     cluster when the host has one process (`subsets` False), with X-CF-ApplicationID."""
     targets = _route_targets(settings, destinations)
     for subset, dest, weight in targets:
-        destination = pb.Destination(host=svc, subset=subset if subsets else "", port=pb.PortSelector(number=port))
-        target = route.route.add(destination=destination)
+        target = route.route.add()
+        destination = target.destination  # set in place: a message handed to add() would be copied
+        destination.host = svc
+        if subsets:
+            destination.subset = subset
+        destination.port.number = port
         if len(targets) > 1:
             target.weight = weight
         if _HEADER_VALUE_RE.fullmatch(dest.app_guid):
@@ -605,6 +610,15 @@ def _host_rule_base(outlier: OutlierDetection, identity: _Identity | None) -> by
         # TLS, so the router filter's identity check has a validation context there as well.
         dr.traffic_policy.tls.MergeFromString(_placeholder_identity_tls(identity))
     return dr.SerializeToString(deterministic=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _host_service_entry_base(port: int) -> bytes:
+    """What every host's ServiceEntry has before its host and endpoints, serialized (STATIC, in the
+    mesh, its one port): built once per port."""
+    se = pb.ServiceEntry(location=pb.ServiceEntry.MESH_INTERNAL, resolution=pb.ServiceEntry.STATIC)
+    se.ports.add(number=port, protocol="HTTP", name=SERVICE_PORT_NAME)
+    return se.SerializeToString(deterministic=True)
 
 
 def _add_outlier_detection(od: OutlierDetection, dr: pb.DestinationRule) -> None:

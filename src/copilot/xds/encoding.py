@@ -22,20 +22,24 @@ MCP_RESOURCE_TYPE = "type.googleapis.com/istio.mcp.v1alpha1.Resource"
 _VERSION_INFO, _RESOURCES, _TYPE_URL, _NONCE = 1, 2, 4, 5
 # google.protobuf.Any: type_url=1, value=2; istio.mcp.v1alpha1.Resource: metadata=1, body=2;
 # istio.mcp.v1alpha1.Metadata: name=1, version=3.
-_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
 
 
-def varint(value: int) -> bytes:
-    if value < 0x80:
-        return _ONE_BYTE[value]
-    if value < 0x4000:
-        return bytes(((value & 0x7F) | 0x80, value >> 7))
+def _varint(value: int) -> bytes:
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+# Every varint of one or two bytes, looked up: the lengths of nearly every field (a full rebuild
+# encodes six per object).
+_SHORT = [_varint(n) for n in range(0x4000)]
+
+
+def varint(value: int) -> bytes:
+    return _SHORT[value] if value < 0x4000 else _varint(value)
 
 
 def _field_header(field_number: int, length: int) -> bytes:
