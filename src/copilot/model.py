@@ -422,6 +422,8 @@ def normalize_weights(weights: list[int]) -> list[int]:
         return []
     if any(w <= 0 for w in weights):
         raise ValueError("weights must be positive")
+    if len(weights) == 1:
+        return [100]  # the common case (one destination): what the general way below gives, without its cost
     if len(weights) >= 100:
         return [1] * len(weights)
     # Shares below 1 are raised to 1 and the others split what is left, until no share falls below 1.

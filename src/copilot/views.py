@@ -135,8 +135,11 @@ class Views:
     # ---- internals (every slice's lock held)
     def _registered_destinations(self, host: str) -> list[tuple[str, Destination]]:
         """One destination per (path, source, TLS name) of the host's registrations, with their VMs as backends."""
+        registrations = self.registrar.of_host(host)
+        if not registrations:
+            return []  # an app's host (nearly every host): nothing to group
         groups: dict[tuple[str, str, str], list[Backend]] = defaultdict(list)
-        for r in self.registrar.of_host(host):
+        for r in registrations:
             tls = bool(r.tls_port)
             san = r.server_cert_domain_san if tls else ""
             backend = Backend(r.address, r.tls_port if tls else r.port, r.tls_port)

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
+from typing import NamedTuple
 
 from copilot import invalid_input
 from copilot.istio import router_filter
@@ -49,6 +50,7 @@ from copilot.settings import (
     TLS_VERSIONS,
     Certificate,
     GatewaySettings,
+    OutlierDetection,
     RouteServiceSettings,
 )
 
@@ -102,10 +104,13 @@ _HEADER_VALUE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 log = logging.getLogger(__name__)
 
 
+_NAME_UNSAFE_RE = re.compile(r"[^a-z0-9.-]")
+
+
 @functools.lru_cache(maxsize=1 << 18)
 def object_name(host: str) -> str:
     """A DNS-1123 name for a host's objects: readable prefix plus a hash so distinct hosts never collide."""
-    readable = re.sub(r"[^a-z0-9.-]", "-", host.replace("*", "wildcard"))[:200].strip(".-")
+    readable = _NAME_UNSAFE_RE.sub("-", host.replace("*", "wildcard"))[:200].strip(".-")
     return f"{readable}-{hashlib.sha256(host.encode()).hexdigest()[:10]}"
 
 
@@ -354,11 +359,12 @@ def build_host(
         return []
     if settings.sharded:  # the DestinationRule and ServiceEntry hold what some shard routes
         routes = HostRoutes(routes.host, _union(routes, [group for _, group in groups]))
-    port = IDENTITY_SERVICE_PORT if any(_integrity(settings, d) for d in _unique_destinations(routes)) else SERVICE_PORT
+    destinations = _unique_destinations(routes)
+    port = IDENTITY_SERVICE_PORT if any(_integrity(settings, d) for d in destinations) else SERVICE_PORT
     # One process (and port) behind every route of the host: its endpoints are exactly the host's, so the
     # routes use the host's default cluster and the DestinationRule has no process subset (one Envoy
     # cluster per host instead of two). Several processes (weighted routing) get a subset each.
-    subsets = len({subset_name(d.process_guid, d.container_port) for d in _unique_destinations(routes)}) > 1
+    subsets = len({subset_name(d.process_guid, d.container_port) for d in destinations}) > 1
     objects = [
         IstioObject(VIRTUAL_SERVICE, name if i == 0 else _shard_virtual_service_name(settings, host, shards[0]),
                     _virtual_service(settings, host, svc, port, group, shards, internal_route_service, subsets=subsets))
@@ -453,18 +459,13 @@ def _destination_objects(
 ) -> list[IstioObject]:
     """The host's DestinationRule (a subset per process and port, or with `subsets` False the only
     process's policy on the host's default cluster) and ServiceEntry (the endpoints)."""
-    dr = pb.DestinationRule(host=svc)
-    _add_outlier_detection(settings, dr)  # every subset inherits it (none sets its own)
-    if port == IDENTITY_SERVICE_PORT:
-        # istiod's default cluster of the host (no subset) is on the identity port too: it gets the same
-        # TLS, so the router filter's identity check has a validation context there as well.
-        dr.traffic_policy.tls.CopyFrom(_identity_tls(settings))
-    se = pb.ServiceEntry(
-        hosts=[svc],
-        location=pb.ServiceEntry.MESH_INTERNAL,
-        resolution=pb.ServiceEntry.STATIC,
-    )
-    se.ports.add(number=port, protocol="HTTP", name=SERVICE_PORT_NAME)
+    dr = pb.DestinationRule()
+    identity = _Identity.of(settings) if port == IDENTITY_SERVICE_PORT else None
+    dr.MergeFromString(_host_rule_base(settings.outlier_detection, identity))
+    dr.host = svc
+    se = pb.ServiceEntry()
+    se.MergeFromString(_host_service_entry_base(port))
+    se.hosts.append(svc)
     seen: set[str] = set()
     for dest in _unique_destinations(routes):
         subset = subset_name(dest.process_guid, dest.container_port)
@@ -475,7 +476,8 @@ def _destination_objects(
         integrity = _integrity(settings, dest)
         policy = _traffic_policy(settings, dest, integrity)
         if subsets:
-            entry = dr.subsets.add(name=subset, labels={SUBSET_LABEL: subset})
+            entry = dr.subsets.add(name=subset)
+            entry.labels[SUBSET_LABEL] = subset
             if policy is not None:
                 entry.traffic_policy.CopyFrom(policy)
         elif policy is not None:
@@ -486,7 +488,12 @@ def _destination_objects(
         for backend in backends:
             if not _endpoint_ok(backend.address, backend.tls_port if integrity else backend.port):
                 continue
-            labels = {SUBSET_LABEL: subset}
+            # Map fields are set item by item: a dict handed to a constructor takes Python's generic
+            # MutableMapping path, twice as slow (this runs for every instance of every host).
+            endpoint = se.endpoints.add(address=backend.address, locality=backend.availability_zone)
+            endpoint.ports[SERVICE_PORT_NAME] = backend.tls_port if integrity else backend.port
+            labels = endpoint.labels
+            labels[SUBSET_LABEL] = subset
             if backend.instance_guid and _LABEL_VALUE_RE.fullmatch(backend.instance_guid):
                 labels[INSTANCE_GUID_LABEL] = backend.instance_guid
                 labels[INSTANCE_INDEX_LABEL] = str(backend.index)
@@ -495,15 +502,10 @@ def _destination_objects(
             if backend.instance_guid and settings.instance_routing and dest.app_guid:
                 instance = instance_subset_name(dest.process_guid, dest.container_port, backend.instance_guid)
                 labels[INSTANCE_LABEL] = instance
-                instance_entry = dr.subsets.add(name=instance, labels={INSTANCE_LABEL: instance})
+                instance_entry = dr.subsets.add(name=instance)
+                instance_entry.labels[INSTANCE_LABEL] = instance
                 if policy is not None:
                     instance_entry.traffic_policy.CopyFrom(policy)
-            se.endpoints.add(
-                address=backend.address,
-                ports={SERVICE_PORT_NAME: backend.tls_port if integrity else backend.port},
-                labels=labels,
-                locality=backend.availability_zone,
-            )
     return [IstioObject(DESTINATION_RULE, name, dr), IstioObject(SERVICE_ENTRY, name, se)]
 
 
@@ -520,8 +522,12 @@ def _add_route_targets(
     cluster when the host has one process (`subsets` False), with X-CF-ApplicationID."""
     targets = _route_targets(settings, destinations)
     for subset, dest, weight in targets:
-        destination = pb.Destination(host=svc, subset=subset if subsets else "", port=pb.PortSelector(number=port))
-        target = route.route.add(destination=destination)
+        target = route.route.add()
+        destination = target.destination  # set in place: a message handed to add() would be copied
+        destination.host = svc
+        if subsets:
+            destination.subset = subset
+        destination.port.number = port
         if len(targets) > 1:
             target.weight = weight
         if _HEADER_VALUE_RE.fullmatch(dest.app_guid):
@@ -556,34 +562,69 @@ def _route_targets(settings: GatewaySettings, destinations: list[Destination]) -
     ]
 
 
-def _identity_tls(settings: GatewaySettings, instance_guids: list[str] | None = None) -> pb.ClientTLSSettings:
+class _Identity(NamedTuple):
+    """The settings TLS to instances' proxy ports depends on (route integrity): a content key."""
+
+    ca_file: str
+    certificate_dir: str
+    client_certificate: str
+
+    @classmethod
+    def of(cls, settings: GatewaySettings) -> _Identity:
+        return cls(settings.instance_identity_ca_file, settings.certificate_dir, settings.backend_client_certificate)
+
+
+def _identity_tls(identity: _Identity, instance_guids: list[str] | None = None) -> pb.ClientTLSSettings:
     """TLS to instances' proxy ports (Diego's instance identity): the certificate must chain to the
     identity CA, and the router presents its backend client certificate. Which name it must carry:
     `instance_guids` (a cluster whose endpoints carry no hostname, as TCP routes), else the endpoint's
     own hostname (its instance guid) through the router filter, which replaces the placeholder name."""
     tls = pb.ClientTLSSettings(
         mode=pb.ClientTLSSettings.SIMPLE,
-        ca_certificates=settings.instance_identity_ca_file,
+        ca_certificates=identity.ca_file,
         subject_alt_names=instance_guids or [IDENTITY_PLACEHOLDER_NAME],
         sni=IDENTITY_PLACEHOLDER_NAME if instance_guids is None else "",
     )
-    _add_client_certificate(settings, tls)
+    if identity.client_certificate:
+        directory = identity.certificate_dir.rstrip("/")
+        tls.mode = pb.ClientTLSSettings.MUTUAL
+        tls.client_certificate = f"{directory}/{identity.client_certificate}.crt"
+        tls.private_key = f"{directory}/{identity.client_certificate}.key"
     return tls
 
 
-def _add_client_certificate(settings: GatewaySettings, tls: pb.ClientTLSSettings) -> None:
-    if settings.backend_client_certificate:
-        directory = settings.certificate_dir.rstrip("/")
-        tls.mode = pb.ClientTLSSettings.MUTUAL
-        tls.client_certificate = f"{directory}/{settings.backend_client_certificate}.crt"
-        tls.private_key = f"{directory}/{settings.backend_client_certificate}.key"
+@functools.lru_cache(maxsize=16)
+def _placeholder_identity_tls(identity: _Identity) -> bytes:
+    """_identity_tls for the endpoints' own hostnames, serialized: the same for every host (of the same settings)."""
+    return _identity_tls(identity).SerializeToString(deterministic=True)
 
 
-def _add_outlier_detection(settings: GatewaySettings, dr: pb.DestinationRule) -> None:
+@functools.lru_cache(maxsize=16)
+def _host_rule_base(outlier: OutlierDetection, identity: _Identity | None) -> bytes:
+    """What every host's DestinationRule has before its host and subsets, serialized (its traffic
+    policy: outlier detection, and on the identity port TLS to the instances): built once per content."""
+    dr = pb.DestinationRule()
+    _add_outlier_detection(outlier, dr)  # every subset inherits it (none sets its own)
+    if identity is not None:
+        # istiod's default cluster of the host (no subset) is on the identity port too: it gets the same
+        # TLS, so the router filter's identity check has a validation context there as well.
+        dr.traffic_policy.tls.MergeFromString(_placeholder_identity_tls(identity))
+    return dr.SerializeToString(deterministic=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _host_service_entry_base(port: int) -> bytes:
+    """What every host's ServiceEntry has before its host and endpoints, serialized (STATIC, in the
+    mesh, its one port): built once per port."""
+    se = pb.ServiceEntry(location=pb.ServiceEntry.MESH_INTERNAL, resolution=pb.ServiceEntry.STATIC)
+    se.ports.add(number=port, protocol="HTTP", name=SERVICE_PORT_NAME)
+    return se.SerializeToString(deterministic=True)
+
+
+def _add_outlier_detection(od: OutlierDetection, dr: pb.DestinationRule) -> None:
     """Ejects an endpoint after consecutive locally originated failures only (settings.outlier_detection).
     Istio would otherwise apply Envoy's default of 5 consecutive 5xx responses: its 5xx detector is
     turned off explicitly (a present wrapper holding 0), its gateway-error one stays off (unset)."""
-    od = settings.outlier_detection
     if od.consecutive_failures <= 0:
         return
     out = dr.traffic_policy.outlier_detection
@@ -617,7 +658,7 @@ def _traffic_policy(settings: GatewaySettings, dest: Destination, integrity: boo
             )
         )
     elif integrity:
-        policy.tls.CopyFrom(_identity_tls(settings))
+        policy.tls.MergeFromString(_placeholder_identity_tls(_Identity.of(settings)))
     if http2:
         policy.connection_pool.http.h2_upgrade_policy = pb.ConnectionPoolSettings.HTTPSettings.UPGRADE
     return policy if policy.ListFields() else None
@@ -719,9 +760,9 @@ def build_tcp(settings: GatewaySettings, routes: TcpPortRoutes) -> list[IstioObj
             locality=backend.availability_zone,
         )
     dr = pb.DestinationRule(host=svc)
-    _add_outlier_detection(settings, dr)
+    _add_outlier_detection(settings.outlier_detection, dr)
     if integrity:
-        dr.traffic_policy.tls.CopyFrom(_identity_tls(settings, sorted({b.instance_guid for b in backends})))
+        dr.traffic_policy.tls.CopyFrom(_identity_tls(_Identity.of(settings), sorted({b.instance_guid for b in backends})))
     return [
         *gateways,
         IstioObject(VIRTUAL_SERVICE, name, vs),

@@ -22,20 +22,24 @@ MCP_RESOURCE_TYPE = "type.googleapis.com/istio.mcp.v1alpha1.Resource"
 _VERSION_INFO, _RESOURCES, _TYPE_URL, _NONCE = 1, 2, 4, 5
 # google.protobuf.Any: type_url=1, value=2; istio.mcp.v1alpha1.Resource: metadata=1, body=2;
 # istio.mcp.v1alpha1.Metadata: name=1, version=3.
-_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
 
 
-def varint(value: int) -> bytes:
-    if value < 0x80:
-        return _ONE_BYTE[value]
-    if value < 0x4000:
-        return bytes(((value & 0x7F) | 0x80, value >> 7))
+def _varint(value: int) -> bytes:
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+# Every varint of one or two bytes, looked up: the lengths of nearly every field (a full rebuild
+# encodes six per object).
+_SHORT = [_varint(n) for n in range(0x4000)]
+
+
+def varint(value: int) -> bytes:
+    return _SHORT[value] if value < 0x4000 else _varint(value)
 
 
 def _field_header(field_number: int, length: int) -> bytes:
@@ -66,18 +70,30 @@ def content_digest(kind: Kind, name: str, body: bytes) -> int:
     return int.from_bytes(_digest(name.encode(), _spec_type(kind)[1], body).digest(), "big")
 
 
+# The header of Metadata.version: field 3, length 32 (a 16-byte digest's hex digits).
+_VERSION_HEADER = _field_header(3, 32)
+_NAME_TAG, _BODY_TAG, _RESOURCES_TAG = varint((1 << 3) | 2), varint((2 << 3) | 2), varint((_RESOURCES << 3) | 2)
+
+
 def resource(kind: Kind, name: str, body: bytes) -> Resource:
-    """The serialized spec `body` of (kind, name) as it is sent: a DiscoveryResponse `resources` field."""
+    """The serialized spec `body` of (kind, name) as it is sent: a DiscoveryResponse `resources` field.
+    (It runs once per object built, 300,000 times in a full rebuild at 100,000 hosts: written as one
+    pass of concatenations, each field header as its tag and length.)"""
     type_field, typed = _spec_type(kind)
     name_bytes = name.encode()
     digest = _digest(name_bytes, typed, body)
+    raw = digest.digest()
     body_length = len(body)
-    spec = type_field + _field_header(2, body_length)  # Any{type_url, value}, up to the value
-    metadata = length_delimited(1, length_delimited(1, name_bytes) + length_delimited(3, digest.hexdigest().encode()))
-    mcp = metadata + _field_header(2, len(spec) + body_length) + spec  # Resource{metadata, body}
-    wrapped = _MCP_TYPE_FIELD + _field_header(2, len(mcp) + body_length) + mcp  # Any{type_url, value}
-    header = _field_header(_RESOURCES, len(wrapped) + body_length) + wrapped
-    return Resource(int.from_bytes(digest.digest(), "big"), header + body, len(header))
+    # Any{type_url, value}, up to the value
+    spec = type_field + _BODY_TAG + varint(body_length)
+    # Metadata{name, version}
+    meta = _NAME_TAG + varint(len(name_bytes)) + name_bytes + _VERSION_HEADER + raw.hex().encode()
+    # Resource{metadata, body}, up to the spec's value
+    mcp = _NAME_TAG + varint(len(meta)) + meta + _BODY_TAG + varint(len(spec) + body_length) + spec
+    # Any{type_url, value} of the Resource, up to the spec's value
+    wrapped = _MCP_TYPE_FIELD + _BODY_TAG + varint(len(mcp) + body_length) + mcp
+    header = _RESOURCES_TAG + varint(len(wrapped) + body_length) + wrapped  # DiscoveryResponse.resources
+    return Resource(int.from_bytes(raw, "big"), header + body, len(header))
 
 
 def encode_response(resources: KindSnapshot, type_url: str, nonce: str) -> bytes:
