@@ -37,6 +37,15 @@ def _curl(tier: Tier, *args: str) -> subprocess.CompletedProcess:
                            *args], capture_output=True, text=True, timeout=15)
 
 
+def _routed_app(tier: Tier, apps, unique: str) -> str:
+    """An app with one instance routed at `<unique>.example.com`, once the router serves it; its host."""
+    host = f"{unique}.example.com"
+    tier.bbs.desire_lrp(unique, http_routes=[{"hostnames": [host], "port": 8080}])
+    apps.append(tier.start_instance(unique, 0, f"{unique}-i0"))
+    wait_until(lambda: tier.get(host).status_code == 200, message="the route")
+    return host
+
+
 def _served(tier: Tier, sni: str | None) -> tuple[str | None, str]:
     with tier.tls_connect(sni, alpn=["h2", "http/1.1"]) as sock:
         return sock.selected_alpn_protocol(), dict(item[0] for item in sock.getpeercert()["subject"])["commonName"]
@@ -44,10 +53,7 @@ def _served(tier: Tier, sni: str | None) -> tuple[str | None, str]:
 
 def test_https_offers_http1_only_and_keeps_each_certificate(http1_tier: Tier, apps, unique) -> None:
     tier = http1_tier
-    host = f"{unique}.example.com"
-    tier.bbs.desire_lrp(unique, http_routes=[{"hostnames": [host], "port": 8080}])
-    apps.append(tier.start_instance(unique, 0, f"{unique}-i0"))
-    wait_until(lambda: tier.get(host).status_code == 200, message="the route")
+    host = _routed_app(tier, apps, unique)
     assert _served(tier, host) == ("http/1.1", "wildcard-example-com")
     assert _served(tier, "app.example.com") == ("http/1.1", "app-example-com")  # exact name before the wildcard
     assert _served(tier, None) == ("http/1.1", "wildcard-example-com")  # the fallback chain too
@@ -61,10 +67,7 @@ def test_https_offers_http1_only_and_keeps_each_certificate(http1_tier: Tier, ap
 
 def test_http_takes_no_h2c(http1_tier: Tier, apps, unique) -> None:
     tier = http1_tier
-    host = f"{unique}.example.com"
-    tier.bbs.desire_lrp(unique, http_routes=[{"hostnames": [host], "port": 8080}])
-    apps.append(tier.start_instance(unique, 0, f"{unique}-i0"))
-    wait_until(lambda: tier.get(host).status_code == 200, message="the route")
+    host = _routed_app(tier, apps, unique)
     upgrade = _curl(tier, "--http2", "-H", f"Host: {host}", f"http://127.0.0.1:{tier.http_port}/")
     assert upgrade.stdout == "1.1 200", upgrade.stderr  # the h2c upgrade offer is not taken
     prior = _curl(tier, "--http2-prior-knowledge", "-H", f"Host: {host}", f"http://127.0.0.1:{tier.http_port}/")
