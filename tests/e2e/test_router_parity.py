@@ -133,6 +133,16 @@ def test_https_and_http_serve_the_same_routes(tier: Tier, apps, unique) -> None:
     assert tier.get(host, "/headers").json()["x-forwarded-proto"] == "http"
     status, headers, _ = _https_get(tier, f"nobody-{unique}.example.com")
     assert (status, headers.get("x-cf-routererror")) == (404, "unknown_route")
+    # Every HTTPS filter chain (the exact certificate's, the fallback for an unknown SNI) routes by Host
+    # as gorouter does, from the one route configuration the HTTP listener uses too: each host is one
+    # virtual host in the router, not one per Gateway server.
+    for sni in ("app.example.com", "unknown.example.org"):
+        status, _, body = _https_get(tier, host, "/headers", sni=sni)
+        assert status == 200 and json.loads(body)["x-forwarded-proto"] == "https"
+    routes = requests.get(f"http://127.0.0.1:{tier.envoy.port}/config_dump?resource=dynamic_route_configs", timeout=10).json()
+    holding = [c["route_config"]["name"] for c in routes["configs"]
+               if any(host in vh["domains"] for vh in c["route_config"].get("virtual_hosts", []))]
+    assert holding == [f"http.{tier.http_port}.127.0.0.1"]
 
 
 # ---------------------------------------------------------------- TCP routes

@@ -96,8 +96,20 @@ def test_no_https_without_certificates() -> None:
     assert [s.name for s in build_gateway(GatewaySettings(https_port=443)).spec.servers] == ["http"]
 
 
+def test_https_connection_managers_use_the_http_route_configuration() -> None:
+    """istiod would build one route configuration per HTTPS server, each with every host again."""
+    [shared] = [o for o in build_router_objects(SETTINGS) if o.name == "cf/cf-shared-routes"]
+    assert shared.kind is kinds.ENVOY_FILTER and dict(shared.spec.workload_selector.labels) == {"app": "istio-router"}
+    [patch] = json_format.MessageToDict(shared.spec)["configPatches"]
+    assert (patch["applyTo"], patch["patch"]["operation"], patch["match"]["context"]) == ("NETWORK_FILTER", "MERGE", "GATEWAY")
+    assert patch["match"]["listener"]["portNumber"] == 8443  # every filter chain there: the fallback and each certificate
+    assert patch["patch"]["value"]["typed_config"]["rds"] == {"route_config_name": "http.80.127.0.0.1"}  # istiod's name
+    no_https = GatewaySettings(namespace="cf", https_port=8443)
+    assert [o.name for o in build_router_objects(no_https) if o.kind is kinds.ENVOY_FILTER] == ["cf/cf-router"]
+
+
 def test_router_objects_answer_unknown_routes_and_carry_the_router_filter() -> None:
-    gateway, unknown, router_filter = build_router_objects(SETTINGS)
+    gateway, unknown, router_filter, _shared_routes = build_router_objects(SETTINGS)
     assert (gateway.kind, unknown.kind, router_filter.kind) == (kinds.GATEWAY, kinds.VIRTUAL_SERVICE, kinds.ENVOY_FILTER)
     assert list(unknown.spec.hosts) == ["*"] and list(unknown.spec.gateways) == ["cf/cf-ingress"]
     [route] = unknown.spec.http

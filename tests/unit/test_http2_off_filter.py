@@ -25,7 +25,7 @@ OFF = dataclasses.replace(ON, enable_http2=False)
 
 
 def _filter_patches(settings: GatewaySettings) -> list[dict]:
-    [ef] = [o for o in build_router_objects(settings) if o.kind == kinds.ENVOY_FILTER]
+    [ef] = [o for o in build_router_objects(settings) if o.kind == kinds.ENVOY_FILTER and o.name.endswith("/cf-router")]
     return [json_format.MessageToDict(p, preserving_proto_field_name=True) for p in ef.spec.config_patches]
 
 

@@ -12,6 +12,7 @@ from copilot.config import ConfigError, parse
 from copilot.istio import kinds
 from copilot.istio.builder import (
     SUBSET_LABEL,
+    Certificate,
     GatewaySettings,
     RouteServiceSettings,
     build_host,
@@ -195,8 +196,21 @@ def test_each_shard_has_its_gateways_selecting_its_routers_only() -> None:
     }
     [unknown] = [o for o in build_router_objects(settings) if o.name.endswith("/cf-unknown-route")]
     assert list(unknown.spec.gateways) == ["istio-system/cf-ingress", f"istio-system/cf-ingress-{iso_suffix}"]
-    [router_filter] = [o for o in build_router_objects(settings) if o.kind is kinds.ENVOY_FILTER]
+    [router_filter] = [o for o in build_router_objects(settings) if o.name == "istio-system/cf-router"]
     assert dict(router_filter.spec.workload_selector.labels) == {"app": "istio-router"}  # every router
+
+
+def test_each_shard_shares_its_own_http_route_configuration_with_https() -> None:
+    shards = (RouterShard("shared", "shared-and-segments"), RouterShard(ISO, "segments", (ISO,), bind="127.0.0.3"))
+    certs = (Certificate("wildcard", ("*.example.com",)),)
+    settings = GatewaySettings(router_shards=shards, https_port=443, certificates=certs, bind="127.0.0.2")
+    filters = {
+        o.name: o.spec for o in build_router_objects(settings) if o.kind is kinds.ENVOY_FILTER and "shared-routes" in o.name
+    }
+    rds = {dict(ef.workload_selector.labels)[SHARD_LABEL]: ef.config_patches[0].patch.value["typed_config"]["rds"]
+           for ef in filters.values()}
+    names = {shard: value["route_config_name"] for shard, value in rds.items()}
+    assert len(filters) == 2 and names == {"shared": "http.80.127.0.0.2", ISO: "http.80.127.0.0.3"}
 
 
 def test_a_host_in_one_segment_is_one_virtual_service_on_its_shard() -> None:

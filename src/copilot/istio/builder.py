@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from copilot import invalid_input
 from copilot.istio import router_filter
-from copilot.istio.kinds import DESTINATION_RULE, GATEWAY, SERVICE_ENTRY, VIRTUAL_SERVICE, IstioObject
+from copilot.istio.kinds import DESTINATION_RULE, ENVOY_FILTER, GATEWAY, SERVICE_ENTRY, VIRTUAL_SERVICE, IstioObject
 from copilot.istio.router_filter import (
     ENDPOINT_METADATA,
     IDENTITY_SERVICE_PORT,
@@ -98,6 +98,8 @@ ROUTE_SERVICE_TOKEN_ENVIRONMENT = "CF_ROUTE_SERVICES_TOKEN"
 _ROUTE_SERVICE_URL_RE = re.compile(r"^https://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]{1,2040}$")
 _CONTEXT_PATH_RE = re.compile(r"^/[A-Za-z0-9\-._~:/@!$&'()*+,;=%]{0,1000}$")
 UNKNOWN_ROUTE_NAME = "cf-unknown-route"
+# build_shared_routes_filter: the HTTPS connection managers use the HTTP route configuration.
+SHARED_ROUTES_FILTER_NAME = "cf-shared-routes"
 _LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
 _HEADER_VALUE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 
@@ -157,6 +159,44 @@ def build_gateway(settings: GatewaySettings, shard: int = 0) -> IstioObject:
     return IstioObject(GATEWAY, settings.shard_ref(shard), gateway)
 
 
+def http_route_config_name(settings: GatewaySettings, shard: int = 0) -> str:
+    """istiod's name for the route configuration of a shard's HTTP server (`http.<port>[.<bind>]`)."""
+    bind = settings.shard_bind(shard)
+    return f"http.{settings.http_port}" + (f".{bind}" if bind else "")
+
+
+def build_shared_routes_filter(settings: GatewaySettings, shard: int = 0) -> IstioObject | None:
+    """One route configuration for HTTP and HTTPS: the connection managers of every filter chain on the
+    shard's HTTPS port (the fallback one and one per certificate) are pointed at the HTTP server's route
+    configuration. istiod names a route configuration per HTTPS server and fills each with the same
+    virtual hosts (every VirtualService is bound to the whole Gateway and none matches on a port), so
+    without this each route host is a virtual host two or three times over in every router, and in
+    every full RDS push. What differs per scheme is on the connection manager, not in the routes:
+    X-Forwarded-Proto (from the connection), client certificate details (forward_client_cert_details),
+    the TLS context. None without HTTPS."""
+    if not (settings.https_port and settings.certificates):
+        return None
+    ef = pb.EnvoyFilter(workload_selector=pb.WorkloadSelector(labels=settings.shard_selector(shard)))
+    hcm = pb.EnvoyFilter.ListenerMatch.FilterMatch(name=router_filter._HCM)
+    listener = pb.EnvoyFilter.ListenerMatch(
+        port_number=settings.https_port, filter_chain=pb.EnvoyFilter.ListenerMatch.FilterChainMatch(filter=hcm)
+    )
+    value = {
+        "name": router_filter._HCM,
+        "typed_config": {
+            "@type": router_filter._HCM_TYPE,
+            "rds": {"route_config_name": http_route_config_name(settings, shard)},
+        },
+    }
+    ef.config_patches.add(
+        apply_to=pb.EnvoyFilter.NETWORK_FILTER,
+        match=pb.EnvoyFilter.EnvoyConfigObjectMatch(context=pb.EnvoyFilter.GATEWAY, listener=listener),
+        patch=pb.EnvoyFilter.Patch(operation=pb.EnvoyFilter.Patch.MERGE, value=router_filter._struct(value)),
+    )
+    name = SHARED_ROUTES_FILTER_NAME if shard == 0 else f"{SHARED_ROUTES_FILTER_NAME}-{suffix(settings.router_shards[shard])}"
+    return IstioObject(ENVOY_FILTER, f"{settings.namespace}/{name}", ef)
+
+
 def _server_tls(settings: GatewaySettings, cert: Certificate) -> pb.ServerTLSSettings:
     directory = settings.certificate_dir.rstrip("/")
     return pb.ServerTLSSettings(
@@ -183,6 +223,7 @@ def build_router_objects(settings: GatewaySettings) -> list[IstioObject]:
             trusted_proxy_hops=settings.trusted_proxy_hops,
         ),
     ]
+    objects += filter(None, (build_shared_routes_filter(settings, shard) for shard in shards))
     if settings.route_services is not None:
         objects += build_route_service_objects(settings, settings.route_services)
     return objects
