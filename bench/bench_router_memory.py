@@ -3,6 +3,7 @@ default properties (manifests/local.yml: route integrity with the router's clien
 proxies), as bench_convergence.py starts them. Prints figures; asserts nothing.
 
     .venv/bin/python bench/bench_router_memory.py [--routes 10000] [--ops-file FILE ...] [--settle 30] [--late 300]
+        [--baseline REF]
 
 With the tier up and no app routes, the router's state is read ("before"); then N route hosts arrive
 from BBS as DesiredLRPs of ROUTES_PER_LRP hostnames each, with 2 instances per LRP (every host gets its
@@ -13,13 +14,22 @@ answers 404 for them, the state is read again after `--settle` seconds and once 
 after that, so one sees whether memory comes back. For each state: Envoy's clusters, listeners, route
 configurations and virtual hosts (admin API), its RSS and tcmalloc's allocated / heap figures, istiod's
 and Copilot's RSS. KiB per route host is
-(Envoy RSS with the routes - before) / N. `--ops-file` applies an ops-file on top (to measure a lever
-without changing a default). Loopback only; the background instances' addresses are never connected to.
+(Envoy RSS with the routes - before) / N; the same from tcmalloc's allocated bytes (the heap in use,
+steadier than RSS) is printed beside it. With the routes in place one more host is added, which costs
+istiod a full push: the route configuration bytes istiod sent the router for it (istiod's
+pilot_xds_config_size_bytes) are what every full push costs in RDS. `--ops-file` applies an ops-file on
+top (to measure a lever without changing a default). `--baseline REF` first measures the tier of another
+commit (a git worktree of REF: its jobs, manifests and Copilot, this tree's measuring apparatus, as
+bench_router.py does) in the same run, one tier at a time. Loopback only; the background instances'
+addresses are never connected to.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +38,10 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+REPO = Path(__file__).resolve().parents[1]
+# The tree measured: this one, or a --baseline worktree (its src/, with this tree's apparatus copied in).
+SRC_ENV = "BENCH_ROUTER_MEMORY_SRC"
+sys.path.insert(0, os.environ.get(SRC_ENV, str(REPO / "src")))
 
 from bbs_double.server import BBSDouble  # noqa: E402
 from devtools.cell import CellInstance  # noqa: E402
@@ -41,6 +54,7 @@ ROUTES_PER_LRP = 1000
 DOMAIN = "apps.example.com"
 PROGRAMS = {"envoy": "istio-router-envoy", "istiod": "pilot-discovery", "copilot": "copilot"}
 MEMORY_STATS = ("server.memory_allocated", "server.memory_heap_size", "server.memory_physical_size")
+RDS_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
 
 @dataclass
@@ -82,6 +96,16 @@ def read_state(tier: Tier) -> State:
         rss_mib={name: rss_mib(tier.pid(program)) for name, program in PROGRAMS.items()},
         tcmalloc_mib={name: stats[name] / 2**20 for name in MEMORY_STATS},
     )
+
+
+def rds_sent(tier: Tier) -> tuple[float, int]:
+    """Route configuration bytes istiod has sent so far, and in how many pushes (its own metric)."""
+    text = requests.get(f"http://127.0.0.1:{tier.ports['istiod_monitoring_port']}/metrics", timeout=30).text
+    figures = {}
+    for kind in ("sum", "count"):
+        match = re.search(rf'^pilot_xds_config_size_bytes_{kind}{{type="{re.escape(RDS_TYPE)}"}} (\S+)$', text, re.M)
+        figures[kind] = float(match.group(1)) if match else 0.0
+    return figures["sum"], int(figures["count"])
 
 
 def run(routes: int, ops_files: list[Path], settle: float, late_seconds: float) -> None:
@@ -126,6 +150,18 @@ def run(routes: int, ops_files: list[Path], settle: float, late_seconds: float) 
             loaded = read_state(tier)
             print(loaded.line(f"with {routes} routes"), flush=True)
 
+            # One more host: a new VirtualService, so istiod sends the router every route configuration.
+            sent, pushes = rds_sent(tier)
+            tier.bbs.desire_lrp("probe-rds", http_routes=[{"hostnames": [f"probe-rds.{DOMAIN}"], "port": 8080}])
+            wait_until(lambda: tier.get(f"probe-rds.{DOMAIN}").status_code != 404, timeout=600, interval=0.5, message="probe-rds")
+            sent_after, pushes_after = rds_sent(tier)
+            print(
+                f"  one more host: istiod sent the router {(sent_after - sent) / 2**20:.1f} MiB of route configurations"
+                f" in {pushes_after - pushes} RDS push(es)",
+                flush=True,
+            )
+            tier.bbs.remove_desired_lrp("probe-rds")
+
             t0 = time.monotonic()
             for guid in lrps:
                 for index in range(INSTANCES_PER_ROUTE):
@@ -155,8 +191,10 @@ def run(routes: int, ops_files: list[Path], settle: float, late_seconds: float) 
 
             grown = loaded.rss_mib["envoy"] - before.rss_mib["envoy"]
             kept = (late or after).rss_mib["envoy"] - before.rss_mib["envoy"]
+            allocated = loaded.tcmalloc_mib["server.memory_allocated"] - before.tcmalloc_mib["server.memory_allocated"]
             print(
-                f"  Envoy: {grown * 1024 / routes:.1f} KiB per route host ({grown:.0f} MiB for {routes}); "
+                f"  Envoy: {grown * 1024 / routes:.1f} KiB per route host ({grown:.0f} MiB for {routes}; allocated "
+                f"{allocated * 1024 / routes:.1f} KiB per host); "
                 f"{(loaded.clusters - before.clusters) / routes:.2f} clusters per host; after removal "
                 f"{kept:.0f} MiB above before ({100 * kept / grown if grown > 0 else 0:.0f}% of the growth kept)",
                 flush=True,
@@ -173,17 +211,42 @@ def run(routes: int, ops_files: list[Path], settle: float, late_seconds: float) 
             tier.stop()
 
 
+def baseline_tree(ref: str, tree: Path) -> Path:
+    """A worktree of `ref` whose product (jobs, manifests, Copilot) is ref's and whose measuring apparatus
+    (bench_router.py's APPARATUS: the cells, the BBS double, rendering and starting the tier) is this tree's."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_router  # noqa: PLC0415 (only for --baseline; its module starts nothing)
+
+    return bench_router.baseline_tree(ref, tree)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--routes", type=int, nargs="+", default=[10_000])
     parser.add_argument("--ops-file", type=Path, action="append", default=[], help="an ops-file applied on top")
     parser.add_argument("--settle", type=float, default=30.0, help="seconds between a change and its reading")
     parser.add_argument("--late", type=float, default=300.0, help="seconds after the settled reading for a last one (0: none)")
+    parser.add_argument("--baseline", metavar="REF", help="first measure the tier of this commit, in the same run")
     args = parser.parse_args()
     extra = f", plus {', '.join(map(str, args.ops_file))}" if args.ops_file else ""
     print(f"the tier: manifests/local.yml, every other property at its job default{extra}", flush=True)
-    for routes in args.routes:
-        run(routes, [path.resolve() for path in args.ops_file], args.settle, args.late)
+    ops_files = [path.resolve() for path in args.ops_file]
+    if not args.baseline:
+        for routes in args.routes:
+            run(routes, ops_files, args.settle, args.late)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-router-memory-") as tmp:
+        tree = baseline_tree(args.baseline, Path(tmp) / "baseline")
+        try:
+            for routes in args.routes:
+                print(f"{routes} route hosts, baseline {args.baseline}:", flush=True)
+                command = [sys.executable, str(Path(__file__).resolve()), "--routes", str(routes), "--settle", str(args.settle)]
+                command += ["--late", str(args.late), *(f"--ops-file={path}" for path in ops_files)]
+                subprocess.run(command, check=True, env={**os.environ, SRC_ENV: str(tree / "src")})
+                print(f"{routes} route hosts, this tree:", flush=True)
+                run(routes, ops_files, args.settle, args.late)
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
 
 
 if __name__ == "__main__":
