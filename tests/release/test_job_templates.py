@@ -351,11 +351,13 @@ def test_router_keeps_fewer_statistics_for_istiods_clusters_and_gives_freed_memo
     assert not excluded.fullmatch("cluster.xds-grpc.circuit_breakers.default.cx_open")  # static clusters keep all
     assert bootstrap["memory_allocator_manager"] == {"bytes_to_release": 104857600, "memory_release_interval": "1s"}
     assert bootstrap["deferred_stat_options"] == {"enable_deferred_creation_stats": True}
+    assert bootstrap["cluster_manager"] == {"enable_deferred_cluster_creation": True}
 
-    props = {"pilot_tls": pilot_tls(pki), "stats": {"excluded_cluster_stats": []}, "memory": {"release_bytes_per_second": 0}}
+    props = {"pilot_tls": pilot_tls(pki), "stats": {"excluded_cluster_stats": []}, "memory": {"release_bytes_per_second": 0},
+             "deferred_cluster_creation": False}
     bootstrap = json.loads(render("istio-router", props, tmp_path / "b", links=links)["config/envoy.json"].read_text())
     assert bootstrap["stats_config"] == {"stats_matcher": {"reject_all": False}}
-    assert "memory_allocator_manager" not in bootstrap
+    assert "memory_allocator_manager" not in bootstrap and "cluster_manager" not in bootstrap
     props["stats"]["deferred_creation"] = False
     bootstrap = json.loads(render("istio-router", props, tmp_path / "c", links=links)["config/envoy.json"].read_text())
     assert bootstrap["deferred_stat_options"] == {"enable_deferred_creation_stats": False}
