@@ -52,6 +52,9 @@ from devtools.tier import Tier, start_tier, wait_until  # noqa: E402
 INSTANCES_PER_ROUTE = 2
 ROUTES_PER_LRP = 1000
 DOMAIN = "apps.example.com"
+# The local tier's router certificate names *.apps.local: hosts there are under a certificate, as a
+# foundation's app domain is under its routers' (istiod then repeats them in that certificate's routes).
+CERTIFICATE_DOMAIN = "apps.local"
 PROGRAMS = {"envoy": "istio-router-envoy", "istiod": "pilot-discovery", "copilot": "copilot"}
 MEMORY_STATS = ("server.memory_allocated", "server.memory_heap_size", "server.memory_physical_size")
 RDS_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -108,7 +111,7 @@ def rds_sent(tier: Tier) -> tuple[float, int]:
     return figures["sum"], int(figures["count"])
 
 
-def run(routes: int, ops_files: list[Path], settle: float, late_seconds: float) -> None:
+def run(routes: int, ops_files: list[Path], settle: float, late_seconds: float, domain: str = DOMAIN) -> None:
     # The background instances report a TLS proxy port nothing listens on: load, never asked for.
     template = {
         "address": "127.0.0.1",
@@ -121,7 +124,7 @@ def run(routes: int, ops_files: list[Path], settle: float, late_seconds: float) 
 
     def load(bbs: BBSDouble) -> None:
         for start, guid in zip(range(0, routes, ROUTES_PER_LRP), lrps, strict=True):
-            hosts = [f"bg-{i}.{DOMAIN}" for i in range(start, min(start + ROUTES_PER_LRP, routes))]
+            hosts = [f"bg-{i}.{domain}" for i in range(start, min(start + ROUTES_PER_LRP, routes))]
             bbs.desire_lrp(guid, http_routes=[{"hostnames": hosts, "port": 8080}], instances=INSTANCES_PER_ROUTE)
             for index in range(INSTANCES_PER_ROUTE):
                 bbs.start_instance(guid, index, **template, instance_guid=f"{guid}-{index}")
@@ -138,12 +141,12 @@ def run(routes: int, ops_files: list[Path], settle: float, late_seconds: float) 
 
             t0 = time.monotonic()
             load(tier.bbs)
-            tier.bbs.desire_lrp("probe", http_routes=[{"hostnames": [f"probe.{DOMAIN}"], "port": 8080}])
+            tier.bbs.desire_lrp("probe", http_routes=[{"hostnames": [f"probe.{domain}"], "port": 8080}])
             for index in range(INSTANCES_PER_ROUTE):
                 instances.append(tier.start_instance("probe", index, f"probe-{index}"))
             # Copilot publishes whole states in event order: the probe routed means every host before it is.
-            wait_until(lambda: tier.get(f"probe.{DOMAIN}").status_code == 200, timeout=3600, interval=1, message="routes")
-            wait_until(lambda: tier.get(f"bg-{routes - 1}.{DOMAIN}").status_code != 404, timeout=600, message="last host")
+            wait_until(lambda: tier.get(f"probe.{domain}").status_code == 200, timeout=3600, interval=1, message="routes")
+            wait_until(lambda: tier.get(f"bg-{routes - 1}.{domain}").status_code != 404, timeout=600, message="last host")
             elapsed = time.monotonic() - t0
             print(f"  {routes} route hosts x {INSTANCES_PER_ROUTE} instances routed {elapsed:.1f}s after the first event")
             time.sleep(settle)
@@ -152,8 +155,8 @@ def run(routes: int, ops_files: list[Path], settle: float, late_seconds: float) 
 
             # One more host: a new VirtualService, so istiod sends the router every route configuration.
             sent, pushes = rds_sent(tier)
-            tier.bbs.desire_lrp("probe-rds", http_routes=[{"hostnames": [f"probe-rds.{DOMAIN}"], "port": 8080}])
-            wait_until(lambda: tier.get(f"probe-rds.{DOMAIN}").status_code != 404, timeout=600, interval=0.5, message="probe-rds")
+            tier.bbs.desire_lrp("probe-rds", http_routes=[{"hostnames": [f"probe-rds.{domain}"], "port": 8080}])
+            wait_until(lambda: tier.get(f"probe-rds.{domain}").status_code != 404, timeout=600, interval=0.5, message="probe-rds")
             sent_after, pushes_after = rds_sent(tier)
             print(
                 f"  one more host: istiod sent the router {(sent_after - sent) / 2**20:.1f} MiB of route configurations"
@@ -169,7 +172,7 @@ def run(routes: int, ops_files: list[Path], settle: float, late_seconds: float) 
                 tier.bbs.remove_desired_lrp(guid)
             wait_until(
                 lambda: (
-                    tier.get(f"bg-{routes - 1}.{DOMAIN}").status_code == 404 and tier.envoy.cluster_count() <= before.clusters + 2
+                    tier.get(f"bg-{routes - 1}.{domain}").status_code == 404 and tier.envoy.cluster_count() <= before.clusters + 2
                 ),
                 timeout=3600,
                 interval=1,
@@ -179,7 +182,7 @@ def run(routes: int, ops_files: list[Path], settle: float, late_seconds: float) 
             time.sleep(settle)
             after = read_state(tier)
             print(after.line(f"removed, {settle:.0f}s later"), flush=True)
-            if tier.get(f"probe.{DOMAIN}").status_code != 200:
+            if tier.get(f"probe.{domain}").status_code != 200:
                 print("  WARNING: the probe route stopped answering 200 after the removal", flush=True)
             late = None
             if late_seconds > 0:
@@ -227,13 +230,16 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=30.0, help="seconds between a change and its reading")
     parser.add_argument("--late", type=float, default=300.0, help="seconds after the settled reading for a last one (0: none)")
     parser.add_argument("--baseline", metavar="REF", help="first measure the tier of this commit, in the same run")
+    parser.add_argument(
+        "--domain", default=DOMAIN, help=f"the hosts' domain ({CERTIFICATE_DOMAIN}: under the router's certificate)"
+    )
     args = parser.parse_args()
     extra = f", plus {', '.join(map(str, args.ops_file))}" if args.ops_file else ""
     print(f"the tier: manifests/local.yml, every other property at its job default{extra}", flush=True)
     ops_files = [path.resolve() for path in args.ops_file]
     if not args.baseline:
         for routes in args.routes:
-            run(routes, ops_files, args.settle, args.late)
+            run(routes, ops_files, args.settle, args.late, args.domain)
         return
     with tempfile.TemporaryDirectory(prefix="bench-router-memory-") as tmp:
         tree = baseline_tree(args.baseline, Path(tmp) / "baseline")
@@ -241,10 +247,10 @@ def main() -> None:
             for routes in args.routes:
                 print(f"{routes} route hosts, baseline {args.baseline}:", flush=True)
                 command = [sys.executable, str(Path(__file__).resolve()), "--routes", str(routes), "--settle", str(args.settle)]
-                command += ["--late", str(args.late), *(f"--ops-file={path}" for path in ops_files)]
+                command += ["--late", str(args.late), "--domain", args.domain, *(f"--ops-file={path}" for path in ops_files)]
                 subprocess.run(command, check=True, env={**os.environ, SRC_ENV: str(tree / "src")})
                 print(f"{routes} route hosts, this tree:", flush=True)
-                run(routes, ops_files, args.settle, args.late)
+                run(routes, ops_files, args.settle, args.late, args.domain)
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
 
