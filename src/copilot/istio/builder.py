@@ -1,6 +1,7 @@
 """Pure functions from routing state to Istio objects: the router's Gateway (HTTP, and HTTPS with a
 certificate per SNI name), a catch-all VirtualService answering unknown routes, the gorouter
-compatibility EnvoyFilter (router_filter.py); per host a VirtualService, a DestinationRule (a subset per
+compatibility EnvoyFilter (router_filter.py), an EnvoyFilter giving HTTPS the HTTP route configuration
+(build_shared_routes_filter); per host a VirtualService, a DestinationRule (a subset per
 process and port when the host has several, none when its routes all go to one process, whose
 endpoints are then the host's default cluster; and one per app instance with instance routing) and a
 ServiceEntry with STATIC endpoints; per router TCP port a Gateway, a VirtualService and a ServiceEntry.
@@ -210,7 +211,7 @@ def _server_tls(settings: GatewaySettings, cert: Certificate) -> pb.ServerTLSSet
 
 def build_router_objects(settings: GatewaySettings) -> list[IstioObject]:
     """The objects that do not depend on routes: the Gateways (one per router shard), the unknown-route
-    answer, the router filter (on every router: gateway.selector)."""
+    answer, the router filter (on every router: gateway.selector), with HTTPS a shared-routes filter per shard."""
     shards = range(len(settings.router_shards))
     objects = [
         *(build_gateway(settings, shard) for shard in shards),

@@ -1,4 +1,5 @@
-"""The one EnvoyFilter Copilot emits: gorouter behaviour Istio has no API for.
+"""The gorouter compatibility EnvoyFilter: gorouter behaviour Istio has no API for (the only other
+EnvoyFilter, builder.build_shared_routes_filter, gives HTTPS the HTTP route configuration).
 
 Everything else (routes, TLS, TCP, per-route headers, HTTP/2 upstreams) is plain Gateway /
 VirtualService / DestinationRule / ServiceEntry. This filter adds, on the router's HTTP connection
