@@ -341,6 +341,32 @@ def test_a_change_to_several_kinds_is_pushed_in_push_order(client: AdsClient, st
     assert kinds.PUSH_ORDER.index(kinds.DESTINATION_RULE) < kinds.PUSH_ORDER.index(kinds.VIRTUAL_SERVICE)
 
 
+def test_removals_reach_istiod_routes_first_and_destination_rules_last(store: Store) -> None:
+    """An app going away: its routes leave first, its ServiceEntry before its DestinationRule (else istiod can
+    build the host's cluster without TLS to the instances for a moment), even when the stream is busy and
+    the snapshots of the steps queue up behind each other (they are not folded past a barrier)."""
+    gate = threading.Event()
+    gate.set()
+    server = serving(store, on_push=lambda type_url, count, since: gate.wait(WAIT))
+    store.release()
+    everything(store, "app")
+    client = AdsClient(server.port)
+    try:
+        for kind in kinds.PUSH_ORDER:
+            client.send(kind.collection)
+            client.ack(client.recv())
+        gate.clear()  # the stream's first push of the removal waits here while every later step queues
+        store.apply([], [(kind, "cf/app") for kind in kinds.PUSH_ORDER])
+        gate.set()
+        pushed = [client.recv() for _ in kinds.PUSH_ORDER]
+        assert [r.type_url for r in pushed] == [kind.collection for kind in kinds.REMOVAL_ORDER]
+        assert not any("cf/app" in names(r) for r in pushed)
+        client.assert_quiet()
+    finally:
+        client.close()
+        server.stop(grace=0)
+
+
 def test_every_stream_gets_the_push(server: McpServer, store: Store) -> None:
     clients = [AdsClient(server.port) for _ in range(3)]
     try:

@@ -116,6 +116,31 @@ def test_an_upsert_and_a_deletion_in_one_apply_are_one_snapshot() -> None:
     assert (seen[-1].resources(VS.collection).names(), seen[-1].resources(SE.collection).names()) == (["ns/host-1"], ["ns/se"])
 
 
+def test_removals_are_released_kind_by_kind_routes_first_destination_rules_last() -> None:
+    store, seen = released()
+    dr = kinds.DESTINATION_RULE
+    store.apply([IstioObject(kind, "ns/app", kind.message()) for kind in kinds.PUSH_ORDER])
+    before = len(seen)
+    store.apply(
+        [IstioObject(dr, "ns/new", dr.message())],
+        [(kind, "ns/app") for kind in kinds.PUSH_ORDER],  # handed over in push order, released the other way
+    )
+    steps = seen[before:]
+    gone = [{k for k in kinds.PUSH_ORDER if "ns/app" not in s.resources(k.collection).names()} for s in steps]
+    assert gone == [set(kinds.REMOVAL_ORDER[: n + 1]) for n in range(5)]
+    assert kinds.REMOVAL_ORDER[0] is VS and kinds.REMOVAL_ORDER[-1] is dr and kinds.REMOVAL_ORDER.index(SE) < 4
+    assert "ns/new" in steps[0].resources(dr.collection).names()  # upserts go with the first step
+    assert [s.barrier for s in steps] == [True, True, True, True, False]
+    assert [s.serial for s in steps] == sorted(s.serial for s in steps)
+
+
+def test_an_apply_without_removals_is_one_snapshot_and_no_barrier() -> None:
+    store, seen = released()
+    before = len(seen)
+    store.apply(objects(2), [(SE, "ns/nothing")])  # a deletion of nothing changes nothing: no step of its own
+    assert len(seen) == before + 1 and not seen[-1].barrier
+
+
 # ---------------------------------------------------------------- what is kept
 
 

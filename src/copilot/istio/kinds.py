@@ -37,10 +37,18 @@ ENVOY_FILTER = Kind("EnvoyFilter", "networking.istio.io/v1alpha3/EnvoyFilter", n
 #   the route-integrity check (fail closed) and the gorouter headers every route is expected to have.
 #   (It is built once from the config at start, so in practice it goes out in the first answers only.)
 # - VirtualService: the routes, last, once everything they use is there.
-# One order for upserts and deletions alike: a subset a DestinationRule drops while a VirtualService
-# still routes to it goes a moment before the VirtualService moves (istiod's push debounce usually
-# folds both into one push); pushing removals in the reverse order would need two pushes per kind.
+# A subset a DestinationRule drops while a VirtualService still routes to it goes a moment before the
+# VirtualService moves (an update, not a removal; istiod's push debounce usually folds both into one push).
 PUSH_ORDER = (DESTINATION_RULE, GATEWAY, SERVICE_ENTRY, ENVOY_FILTER, VIRTUAL_SERVICE)
+
+# Removals go the other way round (break after the last user is gone): the routes first, the
+# DestinationRule last. Removed the other way, istiod can push a host's cluster after its DestinationRule
+# went but before its ServiceEntry did: a cluster without the TLS to the instances, which the
+# route-integrity EnvoyFilter's patch then makes invalid ("auto_sni_san_validation configured without a
+# validation context"), and the router rejects the whole cluster update. The store applies an apply's
+# removals kind by kind in this order, each step its own snapshot, sent whole before the next
+# (Snapshot.barrier); an apply's upserts go with the first step.
+REMOVAL_ORDER = tuple(reversed(PUSH_ORDER))
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 The server is handed immutable snapshots (`serve(snapshot)`, wired to Store.watch) and answers every
 stream from the newest one it holds; it never calls back into the store. Every type istiod asks for is
 answered (empty when we hold none), each response carries the full set for its type, and a new snapshot
-is pushed to every stream for each subscribed type whose version moved, in kinds.PUSH_ORDER.
+is pushed to every stream for each subscribed type whose version moved, in kinds.PUSH_ORDER; queued
+snapshots are folded into the newest, but never past a barrier (removals go kind by kind, REMOVAL_ORDER).
 
 Readiness: until the first snapshot arrives, a stream's requests are kept unanswered (istiod waits; a
 restarted Copilot never tells it that the world is empty); the first snapshot answers them, in push
@@ -162,9 +163,10 @@ class McpServer:
 
     def _take(self, stream: _Stream, snapshot: Snapshot) -> Iterator[bytes]:
         """A new snapshot: fold in every snapshot already queued (bursts coalesce by themselves, with no
-        fixed delay), then answer the requests held for the first one and push each subscribed type that moved."""
+        fixed delay) up to the first barrier (sent whole, so removals keep kinds.REMOVAL_ORDER), then answer
+        the requests held for the first one and push each subscribed type that moved."""
         pending: list[object] = []
-        while True:
+        while not snapshot.barrier:
             try:
                 queued = stream.inbox.get_nowait()
             except queue.Empty:

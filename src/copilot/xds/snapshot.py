@@ -112,13 +112,16 @@ _NOTHING = KindSnapshot()
 
 
 class Snapshot:
-    """Every kind at one moment, by type URL (Kind.collection). `serial` grows with each snapshot the store makes."""
+    """Every kind at one moment, by type URL (Kind.collection). `serial` grows with each snapshot the store makes.
+    `barrier`: a stream must send this snapshot's changes before it folds in a later one (the store sets it on
+    every step of an apply but the last, so removals reach istiod in kinds.REMOVAL_ORDER)."""
 
-    __slots__ = ("serial", "kinds")
+    __slots__ = ("serial", "kinds", "barrier")
 
-    def __init__(self, serial: int, kinds: Mapping[str, KindSnapshot]) -> None:
+    def __init__(self, serial: int, kinds: Mapping[str, KindSnapshot], barrier: bool = False) -> None:
         self.serial = serial
         self.kinds = kinds
+        self.barrier = barrier
 
     def resources(self, type_url: str) -> KindSnapshot:
         """The kind istiod asks for by `type_url`; an empty one for a type Copilot holds none of."""

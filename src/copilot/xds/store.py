@@ -3,7 +3,8 @@
 The publisher's side: `apply(upserts, deletions)` serializes and encodes each spec once (the store keeps
 it as it is sent, with its digest, never as a protobuf message) and drops what did not change: an upsert with an unchanged digest
 and the deletion of an unknown name are no-ops (no new version, no push). Anything else releases a new
-immutable `Snapshot` (snapshot.py) to the watchers (the MCP server). A caller gathering many objects
+immutable `Snapshot` (snapshot.py) to the watchers (the MCP server); an apply with deletions releases one per
+step of kinds.REMOVAL_ORDER that changed something, every one but the last a barrier. A caller gathering many objects
 for one apply can hand over `serialize(obj)` instead of each object, to hold bytes, not messages, meanwhile.
 
 Readiness lives here: until `release()` is called (Copilot has read its sources) changes are kept but no
@@ -21,7 +22,7 @@ from typing import NamedTuple
 
 from google.protobuf.message import Message
 
-from copilot.istio.kinds import IstioObject, Kind
+from copilot.istio.kinds import REMOVAL_ORDER, IstioObject, Kind
 from copilot.xds import encoding
 from copilot.xds.snapshot import LEAF_MAX, NODE_MAX, KindSnapshot, Leaf, Node, Resource, Snapshot, find, kind_version
 
@@ -137,31 +138,45 @@ class Store:
         self._serial = 0
 
     def apply(self, upserts: Iterable[IstioObject | Serialized], deletions: Iterable[tuple[Kind, str]] = ()) -> None:
-        """Upserts and deletes objects; releases a new snapshot if anything changed (and `release()` was called)."""
+        """Upserts and deletes objects; releases new snapshots if anything changed (and `release()` was called).
+        Deletions go in kinds.REMOVAL_ORDER, one snapshot per kind that lost an object (the upserts go with
+        the first); every snapshot but the last is a barrier, so a stream sends them in that order."""
         # Serialized before the lock, one by one as they come (a generator of upserts never holds many messages).
         prepared = [obj if isinstance(obj, Serialized) else serialize(obj) for obj in upserts]
-        deleted = list(deletions)
+        deleted: dict[Kind, list[str]] = {}
+        for kind, name in deletions:
+            deleted.setdefault(kind, []).append(name)
         now = time.monotonic()
         with self._lock:
-            changed: set[_KindState] = set()
-            for item in prepared:
-                state = self._state(item.kind)
-                if state.put(item.name, item.resource):
-                    changed.add(state)
-            for kind, name in deleted:
+            snapshots: list[Snapshot] = []
+            order = REMOVAL_ORDER + tuple(kind for kind in deleted if kind not in REMOVAL_ORDER)
+            for step, kind in enumerate(order):
+                changed: set[_KindState] = set()
+                if step == 0:
+                    for item in prepared:
+                        state = self._state(item.kind)
+                        if state.put(item.name, item.resource):
+                            changed.add(state)
                 state = self._kinds.get(kind)
-                if state is not None and state.delete(name):
-                    changed.add(state)
-            if not changed:
+                if state is not None:
+                    for name in deleted.get(kind, ()):
+                        if state.delete(name):
+                            changed.add(state)
+                if not changed:
+                    continue
+                for state in changed:
+                    state.changed_at = now
+                    state.released = None
+                if self._released:
+                    snapshots.append(self._snapshot())
+            if not snapshots:
                 return
-            for state in changed:
-                state.changed_at = now
-                state.released = None
-            if not self._released:
-                return
-            snapshot, watchers = self._snapshot(), list(self._watchers)
-        for watcher in watchers:
-            watcher(snapshot)
+            for snapshot in snapshots[:-1]:
+                snapshot.barrier = True
+            watchers = list(self._watchers)
+        for snapshot in snapshots:
+            for watcher in watchers:
+                watcher(snapshot)
 
     def release(self) -> None:
         """Opens the store: hands its current snapshot to the watchers now and every later one as it comes.
