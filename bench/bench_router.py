@@ -5,16 +5,18 @@ instances that answer by themselves (an Envoy direct response behind each v58 ce
 what is measured. Loopback only, bounded in time. Asserts nothing.
 
     .venv/bin/python bench/bench_router.py [--routes 1 1000 10000] [--seconds 10] [--rounds 3]
-        [--connections 64] [--baseline REF...]
+        [--connections 64] [--baseline REF...] [--request-hosts N] [--warmup-seconds 180]
 
 For each number of routes (one DesiredLRP holding every route, two instances), wrk (Debian's `wrk`) sends
-requests spread over every route host for `--seconds`, once with keep-alive and once with a new connection
-per request, and prints per target, after one warm-up run (the router opens its upstream connections,
-a TLS handshake each, per cluster and worker), the median over `--rounds` alternating runs of:
+requests spread over every route host (or the first `--request-hosts`) for `--seconds`, once with keep-alive
+and once with a new connection per request, and prints per target, after warming it up (runs until one
+opens at most as many upstream connections as wrk has: the router opens a connection, a TLS handshake with
+its client certificate, per cluster, endpoint and worker; with 1,000 route hosts that takes several runs),
+the median over `--rounds` alternating runs of:
 - requests per second, p50 and p99 latency (wrk's);
 - the router's CPU time per request (utime + stime of the router's Envoy over the run / responses), which
   does not depend on how fast the load generator or the backends are: the figure to compare;
-- the router's RSS.
+- the router's RSS, and the upstream connections it opened per 1,000 requests (from its /stats).
 
 The router's Envoy runs on CPU 0, everything else (wrk, cell proxies, apps, istiod, Copilot) on CPU 1.
 Targets, measured in the same run so the machine's noise cancels in their ratios:
@@ -22,6 +24,8 @@ Targets, measured in the same run so the machine's noise cancels in their ratios
 - `minimal`: the same Envoy binary with a hand-written configuration (one listener, one route, one
   cluster to the same two instances with the same TLS and identity check, no other filter, no access
   log): what the generated configuration costs on top of Envoy itself;
+- `minimal-<N>c` (with more than one route host): the same with a virtual host and a cluster per route
+  host, as the tier has: what a connection pool per host costs by itself;
 - each `--baseline REF`: the router of another commit (a git worktree of REF, started with this file's
   `--serve` mode: REF's jobs, manifests and Copilot, this tree's devtools, local_tier, bbs_double and
   bosh_render), to compare a change with the previous commit.
@@ -383,6 +387,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument(
+        "--request-hosts",
+        type=int,
+        metavar="N",
+        help="spread requests over the first N route hosts only (default: all). Warm pools for H hosts take"
+        " 2 x H upstream connections per router worker, and as many through each cell's garden double, two"
+        " descriptors each: with 10,000 hosts more than a 20,000 descriptor limit allows",
+    )
+    parser.add_argument(
         "--warmup-seconds",
         type=int,
         default=180,
@@ -425,15 +437,17 @@ def main(argv: list[str] | None = None) -> int:
                         targets.append(
                             start_served(ref, routes, workdir / f"baseline-{n}-{routes}", tree / "src", args.access_log)[0]
                         )
+                    spread = min(routes, args.request_hosts or routes)
                     targets.append(start_minimal(info, workdir / f"minimal-{routes}"))
-                    if routes > 1:
-                        targets.append(start_minimal(info, workdir / f"minimal-{routes}-clusters", cluster_per_host=routes))
+                    if spread > 1:
+                        targets.append(start_minimal(info, workdir / f"minimal-{routes}-clusters", cluster_per_host=spread))
                     print(
                         f"{routes} routes x {INSTANCES} instances ({info['clusters']} router clusters), ready in"
-                        f" {time.monotonic() - started:.0f} s; istiod RSS {rss_mib(info['istiod_pid']):.0f} MiB",
+                        f" {time.monotonic() - started:.0f} s; istiod RSS {rss_mib(info['istiod_pid']):.0f} MiB;"
+                        f" requests spread over {spread} route hosts",
                         flush=True,
                     )
-                    measure(targets, routes, args, script)
+                    measure(targets, spread, args, script)
                 finally:
                     for target in targets:
                         target.stop()
