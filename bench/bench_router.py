@@ -5,16 +5,18 @@ instances that answer by themselves (an Envoy direct response behind each v58 ce
 what is measured. Loopback only, bounded in time. Asserts nothing.
 
     .venv/bin/python bench/bench_router.py [--routes 1 1000 10000] [--seconds 10] [--rounds 3]
-        [--connections 64] [--baseline REF...]
+        [--connections 64] [--baseline REF...] [--request-hosts N] [--warmup-seconds 180]
 
 For each number of routes (one DesiredLRP holding every route, two instances), wrk (Debian's `wrk`) sends
-requests spread over every route host for `--seconds`, once with keep-alive and once with a new connection
-per request, and prints per target, after one warm-up run (the router opens its upstream connections,
-a TLS handshake each, per cluster and worker), the median over `--rounds` alternating runs of:
+requests spread over every route host (or the first `--request-hosts`) for `--seconds`, once with keep-alive
+and once with a new connection per request, and prints per target, after warming it up (runs until one
+opens at most as many upstream connections as wrk has: the router opens a connection, a TLS handshake with
+its client certificate, per cluster, endpoint and worker; with 1,000 route hosts that takes several runs),
+the median over `--rounds` alternating runs of:
 - requests per second, p50 and p99 latency (wrk's);
 - the router's CPU time per request (utime + stime of the router's Envoy over the run / responses), which
   does not depend on how fast the load generator or the backends are: the figure to compare;
-- the router's RSS.
+- the router's RSS, and the upstream connections it opened per 1,000 requests (from its /stats).
 
 The router's Envoy runs on CPU 0, everything else (wrk, cell proxies, apps, istiod, Copilot) on CPU 1.
 Targets, measured in the same run so the machine's noise cancels in their ratios:
@@ -22,6 +24,8 @@ Targets, measured in the same run so the machine's noise cancels in their ratios
 - `minimal`: the same Envoy binary with a hand-written configuration (one listener, one route, one
   cluster to the same two instances with the same TLS and identity check, no other filter, no access
   log): what the generated configuration costs on top of Envoy itself;
+- `minimal-<N>c` (with more than one route host): the same with a virtual host and a cluster per route
+  host, as the tier has: what a connection pool per host costs by itself;
 - each `--baseline REF`: the router of another commit (a git worktree of REF, started with this file's
   `--serve` mode: REF's jobs, manifests and Copilot, this tree's devtools, local_tier, bbs_double and
   bosh_render), to compare a change with the previous commit.
@@ -39,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +60,6 @@ INSTANCES = 2
 ROUTES_PER_ENTRY = 500  # hostnames per DesiredLRP route entry
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 READY_MARKER = "bench-router-ready "
-ROUTER_FILTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 ROUTER_FILTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 
@@ -96,6 +100,7 @@ def serve(routes: int, workdir: Path, access_log: bool) -> None:
             + json.dumps(
                 {
                     "router_port": tier.http_port,
+                    "router_admin_port": tier.envoy.port,
                     "router_pid": tier.pid("istio-router-envoy"),
                     "istiod_pid": tier.pid("pilot-discovery"),
                     "clusters": tier.envoy.cluster_count(),
@@ -116,10 +121,11 @@ def serve(routes: int, workdir: Path, access_log: bool) -> None:
 
 @dataclass
 class Target:
-    """A router to send load to: its HTTP port, its Envoy's pid, and how to stop it."""
+    """A router to send load to: its HTTP port, its Envoy's admin port and pid, and how to stop it."""
 
     name: str
     port: int
+    admin_port: int
     pid: int
     stop: Callable[[], None]
 
@@ -155,15 +161,17 @@ def start_served(name: str, routes: int, workdir: Path, src: Path, access_log: b
         raise RuntimeError(f"{name}: the tier did not start:\n{tail}")
     info = json.loads(line.removeprefix(READY_MARKER))
     pin(info["router_pid"], ROUTER_CPU)
-    return Target(name, info["router_port"], info["router_pid"], _stopper(process)), info
+    return Target(name, info["router_port"], info["router_admin_port"], info["router_pid"], _stopper(process)), info
 
 
 # ---------------------------------------------------------------------------------------------------- minimal
 
 
-def start_minimal(info: dict, workdir: Path) -> Target:
+def start_minimal(info: dict, workdir: Path, cluster_per_host: int = 0) -> Target:
     """The same Envoy with one listener, one route, one cluster to the tier's instances (TLS with the
-    router's client certificate, SNI and SAN = the instance guid, as route integrity checks it)."""
+    router's client certificate, SNI and SAN = the instance guid, as route integrity checks it). With
+    `cluster_per_host` N: a virtual host and a cluster (the same endpoints and TLS) for each of the N
+    route hosts, as the tier has, so a connection pool per host: what that alone costs."""
     from devtools import peers
     from devtools.ports import free_port, wait_for_port
     from devtools.processes import ManagedProcess
@@ -181,6 +189,7 @@ def start_minimal(info: dict, workdir: Path) -> Target:
             "auto_host_sni": True,
             "auto_sni_san_validation": True,
             "common_tls_context": {
+                "tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"},
                 "tls_certificates": [{"certificate_chain": {"filename": str(cert)}, "private_key": {"filename": str(key)}}],
                 "validation_context": {"trusted_ca": {"filename": str(ca)}},
             },
@@ -195,18 +204,30 @@ def start_minimal(info: dict, workdir: Path) -> Target:
         }
         for b in info["backends"]
     ]
-    cluster = {
-        "name": "app",
-        "type": "STATIC",
-        "connect_timeout": "5s",
-        "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": endpoints}]},
-        "transport_socket": tls,
-    }
-    route = {"match": {"prefix": "/"}, "route": {"cluster": "app"}}
+
+    def cluster(name: str) -> dict:
+        return {
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "5s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
+            "transport_socket": tls,
+        }
+
+    def virtual_host(name: str, domain: str, cluster: str) -> dict:
+        return {"name": name, "domains": [domain], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}
+
+    if cluster_per_host:
+        hosts = [host_name(i) for i in range(cluster_per_host)]
+        clusters = [cluster(host) for host in hosts]
+        virtual_hosts = [virtual_host(host, host, host) for host in hosts]
+    else:
+        clusters = [cluster("app")]
+        virtual_hosts = [virtual_host("all", "*", "app")]
     manager = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "minimal",
-        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+        "route_config": {"virtual_hosts": virtual_hosts},
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_FILTER}}],
     }
     config = {
@@ -221,7 +242,7 @@ def start_minimal(info: dict, workdir: Path) -> Target:
                     ],
                 }
             ],
-            "clusters": [cluster],
+            "clusters": clusters,
         },
     }
     path = workdir / "envoy.json"
@@ -233,7 +254,7 @@ def start_minimal(info: dict, workdir: Path) -> Target:
         raise RuntimeError(f"the minimal Envoy did not start:\n{process.log_tail()}")
     pid = process.proc.pid
     pin(pid, ROUTER_CPU)
-    return Target("minimal", port, pid, process.stop)
+    return Target(f"minimal-{cluster_per_host}c" if cluster_per_host else "minimal", port, admin, pid, process.stop)
 
 
 # ---------------------------------------------------------------------------------------------------- measuring
@@ -271,15 +292,28 @@ class Run:
     p99_ms: float
     cpu_us_per_request: float
     errors: int
+    requests: int
+    upstream_connections: int  # opened by the router during the run: a TLS handshake to a cell proxy each
+
+
+def upstream_connections(target: Target) -> int:
+    """Connections the router has opened to its clusters' endpoints so far (every cluster's
+    upstream_cx_total; the xDS and SDS clusters' do not move during a run)."""
+    url = f"http://127.0.0.1:{target.admin_port}/stats?filter=upstream_cx_total$"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        text = response.read().decode()
+    return sum(int(line.rsplit(":", 1)[1]) for line in text.splitlines() if ":" in line)
 
 
 def run_wrk(target: Target, hosts: int, close: bool, seconds: int, connections: int, script: Path) -> Run:
     env = {**os.environ, "BENCH_HOSTS": str(hosts), "BENCH_CLOSE": "1" if close else "0"}
     argv = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", str(script)]
     argv.append(f"http://127.0.0.1:{target.port}/")
+    connections_before = upstream_connections(target)
     cpu_before = cpu_seconds(target.pid)
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
     cpu = cpu_seconds(target.pid) - cpu_before
+    opened = upstream_connections(target) - connections_before
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
@@ -289,7 +323,23 @@ def run_wrk(target: Target, hosts: int, close: bool, seconds: int, connections: 
         return float(value) * _UNITS[unit]
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return Run(rps, latency("50"), latency("99"), cpu / max(requests, 1) * 1e6, errors)
+    return Run(rps, latency("50"), latency("99"), cpu / max(requests, 1) * 1e6, errors, requests, opened)
+
+
+def warm_up(target: Target, hosts: int, close: bool, args: argparse.Namespace, script: Path) -> str:
+    """Send load until the router's upstream connection pools are warm: a run opens at most as many
+    connections as wrk has (wrk resets the requests in flight when a run ends, and the router then
+    closes those upstream connections). Every route host is a cluster with its own pool (per endpoint
+    and worker), each new connection a TLS handshake with the client certificate: with 1,000 hosts
+    one 5 s run does not open them all, and measuring then would count handshakes, not requests."""
+    began, runs = time.monotonic(), 0
+    while True:
+        run = run_wrk(target, hosts, close, args.seconds, args.connections, script)
+        runs += 1
+        if run.upstream_connections <= args.connections:
+            return f"warm after {runs} run(s)"
+        if time.monotonic() - began > args.warmup_seconds:
+            return f"NOT warm after {runs} runs ({run.upstream_connections} upstream connections opened in the last)"
 
 
 def measure(targets: list[Target], hosts: int, args: argparse.Namespace, script: Path) -> None:
@@ -297,10 +347,13 @@ def measure(targets: list[Target], hosts: int, args: argparse.Namespace, script:
         mode = "new connection per request" if close else f"keep-alive, {args.connections} connections"
         print(f"  {mode}:", flush=True)
         runs: dict[str, list[Run]] = {t.name: [] for t in targets}
-        for target in targets:  # warm-up, not counted: upstream connections (a TLS handshake each) opened
-            run_wrk(target, hosts, close, args.seconds, args.connections, script)
+        warm = {target.name: warm_up(target, hosts, close, args, script) for target in targets}
         for _ in range(args.rounds):
             for target in targets:
+                # When a run ends wrk resets the requests in flight, and the router closes their upstream
+                # connections: a second of load first, not counted, opens them again, so the run counts
+                # requests, not the previous run's end (a TLS handshake each, worth about 20 requests).
+                run_wrk(target, hosts, close, 1, args.connections, script)
                 # minimal has one route: every host name reaches it, as every route reaches the tier's app.
                 runs[target.name].append(run_wrk(target, hosts, close, args.seconds, args.connections, script))
         base = statistics.median(r.cpu_us_per_request for r in runs[targets[0].name])
@@ -308,11 +361,13 @@ def measure(targets: list[Target], hosts: int, args: argparse.Namespace, script:
             rs = runs[target.name]
             cpu = statistics.median(r.cpu_us_per_request for r in rs)
             errors = sum(r.errors for r in rs)
+            handshakes = sum(r.upstream_connections for r in rs) / max(sum(r.requests for r in rs), 1) * 1000
             print(
                 f"    {target.name:>12}: {statistics.median(r.rps for r in rs):9.0f} req/s"
                 f"  p50 {statistics.median(r.p50_ms for r in rs):6.2f} ms  p99 {statistics.median(r.p99_ms for r in rs):6.2f} ms"
                 f"  router CPU {cpu:6.1f} us/request ({base / cpu:4.2f}x {targets[0].name}'s requests per CPU second)"
-                f"  RSS {rss_mib(target.pid):6.0f} MiB" + (f"  ERRORS {errors}" if errors else ""),
+                f"  RSS {rss_mib(target.pid):6.0f} MiB  upstream connections opened {handshakes:4.1f}/1000 requests"
+                f"  ({warm[target.name]})" + (f"  ERRORS {errors}" if errors else ""),
                 flush=True,
             )
 
@@ -335,6 +390,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--request-hosts",
+        type=int,
+        metavar="N",
+        help="spread requests over the first N route hosts only (default: all). Warm pools for H hosts take"
+        " 2 x H upstream connections per router worker, and as many through each cell's garden double, two"
+        " descriptors each: with 10,000 hosts more than a 20,000 descriptor limit allows",
+    )
+    parser.add_argument(
+        "--warmup-seconds",
+        type=int,
+        default=180,
+        help="at most this long per target and mode sending load until its upstream pools are warm",
+    )
     parser.add_argument("--baseline", metavar="REF", nargs="+", default=[], help="also measure the routers of these commits")
     parser.add_argument(
         "--access-log",
@@ -372,13 +441,17 @@ def main(argv: list[str] | None = None) -> int:
                         targets.append(
                             start_served(ref, routes, workdir / f"baseline-{n}-{routes}", tree / "src", args.access_log)[0]
                         )
+                    spread = min(routes, args.request_hosts or routes)
                     targets.append(start_minimal(info, workdir / f"minimal-{routes}"))
+                    if spread > 1:
+                        targets.append(start_minimal(info, workdir / f"minimal-{routes}-clusters", cluster_per_host=spread))
                     print(
                         f"{routes} routes x {INSTANCES} instances ({info['clusters']} router clusters), ready in"
-                        f" {time.monotonic() - started:.0f} s; istiod RSS {rss_mib(info['istiod_pid']):.0f} MiB",
+                        f" {time.monotonic() - started:.0f} s; istiod RSS {rss_mib(info['istiod_pid']):.0f} MiB;"
+                        f" requests spread over {spread} route hosts",
                         flush=True,
                     )
-                    measure(targets, routes, args, script)
+                    measure(targets, spread, args, script)
                 finally:
                     for target in targets:
                         target.stop()

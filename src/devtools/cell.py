@@ -689,6 +689,9 @@ class _Garden:
                 "type": "STATIC",
                 "connect_timeout": "1s",
                 "load_assignment": {"cluster_name": self._name(host), "endpoints": [{"lb_endpoints": [_endpoint(ip, port)]}]},
+                # Garden's port mappings are kernel NAT rules: no limit on connections (Envoy's default
+                # of 1,024 per cluster refused a router's connections to an instance with 1,000 routes).
+                "circuit_breakers": {"thresholds": [{"max_connections": _MAX_UINT32}]},
             }
             for host, ip, port in all_forwards
         ]

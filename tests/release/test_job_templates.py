@@ -241,6 +241,7 @@ def test_pilot_mesh_config_follows_the_copilot_link(pki, tmp_path):
     mesh = mesh_of({}, tmp_path / "a", {"copilot": copilot_link()})
     assert mesh == {
         "configSources": [{"address": "xds://127.0.0.1:15030"}], "rootNamespace": "istio-system", "enableAutoMtls": False,
+        "enableTracing": False,
     }
     properties, links = cases(pki)["pilot-discovery"]["custom"]
     mesh = mesh_of(properties, tmp_path / "b", links)
