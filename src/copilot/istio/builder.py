@@ -98,6 +98,7 @@ ROUTE_SERVICE_TOKEN_ENVIRONMENT = "CF_ROUTE_SERVICES_TOKEN"
 _ROUTE_SERVICE_URL_RE = re.compile(r"^https://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]{1,2040}$")
 _CONTEXT_PATH_RE = re.compile(r"^/[A-Za-z0-9\-._~:/@!$&'()*+,;=%]{0,1000}$")
 UNKNOWN_ROUTE_NAME = "cf-unknown-route"
+UNKNOWN_ROUTE_BODY = "404 Not Found: Requested route does not exist.\n"
 _LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
 _HEADER_VALUE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 
@@ -337,7 +338,7 @@ def build_unknown_route(settings: GatewaySettings) -> IstioObject:
     requests for hosts nobody routes land here: 404 with gorouter's X-Cf-Routererror. Bound to every
     router shard's Gateway: a host a shard does not route is unknown there."""
     vs = pb.VirtualService(hosts=["*"], gateways=[settings.shard_ref(s) for s in range(len(settings.router_shards))])
-    _unknown_route(vs.http.add(name="unknown-route"), 404, "404 Not Found: Requested route does not exist.\n")
+    _unknown_route(vs.http.add(name="unknown-route"), 404, UNKNOWN_ROUTE_BODY)
     return IstioObject(VIRTUAL_SERVICE, f"{settings.namespace}/{UNKNOWN_ROUTE_NAME}", vs)
 
 
@@ -449,9 +450,15 @@ def _virtual_service(
                 route.match.add(uri=uri)
         _add_route_targets(route, settings, destinations, svc, port, subsets=subsets)
     if "" not in routes.paths:
-        # The host is known but not this path: gorouter's unknown route.
-        _unknown_route(vs.http.add(name="unknown-route"), 404, "404 Not Found: Requested route does not exist.\n")
+        host_unknown_route(vs.http.add())
     return vs
+
+
+def host_unknown_route(route: pb.HTTPRoute) -> pb.HTTPRoute:
+    """The last route of a host without a root route: the host is known but not this path, gorouter's
+    unknown route (404 with X-Cf-Routererror: unknown_route)."""
+    route.name = "unknown-route"
+    return _unknown_route(route, 404, UNKNOWN_ROUTE_BODY)
 
 
 def _destination_objects(

@@ -1,7 +1,8 @@
 """The store of Istio objects Copilot serves, keyed by (kind, name), with content digests.
 
-The publisher's side: `apply(upserts, deletions)` serializes and encodes each spec once (the store keeps
-it as it is sent, with its digest, never as a protobuf message) and drops what did not change: an upsert with an unchanged digest
+The publisher's side: `apply(upserts, deletions)` serializes and encodes each spec once (an
+EncodedObject's spec comes serialized: its bytes are taken as they are; the store keeps each as it is
+sent, with its digest, never as a protobuf message) and drops what did not change: an upsert with an unchanged digest
 and the deletion of an unknown name are no-ops (no new version, no push). Anything else releases a new
 immutable `Snapshot` (snapshot.py) to the watchers (the MCP server). A caller gathering many objects
 for one apply can hand over `serialize(obj)` instead of each object, to hold bytes, not messages, meanwhile.
@@ -21,7 +22,7 @@ from typing import NamedTuple
 
 from google.protobuf.message import Message
 
-from copilot.istio.kinds import IstioObject, Kind
+from copilot.istio.kinds import EncodedObject, IstioObject, Kind
 from copilot.xds import encoding
 from copilot.xds.snapshot import LEAF_MAX, NODE_MAX, KindSnapshot, Leaf, Node, Resource, Snapshot, find, kind_version
 
@@ -36,8 +37,9 @@ class Serialized(NamedTuple):
     resource: Resource
 
 
-def serialize(obj: IstioObject) -> Serialized:
-    return Serialized(obj.kind, obj.name, encoding.resource(obj.kind, obj.name, obj.spec.SerializeToString(deterministic=True)))
+def serialize(obj: IstioObject | EncodedObject) -> Serialized:
+    body = obj.body if isinstance(obj, EncodedObject) else obj.spec.SerializeToString(deterministic=True)
+    return Serialized(obj.kind, obj.name, encoding.resource(obj.kind, obj.name, body))
 
 
 class _KindState:
@@ -136,7 +138,9 @@ class Store:
         self._released = False
         self._serial = 0
 
-    def apply(self, upserts: Iterable[IstioObject | Serialized], deletions: Iterable[tuple[Kind, str]] = ()) -> None:
+    def apply(
+        self, upserts: Iterable[IstioObject | EncodedObject | Serialized], deletions: Iterable[tuple[Kind, str]] = ()
+    ) -> None:
         """Upserts and deletes objects; releases a new snapshot if anything changed (and `release()` was called)."""
         # Serialized before the lock, one by one as they come (a generator of upserts never holds many messages).
         prepared = [obj if isinstance(obj, Serialized) else serialize(obj) for obj in upserts]
