@@ -80,6 +80,7 @@ OTHER_HOSTS = {
     ),
     "one process twice on a path": HostRoutes("twice.example.com", {"": [process(), process()]}),
     "no paths": HostRoutes("nothing.example.com", {}),
+    "a path of 64 KiB": HostRoutes("huge.example.com", {"/" + "x" * 0x10000: [process()]}),  # past the varint table
 }
 
 

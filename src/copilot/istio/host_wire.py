@@ -59,7 +59,7 @@ from copilot.istio.kinds import DESTINATION_RULE, SERVICE_ENTRY, VIRTUAL_SERVICE
 from copilot.model import Destination, HostRoutes, normalize_hostname
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.settings import GatewaySettings, OutlierDetection
-from copilot.xds.encoding import varint
+from copilot.xds.encoding import VARINTS, varint
 
 APPLICATION_ID_HEADER = "X-CF-ApplicationID"
 
@@ -75,6 +75,7 @@ def _field(tag: bytes, payload: bytes) -> bytes:
 
 _LEN1, _LEN2, _LEN3, _LEN5, _LEN6, _LEN7, _LEN17 = (_tag(n) for n in (1, 2, 3, 5, 6, 7, 17))
 _NUM1, _NUM2 = _tag(1, 0), _tag(2, 0)
+_V = VARINTS
 
 # VirtualService: hosts 1, gateways 2, http 3. HTTPRoute: match 1, route 2, name 17.
 # HTTPMatchRequest: uri 1. StringMatch: exact 1, prefix 2. HTTPRouteDestination: destination 1,
@@ -88,6 +89,8 @@ _PORT_KEY = _field(_LEN1, SERVICE_PORT_NAME.encode())
 _SUBSET_KEY, _GUID_KEY, _INDEX_KEY, _TLS_HOSTNAME_KEY = (
     _field(_LEN1, key.encode()) for key in (SUBSET_LABEL, INSTANCE_GUID_LABEL, INSTANCE_INDEX_LABEL, TLS_HOSTNAME_LABEL)
 )
+_GUID_KEY_LENGTH, _INDEX_KEY_LENGTH, _TLS_HOSTNAME_KEY_LENGTH = len(_GUID_KEY), len(_INDEX_KEY), len(_TLS_HOSTNAME_KEY)
+_ROOT_NAME = _field(_LEN17, b"/")  # HTTPRoute.name of the root route
 # The endpoint labels are written in this order: it must be the keys' sorted order (map entries).
 _LABEL_ORDER = (SUBSET_LABEL, INSTANCE_GUID_LABEL, INSTANCE_INDEX_LABEL, TLS_HOSTNAME_LABEL)
 if sorted(key.encode() for key in _LABEL_ORDER) != [key.encode() for key in _LABEL_ORDER]:
@@ -155,78 +158,94 @@ def encode_common_host(settings: GatewaySettings, routes: HostRoutes) -> list[En
     integrity = _integrity(settings, dest)
     port = IDENTITY_SERVICE_PORT if integrity else SERVICE_PORT
     pieces = _pieces(settings.ref, settings.outlier_detection, _Identity.of(settings) if integrity else None)
-    host_field = _field(_LEN1, svc)
+    try:
+        virtual_service = _virtual_service(host.encode(), svc, port, routes, pieces)
+        endpoints = _endpoints(settings, dest, integrity)
+    except IndexError:  # a field of 64 KiB or more (a path that long?): past the varint table, the builder's
+        return None
+    host_field = _LEN1 + _V[len(svc)] + svc
     return [
-        EncodedObject(VIRTUAL_SERVICE, name, _virtual_service(host, svc, port, routes, pieces)),
+        EncodedObject(VIRTUAL_SERVICE, name, virtual_service),
         EncodedObject(DESTINATION_RULE, name, host_field + pieces.rule),
-        EncodedObject(SERVICE_ENTRY, name, host_field + pieces.service_entry + _endpoints(settings, dest, integrity)),
+        EncodedObject(SERVICE_ENTRY, name, host_field + pieces.service_entry + endpoints),
     ]
 
 
-def _virtual_service(host: str, svc: bytes, port: int, routes: HostRoutes, pieces: _Pieces) -> bytes:
+# The hot paths below write each field inline: its tag, its length looked up in the varint table
+# (_V[n] for n below 65536: IndexError past it) and its bytes; a call per field would cost more than it.
+
+
+def _virtual_service(host: bytes, svc: bytes, port: int, routes: HostRoutes, pieces: _Pieces) -> bytes:
     """hosts, gateways, a route per path (longest first, the root last), the unknown route without a root."""
-    parts = [_field(_LEN1, host.encode()), pieces.gateways]
-    destination = _field(_LEN1, _field(_LEN1, svc) + _field(_LEN3, _NUM1 + varint(port)))
+    parts = [_LEN1, _V[len(host)], host, pieces.gateways]
+    selector = _NUM1 + _V[port]  # PortSelector{number}
+    destination = _LEN1 + _V[len(svc)] + svc + _LEN3 + _V[len(selector)] + selector
+    destination = _LEN1 + _V[len(destination)] + destination  # HTTPRouteDestination.destination
     targets: dict[str, bytes] = {}
-    for path in sorted(routes.paths, key=lambda p: (-len(p), p)):
-        app_guid = routes.paths[path][0].app_guid
+    paths = routes.paths
+    for path in sorted(paths, key=_path_order) if len(paths) > 1 else paths:
+        app_guid = paths[path][0].app_guid
         target = targets.get(app_guid)
-        if target is None:
-            target = targets[app_guid] = _field(_LEN2, destination + _application_id(app_guid))
+        if target is None:  # HTTPRoute.route: one HTTPRouteDestination
+            target = destination + _application_id(app_guid)
+            target = targets[app_guid] = _LEN2 + _V[len(target)] + target
         if path:
             raw = path.encode()
-            matches = _field(_LEN1, _field(_LEN1, _field(_LEN1, raw))) + _field(_LEN1, _field(_LEN1, _field(_LEN2, raw + b"/")))
-            parts.append(_field(_LEN3, matches + target + _field(_LEN17, raw)))
+            exact = _LEN1 + _V[len(raw)] + raw  # StringMatch{exact}
+            exact = _LEN1 + _V[len(exact)] + exact  # HTTPMatchRequest{uri}
+            prefix = _LEN2 + _V[len(raw) + 1] + raw + b"/"  # StringMatch{prefix}
+            prefix = _LEN1 + _V[len(prefix)] + prefix
+            route = b"".join((_LEN1, _V[len(exact)], exact, _LEN1, _V[len(prefix)], prefix, target, _LEN17, _V[len(raw)], raw))
         else:
-            parts.append(_field(_LEN3, target + _field(_LEN17, b"/")))
-    if "" not in routes.paths:
+            route = target + _ROOT_NAME
+        parts += (_LEN3, _V[len(route)], route)
+    if "" not in paths:
         parts.append(pieces.unknown_route)
     return b"".join(parts)
+
+
+def _path_order(path: str) -> tuple[int, str]:
+    """Context paths first, longest first (in characters, as the builder sorts them); the root last."""
+    return -len(path), path
 
 
 def _application_id(app_guid: str) -> bytes:
     """The target's headers: request set X-CF-ApplicationID, when the app guid can be a header value."""
     if not _HEADER_VALUE_RE.fullmatch(app_guid):
         return b""
-    entry = _APPLICATION_ID_KEY + _field(_LEN2, app_guid.encode())
-    return _field(_LEN7, _field(_LEN1, _field(_LEN1, entry)))
+    value = app_guid.encode()
+    entry = _APPLICATION_ID_KEY + _LEN2 + _V[len(value)] + value  # the map entry {key, value}
+    operations = _LEN1 + _V[len(entry)] + entry  # HeaderOperations{set}
+    headers = _LEN1 + _V[len(operations)] + operations  # Headers{request}
+    return _LEN7 + _V[len(headers)] + headers
 
 
 def _endpoints(settings: GatewaySettings, dest: Destination, integrity: bool) -> bytes:
-    """The ServiceEntry's endpoints: each routable instance with its port and labels, and its zone.
-    (It runs for every instance of every host: each field is written inline, tag + length + bytes.)"""
-    subset = _field(_LEN3, _SUBSET_KEY + _field(_LEN2, subset_name(dest.process_guid, dest.container_port).encode()))
+    """The ServiceEntry's endpoints: each routable instance with its port and labels, and its zone."""
+    subset = _SUBSET_KEY + _field(_LEN2, subset_name(dest.process_guid, dest.container_port).encode())
+    subset = _LEN3 + _V[len(subset)] + subset  # labels: cf-subset (the first key)
+    port_key = len(_PORT_KEY) + 1  # the ports entry {key "http", value}: its length before the value's varint
     parts = []
     for backend in _routable_backends(settings, dest):
         port = backend.tls_port if integrity else backend.port
         if not _endpoint_ok(backend.address, port):
             continue
         address = backend.address.encode()
-        # address (1), ports (2): {"http": port}, labels (3): cf-subset first
-        entry = [
-            _LEN1,
-            varint(len(address)),
-            address,
-            _LEN2,
-            varint(len(_PORT_KEY) + 1 + len(varint(port))),
-            _PORT_KEY,
-            _NUM2,
-            varint(port),
-            subset,
-        ]
+        number = _V[port]
+        entry = [_LEN1, _V[len(address)], address, _LEN2, _V[port_key + len(number)], _PORT_KEY, _NUM2, number, subset]
         guid = backend.instance_guid
         if guid and _LABEL_VALUE_RE.fullmatch(guid):
             raw = guid.encode()
-            value = _LEN2 + varint(len(raw)) + raw
+            value = _LEN2 + _V[len(raw)] + raw
             index = str(backend.index).encode()
-            index_value = _LEN2 + varint(len(index)) + index
-            entry += (_LEN3, varint(len(_GUID_KEY) + len(value)), _GUID_KEY, value)
-            entry += (_LEN3, varint(len(_INDEX_KEY) + len(index_value)), _INDEX_KEY, index_value)
+            index_value = _LEN2 + _V[len(index)] + index
+            entry += (_LEN3, _V[_GUID_KEY_LENGTH + len(value)], _GUID_KEY, value)
+            entry += (_LEN3, _V[_INDEX_KEY_LENGTH + len(index_value)], _INDEX_KEY, index_value)
             if integrity:
-                entry += (_LEN3, varint(len(_TLS_HOSTNAME_KEY) + len(value)), _TLS_HOSTNAME_KEY, value)
+                entry += (_LEN3, _V[_TLS_HOSTNAME_KEY_LENGTH + len(value)], _TLS_HOSTNAME_KEY, value)
         if backend.availability_zone:
             zone = backend.availability_zone.encode()
-            entry += (_LEN5, varint(len(zone)), zone)
+            entry += (_LEN5, _V[len(zone)], zone)
         body = b"".join(entry)
-        parts += (_LEN6, varint(len(body)), body)
+        parts += (_LEN6, _V[len(body)], body)
     return b"".join(parts)

@@ -35,11 +35,11 @@ def _varint(value: int) -> bytes:
 
 # Every varint up to 65535, looked up: the lengths of nearly every field (a full rebuild encodes six
 # per object) and every port number (each endpoint has one). 64k short bytes objects, about 2 MiB.
-_SHORT = [_varint(n) for n in range(0x10000)]
+VARINTS = [_varint(n) for n in range(0x10000)]
 
 
 def varint(value: int) -> bytes:
-    return _SHORT[value] if value < 0x10000 else _varint(value)
+    return VARINTS[value] if value < 0x10000 else _varint(value)
 
 
 def _field_header(field_number: int, length: int) -> bytes:
