@@ -48,6 +48,11 @@ SETTINGS = {
         outlier_detection=OutlierDetection(5, 12.5, 50, 0),
         route_services=RouteServiceSettings(internal_lookup=True),
     ),
+    # v58 cells as cf-deployment runs them: route integrity with the client certificate, no instance
+    # routing (the common host's DestinationRule then carries the identity TLS, its endpoints the TLS ports).
+    "v58-cells": GatewaySettings(
+        instance_identity_ca_file="/ca/identity.pem", backend_client_certificate="client", upstream_ca_file="/ca/u.pem"
+    ),
     "route-services": GatewaySettings(route_services=RouteServiceSettings(), instance_routing=True, upstream_ca_file="/ca/u.pem"),
     "no-outlier": GatewaySettings(outlier_detection=OutlierDetection(0), upstream_ca_file="/ca/u.pem"),
     "shards": GatewaySettings(
@@ -105,6 +110,21 @@ def populate(views: Views) -> None:
         if i % 8 == 2:
             bbs.upsert_instance(1, _instance(guid, 0, (PortMapping(8080, 64000, 0, 64001),)))  # evacuating
             bbs.upsert_instance(0, _instance(guid, 5, (PortMapping(8080, 64002),), state="CRASHED"))
+    # Hosts of one process: only a context path (the unknown-route answer after it), two context paths
+    # and the root, a name long enough for two-byte lengths, instances without a zone or with a guid
+    # that cannot be a label, an app guid that cannot be a header value.
+    long_host = ".".join(["a-rather-long-label-for-two-byte-varints-" + "x" * 20] * 3) + ".apps.example.com"
+    single = [
+        ("single-ctx", (HttpRoute("ctx-only.apps.example.com", "/only/here", 8080),), "app-ctx"),
+        ("single-paths", tuple(HttpRoute("paths.apps.example.com", p, 8080) for p in ("", "/a", "/a/b")), "app-paths"),
+        ("single-long", (HttpRoute(long_host, "", 8080), HttpRoute(long_host, "/" + "p" * 140, 8080)), "bad app guid"),
+    ]
+    for guid, http, app_guid in single:
+        bbs.upsert_process(guid, ProcessRoutes(http, app_guid=app_guid))
+        for index, (instance_guid, zone) in enumerate(((f"{guid}-a", ""), ("bad_guid_", "z9"), (f"{guid}-c", "zone-é"))):
+            ports = (PortMapping(8080, 61200 + index, 0, 61300 + index if index != 1 else 0),)
+            instance = Instance(guid, index, instance_guid, "RUNNING", True, f"10.2.{index}.{len(guid)}", "", False, ports, zone)
+            bbs.upsert_instance(0, instance)
     # Cloud Controller: weighted mappings, a rolling deploy (two Diego processes for one CC process),
     # an internal route with a VIP.
     for r in range(6):

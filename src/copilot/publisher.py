@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from copilot import metrics
 from copilot.istio.builder import (
     GatewaySettings,
-    build_host,
     build_internal,
     build_router_objects,
     build_tcp,
@@ -23,7 +22,8 @@ from copilot.istio.builder import (
     internal_object_name,
     tcp_object_names,
 )
-from copilot.istio.kinds import SERVICE_ENTRY, IstioObject, Kind
+from copilot.istio.host_wire import build_host_encoded
+from copilot.istio.kinds import SERVICE_ENTRY, EncodedObject, IstioObject, Kind
 from copilot.model import HostRoutes, View, ViewKind
 from copilot.route_service_lookup import InternalLookup
 from copilot.views import Key, Views
@@ -74,7 +74,7 @@ class _Builds:
     """How one kind of view becomes Istio objects: `build` its objects (ValueError: the view is refused),
     and `owned` every (kind, name) a key may have, so what was not built is deleted."""
 
-    build: Callable[[View], list[IstioObject]]
+    build: Callable[[View], list[IstioObject] | list[EncodedObject]]
     owned: Callable[[Key], list[tuple[Kind, str]]]
     skipped: str  # the warning when a view is refused
     field: str  # the key's name in that warning
@@ -100,7 +100,7 @@ class Publisher:
         g = gateway
         self._builds = {
             ViewKind.HOST: _Builds(
-                lambda view: build_host(g, view, internal),
+                lambda view: build_host_encoded(g, view, internal),  # the common host as bytes
                 lambda host: [(o.kind, o.name) for o in host_object_names(g, host)],
                 "route skipped",
                 "host",
@@ -144,7 +144,9 @@ class Publisher:
             self.last_publish_seconds = time.perf_counter() - started
             return rebuilt
 
-    def _built(self, work: list[tuple[ViewKind, _Builds, list[Key]]], deletions: list[tuple[Kind, str]]) -> Iterator[IstioObject]:
+    def _built(
+        self, work: list[tuple[ViewKind, _Builds, list[Key]]], deletions: list[tuple[Kind, str]]
+    ) -> Iterator[IstioObject | EncodedObject]:
         """The objects of every key in `work`, each key built as its objects are taken, so a full rebuild
         never holds 100k hosts' worth of protobuf messages; what a key no longer has goes to `deletions`,
         which is complete once this is exhausted."""
@@ -152,7 +154,9 @@ class Publisher:
             for key in keys:
                 yield from self._rebuild(kind, builds, key, deletions)
 
-    def _rebuild(self, kind: ViewKind, builds: _Builds, key: Key, deletions: list[tuple[Kind, str]]) -> list[IstioObject]:
+    def _rebuild(
+        self, kind: ViewKind, builds: _Builds, key: Key, deletions: list[tuple[Kind, str]]
+    ) -> list[IstioObject] | list[EncodedObject]:
         view = self._views.view(kind, key)
         if self._lookup is not None and kind is ViewKind.HOST:
             self._lookup.record(key, _route_service_urls(view))  # type: ignore[arg-type] - hosts
@@ -172,7 +176,7 @@ class Publisher:
             deletions.extend(owned for owned in builds.owned(key) if owned not in emitted)
         return built
 
-    def _emit(self, upserts: Iterable[IstioObject], deletions: Iterable[tuple[Kind, str]]) -> None:
+    def _emit(self, upserts: Iterable[IstioObject | EncodedObject], deletions: Iterable[tuple[Kind, str]]) -> None:
         """The one exit of everything published, once per publish: objects to add or replace, built as
         they are taken (the store serializes each as it comes), and (kind, name) to delete, complete once
         `upserts` has been taken."""

@@ -182,8 +182,8 @@ def test_a_large_publish_emits_once_and_builds_each_host_as_its_objects_are_take
     hosts = [f"h{i}.example.com" for i in range(10)]
     views.bbs.upsert_process("p", process(*hosts))
     built: list[str] = []
-    build_host = publisher_module.build_host
-    monkeypatch.setattr(publisher_module, "build_host", lambda g, r, i: built.append(r.host) or build_host(g, r, i))
+    build_host = publisher_module.build_host_encoded
+    monkeypatch.setattr(publisher_module, "build_host_encoded", lambda g, r, i: built.append(r.host) or build_host(g, r, i))
     taken: list[tuple[int, str]] = []  # (hosts built so far, the object's name) as the snapshot takes each
     emit = publisher._emit
 

@@ -101,6 +101,7 @@ _CONTEXT_PATH_RE = re.compile(r"^/[A-Za-z0-9\-._~:/@!$&'()*+,;=%]{0,1000}$")
 UNKNOWN_ROUTE_NAME = "cf-unknown-route"
 # build_shared_routes_filter: the HTTPS connection managers use the HTTP route configuration.
 SHARED_ROUTES_FILTER_NAME = "cf-shared-routes"
+UNKNOWN_ROUTE_BODY = "404 Not Found: Requested route does not exist.\n"
 _LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
 _HEADER_VALUE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 
@@ -379,7 +380,7 @@ def build_unknown_route(settings: GatewaySettings) -> IstioObject:
     requests for hosts nobody routes land here: 404 with gorouter's X-Cf-Routererror. Bound to every
     router shard's Gateway: a host a shard does not route is unknown there."""
     vs = pb.VirtualService(hosts=["*"], gateways=[settings.shard_ref(s) for s in range(len(settings.router_shards))])
-    _unknown_route(vs.http.add(name="unknown-route"), 404, "404 Not Found: Requested route does not exist.\n")
+    _unknown_route(vs.http.add(name="unknown-route"), 404, UNKNOWN_ROUTE_BODY)
     return IstioObject(VIRTUAL_SERVICE, f"{settings.namespace}/{UNKNOWN_ROUTE_NAME}", vs)
 
 
@@ -491,9 +492,15 @@ def _virtual_service(
                 route.match.add(uri=uri)
         _add_route_targets(route, settings, destinations, svc, port, subsets=subsets)
     if "" not in routes.paths:
-        # The host is known but not this path: gorouter's unknown route.
-        _unknown_route(vs.http.add(name="unknown-route"), 404, "404 Not Found: Requested route does not exist.\n")
+        host_unknown_route(vs.http.add())
     return vs
+
+
+def host_unknown_route(route: pb.HTTPRoute) -> pb.HTTPRoute:
+    """The last route of a host without a root route: the host is known but not this path, gorouter's
+    unknown route (404 with X-Cf-Routererror: unknown_route)."""
+    route.name = "unknown-route"
+    return _unknown_route(route, 404, UNKNOWN_ROUTE_BODY)
 
 
 def _destination_objects(

@@ -4,6 +4,7 @@ and the order a change is pushed to istiod in."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from google.protobuf.message import Message
 
@@ -58,3 +59,16 @@ class IstioObject:
     kind: Kind
     name: str
     spec: Message
+
+
+class EncodedObject(NamedTuple):
+    """An IstioObject whose spec was written as wire bytes (copilot.istio.host_wire): the store takes
+    `body` as it is; `spec` decodes it (for tests and debugging, never on the publishing path)."""
+
+    kind: Kind
+    name: str
+    body: bytes
+
+    @property
+    def spec(self) -> Message:
+        return self.kind.message.FromString(self.body)

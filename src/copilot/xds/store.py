@@ -1,7 +1,8 @@
 """The store of Istio objects Copilot serves, keyed by (kind, name), with content digests.
 
-The publisher's side: `apply(upserts, deletions)` serializes and encodes each spec once (the store keeps
-it as it is sent, with its digest, never as a protobuf message) and drops what did not change: an upsert with an unchanged digest
+The publisher's side: `apply(upserts, deletions)` serializes and encodes each spec once (an
+EncodedObject's spec comes serialized: its bytes are taken as they are; the store keeps each as it is
+sent, with its digest, never as a protobuf message) and drops what did not change: an upsert with an unchanged digest
 and the deletion of an unknown name are no-ops (no new version, no push). Anything else releases a new
 immutable `Snapshot` (snapshot.py) to the watchers (the MCP server); an apply with deletions releases one per
 step of kinds.REMOVAL_ORDER that changed something, every one but the last a barrier. A caller gathering many objects
@@ -22,7 +23,7 @@ from typing import NamedTuple
 
 from google.protobuf.message import Message
 
-from copilot.istio.kinds import REMOVAL_ORDER, IstioObject, Kind
+from copilot.istio.kinds import REMOVAL_ORDER, EncodedObject, IstioObject, Kind
 from copilot.xds import encoding
 from copilot.xds.snapshot import LEAF_MAX, NODE_MAX, KindSnapshot, Leaf, Node, Resource, Snapshot, find, kind_version
 
@@ -37,8 +38,9 @@ class Serialized(NamedTuple):
     resource: Resource
 
 
-def serialize(obj: IstioObject) -> Serialized:
-    return Serialized(obj.kind, obj.name, encoding.resource(obj.kind, obj.name, obj.spec.SerializeToString(deterministic=True)))
+def serialize(obj: IstioObject | EncodedObject) -> Serialized:
+    body = obj.body if isinstance(obj, EncodedObject) else obj.spec.SerializeToString(deterministic=True)
+    return Serialized(obj.kind, obj.name, encoding.resource(obj.kind, obj.name, body))
 
 
 class _KindState:
@@ -137,7 +139,9 @@ class Store:
         self._released = False
         self._serial = 0
 
-    def apply(self, upserts: Iterable[IstioObject | Serialized], deletions: Iterable[tuple[Kind, str]] = ()) -> None:
+    def apply(
+        self, upserts: Iterable[IstioObject | EncodedObject | Serialized], deletions: Iterable[tuple[Kind, str]] = ()
+    ) -> None:
         """Upserts and deletes objects; releases new snapshots if anything changed (and `release()` was called).
         Deletions go in kinds.REMOVAL_ORDER, one snapshot per kind that lost an object (the upserts go with
         the first); every snapshot but the last is a barrier, so a stream sends them in that order."""
