@@ -107,7 +107,7 @@ def footprint(tier: Tier) -> str:
 
 
 def run(
-    routes: int, changes: int, ops_files: list[Path], setup_timeout: float
+    routes: int, changes: int, ops_files: list[Path], setup_timeout: float, each: bool
 ) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
     # The routes in place: Diego's listing when Copilot starts. Their instances report a TLS proxy port
     # nothing listens on (they are load, never asked for); the last route's instances are real.
@@ -160,6 +160,9 @@ def run(
                 after = settled(before)
                 for column in spent[kind]:
                     spent[kind][column] += after[column] - before[column]
+                if each:
+                    cost = ", ".join(f"{c} {after[c] - before[c]:g}" for c in ("full", "cds", "eds", "rds", "E rds"))
+                    print(f"    {kind} {len(timings[kind])}: {timings[kind][-1] * 1000:.0f} ms ({cost})", flush=True)
 
             def settled(before: dict[str, float]) -> dict[str, float]:
                 """The counters once a second went by without istiod pushing (later pushes of the change
@@ -182,6 +185,12 @@ def run(
                 stub.UpsertCapiDiegoProcessAssociation(
                     api.UpsertCapiDiegoProcessAssociationRequest(capi_diego_process_association=association)
                 )
+            # The first change starts once blue and green answer and their pushes are over (they were
+            # the first scale up's: a full push or two, 5-6 s at 10,000 routes).
+            for name in ("blue", "green"):
+                answers = lambda h=name: tier.get(f"{h}.apps.example.com").text.strip() == f"{h}-v1-0"  # noqa: E731
+                wait_until(answers, timeout=120, message=name)
+            settled(costs(tier))
 
             def map_route(route_guid: str, capi: str, weight: int) -> None:
                 mapping = api.RouteMapping(capi_process_guid=capi, route_guid=route_guid, route_weight=weight)
@@ -234,13 +243,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--routes", type=int, nargs="+", default=[100, 10_000])
     parser.add_argument("--changes", type=int, default=100)
+    parser.add_argument("--each", action="store_true", help="print every change: its time and what it cost")
     parser.add_argument("--setup-timeout", type=float, default=1800, help="seconds for the tier and every route to be in place")
     parser.add_argument("-o", "--ops-file", type=Path, action="append", default=[], help="ops-file over manifests/local.yml")
     args = parser.parse_args()
     ops = "".join(f" + {path}" for path in args.ops_file)
     print(f"the tier: manifests/local.yml{ops}, every other property at its job default", flush=True)
     for routes in args.routes:
-        results, spent = run(routes, args.changes, [path.resolve() for path in args.ops_file], args.setup_timeout)
+        results, spent = run(routes, args.changes, [path.resolve() for path in args.ops_file], args.setup_timeout, args.each)
         print(f"{'routes':>8} {'change':>11} {'count':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}", flush=True)
         for kind, values in results.items():
             values.sort()
