@@ -238,19 +238,25 @@ def start_tier(
     preload: Callable[[BBSDouble], None] | None = None,
     test_certificates: bool = True,
     routers: dict[str, dict] | None = None,
+    ready_timeout: float = 180,
 ) -> Tier:
     """Renders and starts the tier under `workdir` on free loopback ports; `ops_files` are applied after
     the test certificates; `preload` fills the BBS double before Copilot first lists it. `routers`: more
     routers, each its own instance group (name -> istio-router properties over the local router's, e.g.
-    router_shard and node_ip), on free admin and health ports; the tier is up once they are healthy too."""
+    router_shard and node_ip), on free admin and health ports; the tier is up once they are healthy too
+    (`ready_timeout` seconds at most, for the local router: benchmarks with many routes wait longer)."""
     layout = Layout(Path(workdir).resolve())
     ports = free_ports(list(launch.default_ports()))
     more = {name: free_ports([f"{name}_admin", f"{name}_health"]) for name in routers or {}}
-    router_ports = {name: {"admin_port": more[name][f"{name}_admin"], "health_port": more[name][f"{name}_health"]}
-                    for name in more}
+    router_ports = {
+        name: {"admin_port": more[name][f"{name}_admin"], "health_port": more[name][f"{name}_health"]} for name in more
+    }
     overrides = {
-        name: {**properties, "admin_port": router_ports[name]["admin_port"],
-               "health": {"port": router_ports[name]["health_port"]}}
+        name: {
+            **properties,
+            "admin_port": router_ports[name]["admin_port"],
+            "health": {"port": router_ports[name]["health_port"]},
+        }
         for name, properties in (routers or {}).items()
     }
     processes = launch.prepare(layout, ports, [*([TEST_OPS] if test_certificates else []), *ops_files], overrides)
@@ -283,7 +289,7 @@ def start_tier(
         if preload is not None:
             preload(bbs)
         launch.start(layout, processes)
-        if not launch.wait_ready(layout, ports, quiet=True, timeout=180):
+        if not launch.wait_ready(layout, ports, quiet=True, timeout=ready_timeout):
             raise RuntimeError(f"the tier did not come up:\n{tails(layout)}")
         for name, router in router_ports.items():
             wait_until(lambda port=router["health_port"]: _healthy(port), timeout=60, message=f"router {name} healthy")

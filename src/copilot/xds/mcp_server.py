@@ -60,6 +60,14 @@ class _Stream:
         self.inbox: queue.Queue[object] = queue.Queue()
 
 
+# istiod pings its config source every 30 s (its GRPC_KEEPALIVE_INTERVAL) on a stream that can stay quiet
+# for hours. gRPC's server default takes a ping without data at most every 5 minutes and answers the third
+# early one with GOAWAY "too_many_pings": istiod reconnected, and re-read every object, every few idle
+# minutes (every 100,000 of each kind at 100,000 routes). Accepted as often as istiod's own server accepts
+# its clients' pings (half its interval).
+MIN_PING_INTERVAL_MS = 15_000
+
+
 class McpServer:
     """Serves the snapshots it is handed over ADS. `start()` binds; `stop()` ends every stream."""
 
@@ -89,6 +97,7 @@ class McpServer:
                 ("grpc.max_send_message_length", 1 << 30),
                 ("grpc.max_receive_message_length", 64 << 20),
                 ("grpc.so_reuseport", 0),  # a second Copilot on the same port must fail, not share istiod's streams
+                ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
             ],
         )
         handler = grpc.stream_stream_rpc_method_handler(
