@@ -262,6 +262,8 @@ def test_pilot_flags_and_env(pki, tmp_path):
     assert process["args"][:2] == ["discovery", "--registries="]
     # No TLS material: the secure port is off and the plaintext one is on loopback, so istiod serves nobody else.
     assert "--secureGRPCAddr=" in process["args"] and "--grpcAddr=127.0.0.1:15010" in process["args"]
+    # A router busy applying a large cluster set answers no ping: istiod's 10 s would drop it every time.
+    assert "--keepaliveTimeout=5m" in process["args"]
     assert process["env"] == {
         "ENABLE_CA_SERVER": "false", "XDS_AUTH": "true", "PILOT_ENABLE_XDS_IDENTITY_CHECK": "false",
         "PILOT_ENABLE_ALPN_FILTER": "false", "PILOT_ENABLE_METADATA_EXCHANGE": "false",
@@ -283,6 +285,16 @@ def test_pilot_flags_and_env(pki, tmp_path):
     for flag in ("--secureGRPCAddr=10.0.0.1:15013", f"--tlsCertFile={certs}/tls.crt", f"--tlsKeyFile={certs}/tls.key",
                  f"--caCertFile={certs}/ca.crt", "--clusterID=cf", "--grpcAddr=127.0.0.2:15011"):
         assert flag in args
+
+
+def test_pilot_keepalive_timeout_must_be_a_positive_go_duration(tmp_path):
+    for n, good in enumerate(("90s", "1m30s", "2h")):
+        args = yaml.safe_load(render("pilot-discovery", {"keepalive_timeout": good}, tmp_path / f"ok{n}",
+                                     links={"copilot": copilot_link()})["config/bpm.yml"].read_text())["processes"][0]["args"]
+        assert f"--keepaliveTimeout={good}" in args
+    for n, bad in enumerate(("300", "0s", "5 m", "-1m", "")):
+        with pytest.raises(Exception, match="keepalive_timeout: .* is not a positive Go duration"):
+            render("pilot-discovery", {"keepalive_timeout": bad}, tmp_path / f"bad{n}", links={"copilot": copilot_link()})
 
 
 def test_pilot_plaintext_xds_listens_on_loopback_only(pki, tmp_path):
