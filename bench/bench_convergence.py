@@ -79,7 +79,7 @@ def prometheus_sums(url: str) -> dict[str, float]:
     """Every sample of a Prometheus text page, by series (labels kept), plus each metric name summed
     over its labels, and each `name{one label}` summed over the others."""
     values: dict[str, float] = {}
-    for line in requests.get(url, timeout=10).text.splitlines():
+    for line in requests.get(url, timeout=ADMIN_TIMEOUT).text.splitlines():
         if not line or line.startswith("#"):
             continue
         series, _, value = line.rpartition(" ")
@@ -93,8 +93,13 @@ def prometheus_sums(url: str) -> dict[str, float]:
     return values
 
 
+# The router's admin API runs on its main thread, which answers nothing while it applies a large push
+# (at 100,000 routes, tens of seconds): a slow answer is the router busy, not a failure.
+ADMIN_TIMEOUT = 300
+
+
 def envoy_stats(admin_port: int) -> dict[str, float]:
-    text = requests.get(f"http://127.0.0.1:{admin_port}/stats?usedonly", timeout=10).text
+    text = requests.get(f"http://127.0.0.1:{admin_port}/stats?usedonly", timeout=ADMIN_TIMEOUT).text
     values: dict[str, float] = {"rds_updates": 0.0}
     for line in text.splitlines():
         name, _, value = line.partition(": ")
