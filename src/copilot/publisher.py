@@ -1,6 +1,10 @@
 """Turns what changed in the views (copilot.views) into Istio objects: rebuilds only the touched keys of
 each kind of view (external hosts, internal hosts, router TCP ports) with one loop, and hands every
-object built and every name no longer needed to `_emit`, on the publisher's own thread (PublishLoop)."""
+object built and every name no longer needed to `_emit`, on the publisher's own thread (PublishLoop).
+
+It owns the shared services (builder.destination_service: one DestinationRule and ServiceEntry per
+destination, whatever number of route hosts route to it): which hosts use which service, each service
+built once per publish however many of its hosts are rebuilt, and deleted once no host uses it."""
 
 from __future__ import annotations
 
@@ -10,19 +14,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from copilot import metrics
 from copilot.istio.builder import (
     GatewaySettings,
+    HostParts,
     build_internal,
     build_router_objects,
     build_tcp,
     host_object_names,
     internal_object_name,
+    service_object_names,
     tcp_object_names,
 )
-from copilot.istio.host_wire import build_host_encoded
+from copilot.istio.host_wire import build_host_encoded, build_service_encoded
 from copilot.istio.kinds import SERVICE_ENTRY, EncodedObject, IstioObject, Kind
 from copilot.model import HostRoutes, View, ViewKind
 from copilot.route_service_lookup import InternalLookup
@@ -74,7 +80,7 @@ class _Builds:
     """How one kind of view becomes Istio objects: `build` its objects (ValueError: the view is refused),
     and `owned` every (kind, name) a key may have, so what was not built is deleted."""
 
-    build: Callable[[View], list[IstioObject] | list[EncodedObject]]
+    build: Callable[[View], list[IstioObject] | list[EncodedObject] | HostParts]
     owned: Callable[[Key], list[tuple[Kind, str]]]
     skipped: str  # the warning when a view is refused
     field: str  # the key's name in that warning
@@ -93,6 +99,10 @@ class Publisher:
         self._lock = threading.Lock()
         self.rejected_hosts = 0
         self.last_publish_seconds = 0.0
+        # The shared services: the ones each host's last accepted build routes to, and per service how
+        # many hosts use it (deleted at 0).
+        self._host_services: dict[str, frozenset[str]] = {}
+        self._service_users: dict[str, int] = {}
         rs = gateway.route_services
         # Route services' internal lookup: a host's routes depend on its route service's host too.
         self._lookup = InternalLookup(views.host_routes, rs.internal_lookup_allowlist) if rs and rs.internal_lookup else None
@@ -100,7 +110,7 @@ class Publisher:
         g = gateway
         self._builds = {
             ViewKind.HOST: _Builds(
-                lambda view: build_host_encoded(g, view, internal),  # the common host as bytes
+                lambda view: build_host_encoded(g, view, internal),  # the common host as bytes; services apart
                 lambda host: [(o.kind, o.name) for o in host_object_names(g, host)],
                 "route skipped",
                 "host",
@@ -149,38 +159,101 @@ class Publisher:
     ) -> Iterator[IstioObject | EncodedObject]:
         """The objects of every key in `work`, each key built as its objects are taken, so a full rebuild
         never holds 100k hosts' worth of protobuf messages; what a key no longer has goes to `deletions`,
-        which is complete once this is exhausted."""
+        which is complete once this is exhausted. A service is built once however many hosts use it,
+        and deleted only if no host uses it once every key was rebuilt (a host may take it over)."""
+        services = _PublishServices()
         for kind, builds, keys in work:
             for key in keys:
-                yield from self._rebuild(kind, builds, key, deletions)
+                yield from self._rebuild(kind, builds, key, deletions, services)
+        for name in sorted(services.released):
+            if name not in self._service_users:
+                deletions.extend(service_object_names(name))
 
     def _rebuild(
-        self, kind: ViewKind, builds: _Builds, key: Key, deletions: list[tuple[Kind, str]]
+        self, kind: ViewKind, builds: _Builds, key: Key, deletions: list[tuple[Kind, str]], services: _PublishServices
     ) -> list[IstioObject] | list[EncodedObject]:
         view = self._views.view(kind, key)
         if self._lookup is not None and kind is ViewKind.HOST:
             self._lookup.record(key, _route_service_urls(view))  # type: ignore[arg-type] - hosts
         if view is None:
             deletions.extend(builds.owned(key))
+            if kind is ViewKind.HOST:
+                self._use_services(key, frozenset(), services)  # type: ignore[arg-type] - hosts
             return []
+        used: frozenset[str] = frozenset()
         try:
             built = builds.build(view)
+            if isinstance(built, HostParts):
+                used = frozenset(service.name for service in built.services)
+                built = [*built.objects, *self._services_of(built, services)]  # type: ignore[list-item]
         except ValueError as error:
-            # One bad view never blocks the others; what it had before stays served.
+            # One bad view never blocks the others; what it had before stays served (its services too).
             self.rejected_hosts += 1
             metrics.HOSTS_REJECTED.inc()
             log.warning(builds.skipped, extra={builds.field: key, "error": str(error)})
             return []
+        if kind is ViewKind.HOST:
+            self._use_services(key, used, services)  # type: ignore[arg-type] - hosts
         if builds.partial:  # router shards: a host (or port) may need fewer objects than before, or none
             emitted = {(obj.kind, obj.name) for obj in built}
             deletions.extend(owned for owned in builds.owned(key) if owned not in emitted)
-        return built
+        return built  # type: ignore[return-value]
+
+    def _services_of(self, parts: HostParts, services: _PublishServices) -> list[IstioObject | EncodedObject]:
+        """The objects of a host's services not yet emitted in this publish, each built once per publish
+        (a BBS event for an app with many routes rebuilds its one service once). Raises the ValueError
+        of a service that cannot be built, for each host using it."""
+        emitted = []
+        for service in parts.services:
+            objects = services.built.get(service.name)
+            if objects is None:
+                try:
+                    objects = build_service_encoded(self._gateway, service)
+                except ValueError as error:
+                    objects = error
+                services.built[service.name] = objects
+            if isinstance(objects, ValueError):
+                raise objects
+        for service in parts.services:  # the host is accepted: its services go out (once)
+            if service.name not in services.emitted:
+                services.emitted.add(service.name)
+                emitted += services.built[service.name]  # type: ignore[arg-type] - not an error here
+        return emitted
+
+    def _use_services(self, host: str, used: frozenset[str], services: _PublishServices) -> None:
+        """Records the services a host's accepted build routes to; one no host uses any more is released
+        (deleted at the end of the publish unless a later host takes it)."""
+        before = self._host_services.get(host, frozenset())
+        if used == before:
+            return
+        users = self._service_users
+        for name in used - before:
+            users[name] = users.get(name, 0) + 1
+        for name in before - used:
+            users[name] -= 1
+            if not users[name]:
+                del users[name]
+                services.released.add(name)
+        if used:
+            self._host_services[host] = used
+        else:
+            self._host_services.pop(host, None)
 
     def _emit(self, upserts: Iterable[IstioObject | EncodedObject], deletions: Iterable[tuple[Kind, str]]) -> None:
         """The one exit of everything published, once per publish: objects to add or replace, built as
         they are taken (the store serializes each as it comes), and (kind, name) to delete, complete once
         `upserts` has been taken."""
         self._store.apply(upserts, deletions)
+
+
+@dataclass
+class _PublishServices:
+    """The shared services of one publish: each one's objects as built (or the error refusing them),
+    those emitted, and those released by their last host."""
+
+    built: dict[str, list[IstioObject] | list[EncodedObject] | ValueError] = field(default_factory=dict)
+    emitted: set[str] = field(default_factory=set)
+    released: set[str] = field(default_factory=set)
 
 
 @contextlib.contextmanager

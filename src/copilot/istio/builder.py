@@ -1,14 +1,15 @@
 """Pure functions from routing state to Istio objects: the router's Gateway (HTTP, and HTTPS with a
 certificate per SNI name), a catch-all VirtualService answering unknown routes, the gorouter
 compatibility EnvoyFilter (router_filter.py), an EnvoyFilter giving HTTPS the HTTP route configuration
-(build_shared_routes_filter); per host a VirtualService, a DestinationRule (a subset per
-process and port when the host has several, none when its routes all go to one process, whose
-endpoints are then the host's default cluster; and one per app instance with instance routing) and a
-ServiceEntry with STATIC endpoints; per router TCP port a Gateway, a VirtualService and a ServiceEntry.
-With router shards (shards.py) a Gateway per shard, and a host's VirtualService bound to the shards that
-route it (one per distinct subset of its destinations the shards route).
+(build_shared_routes_filter); per route host a VirtualService whose routes go to services, one per
+destination (process and container port) however many hosts route to it: a DestinationRule (the
+traffic policy of its one Envoy cluster; a subset per app instance with instance routing) and a
+ServiceEntry with STATIC endpoints (destination_service, build_service); per router TCP port a Gateway,
+a VirtualService and a ServiceEntry. With router shards (shards.py) a Gateway per shard, and a host's
+VirtualService bound to the shards that route it (one per distinct subset of its destinations the
+shards route).
 
-Names are derived from the host (or port), so two Copilots fed the same state emit identical config.
+Names are derived from the host, port or destination, so two Copilots fed the same state emit identical config.
 
 A last line of defence: an endpoint istiod would refuse (an address that is not an IP, a port outside
 1..65535) is left out, counted (copilot_invalid_input_total{source="builder"}) and logged once, and the
@@ -26,7 +27,16 @@ from typing import NamedTuple
 
 from copilot import invalid_input
 from copilot.istio import router_filter
-from copilot.istio.kinds import DESTINATION_RULE, ENVOY_FILTER, GATEWAY, SERVICE_ENTRY, VIRTUAL_SERVICE, IstioObject
+from copilot.istio.kinds import (
+    DESTINATION_RULE,
+    ENVOY_FILTER,
+    GATEWAY,
+    SERVICE_ENTRY,
+    VIRTUAL_SERVICE,
+    EncodedObject,
+    IstioObject,
+    Kind,
+)
 from copilot.istio.router_filter import (
     ENDPOINT_METADATA,
     IDENTITY_SERVICE_PORT,
@@ -118,11 +128,54 @@ def object_name(host: str) -> str:
     return f"{readable}-{hashlib.sha256(host.encode()).hexdigest()[:10]}"
 
 
-def service_host(host: str) -> str:
-    """The ServiceEntry host backing a route host (wildcards cannot be STATIC service hosts)."""
-    if host.startswith("*."):
-        return f"wildcard-{object_name(host)}.copilot.internal"
-    return host
+SERVICE_DOMAIN = "copilot.internal"
+
+
+class Service(NamedTuple):
+    """The shared objects of one destination (a DestinationRule and a ServiceEntry, one Envoy cluster):
+    every route host whose routes go to that destination names `host` in its VirtualService. `destination`
+    is the one whose content they are built from (any of its hosts' gives the same, see service_id)."""
+
+    name: str  # namespace/name of the DestinationRule and the ServiceEntry
+    host: str  # the ServiceEntry's host: what routes name
+    port: int  # the service port: IDENTITY_SERVICE_PORT under route integrity
+    destination: Destination
+
+
+def service_id(host: str, dest: Destination) -> str:
+    """The name of a destination's shared objects, keyed by everything their content depends on apart
+    from the backends (which follow from the process and container port): process, port, protocol (HTTP/2),
+    TLS name and app guid (instance subsets). So it is stable while instances come and go, and every
+    host routing to one process and port shares it. A platform destination (route registrar) groups
+    registrations per host and path, so its backends may differ between hosts: its service is the host's."""
+    return _service_id(dest.process_guid, dest.container_port, dest.protocol, dest.tls_san, dest.app_guid,
+                       "" if dest.on_diego else host)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _service_id(process_guid: str, container_port: int, protocol: str, tls_san: str, app_guid: str, host: str) -> str:
+    key = "\0".join((process_guid, str(container_port), protocol, tls_san, app_guid, host))
+    return "s-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def destination_service(settings: GatewaySettings, host: str, dest: Destination) -> Service:
+    """The shared service a host's route to `dest` goes to."""
+    sid = service_id(host, dest)
+    port = IDENTITY_SERVICE_PORT if _integrity(settings, dest) else SERVICE_PORT
+    return Service(f"{settings.namespace}/{sid}", f"{sid}.{SERVICE_DOMAIN}", port, dest)
+
+
+def service_object_names(name: str) -> list[tuple[Kind, str]]:
+    """(kind, name) of a service's objects, to delete them when the last host stops using it."""
+    return [(DESTINATION_RULE, name), (SERVICE_ENTRY, name)]
+
+
+class HostParts(NamedTuple):
+    """What a host is built into: its own objects (VirtualServices) and the shared services they route to,
+    each once, in order of first use."""
+
+    objects: list[IstioObject] | list[EncodedObject]
+    services: list[Service]
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -306,12 +359,8 @@ def _add_route_service_routes(
     path: str,
     destinations: list[Destination],
     excluded: list[str],
-    svc: str,
-    port: int,
     shards: tuple[int, ...] = (0,),
     service_is_ours: bool = False,
-    *,
-    subsets: bool = True,
 ) -> None:
     """gorouter's route service protocol for one route (host + context path), in three parts:
 
@@ -336,7 +385,7 @@ def _add_route_service_routes(
 
     if settings.instance_routing:
         first = len(vs.http)
-        _add_instance_routes(vs, path, path_matches, destinations, svc, port)
+        _add_instance_routes(vs, settings, host, path, path_matches, destinations)
         for route in vs.http[first:]:
             for match in route.match:
                 match.gateways[:] = internal
@@ -345,7 +394,7 @@ def _add_route_service_routes(
         match = verified.match.add(gateways=internal)
         if uri is not None:
             match.uri.CopyFrom(uri)
-    _add_route_targets(verified, settings, destinations, svc, port, subsets=subsets)
+    _add_route_targets(verified, settings, host, destinations)
     # Envoy's loopback listener would say "http"; the proxy passes on what the router saw.
     verified.headers.request.set["x-forwarded-proto"] = f"%REQ({ROUTE_SERVICE_FORWARDED_PROTO_HEADER})%"
 
@@ -387,33 +436,42 @@ def build_unknown_route(settings: GatewaySettings) -> IstioObject:
 def build_host(
     settings: GatewaySettings, routes: HostRoutes, internal_route_service: Callable[[str], bool] | None = None
 ) -> list[IstioObject]:
-    """The VirtualService, DestinationRule and ServiceEntry for one host. Raises ValueError on bad input.
-    internal_route_service: with route services' internal lookup, whether a route service URL is a route
-    of this foundation (copilot.route_service_lookup).
+    """Every object of one host: its VirtualServices, then each service it routes to (DestinationRule,
+    ServiceEntry). The publisher builds the services once per publish however many hosts share them
+    (build_host_parts, build_service); this is the same, whole. Raises ValueError on bad input."""
+    parts = build_host_parts(settings, routes, internal_route_service)
+    return [*parts.objects, *(obj for service in parts.services for obj in build_service(settings, service))]  # type: ignore[misc]
 
-    With router shards, the VirtualService is bound to the Gateways of the shards that route at least
-    one of the host's destinations, and holds only what they route; shards routing different subsets of
-    the destinations get a VirtualService each (shard_groups). A host no shard routes has no objects."""
+
+def build_host_parts(
+    settings: GatewaySettings, routes: HostRoutes, internal_route_service: Callable[[str], bool] | None = None
+) -> HostParts:
+    """The VirtualServices of one host and the services (one per destination) they route to. Raises
+    ValueError on bad input. internal_route_service: with route services' internal lookup, whether a
+    route service URL is a route of this foundation (copilot.route_service_lookup).
+
+    A route's target is its destination's service (destination_service): one Envoy cluster per process
+    and port, however many hosts route to it, and a weighted route names several services. With router
+    shards, the VirtualService is bound to the Gateways of the shards that route at least one of the
+    host's destinations, and holds only what they route; shards routing different subsets of the
+    destinations get a VirtualService each (shard_groups). A host no shard routes has no objects."""
     host = normalize_hostname(routes.host, "host")
-    svc = service_host(host)
     name = f"{settings.namespace}/{object_name(host)}"
     groups = shard_groups(settings, routes)
     if not groups:
-        return []
-    if settings.sharded:  # the DestinationRule and ServiceEntry hold what some shard routes
+        return HostParts([], [])
+    if settings.sharded:  # the services some shard routes
         routes = HostRoutes(routes.host, _union(routes, [group for _, group in groups]))
-    destinations = _unique_destinations(routes)
-    port = IDENTITY_SERVICE_PORT if any(_integrity(settings, d) for d in destinations) else SERVICE_PORT
-    # One process (and port) behind every route of the host: its endpoints are exactly the host's, so the
-    # routes use the host's default cluster and the DestinationRule has no process subset (one Envoy
-    # cluster per host instead of two). Several processes (weighted routing) get a subset each.
-    subsets = len({subset_name(d.process_guid, d.container_port) for d in destinations}) > 1
+    services: dict[str, Service] = {}
+    for dest in _unique_destinations(routes):
+        service = destination_service(settings, host, dest)
+        services.setdefault(service.name, service)
     objects = [
         IstioObject(VIRTUAL_SERVICE, name if i == 0 else _shard_virtual_service_name(settings, host, shards[0]),
-                    _virtual_service(settings, host, svc, port, group, shards, internal_route_service, subsets=subsets))
+                    _virtual_service(settings, host, group, shards, internal_route_service))
         for i, (shards, group) in enumerate(groups)
     ]
-    return [*objects, *_destination_objects(settings, name, svc, port, routes, subsets=subsets)]
+    return HostParts(objects, list(services.values()))
 
 
 def shard_groups(settings: GatewaySettings, routes: HostRoutes) -> list[tuple[tuple[int, ...], HostRoutes]]:
@@ -455,13 +513,9 @@ def _shard_virtual_service_name(settings: GatewaySettings, host: str, shard: int
 def _virtual_service(
     settings: GatewaySettings,
     host: str,
-    svc: str,
-    port: int,
     routes: HostRoutes,
     shards: tuple[int, ...],
     internal_route_service: Callable[[str], bool] | None = None,
-    *,
-    subsets: bool = True,
 ) -> pb.VirtualService:
     vs = pb.VirtualService(hosts=[host], gateways=[settings.shard_ref(s) for s in shards])
     route_services = settings.route_services
@@ -477,20 +531,17 @@ def _virtual_service(
             if route_services is not None and _route_service_ok(path, _route_service_url(destinations), excluded):
                 url = _route_service_url(destinations)
                 ours = bool(route_services.internal_lookup and internal_route_service and internal_route_service(url))
-                _add_route_service_routes(
-                    vs, settings, route_services, host, path, destinations, excluded, svc, port, shards, ours,
-                    subsets=subsets,
-                )
+                _add_route_service_routes(vs, settings, route_services, host, path, destinations, excluded, shards, ours)
             else:
                 _add_route_service_refusal(vs, path, path_matches)
             continue
         if settings.instance_routing:
-            _add_instance_routes(vs, path, path_matches, destinations, svc, port)
+            _add_instance_routes(vs, settings, host, path, path_matches, destinations)
         route = vs.http.add(name=path or "/")
         for uri in path_matches:
             if uri is not None:
                 route.match.add(uri=uri)
-        _add_route_targets(route, settings, destinations, svc, port, subsets=subsets)
+        _add_route_targets(route, settings, host, destinations)
     if "" not in routes.paths:
         host_unknown_route(vs.http.add())
     return vs
@@ -503,80 +554,55 @@ def host_unknown_route(route: pb.HTTPRoute) -> pb.HTTPRoute:
     return _unknown_route(route, 404, UNKNOWN_ROUTE_BODY)
 
 
-def _destination_objects(
-    settings: GatewaySettings, name: str, svc: str, port: int, routes: HostRoutes, *, subsets: bool = True
-) -> list[IstioObject]:
-    """The host's DestinationRule (a subset per process and port, or with `subsets` False the only
-    process's policy on the host's default cluster) and ServiceEntry (the endpoints)."""
+def build_service(settings: GatewaySettings, service: Service) -> list[IstioObject]:
+    """A destination's DestinationRule (its traffic policy on the service's default cluster: outlier
+    detection, TLS to the instances, HTTP/2; with instance routing a subset per instance) and
+    ServiceEntry (its endpoints). Raises ValueError on a destination that cannot be served."""
+    dest = service.destination
+    integrity = _integrity(settings, dest)
     dr = pb.DestinationRule()
-    identity = _Identity.of(settings) if port == IDENTITY_SERVICE_PORT else None
-    dr.MergeFromString(_host_rule_base(settings.outlier_detection, identity))
-    dr.host = svc
+    dr.MergeFromString(_host_rule_base(settings.outlier_detection, _Identity.of(settings) if integrity else None))
+    dr.host = service.host
     se = pb.ServiceEntry()
-    se.MergeFromString(_host_service_entry_base(port))
-    se.hosts.append(svc)
-    seen: set[str] = set()
-    for dest in _unique_destinations(routes):
-        subset = subset_name(dest.process_guid, dest.container_port)
-        if subset in seen:
+    se.MergeFromString(_host_service_entry_base(service.port))
+    se.hosts.append(service.host)
+    policy = _traffic_policy(settings, dest, integrity)
+    if policy is not None:
+        # Each part replaces what the base set there (its outlier detection stays).
+        for part, value in policy.ListFields():
+            getattr(dr.traffic_policy, part.name).CopyFrom(value)
+    for backend in _routable_backends(settings, dest):
+        if not _endpoint_ok(backend.address, backend.tls_port if integrity else backend.port):
             continue
-        seen.add(subset)
-        backends = _routable_backends(settings, dest)
-        integrity = _integrity(settings, dest)
-        policy = _traffic_policy(settings, dest, integrity)
-        if subsets:
-            entry = dr.subsets.add(name=subset)
-            entry.labels[SUBSET_LABEL] = subset
+        # Map fields are set item by item: a dict handed to a constructor takes Python's generic
+        # MutableMapping path, twice as slow (this runs for every instance of every destination).
+        endpoint = se.endpoints.add(address=backend.address, locality=backend.availability_zone)
+        endpoint.ports[SERVICE_PORT_NAME] = backend.tls_port if integrity else backend.port
+        labels = endpoint.labels
+        if backend.instance_guid and _LABEL_VALUE_RE.fullmatch(backend.instance_guid):
+            labels[INSTANCE_GUID_LABEL] = backend.instance_guid
+            labels[INSTANCE_INDEX_LABEL] = str(backend.index)
+            if integrity:
+                labels[TLS_HOSTNAME_LABEL] = backend.instance_guid
+        if backend.instance_guid and settings.instance_routing and dest.app_guid:
+            instance = instance_subset_name(dest.process_guid, dest.container_port, backend.instance_guid)
+            labels[INSTANCE_LABEL] = instance
+            instance_entry = dr.subsets.add(name=instance)
+            instance_entry.labels[INSTANCE_LABEL] = instance
             if policy is not None:
-                entry.traffic_policy.CopyFrom(policy)
-        elif policy is not None:
-            # The only process: its policy is the host's (the default cluster's), each part replacing
-            # what the DestinationRule set there (its outlier detection stays).
-            for part, value in policy.ListFields():
-                getattr(dr.traffic_policy, part.name).CopyFrom(value)
-        for backend in backends:
-            if not _endpoint_ok(backend.address, backend.tls_port if integrity else backend.port):
-                continue
-            # Map fields are set item by item: a dict handed to a constructor takes Python's generic
-            # MutableMapping path, twice as slow (this runs for every instance of every host).
-            endpoint = se.endpoints.add(address=backend.address, locality=backend.availability_zone)
-            endpoint.ports[SERVICE_PORT_NAME] = backend.tls_port if integrity else backend.port
-            labels = endpoint.labels
-            labels[SUBSET_LABEL] = subset
-            if backend.instance_guid and _LABEL_VALUE_RE.fullmatch(backend.instance_guid):
-                labels[INSTANCE_GUID_LABEL] = backend.instance_guid
-                labels[INSTANCE_INDEX_LABEL] = str(backend.index)
-                if integrity:
-                    labels[TLS_HOSTNAME_LABEL] = backend.instance_guid
-            if backend.instance_guid and settings.instance_routing and dest.app_guid:
-                instance = instance_subset_name(dest.process_guid, dest.container_port, backend.instance_guid)
-                labels[INSTANCE_LABEL] = instance
-                instance_entry = dr.subsets.add(name=instance)
-                instance_entry.labels[INSTANCE_LABEL] = instance
-                if policy is not None:
-                    instance_entry.traffic_policy.CopyFrom(policy)
-    return [IstioObject(DESTINATION_RULE, name, dr), IstioObject(SERVICE_ENTRY, name, se)]
+                instance_entry.traffic_policy.CopyFrom(policy)
+    return [IstioObject(DESTINATION_RULE, service.name, dr), IstioObject(SERVICE_ENTRY, service.name, se)]
 
 
-def _add_route_targets(
-    route: pb.HTTPRoute,
-    settings: GatewaySettings,
-    destinations: list[Destination],
-    svc: str,
-    port: int,
-    *,
-    subsets: bool = True,
-) -> None:
-    """A route's destinations: a process subset each (weighted when several), or the host's default
-    cluster when the host has one process (`subsets` False), with X-CF-ApplicationID."""
-    targets = _route_targets(settings, destinations)
-    for subset, dest, weight in targets:
+def _add_route_targets(route: pb.HTTPRoute, settings: GatewaySettings, host: str, destinations: list[Destination]) -> None:
+    """A route's destinations: each one's service (weighted when several), with X-CF-ApplicationID."""
+    targets = _route_targets(destinations)
+    for dest, weight in targets:
+        service = destination_service(settings, host, dest)
         target = route.route.add()
         destination = target.destination  # set in place: a message handed to add() would be copied
-        destination.host = svc
-        if subsets:
-            destination.subset = subset
-        destination.port.number = port
+        destination.host = service.host
+        destination.port.number = service.port
         if len(targets) > 1:
             target.weight = weight
         if _HEADER_VALUE_RE.fullmatch(dest.app_guid):
@@ -600,15 +626,11 @@ def _routable_backends(settings: GatewaySettings, dest: Destination) -> list[Bac
     return [b for b in dest.backends if b.port]
 
 
-def _route_targets(settings: GatewaySettings, destinations: list[Destination]) -> list[tuple[str, Destination, int]]:
-    """(subset, destination, weight) for a route: a process subset per destination, its relative weight
-    (copilot.views) turned into Istio's percentage: the one place weights are normalised, after a router
-    shard kept what it routes."""
+def _route_targets(destinations: list[Destination]) -> list[tuple[Destination, int]]:
+    """(destination, weight) for a route: its relative weight (copilot.views) turned into Istio's
+    percentage: the one place weights are normalised, after a router shard kept what it routes."""
     weights = normalize_weights([dest.weight for dest in destinations]) if destinations else []
-    return [
-        (subset_name(dest.process_guid, dest.container_port), dest, weight)
-        for dest, weight in zip(destinations, weights, strict=True)
-    ]
+    return list(zip(destinations, weights, strict=True))
 
 
 class _Identity(NamedTuple):
@@ -726,7 +748,7 @@ def _instance_targets(destinations: list[Destination]) -> list[tuple[str, Destin
 
 
 def _add_instance_routes(
-    vs: pb.VirtualService, path: str, path_matches: list, destinations: list[Destination], svc: str, port: int
+    vs: pb.VirtualService, settings: GatewaySettings, host: str, path: str, path_matches: list, destinations: list[Destination]
 ) -> None:
     """X-CF-App-Instance: <app guid>:<index> goes to that instance; an instance the route does not have
     gets 400 with X-Cf-Routererror: unknown_route, as in gorouter."""
@@ -739,11 +761,12 @@ def _add_instance_routes(
             match = route.match.add(headers={APP_INSTANCE_HEADER: pb.StringMatch(exact=value)})
             if uri is not None:
                 match.uri.CopyFrom(uri)
+        service = destination_service(settings, host, dest)
         target = route.route.add(
             destination=pb.Destination(
-                host=svc,
+                host=service.host,
                 subset=instance_subset_name(dest.process_guid, dest.container_port, backend.instance_guid),
-                port=pb.PortSelector(number=port),
+                port=pb.PortSelector(number=service.port),
             )
         )
         target.headers.request.set["X-CF-ApplicationID"] = dest.app_guid
@@ -858,9 +881,10 @@ def build_internal(settings: GatewaySettings, service: InternalService) -> list[
 
 
 def host_object_names(settings: GatewaySettings, host: str) -> list[IstioObject]:
-    """Empty placeholders naming the objects of a host, used to delete them when the host goes away."""
+    """Empty placeholders naming a host's own objects (its VirtualServices; the services it routes to are
+    shared, the publisher deletes each when its last host stops using it), to delete them when the host goes away."""
     name = f"{settings.namespace}/{object_name(host)}"
-    names = [IstioObject(kind, name, kind.message()) for kind in (VIRTUAL_SERVICE, DESTINATION_RULE, SERVICE_ENTRY)]
+    names = [IstioObject(VIRTUAL_SERVICE, name, VIRTUAL_SERVICE.message())]
     for index in range(1, len(settings.router_shards)):  # the further VirtualServices shards may need
         names.append(IstioObject(VIRTUAL_SERVICE, _shard_virtual_service_name(settings, host, index), VIRTUAL_SERVICE.message()))
     return names

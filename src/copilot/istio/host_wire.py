@@ -1,14 +1,15 @@
-"""Writes the common host's three specs (VirtualService, DestinationRule, ServiceEntry) straight as
-protobuf wire bytes: exactly the bytes builder.build_host's messages serialize to (deterministically, as
-the store serializes them), without building the messages. Setting a field of a upb message from Python
-costs about a microsecond, and a host has some forty; joining bytes costs a fraction of that.
+"""Writes the common host's VirtualService and the common service's DestinationRule and ServiceEntry
+straight as protobuf wire bytes: exactly the bytes builder.build_host_parts' and builder.build_service's
+messages serialize to (deterministically, as the store serializes them), without building the messages.
+Setting a field of a upb message from Python costs about a microsecond, and a host has some forty;
+joining bytes costs a fraction of that.
 
 The common host, nearly every host of a foundation: no router shards and no instance routing in the
-settings; every path of the host has one destination, all of one process and port (so the
-DestinationRule has no subset), with no route service, no platform TLS name, a positive weight, and no
-HTTP/2 subset policy (`http2` only while HTTP/2 is off). Route integrity is covered (the identity port,
-TLS ports and the tls-hostname label). Any other host is built by builder.build_host;
-`build_host_encoded` picks, so callers never choose.
+settings; every path of the host has one destination with no route service and a positive weight. The
+common service (a destination's objects): no instance routing, no platform TLS name, and no HTTP/2
+policy (`http2` only while HTTP/2 is off). Route integrity is covered (the identity port, TLS ports and
+the tls-hostname label). Any other is built by the builder; `build_host_encoded` and
+`build_service_encoded` pick, so callers never choose.
 
 The wire rules this relies on (proto3, as upb's deterministic serialization writes them):
 - A message is the concatenation of its set fields in field-number order, whatever order they were set
@@ -36,29 +37,28 @@ from typing import NamedTuple
 from copilot.istio.builder import (
     _HEADER_VALUE_RE,
     _LABEL_VALUE_RE,
-    IDENTITY_SERVICE_PORT,
     INSTANCE_GUID_LABEL,
     INSTANCE_INDEX_LABEL,
-    SERVICE_PORT,
     SERVICE_PORT_NAME,
-    SUBSET_LABEL,
     TLS_HOSTNAME_LABEL,
+    HostParts,
+    Service,
     _endpoint_ok,
     _host_rule_base,
     _host_service_entry_base,
     _Identity,
     _integrity,
     _routable_backends,
-    build_host,
+    build_host_parts,
+    build_service,
+    destination_service,
     host_unknown_route,
     object_name,
-    service_host,
-    subset_name,
 )
 from copilot.istio.kinds import DESTINATION_RULE, SERVICE_ENTRY, VIRTUAL_SERVICE, EncodedObject, IstioObject
-from copilot.model import Destination, HostRoutes, normalize_hostname
+from copilot.model import HostRoutes, normalize_hostname
 from copilot.protos import istio_networking_pb2 as pb
-from copilot.settings import GatewaySettings, OutlierDetection
+from copilot.settings import GatewaySettings
 from copilot.xds.encoding import VARINTS, varint
 
 APPLICATION_ID_HEADER = "X-CF-ApplicationID"
@@ -86,88 +86,89 @@ _APPLICATION_ID_KEY = _field(_LEN1, APPLICATION_ID_HEADER.encode())
 # ports, location and resolution (3 to 5), endpoints 6. WorkloadEntry: address 1, ports 2
 # (map<string, uint32>), labels 3 (map<string, string>), locality 5.
 _PORT_KEY = _field(_LEN1, SERVICE_PORT_NAME.encode())
-_SUBSET_KEY, _GUID_KEY, _INDEX_KEY, _TLS_HOSTNAME_KEY = (
-    _field(_LEN1, key.encode()) for key in (SUBSET_LABEL, INSTANCE_GUID_LABEL, INSTANCE_INDEX_LABEL, TLS_HOSTNAME_LABEL)
+_GUID_KEY, _INDEX_KEY, _TLS_HOSTNAME_KEY = (
+    _field(_LEN1, key.encode()) for key in (INSTANCE_GUID_LABEL, INSTANCE_INDEX_LABEL, TLS_HOSTNAME_LABEL)
 )
 _GUID_KEY_LENGTH, _INDEX_KEY_LENGTH, _TLS_HOSTNAME_KEY_LENGTH = len(_GUID_KEY), len(_INDEX_KEY), len(_TLS_HOSTNAME_KEY)
 _ROOT_NAME = _field(_LEN17, b"/")  # HTTPRoute.name of the root route
 # The endpoint labels are written in this order: it must be the keys' sorted order (map entries).
-_LABEL_ORDER = (SUBSET_LABEL, INSTANCE_GUID_LABEL, INSTANCE_INDEX_LABEL, TLS_HOSTNAME_LABEL)
+_LABEL_ORDER = (INSTANCE_GUID_LABEL, INSTANCE_INDEX_LABEL, TLS_HOSTNAME_LABEL)
 if sorted(key.encode() for key in _LABEL_ORDER) != [key.encode() for key in _LABEL_ORDER]:
     raise RuntimeError(f"endpoint label keys {_LABEL_ORDER} are not written in map-entry order")
 
 
 class _Pieces(NamedTuple):
-    """The bytes of a host's specs that depend on the settings alone."""
+    """The bytes of a host's VirtualService that depend on the settings alone."""
 
     gateways: bytes  # VirtualService.gateways: the first shard's Gateway
-    rule: bytes  # DestinationRule after its host: the traffic policy
-    service_entry: bytes  # ServiceEntry after its host: port, location, resolution
     unknown_route: bytes  # VirtualService.http: the unknown-route answer of a host without a root route
 
 
 @functools.lru_cache(maxsize=16)
-def _pieces(gateway: str, outlier: OutlierDetection, identity: _Identity | None) -> _Pieces:
-    port = SERVICE_PORT if identity is None else IDENTITY_SERVICE_PORT
+def _pieces(gateway: str) -> _Pieces:
     unknown = host_unknown_route(pb.HTTPRoute()).SerializeToString(deterministic=True)
-    return _Pieces(
-        _field(_LEN2, gateway.encode()),
-        _host_rule_base(outlier, identity),
-        _host_service_entry_base(port),
-        _field(_LEN3, unknown),
-    )
+    return _Pieces(_field(_LEN2, gateway.encode()), _field(_LEN3, unknown))
 
 
 def build_host_encoded(
     settings: GatewaySettings, routes: HostRoutes, internal_route_service: Callable[[str], bool] | None = None
-) -> list[IstioObject] | list[EncodedObject]:
-    """builder.build_host's objects: the common host written as bytes, any other built as messages."""
-    encoded = encode_common_host(settings, routes)
-    return encoded if encoded is not None else build_host(settings, routes, internal_route_service)
+) -> HostParts:
+    """builder.build_host_parts: the common host's VirtualService written as bytes, any other built as messages."""
+    encoded = encode_host_parts(settings, routes)
+    return encoded if encoded is not None else build_host_parts(settings, routes, internal_route_service)
 
 
-def _common_destination(settings: GatewaySettings, routes: HostRoutes) -> Destination | None:
-    """The destination whose endpoints the host's ServiceEntry gets (the first path's, in path order),
-    if the host has the common shape; else None."""
-    if settings.sharded or settings.instance_routing or not routes.paths:
-        return None
-    http2 = settings.enable_http2
-    first = None
-    for destinations in routes.paths.values():
-        if len(destinations) != 1:
-            return None
-        dest = destinations[0]
-        if dest.route_service_url or dest.tls_san or dest.weight <= 0 or (http2 and dest.protocol == "http2"):
-            return None
-        if first is None:
-            first = dest
-        elif dest.process_guid != first.process_guid or dest.container_port != first.container_port:
-            return None
-    return routes.paths[min(routes.paths)][0]
+def build_service_encoded(settings: GatewaySettings, service: Service) -> list[IstioObject] | list[EncodedObject]:
+    """builder.build_service: the common service written as bytes, any other built as messages."""
+    encoded = encode_service(settings, service)
+    return encoded if encoded is not None else build_service(settings, service)
 
 
 def encode_common_host(settings: GatewaySettings, routes: HostRoutes) -> list[EncodedObject] | None:
-    """The host's VirtualService, DestinationRule and ServiceEntry as wire bytes if it has the common
-    shape, else None. Raises ValueError on a bad host name, as the builder does."""
-    dest = _common_destination(settings, routes)
-    if dest is None:
+    """builder.build_host's objects as wire bytes if the host and every service it routes to have the
+    common shape, else None (the whole host at once, as tests compare it)."""
+    parts = encode_host_parts(settings, routes)
+    if parts is None:
         return None
+    services = [encode_service(settings, service) for service in parts.services]
+    if any(objects is None for objects in services):
+        return None
+    return [*parts.objects, *(obj for objects in services for obj in objects)]  # type: ignore[misc, union-attr]
+
+
+def encode_host_parts(settings: GatewaySettings, routes: HostRoutes) -> HostParts | None:
+    """The host's VirtualService as wire bytes, and its services, if it has the common shape, else None.
+    Raises ValueError on a bad host name, as the builder does."""
+    if settings.sharded or settings.instance_routing or not routes.paths:
+        return None
+    for destinations in routes.paths.values():
+        if len(destinations) != 1 or destinations[0].route_service_url or destinations[0].weight <= 0:
+            return None
     host = normalize_hostname(routes.host, "host")
-    svc = service_host(host).encode()
-    name = f"{settings.namespace}/{object_name(host)}"
-    integrity = _integrity(settings, dest)
-    port = IDENTITY_SERVICE_PORT if integrity else SERVICE_PORT
-    pieces = _pieces(settings.ref, settings.outlier_detection, _Identity.of(settings) if integrity else None)
     try:
-        virtual_service = _virtual_service(host.encode(), svc, port, routes, pieces)
-        endpoints = _endpoints(settings, dest, integrity)
+        virtual_service, services = _virtual_service(settings, host, routes)
     except IndexError:  # a field of 64 KiB or more (a path that long?): past the varint table, the builder's
         return None
+    name = f"{settings.namespace}/{object_name(host)}"
+    return HostParts([EncodedObject(VIRTUAL_SERVICE, name, virtual_service)], services)
+
+
+def encode_service(settings: GatewaySettings, service: Service) -> list[EncodedObject] | None:
+    """A service's DestinationRule and ServiceEntry as wire bytes if it has the common shape, else None."""
+    dest = service.destination
+    if settings.instance_routing or dest.tls_san or (settings.enable_http2 and dest.protocol == "http2"):
+        return None
+    integrity = _integrity(settings, dest)
+    svc = service.host.encode()
+    try:
+        endpoints = _endpoints(settings, service, integrity)
+    except IndexError:
+        return None
     host_field = _LEN1 + _V[len(svc)] + svc
+    rule = _host_rule_base(settings.outlier_detection, _Identity.of(settings) if integrity else None)
     return [
-        EncodedObject(VIRTUAL_SERVICE, name, virtual_service),
-        EncodedObject(DESTINATION_RULE, name, host_field + pieces.rule),
-        EncodedObject(SERVICE_ENTRY, name, host_field + pieces.service_entry + endpoints),
+        EncodedObject(DESTINATION_RULE, service.name, host_field + rule),
+        EncodedObject(SERVICE_ENTRY, service.name, host_field + _host_service_entry_base(service.port) + endpoints),
     ]
 
 
@@ -175,20 +176,29 @@ def encode_common_host(settings: GatewaySettings, routes: HostRoutes) -> list[En
 # (_V[n] for n below 65536: IndexError past it) and its bytes; a call per field would cost more than it.
 
 
-def _virtual_service(host: bytes, svc: bytes, port: int, routes: HostRoutes, pieces: _Pieces) -> bytes:
-    """hosts, gateways, a route per path (longest first, the root last), the unknown route without a root."""
-    parts = [_LEN1, _V[len(host)], host, pieces.gateways]
-    selector = _NUM1 + _V[port]  # PortSelector{number}
-    destination = _LEN1 + _V[len(svc)] + svc + _LEN3 + _V[len(selector)] + selector
-    destination = _LEN1 + _V[len(destination)] + destination  # HTTPRouteDestination.destination
-    targets: dict[str, bytes] = {}
+def _virtual_service(settings: GatewaySettings, host: str, routes: HostRoutes) -> tuple[bytes, list[Service]]:
+    """hosts, gateways, a route per path (longest first, the root last), the unknown route without a
+    root; and the services the routes go to, each once, in the builder's order (paths sorted)."""
+    pieces = _pieces(settings.ref)
+    raw_host = host.encode()
+    parts = [_LEN1, _V[len(raw_host)], raw_host, pieces.gateways]
+    targets: dict[tuple[str, str], bytes] = {}
+    services: dict[str, Service] = {}
     paths = routes.paths
+    for path in sorted(paths) if len(paths) > 1 else paths:
+        service = destination_service(settings, host, paths[path][0])
+        services.setdefault(service.name, service)
     for path in sorted(paths, key=_path_order) if len(paths) > 1 else paths:
-        app_guid = paths[path][0].app_guid
-        target = targets.get(app_guid)
+        dest = paths[path][0]
+        service = destination_service(settings, host, dest)
+        target = targets.get((service.host, dest.app_guid))
         if target is None:  # HTTPRoute.route: one HTTPRouteDestination
-            target = destination + _application_id(app_guid)
-            target = targets[app_guid] = _LEN2 + _V[len(target)] + target
+            svc = service.host.encode()
+            selector = _NUM1 + _V[service.port]  # PortSelector{number}
+            destination = _LEN1 + _V[len(svc)] + svc + _LEN3 + _V[len(selector)] + selector
+            destination = _LEN1 + _V[len(destination)] + destination  # HTTPRouteDestination.destination
+            target = destination + _application_id(dest.app_guid)
+            target = targets[(service.host, dest.app_guid)] = _LEN2 + _V[len(target)] + target
         if path:
             raw = path.encode()
             exact = _LEN1 + _V[len(raw)] + raw  # StringMatch{exact}
@@ -201,7 +211,7 @@ def _virtual_service(host: bytes, svc: bytes, port: int, routes: HostRoutes, pie
         parts += (_LEN3, _V[len(route)], route)
     if "" not in paths:
         parts.append(pieces.unknown_route)
-    return b"".join(parts)
+    return b"".join(parts), list(services.values())
 
 
 def _path_order(path: str) -> tuple[int, str]:
@@ -220,10 +230,9 @@ def _application_id(app_guid: str) -> bytes:
     return _LEN7 + _V[len(headers)] + headers
 
 
-def _endpoints(settings: GatewaySettings, dest: Destination, integrity: bool) -> bytes:
+def _endpoints(settings: GatewaySettings, service: Service, integrity: bool) -> bytes:
     """The ServiceEntry's endpoints: each routable instance with its port and labels, and its zone."""
-    subset = _SUBSET_KEY + _field(_LEN2, subset_name(dest.process_guid, dest.container_port).encode())
-    subset = _LEN3 + _V[len(subset)] + subset  # labels: cf-subset (the first key)
+    dest = service.destination
     port_key = len(_PORT_KEY) + 1  # the ports entry {key "http", value}: its length before the value's varint
     parts = []
     for backend in _routable_backends(settings, dest):
@@ -232,7 +241,7 @@ def _endpoints(settings: GatewaySettings, dest: Destination, integrity: bool) ->
             continue
         address = backend.address.encode()
         number = _V[port]
-        entry = [_LEN1, _V[len(address)], address, _LEN2, _V[port_key + len(number)], _PORT_KEY, _NUM2, number, subset]
+        entry = [_LEN1, _V[len(address)], address, _LEN2, _V[port_key + len(number)], _PORT_KEY, _NUM2, number]
         guid = backend.instance_guid
         if guid and _LABEL_VALUE_RE.fullmatch(guid):
             raw = guid.encode()
