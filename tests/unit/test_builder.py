@@ -1,4 +1,5 @@
-"""The Istio builder: routing state in, Gateway / VirtualService / DestinationRule / ServiceEntry out."""
+"""The Istio builder: routing state in, Gateway / VirtualService / DestinationRule / ServiceEntry out:
+a host's VirtualService routes to services, one DestinationRule and ServiceEntry per destination."""
 
 from __future__ import annotations
 
@@ -13,17 +14,18 @@ from copilot.istio.builder import (
     INSTANCE_INDEX_LABEL,
     SERVICE_PORT,
     SERVICE_PORT_NAME,
-    SUBSET_LABEL,
     TLS_HOSTNAME_LABEL,
     GatewaySettings,
     build_gateway,
     build_host,
+    build_host_parts,
+    destination_service,
     host_object_names,
     object_name,
-    service_host,
+    service_id,
     subset_name,
 )
-from copilot.model import Backend, Destination, HostRoutes
+from copilot.model import PLATFORM_PROCESS_PREFIX, Backend, Destination, HostRoutes
 from copilot.protos import istio_networking_pb2 as pb
 
 SETTINGS = GatewaySettings(namespace="cf", name="ingress", selector={"istio": "router"}, http_port=8000)
@@ -34,11 +36,28 @@ def dest(guid: str, port: int = 8080, weight: int = 100, *backends: Backend) -> 
 
 
 def build(routes: HostRoutes) -> tuple[pb.VirtualService, pb.DestinationRule, pb.ServiceEntry]:
+    """A host with one destination: its VirtualService, and its one service's DestinationRule and ServiceEntry."""
     objects = build_host(SETTINGS, routes)
     assert [o.kind for o in objects] == [kinds.VIRTUAL_SERVICE, kinds.DESTINATION_RULE, kinds.SERVICE_ENTRY]
-    assert len({o.name for o in objects}) == 1
+    assert objects[0].name == f"cf/{object_name(routes.host.lower().rstrip('.'))}"
+    assert objects[1].name == objects[2].name != objects[0].name
     vs, dr, se = (o.spec for o in objects)
     return vs, dr, se  # type: ignore[return-value]
+
+
+def services(settings: GatewaySettings, routes: HostRoutes) -> dict[str, tuple[pb.DestinationRule, pb.ServiceEntry]]:
+    """Per service host, the DestinationRule and ServiceEntry of each service a host routes to."""
+    objects = build_host(settings, routes)[len(build_host_parts(settings, routes).objects):]
+    pairs = {}
+    for dr, se in zip(objects[::2], objects[1::2], strict=True):
+        assert (dr.kind, se.kind, dr.name) == (kinds.DESTINATION_RULE, kinds.SERVICE_ENTRY, se.name)
+        assert list(se.spec.hosts) == [dr.spec.host]  # type: ignore[attr-defined]
+        pairs[dr.spec.host] = (dr.spec, se.spec)  # type: ignore[attr-defined]
+    return pairs  # type: ignore[return-value]
+
+
+def svc(guid: str, port: int = 8080, settings: GatewaySettings = SETTINGS, host: str = "app.example.com") -> str:
+    return destination_service(settings, host, dest(guid, port)).host
 
 
 def sample() -> HostRoutes:
@@ -66,7 +85,7 @@ def test_gateway() -> None:
 
 
 def test_virtual_service_orders_paths_longest_first_root_last() -> None:
-    vs, _, _ = build(sample())
+    vs = build_host(SETTINGS, sample())[0].spec
     assert list(vs.hosts) == ["app.example.com"]
     assert list(vs.gateways) == ["cf/ingress"]
     assert [r.name for r in vs.http] == ["/api/v2", "/api", "/z", "/"]
@@ -78,34 +97,61 @@ def test_virtual_service_orders_paths_longest_first_root_last() -> None:
 
 
 def test_virtual_service_destinations_and_weights() -> None:
-    vs, _, _ = build(sample())
+    vs = build_host(SETTINGS, sample())[0].spec
     root = vs.http[-1]
+    # A weighted route names a service per destination, no subsets.
     assert [(d.destination.host, d.destination.subset, d.destination.port.number, d.weight) for d in root.route] == [
-        ("app.example.com", subset_name("web", 8080), SERVICE_PORT, 67),
-        ("app.example.com", subset_name("canary", 8080), SERVICE_PORT, 33),
+        (svc("web"), "", SERVICE_PORT, 67),
+        (svc("canary"), "", SERVICE_PORT, 33),
     ]
     # a single destination carries no weight (Istio's default of 100)
     [single] = vs.http[1].route
-    assert (single.destination.subset, single.weight) == (subset_name("api", 9000), 0)
+    assert (single.destination.host, single.destination.subset, single.weight) == (svc("api", 9000), "", 0)
 
 
-def test_destination_rule_has_a_subset_per_process_and_port() -> None:
+def test_each_process_and_port_is_a_service_of_its_own() -> None:
     routes = sample()
     routes.paths["/metrics"] = [dest("web", 9100, 100)]
-    _, dr, _ = build(routes)
-    assert dr.host == "app.example.com"
-    names = [s.name for s in dr.subsets]
-    assert sorted(names) == sorted(
-        {
-            subset_name("web", 8080),
-            subset_name("canary", 8080),
-            subset_name("api", 9000),
-            subset_name("api2", 9000),
-            subset_name("web", 9100),
-        }
-    )
-    assert len(names) == len(set(names))  # "web":8080 serves two paths but is one subset
-    assert all(dict(s.labels) == {SUBSET_LABEL: s.name} for s in dr.subsets)
+    built = services(SETTINGS, routes)
+    # "web":8080 serves two paths but is one service
+    assert set(built) == {svc("web"), svc("canary"), svc("api", 9000), svc("api2", 9000), svc("web", 9100)}
+    assert len(build_host(SETTINGS, routes)) == 1 + 2 * 5
+    for host, (dr, se) in built.items():
+        assert host.endswith(".copilot.internal")
+        assert list(dr.subsets) == []  # its one cluster, the service's default
+        assert dr.traffic_policy.outlier_detection.consecutive_local_origin_failures.value > 0
+
+
+def test_hosts_routing_to_one_process_share_its_service() -> None:
+    web = dest("web", 8080, 1, Backend("10.0.0.1", 61001, 0, "w0", 0))
+    one = build_host(SETTINGS, HostRoutes("one.example.com", {"": [web]}))
+    two = build_host(SETTINGS, HostRoutes("two.example.org", {"/x": [web], "": [dest("web", 8080, 3, *web.backends)]}))
+    assert [(o.kind, o.name, o.spec) for o in one[1:]] == [(o.kind, o.name, o.spec) for o in two[1:]]
+    assert one[0].name != two[0].name  # each host keeps its VirtualService
+    assert {r.destination.host for route in two[0].spec.http for r in route.route} == {one[1].spec.host}  # type: ignore[attr-defined]
+
+
+def test_a_service_is_named_by_what_its_content_depends_on_never_by_its_instances() -> None:
+    base = Destination("web", 8080, 1, "http1", [Backend("10.0.0.1", 61001)], app_guid="app")
+    same = [
+        Destination("web", 8080, 7, "http1", [], app_guid="app", route_service_url="https://rs.example.com"),
+        Destination("web", 8080, 1, "http1", [Backend("10.0.0.2", 61002)], app_guid="app", isolation_segment="iso"),
+    ]
+    other = [
+        Destination("web", 8081, 1, "http1", [], app_guid="app"),
+        Destination("web2", 8080, 1, "http1", [], app_guid="app"),
+        Destination("web", 8080, 1, "http2", [], app_guid="app"),
+        Destination("web", 8080, 1, "http1", [], app_guid="app", tls_san="san"),
+        Destination("web", 8080, 1, "http1", [], app_guid="app2"),
+    ]
+    assert {service_id(h, d) for h in ("a.example.com", "b.example.com") for d in [base, *same]} == {service_id("a", base)}
+    assert len({service_id("a", d) for d in [base, *other]}) == 1 + len(other)
+
+
+def test_a_platform_destination_is_a_service_of_its_host() -> None:
+    """A route registrar's registrations are grouped per host and path: their backends differ by host."""
+    platform = Destination(f"{PLATFORM_PROCESS_PREFIX}registrar:", 0, 1, "http1", [Backend("10.0.0.1", 8080)])
+    assert service_id("api.sys.example.com", platform) != service_id("uaa.sys.example.com", platform)
 
 
 def test_subset_names_are_distinct_per_process_and_port() -> None:
@@ -114,22 +160,25 @@ def test_subset_names_are_distinct_per_process_and_port() -> None:
     assert subset_name("web", 8080) == subset_name("web", 8080)
 
 
-def test_service_entry_has_static_endpoints_with_subset_labels() -> None:
-    _, _, se = build(sample())
-    assert list(se.hosts) == ["app.example.com"]
-    assert se.resolution == pb.ServiceEntry.STATIC
-    assert se.location == pb.ServiceEntry.MESH_INTERNAL
-    assert [(p.number, p.protocol, p.name) for p in se.ports] == [(SERVICE_PORT, "HTTP", SERVICE_PORT_NAME)]
-    endpoints = sorted((e.address, dict(e.ports), dict(e.labels), e.locality) for e in se.endpoints)
-    web, canary = subset_name("web", 8080), subset_name("canary", 8080)
+def test_service_entries_have_static_endpoints_with_instance_labels() -> None:
+    built = services(SETTINGS, sample())
+    for _, se in built.values():
+        assert se.resolution == pb.ServiceEntry.STATIC
+        assert se.location == pb.ServiceEntry.MESH_INTERNAL
+        assert [(p.number, p.protocol, p.name) for p in se.ports] == [(SERVICE_PORT, "HTTP", SERVICE_PORT_NAME)]
+    endpoints = {
+        host: [(e.address, dict(e.ports), dict(e.labels), e.locality) for e in se.endpoints] for host, (_, se) in built.items()
+    }
     # App instances carry their guid and index for X-CF-InstanceID / X-CF-InstanceIndex (router_filter.py).
-    assert endpoints == [
-        ("10.0.0.1", {"http": 61001}, {SUBSET_LABEL: web, INSTANCE_GUID_LABEL: "w0", INSTANCE_INDEX_LABEL: "0"}, "z1"),
-        ("10.0.0.2", {"http": 61002}, {SUBSET_LABEL: web, INSTANCE_GUID_LABEL: "w1", INSTANCE_INDEX_LABEL: "1"}, "z2"),
-        ("10.0.0.3", {"http": 61003}, {SUBSET_LABEL: canary, INSTANCE_GUID_LABEL: "c0", INSTANCE_INDEX_LABEL: "0"}, "z1"),
-        ("10.0.1.1", {"http": 62001}, {SUBSET_LABEL: subset_name("api", 9000)}, ""),
-        ("10.0.1.2", {"http": 62002}, {SUBSET_LABEL: subset_name("api2", 9000)}, ""),
-    ]
+    assert endpoints == {
+        svc("web"): [
+            ("10.0.0.1", {"http": 61001}, {INSTANCE_GUID_LABEL: "w0", INSTANCE_INDEX_LABEL: "0"}, "z1"),
+            ("10.0.0.2", {"http": 61002}, {INSTANCE_GUID_LABEL: "w1", INSTANCE_INDEX_LABEL: "1"}, "z2"),
+        ],
+        svc("canary"): [("10.0.0.3", {"http": 61003}, {INSTANCE_GUID_LABEL: "c0", INSTANCE_INDEX_LABEL: "0"}, "z1")],
+        svc("api", 9000): [("10.0.1.1", {"http": 62001}, {}, "")],
+        svc("api2", 9000): [("10.0.1.2", {"http": 62002}, {}, "")],
+    }
 
 
 def test_ipv6_backend_is_accepted() -> None:
@@ -137,16 +186,14 @@ def test_ipv6_backend_is_accepted() -> None:
     assert [e.address for e in se.endpoints] == ["fd00::1"]
 
 
-def test_wildcard_host_gets_a_synthetic_service_host() -> None:
+def test_wildcard_host_routes_to_a_synthetic_service_host() -> None:
     vs, dr, se = build(HostRoutes("*.example.com", {"": [dest("p", 8080, 100, Backend("10.0.0.9", 61000))]}))
-    svc = service_host("*.example.com")
-    assert svc != "*.example.com" and "*" not in svc
-    assert svc.endswith(".copilot.internal")
+    host = svc("p", host="*.example.com")
+    assert "*" not in host and host.endswith(".copilot.internal")
     assert list(vs.hosts) == ["*.example.com"]
-    assert vs.http[0].route[0].destination.host == svc
-    assert dr.host == svc
-    assert list(se.hosts) == [svc]
-    assert service_host("*.other.com") != svc
+    assert vs.http[0].route[0].destination.host == host
+    assert dr.host == host
+    assert list(se.hosts) == [host]
 
 
 def test_object_names_are_dns_labels_and_distinct() -> None:
@@ -162,9 +209,10 @@ def test_object_names_are_dns_labels_and_distinct() -> None:
 
 def test_build_host_normalises_and_names_objects() -> None:
     objects = build_host(SETTINGS, HostRoutes("App.Example.com", {"": [dest("p")]}))
-    assert {o.name for o in objects} == {f"cf/{object_name('app.example.com')}"}
-    assert [o.name for o in host_object_names(SETTINGS, "app.example.com")] == [o.name for o in objects]
-    assert [o.kind for o in host_object_names(SETTINGS, "app.example.com")] == [o.kind for o in objects]
+    assert objects[0].name == f"cf/{object_name('app.example.com')}"
+    # A host owns its VirtualService; the service it routes to is shared (the publisher deletes it).
+    assert [(o.kind, o.name) for o in host_object_names(SETTINGS, "app.example.com")] == [(objects[0].kind, objects[0].name)]
+    assert {o.name for o in objects[1:]} == {destination_service(SETTINGS, "app.example.com", dest("p")).name}
 
 
 def test_same_input_gives_identical_bytes() -> None:
@@ -247,7 +295,7 @@ INTEGRITY = GatewaySettings(
 )
 
 
-def test_route_integrity_is_one_cluster_per_host_with_each_endpoint_named_by_its_guid() -> None:
+def test_route_integrity_is_one_cluster_per_process_with_each_endpoint_named_by_its_guid() -> None:
     # v58 cells: no plain host port, only the TLS proxy port (host_tls_proxy_port).
     routes = HostRoutes(
         "a.example.com",
@@ -270,7 +318,7 @@ def test_route_integrity_is_one_cluster_per_host_with_each_endpoint_named_by_its
     assert [(r.destination.subset, r.destination.port.number) for r in vs.http[0].route] == [("", IDENTITY_SERVICE_PORT)]
 
 
-def test_route_integrity_with_several_processes_is_a_subset_each_with_the_identity_check() -> None:
+def test_route_integrity_with_several_processes_is_a_service_each_with_the_identity_check() -> None:
     routes = HostRoutes(
         "a.example.com",
         {
@@ -280,13 +328,17 @@ def test_route_integrity_with_several_processes_is_a_subset_each_with_the_identi
             ]
         },
     )
-    vs, dr, _ = (o.spec for o in build_host(INTEGRITY, routes))
-    assert [s.name for s in dr.subsets] == [subset_name("blue", 8080), subset_name("green", 8080)]
-    assert all(s.traffic_policy.tls == dr.traffic_policy.tls for s in dr.subsets)  # the default cluster too
-    assert list(dr.traffic_policy.tls.subject_alt_names) == [IDENTITY_PLACEHOLDER_NAME]
-    assert [(r.destination.subset, r.weight) for r in vs.http[0].route] == [
-        (subset_name("blue", 8080), 25),
-        (subset_name("green", 8080), 75),
+    vs = build_host(INTEGRITY, routes)[0].spec
+    built = services(INTEGRITY, routes)
+    blue, green = svc("blue", settings=INTEGRITY, host="a.example.com"), svc("green", settings=INTEGRITY, host="a.example.com")
+    assert list(built) == [blue, green]
+    for dr, se in built.values():
+        assert list(dr.subsets) == []
+        assert list(dr.traffic_policy.tls.subject_alt_names) == [IDENTITY_PLACEHOLDER_NAME]
+        assert [p.number for p in se.ports] == [IDENTITY_SERVICE_PORT]
+    assert [(r.destination.host, r.destination.subset, r.destination.port.number, r.weight) for r in vs.http[0].route] == [  # type: ignore[attr-defined]
+        (blue, "", IDENTITY_SERVICE_PORT, 25),
+        (green, "", IDENTITY_SERVICE_PORT, 75),
     ]
 
 
@@ -344,4 +396,4 @@ def test_a_route_bound_to_a_route_service_is_refused_not_routed() -> None:
     assert dict(route.headers.response.set) == {"X-Cf-Routererror": "route_service_unsupported"}
     assert [(m.uri.exact, m.uri.prefix) for m in route.match] == [("/guarded", ""), ("", "/guarded/")]
     assert list(vs.gateways) == [SETTINGS.ref]
-    assert [d.destination.host for d in vs.http[-1].route] == ["app.example.com"]  # "/" still served
+    assert [d.destination.host for d in vs.http[-1].route] == [svc("web")]  # "/" still served

@@ -1,5 +1,6 @@
-"""The common host written as wire bytes (copilot.istio.host_wire) is byte for byte what the builder's
-messages serialize to, for varied hosts and settings; other hosts are left to the builder."""
+"""The common host's VirtualService and the common service's objects written as wire bytes
+(copilot.istio.host_wire) are byte for byte what the builder's messages serialize to, for varied hosts
+and settings; other hosts and services are left to the builder."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ from dataclasses import replace
 import pytest
 
 from copilot import invalid_input
-from copilot.istio.builder import build_host
-from copilot.istio.host_wire import build_host_encoded, encode_common_host
+from copilot.istio.builder import build_host, build_host_parts, build_service
+from copilot.istio.host_wire import (
+    build_host_encoded,
+    build_service_encoded,
+    encode_common_host,
+    encode_host_parts,
+    encode_service,
+)
 from copilot.istio.kinds import EncodedObject, IstioObject
 from copilot.model import PLATFORM_PROCESS_PREFIX, Backend, Destination, HostRoutes, InvalidRoute
 from copilot.settings import GatewaySettings, OutlierDetection, RouteServiceSettings
@@ -67,16 +74,19 @@ COMMON_HOSTS = {
     "platform process": HostRoutes(
         "api.sys.example.com", {"": [Destination(f"{PLATFORM_PROCESS_PREFIX}registrar:", 0, 1, "http1", backends(3))]}
     ),
+    "two processes on two paths": HostRoutes("split.example.com", {"": [process("a")], "/b": [process("b")]}),
+}
+# The VirtualService is written as bytes, the service is the builder's.
+OTHER_SERVICES = {
+    "platform TLS": HostRoutes(
+        "uaa.example.com", {"": [Destination(f"{PLATFORM_PROCESS_PREFIX}uaa:uaa", 0, 1, "http1", backends(2), tls_san="uaa")]}
+    ),
 }
 OTHER_HOSTS = {
     "two processes": HostRoutes("weighted.example.com", {"": [process("a"), process("b")]}),
-    "two processes on two paths": HostRoutes("split.example.com", {"": [process("a")], "/b": [process("b")]}),
     "route service": HostRoutes(
         "bound.example.com",
         {"": [Destination("proc", 8080, 1, "http1", backends(2), route_service_url="https://rs.example.com")]},
-    ),
-    "platform TLS": HostRoutes(
-        "uaa.example.com", {"": [Destination(f"{PLATFORM_PROCESS_PREFIX}uaa:uaa", 0, 1, "http1", backends(2), tls_san="uaa")]}
     ),
     "one process twice on a path": HostRoutes("twice.example.com", {"": [process(), process()]}),
     "no paths": HostRoutes("nothing.example.com", {}),
@@ -113,13 +123,41 @@ def test_the_common_host_as_bytes_is_what_the_messages_serialize_to(settings_nam
     assert [_sent(o) for o in encoded] == [_sent(o) for o in build_host(settings, routes)]
 
 
+def _parts_bytes(parts) -> tuple[list[tuple[str, str, bytes]], list]:  # type: ignore[no-untyped-def]
+    objects = [(o.kind.name, o.name, serialize(o).resource.encoded) for o in parts.objects]
+    return objects, parts.services
+
+
 @pytest.mark.parametrize("settings_name", SETTINGS)
 @pytest.mark.parametrize("host_name", OTHER_HOSTS)
 def test_other_hosts_are_left_to_the_builder(settings_name: str, host_name: str) -> None:
     settings, routes = replace(SETTINGS[settings_name], upstream_ca_file="/ca/upstream.pem"), OTHER_HOSTS[host_name]
-    assert encode_common_host(settings, routes) is None
-    built = [(o.kind.name, o.name, o.spec.SerializeToString(deterministic=True)) for o in build_host_encoded(settings, routes)]
-    assert built == _message_bytes(settings, routes)
+    assert encode_host_parts(settings, routes) is None
+    assert _parts_bytes(build_host_encoded(settings, routes)) == _parts_bytes(build_host_parts(settings, routes))
+
+
+@pytest.mark.parametrize("settings_name", SETTINGS)
+@pytest.mark.parametrize("host_name", OTHER_SERVICES)
+def test_other_services_are_left_to_the_builder(settings_name: str, host_name: str) -> None:
+    settings, routes = replace(SETTINGS[settings_name], upstream_ca_file="/ca/upstream.pem"), OTHER_SERVICES[host_name]
+    parts = encode_host_parts(settings, routes)
+    assert parts is not None, "its VirtualService takes the byte path"
+    assert _parts_bytes(parts) == _parts_bytes(build_host_parts(settings, routes))
+    [service] = parts.services
+    assert encode_service(settings, service) is None
+    assert [_sent(o) for o in build_service_encoded(settings, service)] == [_sent(o) for o in build_service(settings, service)]
+
+
+def test_hosts_routing_to_one_process_name_one_service_whose_bytes_are_the_builders() -> None:
+    settings = SETTINGS["integrity"]
+    first = encode_host_parts(settings, HostRoutes("one.example.com", {"": [process()]}))
+    second = encode_host_parts(settings, HostRoutes("two.example.com", {"/x": [process()]}))
+    assert first is not None and second is not None
+    assert [s.name for s in first.services] == [s.name for s in second.services]
+    [service] = first.services
+    encoded = encode_service(settings, service)
+    assert encoded is not None
+    assert [_sent(o) for o in encoded] == [_sent(o) for o in build_service(settings, second.services[0])]
 
 
 @pytest.mark.parametrize(
