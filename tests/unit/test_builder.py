@@ -116,7 +116,7 @@ def test_each_process_and_port_is_a_service_of_its_own() -> None:
     # "web":8080 serves two paths but is one service
     assert set(built) == {svc("web"), svc("canary"), svc("api", 9000), svc("api2", 9000), svc("web", 9100)}
     assert len(build_host(SETTINGS, routes)) == 1 + 2 * 5
-    for host, (dr, se) in built.items():
+    for host, (dr, _) in built.items():
         assert host.endswith(".copilot.internal")
         assert list(dr.subsets) == []  # its one cluster, the service's default
         assert dr.traffic_policy.outlier_detection.consecutive_local_origin_failures.value > 0

@@ -1,5 +1,6 @@
 """The publisher: what changed in the views becomes snapshot updates for the touched keys only, every
-kind of view through one loop and one exit (`_emit`)."""
+kind of view through one loop and one exit (`_emit`); the services hosts share are built once per
+publish and deleted when their last host stops using them."""
 
 from __future__ import annotations
 
@@ -33,11 +34,25 @@ def name(host: str) -> str:
     return f"cf/{object_name(host)}"
 
 
+def service_names(snapshot: Store, host: str) -> list[str]:
+    """The names of the services (DestinationRule and ServiceEntry) a host's VirtualService routes to."""
+    vs = snapshot.get(VS, name(host))
+    if vs is None:
+        raise AssertionError(f"no VirtualService for {host}")
+    hosts = dict.fromkeys(r.destination.host for route in vs.http for r in route.route)
+    return [f"cf/{h.split('.')[0]}" for h in hosts]
+
+
 def endpoints(snapshot: Store, host: str) -> list[str]:
-    se = snapshot.get(SE, name(host))
+    [service] = service_names(snapshot, host)
+    se = snapshot.get(SE, service)
     if se is None:
         raise AssertionError(f"no ServiceEntry for {host}")
     return sorted(f"{e.address}:{e.ports['http']}" for e in se.endpoints)
+
+
+def routed(snapshot: Store, kind: kinds.Kind) -> list[str]:
+    return [n for n in snapshot.names(kind) if n != "cf/cf-unknown-route"]
 
 
 @pytest.fixture
@@ -56,9 +71,11 @@ def test_publish_builds_the_objects_of_dirty_hosts(setup) -> None:
     views.bbs.upsert_process("p", process("a.example.com", "b.example.com"))
     views.bbs.upsert_instance(0, instance("p"))
     assert publisher.publish() == 2
-    for type_url in (VS, DR, SE):
-        router_objects = ["cf/cf-unknown-route"] if type_url == VS else []
-        assert snapshot.names(type_url) == sorted([name("a.example.com"), name("b.example.com"), *router_objects])
+    assert routed(snapshot, VS) == sorted([name("a.example.com"), name("b.example.com")])
+    # Both hosts go to one process: one service (one Envoy cluster), named after it, not after a host.
+    [service] = service_names(snapshot, "a.example.com")
+    assert service_names(snapshot, "b.example.com") == [service]
+    assert snapshot.names(DR) == snapshot.names(SE) == [service]
     assert endpoints(snapshot, "a.example.com") == ["10.0.0.1:61000"]
     assert publisher.publish() == 0  # nothing dirty
 
@@ -83,12 +100,12 @@ def test_removed_host_is_deleted(setup) -> None:
     publisher.publish()
     views.bbs.upsert_process("p", process("a.example.com"))
     publisher.publish()
-    for type_url in (VS, DR, SE):
-        assert [n for n in snapshot.names(type_url) if n != "cf/cf-unknown-route"] == [name("a.example.com")]
+    assert routed(snapshot, VS) == [name("a.example.com")]
+    assert snapshot.names(DR) == snapshot.names(SE) == service_names(snapshot, "a.example.com")  # still used
     views.bbs.remove_process("p")
     publisher.publish()
     for type_url in (VS, DR, SE):
-        assert [n for n in snapshot.names(type_url) if n != "cf/cf-unknown-route"] == []
+        assert routed(snapshot, type_url) == []
     assert snapshot.names(GW) == ["cf/cf-ingress"]
     assert snapshot.names(VS) == ["cf/cf-unknown-route"]  # what answers unknown routes stays
 
@@ -151,6 +168,7 @@ def test_one_publish_hands_every_kind_to_one_emit(setup, monkeypatch: pytest.Mon
     views.cc.upsert_association("c", ("p",))
     calls = recorded_emits(publisher, monkeypatch)
     publisher.publish()
+    [service] = service_names(snapshot, "a.example.com")
     [(upserts, deletions)] = calls  # one exit, so one snapshot update (one push) for the whole publish
     assert deletions == []
     assert sorted(kind for kind, _ in upserts) == sorted(
@@ -165,8 +183,8 @@ def test_one_publish_hands_every_kind_to_one_emit(setup, monkeypatch: pytest.Mon
     assert sorted(deletions) == sorted(
         [
             ("VirtualService", name("a.example.com")),
-            ("DestinationRule", name("a.example.com")),
-            ("ServiceEntry", name("a.example.com")),
+            ("DestinationRule", service),
+            ("ServiceEntry", service),
             ("Gateway", "cf/cf-tcp-1025"),
             ("VirtualService", "cf/cf-tcp-1025"),
             ("ServiceEntry", "cf/cf-tcp-1025"),
@@ -198,7 +216,135 @@ def test_a_large_publish_emits_once_and_builds_each_host_as_its_objects_are_take
     monkeypatch.setattr(publisher, "_emit", taking)
     publisher.publish()
     # One emit for the whole publish (one snapshot update), yet never more than one host's messages
-    # built ahead of what was taken: a host is built when its first object is asked for.
-    assert [n for _, n in taken] == [n for h in sorted(hosts) for n in [name(h)] * 3]
-    assert [count for count, _ in taken] == [i // 3 + 1 for i in range(30)]
-    assert snapshot.names(SE) == sorted(name(h) for h in hosts)
+    # built ahead of what was taken: a host is built when its first object is asked for. The service
+    # the hosts share goes out once, with the first host.
+    [service] = service_names(snapshot, hosts[0])
+    assert [n for _, n in taken] == [name(hosts[0]), service, service, *(name(h) for h in sorted(hosts)[1:])]
+    assert [count for count, _ in taken] == [1, 1, 1, *range(2, 11)]
+    assert snapshot.names(SE) == [service]
+
+
+# ---------------------------------------------------------------- shared services
+
+
+def cc_route(views: Views, route: str, host: str, *weights: tuple[str, int]) -> None:
+    """A Cloud Controller route `host` mapped to apps (one Diego process each, named as the app) with weights."""
+    views.cc.upsert_route(CCRoute(route, host))
+    for app, weight in weights:
+        views.cc.map_route(route, app, weight)
+        views.cc.upsert_association(app, (app,))
+
+
+def test_a_shared_service_stays_while_a_host_uses_it_and_goes_with_the_last(setup) -> None:
+    views, snapshot, publisher = setup
+    views.bbs.upsert_process("p", process())
+    views.bbs.upsert_instance(0, instance("p"))
+    cc_route(views, "r1", "one.example.com", ("p", 1))
+    cc_route(views, "r2", "two.example.com", ("p", 1))
+    publisher.publish()
+    [service] = service_names(snapshot, "one.example.com")
+    assert service_names(snapshot, "two.example.com") == [service]
+    assert snapshot.names(DR) == snapshot.names(SE) == [service]
+    views.cc.unmap_route("r1", "p")  # the first host unmapped: the other still uses the service
+    publisher.publish()
+    assert routed(snapshot, VS) == [name("two.example.com")]
+    assert snapshot.names(DR) == snapshot.names(SE) == [service]
+    assert endpoints(snapshot, "two.example.com") == ["10.0.0.1:61000"]
+    views.cc.unmap_route("r2", "p")  # the last one: the service goes
+    publisher.publish()
+    assert routed(snapshot, VS) == snapshot.names(DR) == snapshot.names(SE) == []
+
+
+def test_a_weighted_host_routes_to_a_service_per_process_shared_with_other_hosts(setup) -> None:
+    views, snapshot, publisher = setup
+    for guid in ("blue", "green"):
+        views.bbs.upsert_process(guid, process())
+        views.bbs.upsert_instance(0, instance(guid))
+    cc_route(views, "w", "weighted.example.com", ("blue", 1), ("green", 3))
+    cc_route(views, "b", "blue.example.com", ("blue", 1))
+    publisher.publish()
+    [blue] = service_names(snapshot, "blue.example.com")
+    weighted = snapshot.get(VS, name("weighted.example.com"))
+    targets = [(f"cf/{r.destination.host.split('.')[0]}", r.destination.subset, r.weight) for r in weighted.http[0].route]
+    assert targets[0] == (blue, "", 25) and targets[1][1:] == ("", 75)
+    green = targets[1][0]
+    assert snapshot.names(DR) == snapshot.names(SE) == sorted([blue, green])
+    views.cc.unmap_route("w", "green")  # green's only host stops using it; blue is still used twice
+    publisher.publish()
+    assert snapshot.names(SE) == [blue]
+    assert service_names(snapshot, "weighted.example.com") == [blue]
+
+
+def test_a_bbs_event_builds_the_shared_service_once(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    views, snapshot, publisher = setup
+    hosts = [f"h{i}.example.com" for i in range(20)]
+    views.bbs.upsert_process("p", process(*hosts))
+    publisher.publish()
+    built: list[str] = []
+    build_service = publisher_module.build_service_encoded
+    monkeypatch.setattr(publisher_module, "build_service_encoded", lambda g, s: built.append(s.name) or build_service(g, s))
+    views.bbs.upsert_instance(0, instance("p"))  # a scale up: every host of the app is touched
+    assert publisher.publish() == 20
+    assert built == service_names(snapshot, hosts[0])
+    assert endpoints(snapshot, hosts[7]) == ["10.0.0.1:61000"]
+
+
+def test_a_host_moving_to_another_process_releases_the_old_service_unless_another_host_takes_it(
+    setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    views, snapshot, publisher = setup
+    for guid in ("p", "q"):
+        views.bbs.upsert_process(guid, process())
+    cc_route(views, "a", "a.example.com", ("p", 1))
+    cc_route(views, "b", "b.example.com", ("q", 1))
+    publisher.publish()
+    [p], [q] = service_names(snapshot, "a.example.com"), service_names(snapshot, "b.example.com")
+    # In one publish a (built first) leaves p for q, and b leaves q for p: both services stay.
+    views.cc.unmap_route("a", "p")
+    views.cc.map_route("a", "q", 1)
+    views.cc.unmap_route("b", "q")
+    views.cc.map_route("b", "p", 1)
+    calls = recorded_emits(publisher, monkeypatch)
+    publisher.publish()
+    assert service_names(snapshot, "a.example.com") == [q] and service_names(snapshot, "b.example.com") == [p]
+    assert snapshot.names(SE) == sorted([p, q])
+    [(_, deletions)] = calls
+    assert deletions == []
+
+
+def test_a_full_rebuild_gives_what_the_incremental_ones_gave(setup) -> None:
+    views, snapshot, publisher = setup
+    views.bbs.upsert_process("p", process("a.example.com", "b.example.com"))
+    views.bbs.upsert_process("q", process("c.example.com"))
+    views.bbs.upsert_instance(0, instance("p"))
+    publisher.publish()
+    views.bbs.upsert_process("p", process("a.example.com"))
+    views.bbs.upsert_instance(0, instance("q", address="10.0.0.9"))
+    publisher.publish()
+    state = {kind: {n: snapshot.get(kind, n) for n in snapshot.names(kind)} for kind in (VS, DR, SE)}
+    fresh_views, fresh = Views(views.bbs, views.cc, views.registrar), Store()
+    Publisher(fresh_views, fresh, SETTINGS).publish(everything=True)
+    assert {kind: {n: fresh.get(kind, n) for n in fresh.names(kind)} for kind in (VS, DR, SE)} == state
+    publisher.publish(everything=True)
+    assert {kind: {n: snapshot.get(kind, n) for n in snapshot.names(kind)} for kind in (VS, DR, SE)} == state
+
+
+def test_a_refused_host_keeps_its_shared_service_and_the_others_are_undisturbed(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    views, snapshot, publisher = setup
+    views.bbs.upsert_process("p", process("a.example.com", "b.example.com"))
+    publisher.publish()
+    [service] = service_names(snapshot, "a.example.com")
+    build_host = publisher_module.build_host_encoded
+
+    def refusing(g, routes, i):  # type: ignore[no-untyped-def]
+        if routes.host == "a.example.com":
+            raise ValueError("refused")
+        return build_host(g, routes, i)
+
+    monkeypatch.setattr(publisher_module, "build_host_encoded", refusing)
+    views.bbs.upsert_process("p", process("b.example.com"))  # b unmapped; a (refused) keeps what it had
+    views.bbs.upsert_process("p", process("a.example.com"))
+    publisher.publish()
+    assert publisher.rejected_hosts == 1
+    assert routed(snapshot, VS) == [name("a.example.com")]
+    assert snapshot.names(SE) == [service]  # a's last accepted build still uses it
