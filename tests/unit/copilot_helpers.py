@@ -29,15 +29,16 @@ def routed_weights(views: Any, host: str, path: str = "") -> list[tuple[str, int
     """(process guid, percentage) of a host+path as the routers get it: the views' relative weights
     through the real builder (Istio's default of 100 where a route has one destination)."""
     from copilot.istio import kinds
-    from copilot.istio.builder import build_host, subset_name
+    from copilot.istio.builder import build_host, destination_service
     from copilot.settings import GatewaySettings
 
+    settings = GatewaySettings()
     routes = views.host_routes(host)
-    [vs] = [o.spec for o in build_host(GatewaySettings(), routes) if o.kind is kinds.VIRTUAL_SERVICE]
+    [vs] = [o.spec for o in build_host(settings, routes) if o.kind is kinds.VIRTUAL_SERVICE]
     [route] = [r for r in vs.http if r.name == (path or "/")]
     destinations = routes.paths[path]
-    guids = {subset_name(d.process_guid, d.container_port): d.process_guid for d in destinations}
+    guids = {destination_service(settings, routes.host, d).host: d.process_guid for d in destinations}
     return [
-        (guids[t.destination.subset] if t.destination.subset else destinations[0].process_guid, t.weight or 100)
+        (guids[t.destination.host], t.weight or 100)
         for t in route.route
     ]

@@ -15,7 +15,6 @@ from copilot.istio.builder import (
     INSTANCE_GUID_LABEL,
     INSTANCE_INDEX_LABEL,
     INSTANCE_LABEL,
-    SUBSET_LABEL,
     Certificate,
     GatewaySettings,
     build_gateway,
@@ -23,7 +22,6 @@ from copilot.istio.builder import (
     build_router_objects,
     build_tcp,
     instance_subset_name,
-    subset_name,
     tcp_object_names,
     tcp_service_host,
 )
@@ -40,8 +38,17 @@ def app(guid: str = "web", *backends: Backend, protocol: str = "http1", app_guid
 
 
 def host(settings: GatewaySettings, routes: HostRoutes) -> tuple[pb.VirtualService, pb.DestinationRule, pb.ServiceEntry]:
+    """A host with one destination: its VirtualService and its service's DestinationRule and ServiceEntry."""
     vs, dr, se = (o.spec for o in build_host(settings, routes))
     return vs, dr, se  # type: ignore[return-value]
+
+
+def services(settings: GatewaySettings, routes: HostRoutes) -> dict[str, tuple[pb.DestinationRule, pb.ServiceEntry]]:
+    """Per service host, the DestinationRule and ServiceEntry of the services a host routes to."""
+    objects = build_host(settings, routes)
+    rules = [o.spec for o in objects if o.kind is kinds.DESTINATION_RULE]
+    entries = [o.spec for o in objects if o.kind is kinds.SERVICE_ENTRY]
+    return {dr.host: (dr, se) for dr, se in zip(rules, entries, strict=True)}  # type: ignore[attr-defined]
 
 
 def _string_matches(match: pb.StringMatch, value: str | None) -> bool:
@@ -184,19 +191,19 @@ def test_app_instances_get_identity_labels_and_the_app_id_header() -> None:
                                                         Backend("10.0.0.2", 61002, 0, "guid-1", 1))]})
     vs, dr, se = host(SETTINGS, routes)
     assert [dict(e.labels) for e in se.endpoints] == [
-        {SUBSET_LABEL: subset_name("web", 8080), INSTANCE_GUID_LABEL: "guid-0", INSTANCE_INDEX_LABEL: "0"},
-        {SUBSET_LABEL: subset_name("web", 8080), INSTANCE_GUID_LABEL: "guid-1", INSTANCE_INDEX_LABEL: "1"},
+        {INSTANCE_GUID_LABEL: "guid-0", INSTANCE_INDEX_LABEL: "0"},
+        {INSTANCE_GUID_LABEL: "guid-1", INSTANCE_INDEX_LABEL: "1"},
     ]
     [route] = vs.http
     assert dict(route.route[0].headers.request.set) == {"X-CF-ApplicationID": "app-guid"}
-    assert list(dr.subsets) == []  # one process: its routes use the host's cluster; no per-instance subsets by default
+    assert list(dr.subsets) == []  # its routes use the service's cluster; no per-instance subsets by default
     assert _reached(route.route[0].destination, dr, se) == ["10.0.0.1:61001", "10.0.0.2:61002"]
 
 
 def test_unsafe_identities_are_left_out() -> None:
     routes = HostRoutes("a.example.com", {"": [app("web", Backend("10.0.0.1", 61001, 0, "not a label!", 0), app_guid="%x\n")]})
     vs, _, se = host(SETTINGS, routes)
-    assert dict(se.endpoints[0].labels) == {SUBSET_LABEL: subset_name("web", 8080)}
+    assert dict(se.endpoints[0].labels) == {}
     assert not vs.http[0].route[0].headers.request.set
 
 
@@ -216,7 +223,7 @@ def test_instance_routing_adds_a_route_and_subset_per_instance() -> None:
     assert missing.direct_response.status == 400
     assert dict(missing.headers.response.set) == {"X-Cf-Routererror": "unknown_route"}
     assert vs.http[4].direct_response.status == 404  # no root route on this host
-    assert [s.name for s in dr.subsets] == [  # the process itself is the host's cluster (one process)
+    assert [s.name for s in dr.subsets] == [  # the process itself is the service's cluster
         instance_subset_name("web", 8080, "guid-0"), instance_subset_name("web", 8080, "guid-1"),
     ]
     assert se.endpoints[1].labels[INSTANCE_LABEL] == instance_subset_name("web", 8080, "guid-1")
@@ -234,18 +241,20 @@ def test_instance_routing_adds_a_route_and_subset_per_instance() -> None:
     assert reaches("/apis") == 404  # not under /api
 
 
-def test_http2_routes_get_h2c_subsets() -> None:
+def test_http2_routes_get_h2c_services() -> None:
     routes = HostRoutes("a.example.com", {"": [app("h2", Backend("10.0.0.1", 61001), protocol="http2"),
                                                app("h1", Backend("10.0.0.2", 61002))]})
-    vs, dr, se = host(SETTINGS, routes)
-    policies = {s.name: s.traffic_policy.connection_pool.http.h2_upgrade_policy for s in dr.subsets}
-    assert policies == {
-        subset_name("h2", 8080): pb.ConnectionPoolSettings.HTTPSettings.UPGRADE,
-        subset_name("h1", 8080): pb.ConnectionPoolSettings.HTTPSettings.DEFAULT,
-    }
+    vs = build_host(SETTINGS, routes)[0].spec
+    built = services(SETTINGS, routes)
+    policies = {svc: dr.traffic_policy.connection_pool.http.h2_upgrade_policy for svc, (dr, _) in built.items()}
+    assert sorted(policies.values()) == sorted(
+        [pb.ConnectionPoolSettings.HTTPSettings.UPGRADE, pb.ConnectionPoolSettings.HTTPSettings.DEFAULT]
+    )
     # the request to the host is shared by both processes; only the HTTP/2 one's instances get h2c
     upgrade = {
-        address: policies[d.destination.subset] for d in _route_for(vs, "/").route for address in _reached(d.destination, dr, se)
+        address: policies[d.destination.host]
+        for d in _route_for(vs, "/").route  # type: ignore[arg-type]
+        for address in _reached(d.destination, *built[d.destination.host])
     }
     assert upgrade == {
         "10.0.0.1:61001": pb.ConnectionPoolSettings.HTTPSettings.UPGRADE,

@@ -22,7 +22,7 @@ from copilot.istio.builder import (
     RouteServiceSettings,
     build_host,
     build_router_objects,
-    subset_name,
+    destination_service,
 )
 from copilot.istio.router_filter import build_router_filter
 from copilot.model import Backend, Destination, HostRoutes
@@ -36,6 +36,11 @@ INTERNAL = "cf/cf-route-services"
 def _dest(guid: str, service: str = "", app: str = "app-guid") -> Destination:
     return Destination(guid, 8080, 100, "http1", [Backend("10.0.0.1", 61001, 0, f"{guid}-i0", 0)], app_guid=app,
                        route_service_url=service)
+
+
+def _service(guid: str) -> str:
+    """The service host a route to process `guid` (port 8080) names."""
+    return destination_service(SETTINGS, "app.example.com", _dest(guid)).host
 
 
 def _vs(settings: GatewaySettings, routes: HostRoutes) -> pb.VirtualService:
@@ -88,7 +93,7 @@ def test_a_bound_route_goes_through_the_proxy_and_comes_back_to_the_app() -> Non
         (e, p, ["cf/ingress"], "(?i)websocket") for e, p in uris]
     # 2. Verified requests, on the loopback Gateway only: the app, X-Forwarded-Proto restored.
     assert [(m.uri.exact, m.uri.prefix, list(m.gateways)) for m in verified.match] == [(e, p, [INTERNAL]) for e, p in uris]
-    assert [d.destination.subset for d in verified.route] == [subset_name("web", 8080)]
+    assert [(d.destination.host, d.destination.subset) for d in verified.route] == [(_service("web"), "")]
     assert dict(verified.route[0].headers.request.set) == {"X-CF-ApplicationID": "app-guid"}
     assert dict(verified.headers.request.set) == {"x-forwarded-proto": "%REQ(x-cf-rs-forwarded-proto)%"}
     # 3. Everything else of the route, on the router's Gateway: the proxy, told about the route.
@@ -106,7 +111,7 @@ def test_a_bound_route_goes_through_the_proxy_and_comes_back_to_the_app() -> Non
     assert to_proxy.HasField("retries") and to_proxy.retries.attempts == 0  # a route service's 503 is never retried
     # The unbound paths: as ever, on the router's Gateway (and the loopback one, where nothing sends them).
     inner = next(r for r in vs.http if r.name == "/guarded/inner")
-    assert [d.destination.subset for d in inner.route] == [subset_name("inner", 8080)]
+    assert [d.destination.host for d in inner.route] == [_service("inner")]
 
 
 def test_a_bound_root_route_matches_every_path_and_excludes_the_hosts_context_paths() -> None:

@@ -17,7 +17,7 @@ from copilot.settings import GatewaySettings, OutlierDetection
 def _routes() -> HostRoutes:
     backends = [Backend("10.0.0.1", 61001, 0, "w0", 0, "z1"), Backend("10.0.0.2", 61002, 0, "w1", 1, "z2")]
     canary = [Backend("10.0.0.3", 61003, 0, "c0", 0, "z1")]
-    # Two processes (weighted): a subset each, so the subsets' inheritance is seen.
+    # Two processes (weighted): a service each.
     return HostRoutes(
         "app.example.com",
         {"": [Destination("web", 8080, 90, "http1", backends), Destination("canary", 8080, 10, "http1", canary)]},
@@ -39,9 +39,9 @@ def test_default_ejects_after_three_local_failures_and_never_for_responses() -> 
     assert od.base_ejection_time.ToMilliseconds() == 30_000
     assert od.interval.ToMilliseconds() == 10_000
     assert (od.max_ejection_percent, od.min_health_percent) == (100, 1)
-    # Subsets (a host with several processes) set no outlier detection of their own, so istiod gives
-    # each subset cluster the rule's.
-    assert len(dr.subsets) == 2 and not any(s.traffic_policy.HasField("outlier_detection") for s in dr.subsets)
+    # A host with several processes routes to a service each: every one's DestinationRule has it.
+    rules = [o.spec for o in build_host(GatewaySettings(), _routes()) if o.kind == kinds.DESTINATION_RULE]
+    assert len(rules) == 2 and all(r.traffic_policy.outlier_detection == od for r in rules)  # type: ignore[attr-defined]
 
 
 def test_subsets_with_their_own_policy_still_inherit_it() -> None:

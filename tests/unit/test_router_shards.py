@@ -11,16 +11,15 @@ from copilot import invalid_input
 from copilot.config import ConfigError, parse
 from copilot.istio import kinds
 from copilot.istio.builder import (
-    SUBSET_LABEL,
     Certificate,
     GatewaySettings,
     RouteServiceSettings,
     build_host,
     build_router_objects,
     build_tcp,
+    destination_service,
     host_object_names,
     object_name,
-    subset_name,
     tcp_object_names,
 )
 from copilot.istio.shards import DEFAULT_SHARDS, SHARD_LABEL, RouterShard
@@ -164,6 +163,11 @@ def dest(guid: str, segment: str = "", weight: int = 1) -> Destination:
     return Destination(guid, 8080, weight, backends=[Backend("10.0.0.1", 61000)], isolation_segment=segment)
 
 
+def svc(settings: GatewaySettings, guid: str, host: str) -> str:
+    """The service host routes to process `guid` (port 8080) name."""
+    return destination_service(settings, host, dest(guid)).host
+
+
 def virtual_services(settings: GatewaySettings, routes: HostRoutes) -> dict[str, object]:
     return {o.name: o.spec for o in build_host(settings, routes) if o.kind is kinds.VIRTUAL_SERVICE}
 
@@ -175,10 +179,10 @@ def test_default_settings_emit_what_they_always_did() -> None:
     gateways = [o for o in objects if o.kind is kinds.GATEWAY]
     assert [(g.name, dict(g.spec.selector)) for g in gateways] == [("istio-system/cf-ingress", {"app": "istio-router"})]
     routes = HostRoutes("a.example.com", {"": [dest("p1", ISO), dest("p2")]})
-    vs, dr, se = build_host(settings, routes)
+    vs, *_ = build_host(settings, routes)
     assert (vs.name, list(vs.spec.gateways)) == (f"istio-system/{object_name('a.example.com')}", ["istio-system/cf-ingress"])
     assert len(vs.spec.http[0].route) == 2  # `all` routes every segment
-    assert [o.name for o in host_object_names(settings, "a.example.com")] == [vs.name] * 3
+    assert [o.name for o in host_object_names(settings, "a.example.com")] == [vs.name]
     tcp = build_tcp(settings, TcpPortRoutes(1024, [Backend("10.0.0.1", 61000)]))
     assert [o.name for o in tcp if o.kind is kinds.GATEWAY] == ["istio-system/cf-tcp-1024"]
 
@@ -243,13 +247,14 @@ def test_shards_routing_different_destinations_get_a_virtual_service_each() -> N
     shared, iso = vss[base], vss[further]
     assert list(shared.gateways) == [SHARDED.shard_ref(0)]
     assert [r.name for r in shared.http] == ["/"]  # /api is in the segment: unknown on the shared routers
-    assert [(t.destination.subset, t.weight) for t in shared.http[0].route] == [(subset_name("shared-app", 8080), 0)]
+    host = "move.example.com"
+    assert [(t.destination.host, t.weight) for t in shared.http[0].route] == [(svc(SHARDED, "shared-app", host), 0)]
     assert list(iso.gateways) == [SHARDED.shard_ref(1)]
     assert [r.name for r in iso.http] == ["/api", "/"]
-    assert [t.destination.subset for t in iso.http[1].route] == [subset_name("iso-app", 8080)]
-    # One DestinationRule and ServiceEntry, with every destination some shard routes.
-    [dr] = [o.spec for o in objects if o.kind is kinds.DESTINATION_RULE]
-    assert {s.name for s in dr.subsets} == {subset_name(g, 8080) for g in ("shared-app", "iso-app", "api")}
+    assert [t.destination.host for t in iso.http[1].route] == [svc(SHARDED, "iso-app", host)]
+    # A service per destination some shard routes.
+    rules = [o.spec for o in objects if o.kind is kinds.DESTINATION_RULE]
+    assert {dr.host for dr in rules} == {svc(SHARDED, g, host) for g in ("shared-app", "iso-app", "api")}
     # Every name a host may use is known, so the publisher deletes those it no longer needs.
     assert set(vss) <= {o.name for o in host_object_names(SHARDED, "move.example.com") if o.kind is kinds.VIRTUAL_SERVICE}
 
@@ -262,7 +267,7 @@ def test_weights_among_a_shards_destinations_follow_the_weight_logic() -> None:
     both = vss[f"istio-system/{object_name('w.example.com')}"]
     [only_b] = [vs for name, vs in vss.items() if name != f"istio-system/{object_name('w.example.com')}"]
     assert [t.weight for t in both.http[0].route] == [75, 25]
-    assert [(t.destination.subset, t.weight) for t in only_b.http[0].route] == [(subset_name("b", 8080), 0)]
+    assert [(t.destination.host, t.weight) for t in only_b.http[0].route] == [(svc(settings, "b", "w.example.com"), 0)]
 
 
 def test_a_shards_share_of_a_path_is_normalised_once_from_the_relative_weights() -> None:
@@ -341,7 +346,7 @@ def test_publisher_deletes_the_virtual_services_a_host_no_longer_needs() -> None
 def test_destinations_no_shard_routes_are_left_out_of_the_host() -> None:
     routes = HostRoutes("part.example.com", {"": [dest("shared-app"), dest("elsewhere-app", "another-segment")]})
     vs, dr, se = build_host(SHARDED, routes)
-    # only the shared app is routed by any shard: one process, so the host's default cluster (no subset)
-    assert [t.destination.subset for t in vs.spec.http[0].route] == [""]
-    assert list(dr.spec.subsets) == []
-    assert len(se.spec.endpoints) == 1 and se.spec.endpoints[0].labels[SUBSET_LABEL] == subset_name("shared-app", 8080)
+    # only the shared app is routed by any shard: its service alone
+    assert [t.destination.host for t in vs.spec.http[0].route] == [svc(SHARDED, "shared-app", "part.example.com")]
+    assert dr.spec.host == svc(SHARDED, "shared-app", "part.example.com")
+    assert len(se.spec.endpoints) == 1
