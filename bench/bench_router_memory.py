@@ -2,13 +2,15 @@
 default properties (manifests/local.yml: route integrity with the router's client certificate, v58 cell
 proxies), as bench_convergence.py starts them. Prints figures; asserts nothing.
 
-    .venv/bin/python bench/bench_router_memory.py [--routes 10000] [--ops-file FILE ...] [--settle 30] [--late 300]
-        [--baseline REF]
+    .venv/bin/python bench/bench_router_memory.py [--routes 10000] [--hosts-per-lrp 1] [--ops-file FILE ...]
+        [--settle 30] [--late 300] [--baseline REF]
 
 With the tier up and no app routes, the router's state is read ("before"); then N route hosts arrive
-from BBS as DesiredLRPs of ROUTES_PER_LRP hostnames each, with 2 instances per LRP (every host gets its
-own ServiceEntry with 2 endpoints, its VirtualService and DestinationRule, as with one app per host),
-plus one route whose 2 instances are real (behind v58 cell proxies): once it answers 200 through the
+from BBS as DesiredLRPs of `--hosts-per-lrp` hostnames each, with 2 instances per LRP. The default, 1,
+is one app per host, the worst case: every host has its own app, so its own cluster (a service with 2
+endpoints) besides its VirtualService. More hosts per LRP is the many-domains-on-one-app case (its
+hosts share their app's cluster since hosts share services; before, each host had a cluster of its own).
+Plus one route whose 2 instances are real (behind v58 cell proxies): once it answers 200 through the
 router, the router holds every route. Then the N hosts are removed (BBS events) and, once the router
 answers 404 for them, the state is read again after `--settle` seconds and once more `--late` seconds
 after that, so one sees whether memory comes back. For each state: Envoy's clusters, listeners, route
@@ -50,7 +52,7 @@ from devtools.processes import rss_mib  # noqa: E402
 from devtools.tier import Tier, start_tier, wait_until  # noqa: E402
 
 INSTANCES_PER_ROUTE = 2
-ROUTES_PER_LRP = 1000
+HOSTS_PER_LRP = 1  # one app per host: the worst case (every host a cluster of its own)
 DOMAIN = "apps.example.com"
 # The local tier's router certificate names *.apps.local: hosts there are under a certificate, as a
 # foundation's app domain is under its routers' (istiod then repeats them in that certificate's routes).
@@ -111,7 +113,9 @@ def rds_sent(tier: Tier) -> tuple[float, int]:
     return figures["sum"], int(figures["count"])
 
 
-def run(routes: int, ops_files: list[Path], settle: float, late_seconds: float, domain: str = DOMAIN) -> None:
+def run(
+    routes: int, ops_files: list[Path], settle: float, late_seconds: float, domain: str = DOMAIN, per_lrp: int = HOSTS_PER_LRP
+) -> None:
     # The background instances report a TLS proxy port nothing listens on: load, never asked for.
     template = {
         "address": "127.0.0.1",
@@ -120,11 +124,11 @@ def run(routes: int, ops_files: list[Path], settle: float, late_seconds: float, 
         "container_tls_proxy_port": 61001,
         "host_tls_proxy_port": free_port(),
     }
-    lrps = [f"bg-{start}" for start in range(0, routes, ROUTES_PER_LRP)]
+    lrps = [f"bg-{start}" for start in range(0, routes, per_lrp)]
 
     def load(bbs: BBSDouble) -> None:
-        for start, guid in zip(range(0, routes, ROUTES_PER_LRP), lrps, strict=True):
-            hosts = [f"bg-{i}.{domain}" for i in range(start, min(start + ROUTES_PER_LRP, routes))]
+        for start, guid in zip(range(0, routes, per_lrp), lrps, strict=True):
+            hosts = [f"bg-{i}.{domain}" for i in range(start, min(start + per_lrp, routes))]
             bbs.desire_lrp(guid, http_routes=[{"hostnames": hosts, "port": 8080}], instances=INSTANCES_PER_ROUTE)
             for index in range(INSTANCES_PER_ROUTE):
                 bbs.start_instance(guid, index, **template, instance_guid=f"{guid}-{index}")
@@ -148,7 +152,10 @@ def run(routes: int, ops_files: list[Path], settle: float, late_seconds: float, 
             wait_until(lambda: tier.get(f"probe.{domain}").status_code == 200, timeout=3600, interval=1, message="routes")
             wait_until(lambda: tier.get(f"bg-{routes - 1}.{domain}").status_code != 404, timeout=600, message="last host")
             elapsed = time.monotonic() - t0
-            print(f"  {routes} route hosts x {INSTANCES_PER_ROUTE} instances routed {elapsed:.1f}s after the first event")
+            print(
+                f"  {routes} route hosts ({len(lrps)} apps of {per_lrp} hosts) x {INSTANCES_PER_ROUTE} instances routed"
+                f" {elapsed:.1f}s after the first event"
+            )
             time.sleep(settle)
             loaded = read_state(tier)
             print(loaded.line(f"with {routes} routes"), flush=True)
@@ -226,6 +233,9 @@ def baseline_tree(ref: str, tree: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--routes", type=int, nargs="+", default=[10_000])
+    parser.add_argument(
+        "--hosts-per-lrp", type=int, default=HOSTS_PER_LRP, help="route hosts per app (1: one app per host, the worst case)"
+    )
     parser.add_argument("--ops-file", type=Path, action="append", default=[], help="an ops-file applied on top")
     parser.add_argument("--settle", type=float, default=30.0, help="seconds between a change and its reading")
     parser.add_argument("--late", type=float, default=300.0, help="seconds after the settled reading for a last one (0: none)")
@@ -239,7 +249,7 @@ def main() -> None:
     ops_files = [path.resolve() for path in args.ops_file]
     if not args.baseline:
         for routes in args.routes:
-            run(routes, ops_files, args.settle, args.late, args.domain)
+            run(routes, ops_files, args.settle, args.late, args.domain, args.hosts_per_lrp)
         return
     with tempfile.TemporaryDirectory(prefix="bench-router-memory-") as tmp:
         tree = baseline_tree(args.baseline, Path(tmp) / "baseline")
@@ -247,10 +257,11 @@ def main() -> None:
             for routes in args.routes:
                 print(f"{routes} route hosts, baseline {args.baseline}:", flush=True)
                 command = [sys.executable, str(Path(__file__).resolve()), "--routes", str(routes), "--settle", str(args.settle)]
-                command += ["--late", str(args.late), "--domain", args.domain, *(f"--ops-file={path}" for path in ops_files)]
+                command += ["--late", str(args.late), "--domain", args.domain, "--hosts-per-lrp", str(args.hosts_per_lrp)]
+                command += [f"--ops-file={path}" for path in ops_files]
                 subprocess.run(command, check=True, env={**os.environ, SRC_ENV: str(tree / "src")})
                 print(f"{routes} route hosts, this tree:", flush=True)
-                run(routes, ops_files, args.settle, args.late, args.domain)
+                run(routes, ops_files, args.settle, args.late, args.domain, args.hosts_per_lrp)
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
 

@@ -50,6 +50,28 @@ class RouterAdmin:
         counts = (line.rsplit(":", 1) for line in stats.splitlines() if ":" in line)
         return {name.strip(): int(value) for name, value in counts if int(value)}
 
+    def route_clusters(self, host: str) -> list[str]:
+        """The clusters the routes of `host` name in this router's route configurations (each once, in
+        order): the services (one per process and port) Copilot's VirtualService for the host routes to."""
+        clusters: dict[str, None] = {}
+        dump = self.config_dump()
+        routes = next(c for c in dump["configs"] if c["@type"].endswith("RoutesConfigDump"))
+        for config in routes.get("dynamic_route_configs", []):
+            for virtual_host in config["route_config"].get("virtual_hosts", []):
+                if host not in virtual_host.get("domains", []):
+                    continue
+                for route in virtual_host.get("routes", []):
+                    action = route.get("route", {})
+                    if "cluster" in action:
+                        clusters[action["cluster"]] = None
+                    for weighted in action.get("weighted_clusters", {}).get("clusters", []):
+                        clusters[weighted["name"]] = None
+        return list(clusters)
+
+    def clusters(self) -> str:
+        """The admin /clusters page: a line per cluster and endpoint statistic (`name::address::stat::value`)."""
+        return requests.get(f"http://127.0.0.1:{self.port}/clusters", timeout=5).text
+
     def cluster_count(self) -> int:
         stats = requests.get(f"http://127.0.0.1:{self.port}/stats?filter=^cluster_manager.active_clusters$", timeout=5)
         return int(stats.text.split(":")[1])

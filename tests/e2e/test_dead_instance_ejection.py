@@ -8,8 +8,6 @@ properties (gateway.outlier_detection.*): 3 consecutive failures.
 
 from __future__ import annotations
 
-import requests
-
 from devtools.cell import CellInstance
 from devtools.tier import Tier, wait_until
 
@@ -22,14 +20,13 @@ REQUESTS = 300  # in two halves: the second must not try the dead instance at al
 CLIENT_FAILURES = 2  # requests reset by the dying instance's cell before their response
 
 def _endpoint_stats(tier: Tier, host: str) -> dict[str, dict[str, str]]:
-    """Per endpoint (ip:port) of the cluster the host's route uses, the admin /clusters entries:
-    cx_connect_fail, health_flags, ... A host with one process routes to its default cluster (no
-    subset); one with several to a subset cluster each, which the tests here do not use."""
-    text = requests.get(f"http://127.0.0.1:{tier.envoy.port}/clusters", timeout=5).text
+    """Per endpoint (ip:port) of the cluster the host's route uses (its process's service), the admin
+    /clusters entries: cx_connect_fail, health_flags, ..."""
+    [cluster] = tier.envoy.route_clusters(host)
     endpoints: dict[str, dict[str, str]] = {}
-    for line in text.splitlines():
+    for line in tier.envoy.clusters().splitlines():
         parts = line.split("::")
-        if len(parts) == 4 and parts[0].endswith(f"||{host}"):
+        if len(parts) == 4 and parts[0] == cluster:
             endpoints.setdefault(parts[1], {})[parts[2]] = parts[3]
     return endpoints
 

@@ -38,7 +38,4 @@ def routed_weights(views: Any, host: str, path: str = "") -> list[tuple[str, int
     [route] = [r for r in vs.http if r.name == (path or "/")]
     destinations = routes.paths[path]
     guids = {destination_service(settings, routes.host, d).host: d.process_guid for d in destinations}
-    return [
-        (guids[t.destination.host], t.weight or 100)
-        for t in route.route
-    ]
+    return [(guids[t.destination.host], t.weight or 100) for t in route.route]
