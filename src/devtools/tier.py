@@ -55,7 +55,7 @@ class RouterAdmin:
         order): the services (one per process and port) Copilot's VirtualService for the host routes to."""
         clusters: dict[str, None] = {}
         dump = self.config_dump()
-        routes = next(c for c in dump["configs"] if c["@type"].endswith("RoutesConfigDump"))
+        routes = next(c for c in dump["configs"] if c["@type"].endswith(".v3.RoutesConfigDump"))  # not Scoped...
         for config in routes.get("dynamic_route_configs", []):
             for virtual_host in config["route_config"].get("virtual_hosts", []):
                 if host not in virtual_host.get("domains", []):
