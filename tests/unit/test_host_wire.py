@@ -75,6 +75,9 @@ COMMON_HOSTS = {
         "api.sys.example.com", {"": [Destination(f"{PLATFORM_PROCESS_PREFIX}registrar:", 0, 1, "http1", backends(3))]}
     ),
     "two processes on two paths": HostRoutes("split.example.com", {"": [process("a")], "/b": [process("b")]}),
+    "three paths, two processes": HostRoutes(  # services in the order of first use, paths sorted
+        "order.example.com", {"/c": [process("a")], "/b": [process("b")], "": [process("a", count=1)]}
+    ),
 }
 # The VirtualService is written as bytes, the service is the builder's.
 OTHER_SERVICES = {

@@ -152,7 +152,6 @@ def service_id(host: str, dest: Destination) -> str:
                        "" if dest.on_diego else host)
 
 
-@functools.lru_cache(maxsize=1 << 18)
 def _service_id(process_guid: str, container_port: int, protocol: str, tls_san: str, app_guid: str, host: str) -> str:
     key = "\0".join((process_guid, str(container_port), protocol, tls_san, app_guid, host))
     return "s-" + hashlib.sha256(key.encode()).hexdigest()[:24]
@@ -160,9 +159,19 @@ def _service_id(process_guid: str, container_port: int, protocol: str, tls_san: 
 
 def destination_service(settings: GatewaySettings, host: str, dest: Destination) -> Service:
     """The shared service a host's route to `dest` goes to."""
-    sid = service_id(host, dest)
-    port = IDENTITY_SERVICE_PORT if _integrity(settings, dest) else SERVICE_PORT
-    return Service(f"{settings.namespace}/{sid}", f"{sid}.{SERVICE_DOMAIN}", port, dest)
+    integrity = _integrity(settings, dest)
+    name, service_host = _service_names(settings.namespace, dest.process_guid, dest.container_port, dest.protocol,
+                                        dest.tls_san, dest.app_guid, "" if dest.on_diego else host)
+    return Service(name, service_host, IDENTITY_SERVICE_PORT if integrity else SERVICE_PORT, dest)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _service_names(
+    namespace: str, process_guid: str, container_port: int, protocol: str, tls_san: str, app_guid: str, host: str
+) -> tuple[str, str]:
+    """(namespace/name, service host) of a service (service_id): built once per destination."""
+    sid = _service_id(process_guid, container_port, protocol, tls_san, app_guid, host)
+    return f"{namespace}/{sid}", f"{sid}.{SERVICE_DOMAIN}"
 
 
 def service_object_names(name: str) -> list[tuple[Kind, str]]:

@@ -183,14 +183,20 @@ def _virtual_service(settings: GatewaySettings, host: str, routes: HostRoutes) -
     raw_host = host.encode()
     parts = [_LEN1, _V[len(raw_host)], raw_host, pieces.gateways]
     targets: dict[tuple[str, str], bytes] = {}
-    services: dict[str, Service] = {}
     paths = routes.paths
-    for path in sorted(paths) if len(paths) > 1 else paths:
-        service = destination_service(settings, host, paths[path][0])
-        services.setdefault(service.name, service)
+    if len(paths) == 1:
+        [(path, [dest])] = paths.items()
+        by_path = {path: destination_service(settings, host, dest)}
+        services = list(by_path.values())
+    else:
+        by_path = {path: destination_service(settings, host, paths[path][0]) for path in sorted(paths)}
+        first: dict[str, Service] = {}  # each service once, in the builder's order (first use, paths sorted)
+        for service in by_path.values():
+            first.setdefault(service.name, service)
+        services = list(first.values())
     for path in sorted(paths, key=_path_order) if len(paths) > 1 else paths:
         dest = paths[path][0]
-        service = destination_service(settings, host, dest)
+        service = by_path[path]
         target = targets.get((service.host, dest.app_guid))
         if target is None:  # HTTPRoute.route: one HTTPRouteDestination
             svc = service.host.encode()
@@ -211,7 +217,7 @@ def _virtual_service(settings: GatewaySettings, host: str, routes: HostRoutes) -
         parts += (_LEN3, _V[len(route)], route)
     if "" not in paths:
         parts.append(pieces.unknown_route)
-    return b"".join(parts), list(services.values())
+    return b"".join(parts), services
 
 
 def _path_order(path: str) -> tuple[int, str]:
