@@ -62,9 +62,12 @@ def test_each_instance_is_checked_against_its_own_guid(tier: Tier, apps, unique)
     bodies = {tier.get(host).text.strip() for _ in range(30)}
     assert bodies == {f"{unique}-a0"}
 
+    [cluster] = tier.envoy.route_clusters(host)
+    service = cluster.rsplit("|", 1)[1]  # the process's service host (statistics use istiod's alt_stat_name)
+
     def san_failures() -> int:
         stats = requests.get(f"http://127.0.0.1:{tier.ports['router_admin_port']}/stats?filter=ssl.fail_verify_san", timeout=5)
-        return sum(int(line.rsplit(":", 1)[1]) for line in stats.text.splitlines() if host in line)
+        return sum(int(line.rsplit(":", 1)[1]) for line in stats.text.splitlines() if service in line)
 
     assert san_failures() > 0  # the handshakes with instance 1's endpoint failed on its name
 
