@@ -80,9 +80,7 @@ class Views:
             paths: dict[str, list[Destination]] = defaultdict(list)
             services: dict[str, str] = {}
             for guid in sorted(bbs.processes_of_host(host)):
-                for route in bbs.routes(guid).http:  # type: ignore[union-attr] - indexed processes exist
-                    if route.host != host:
-                        continue
+                for route in bbs.http_routes(guid, host):
                     paths[route.path].append(self._destination(guid, route))
                     if route.route_service_url:
                         services.setdefault(route.path, route.route_service_url)

@@ -6,7 +6,7 @@ import pytest
 from copilot_helpers import routed_weights
 
 from copilot.model import Backend, HttpRoute, Instance, PortMapping, ProcessRoutes, ViewKind
-from copilot.slices.bbs import instance_key
+from copilot.slices.bbs import INDEXED_ROUTES, instance_key
 from copilot.views import Views
 
 ORDINARY, EVACUATING = 0, 1
@@ -286,3 +286,24 @@ def test_the_bbs_slice_tells_its_watchers_of_every_change_and_only_of_changes(vi
     views.bbs.upsert_process("pc", routes("c.example.com"))
     views.bbs.replace({"pc": routes("c.example.com")}, {})
     assert len(calls) == 4
+
+
+def test_a_process_with_many_routes_gives_each_host_its_own_routes_in_order() -> None:
+    """An app with many route hosts: a host's view reads that host's routes (indexed past INDEXED_ROUTES)."""
+    views = Views()
+    many = tuple(HttpRoute(f"h{i % (INDEXED_ROUTES + 2)}.example.com", f"/p{i}" if i > INDEXED_ROUTES else "", 8080)
+                 for i in range(2 * INDEXED_ROUTES))
+    for guid, routes in (("few", many[:3]), ("many", many)):
+        views.bbs.upsert_process(guid, ProcessRoutes(http=routes))
+    with views.bbs.lock:
+        assert list(views.bbs.http_routes("many", "h1.example.com")) == [r for r in many if r.host == "h1.example.com"]
+        assert list(views.bbs.http_routes("few", "h1.example.com")) == [many[1]]
+        assert list(views.bbs.http_routes("many", "other.example.com")) == []
+    host_routes = views.host_routes("h1.example.com")
+    assert host_routes is not None and sorted(host_routes.paths) == ["", f"/p{INDEXED_ROUTES + 2 + 1}"]
+    views.bbs.upsert_process("many", ProcessRoutes(http=many[2:]))  # h1's routes of "many" now start later
+    with views.bbs.lock:
+        assert list(views.bbs.http_routes("many", "h1.example.com")) == [r for r in many[2:] if r.host == "h1.example.com"]
+    views.bbs.remove_process("many")
+    with views.bbs.lock:
+        assert list(views.bbs.http_routes("many", "h1.example.com")) == []

@@ -18,13 +18,14 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Set
 
-from copilot.model import Instance, ProcessRoutes
+from copilot.model import HttpRoute, Instance, ProcessRoutes
 
 # An instance within its process: (index, instance guid, presence), presence as BBS's ORDINARY=0,
 # EVACUATING=1, SUSPECT=2 (an evacuating copy has its instance's guid).
 InstanceKey = tuple[int, str, int]
 
 NOTHING: frozenset = frozenset()  # what a slice answers when nothing was touched
+INDEXED_ROUTES = 16  # a process with more HTTP routes than this has them indexed by host
 
 
 def instance_key(presence: int, instance: Instance) -> InstanceKey:
@@ -41,6 +42,9 @@ class BbsSlice:
         self._instances: dict[str, dict[InstanceKey, Instance]] = defaultdict(dict)
         self._hosts: dict[str, set[str]] = defaultdict(set)  # host -> process guids routing to it
         self._tcp_ports: dict[int, set[str]] = defaultdict(set)  # external port -> process guids routing it
+        # Per process with many HTTP routes, its routes by host: a host's view reads its own routes, not
+        # all of them (an app with 1,000 route hosts would otherwise cost 1,000 x 1,000 per event).
+        self._routes_by_host: dict[str, dict[str, list[HttpRoute]]] = {}
         self._touched_hosts: set[str] = set()
         self._touched_ports: set[int] = set()
         self._touched_processes: set[str] = set()
@@ -139,6 +143,14 @@ class BbsSlice:
         """A process's routes (call with `lock` held; ProcessRoutes is immutable)."""
         return self._desired.get(process_guid)
 
+    def http_routes(self, process_guid: str, host: str) -> Iterable[HttpRoute]:
+        """A process's HTTP routes for `host`, in the order of its routes (call with `lock` held)."""
+        by_host = self._routes_by_host.get(process_guid)
+        if by_host is not None:
+            return by_host.get(host, ())
+        routes = self._desired.get(process_guid)
+        return [route for route in routes.http if route.host == host] if routes is not None else ()
+
     def instances(self, process_guid: str) -> Iterable[Instance]:
         """A process's serving instances (call with `lock` held)."""
         per_process = self._instances.get(process_guid)
@@ -205,10 +217,16 @@ class BbsSlice:
     def _index(self, guid: str, routes: ProcessRoutes) -> None:
         for route in routes.http:
             self._hosts[route.host].add(guid)
+        if len(routes.http) > INDEXED_ROUTES:
+            by_host: dict[str, list[HttpRoute]] = defaultdict(list)
+            for route in routes.http:
+                by_host[route.host].append(route)
+            self._routes_by_host[guid] = dict(by_host)
         for tcp in routes.tcp:
             self._tcp_ports[tcp.external_port].add(guid)
 
     def _unindex(self, guid: str, routes: ProcessRoutes | None) -> None:
+        self._routes_by_host.pop(guid, None)
         for route in routes.http if routes else ():
             _discard(self._hosts, route.host, guid)
         for tcp in routes.tcp if routes else ():
