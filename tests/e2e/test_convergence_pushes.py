@@ -16,12 +16,19 @@ def test_router_uses_delta_xds(tier: Tier) -> None:
     assert "new delta connection for node" in _istiod_log(tier)
 
 
+def _service(tier: Tier, host: str) -> str:
+    """The service host (Copilot's, one per process) the router's routes for `host` go to."""
+    [cluster] = tier.envoy.route_clusters(host)
+    return cluster.rsplit("|", 1)[1]
+
+
 def test_new_apps_first_instance_is_no_full_push(tier: Tier, apps, unique) -> None:
     host, process = f"{unique}.example.com", f"{unique}-pg"
     tier.bbs.desire_lrp(process, http_routes=[{"hostnames": [host], "port": 8080}])
     # The route is known (its objects are in istiod and on the router) and has no instance yet.
     wait_until(lambda: tier.get(host).status_code == 503, message="the new route without instances")
-    assert f"Incremental push, service {host} at shard" in _istiod_log(tier)  # seen with no endpoints
+    service = _service(tier, host)
+    assert f"Incremental push, service {service} at shard" in _istiod_log(tier)  # seen with no endpoints
 
     apps.append(tier.start_instance(process, 0, f"{unique}-i0"))
     wait_until(lambda: tier.get(host).text.strip() == f"{unique}-i0", message="the first instance to serve")
@@ -29,6 +36,8 @@ def test_new_apps_first_instance_is_no_full_push(tier: Tier, apps, unique) -> No
     # A later line in the same log: once it is there, everything istiod logged before it is too.
     fence = f"{unique}-fence.example.com"
     tier.bbs.desire_lrp(f"{unique}-fence", http_routes=[{"hostnames": [fence], "port": 8080}])
-    wait_until(lambda: f"service {fence} at shard" in _istiod_log(tier), message="istiod to log the fence route")
-    # Stock istiod: "Full push, new service istio-system/<host>" (every route rebuilt for every router).
-    assert f"Full push, new service istio-system/{host}" not in _istiod_log(tier)
+    wait_until(lambda: tier.get(fence).status_code == 503, message="the fence route")
+    fence_service = _service(tier, fence)
+    wait_until(lambda: f"service {fence_service} at shard" in _istiod_log(tier), message="istiod to log the fence route")
+    # Stock istiod: "Full push, new service istio-system/<service>" (every route rebuilt for every router).
+    assert f"Full push, new service istio-system/{service}" not in _istiod_log(tier)
