@@ -201,25 +201,26 @@ class Publisher:
         return built  # type: ignore[return-value]
 
     def _services_of(self, parts: HostParts, services: _PublishServices) -> list[IstioObject | EncodedObject]:
-        """The objects of a host's services not yet emitted in this publish, each built once per publish
-        (a BBS event for an app with many routes rebuilds its one service once). Raises the ValueError
-        of a service that cannot be built, for each host using it."""
-        emitted = []
+        """The objects of a host's services not yet emitted in this publish: each is built once per
+        publish (a BBS event for an app with many route hosts rebuilds its one service once), and only
+        whether it went out is remembered, not its bytes. Raises the ValueError of a service that cannot
+        be built, for each host using it (nothing of that host goes out)."""
+        fresh: list[IstioObject | EncodedObject] = []
+        names = []
         for service in parts.services:
-            objects = services.built.get(service.name)
-            if objects is None:
+            state = services.done.get(service.name)
+            if state is None:
                 try:
-                    objects = build_service_encoded(self._gateway, service)
+                    fresh += build_service_encoded(self._gateway, service)
                 except ValueError as error:
-                    objects = error
-                services.built[service.name] = objects
-            if isinstance(objects, ValueError):
-                raise objects
-        for service in parts.services:  # the host is accepted: its services go out (once)
-            if service.name not in services.emitted:
-                services.emitted.add(service.name)
-                emitted += services.built[service.name]  # type: ignore[arg-type] - not an error here
-        return emitted
+                    services.done[service.name] = error
+                    raise
+                names.append(service.name)
+            elif state is not True:
+                raise state
+        for name in names:  # the host is accepted: its fresh services go out with it
+            services.done[name] = True
+        return fresh
 
     def _use_services(self, host: str, used: tuple[str, ...], services: _PublishServices) -> None:
         """Records the services a host's accepted build routes to; one no host uses any more is released
@@ -251,11 +252,10 @@ class Publisher:
 
 @dataclass
 class _PublishServices:
-    """The shared services of one publish: each one's objects as built (or the error refusing them),
-    those emitted, and those released by their last host."""
+    """The shared services of one publish: per service, True once its objects went out or the error
+    refusing it; and those released by their last host."""
 
-    built: dict[str, list[IstioObject] | list[EncodedObject] | ValueError] = field(default_factory=dict)
-    emitted: set[str] = field(default_factory=set)
+    done: dict[str, bool | ValueError] = field(default_factory=dict)
     released: set[str] = field(default_factory=set)
 
 

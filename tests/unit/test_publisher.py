@@ -348,3 +348,28 @@ def test_a_refused_host_keeps_its_shared_service_and_the_others_are_undisturbed(
     assert publisher.rejected_hosts == 1
     assert routed(snapshot, VS) == [name("a.example.com")]
     assert snapshot.names(SE) == [service]  # a's last accepted build still uses it
+
+
+def test_a_service_that_cannot_be_built_refuses_each_host_using_it_only(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    views, snapshot, publisher = setup
+    views.bbs.upsert_process("p", process("a.example.com", "b.example.com"))
+    views.bbs.upsert_process("q", process("c.example.com"))
+    build_service = publisher_module.build_service_encoded
+    built: list[str] = []
+
+    def refusing(g, service):  # type: ignore[no-untyped-def]
+        built.append(service.destination.process_guid)
+        if service.destination.process_guid == "p":
+            raise ValueError("refused")
+        return build_service(g, service)
+
+    monkeypatch.setattr(publisher_module, "build_service_encoded", refusing)
+    publisher.publish()
+    assert publisher.rejected_hosts == 2  # a and b, once each; the service was tried once
+    assert built.count("p") == 1
+    assert routed(snapshot, VS) == [name("c.example.com")]
+    assert snapshot.names(SE) == service_names(snapshot, "c.example.com")
+    monkeypatch.setattr(publisher_module, "build_service_encoded", build_service)
+    publisher.publish(everything=True)
+    assert routed(snapshot, VS) == sorted(name(h) for h in ("a.example.com", "b.example.com", "c.example.com"))
+    assert len(snapshot.names(SE)) == 2
