@@ -17,12 +17,16 @@ reports it RUNNING; until a response comes from it), "new app" (a new route's fi
 first 200), "new mapping" (Cloud Controller maps a new route to a running app, green; until green
 answers on it), "weights" (Cloud Controller maps green at weight 3 beside blue; until green answers).
 --setup-timeout bounds the start (every route in place) at each size; the bench stops if it is over.
+--keep-logs DIR copies the tier's logs (istiod's says when it read each kind and which pushes followed:
+"Received", "Push debounce stable") to DIR/<routes>/ once the tier stopped; PILOT_DISCOVERY=<path> picks
+the istiod binary (devtools.peers).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import signal
 import statistics
 import sys
@@ -126,7 +130,7 @@ def footprint(tier: Tier) -> str:
 
 
 def run(
-    routes: int, changes: int, ops_files: list[Path], setup_timeout: float, each: bool
+    routes: int, changes: int, ops_files: list[Path], setup_timeout: float, each: bool, keep_logs: Path | None = None
 ) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
     # The routes in place: Diego's listing when Copilot starts. Their instances report a TLS proxy port
     # nothing listens on (they are load, never asked for); the last route's instances are real.
@@ -258,6 +262,9 @@ def run(
             for instance in instances:
                 instance.stop()
             tier.stop()
+            if keep_logs is not None:
+                shutil.copytree(tier.layout.logs, keep_logs / str(routes), dirs_exist_ok=True)
+                print(f"  logs kept in {keep_logs / str(routes)}", flush=True)
 
 
 def main() -> None:
@@ -269,11 +276,14 @@ def main() -> None:
     parser.add_argument("--each", action="store_true", help="print every change: its time and what it cost")
     parser.add_argument("--setup-timeout", type=float, default=1800, help="seconds for the tier and every route to be in place")
     parser.add_argument("-o", "--ops-file", type=Path, action="append", default=[], help="ops-file over manifests/local.yml")
+    parser.add_argument("--keep-logs", type=Path, help="copy the tier's logs to DIR/<routes>/ once it stopped")
     args = parser.parse_args()
     ops = "".join(f" + {path}" for path in args.ops_file)
     print(f"the tier: manifests/local.yml{ops}, every other property at its job default", flush=True)
     for routes in args.routes:
-        results, spent = run(routes, args.changes, [path.resolve() for path in args.ops_file], args.setup_timeout, args.each)
+        results, spent = run(
+            routes, args.changes, [path.resolve() for path in args.ops_file], args.setup_timeout, args.each, args.keep_logs
+        )
         print(f"{'routes':>8} {'change':>11} {'count':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}", flush=True)
         for kind, values in results.items():
             values.sort()
