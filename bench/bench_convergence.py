@@ -6,7 +6,8 @@ router's cluster count and the RSS of Envoy, istiod and Copilot are printed too,
 it cost (counters read before and after each change, averaged over the changes of a kind): istiod's
 full pushes (a new PushContext each), its xDS pushes by type, the time it spent building them and its
 debounce, the router's CDS/LDS/RDS updates and clusters added or changed, Copilot's responses to
-istiod. Asserts nothing.
+istiod, its time rebuilding hosts and from a snapshot change to each response that carried it. Asserts
+nothing.
 
     .venv/bin/python bench/bench_convergence.py [--routes 100 10000] [--changes 100] [-o OPS_FILE ...]
 
@@ -63,6 +64,8 @@ COSTS = (
     ("E lds", "envoy", "listener_manager.lds.update_success"),
     ("E rds", "envoy", "rds_updates"),
     ("mcp", "copilot", "copilot_pushes_total"),
+    ("cp build s", "copilot", "copilot_publish_seconds_sum"),
+    ("cp send s", "copilot", "copilot_push_latency_seconds_sum"),
     ("inbound", "istiod", "pilot_inbound_updates"),
 )
 
@@ -294,7 +297,8 @@ def main() -> None:
                 flush=True,
             )
         print("  per change (mean): istiod full pushes, PushContext init s, xDS pushes by type, push build s,")
-        print("  debounce s; the router's (E) CDS updates, clusters added/modified, LDS, RDS updates; Copilot's MCP responses")
+        print("  debounce s; the router's (E) CDS updates, clusters added/modified, LDS, RDS updates; Copilot's MCP responses,")
+        print("  its time rebuilding hosts and from a snapshot change to each response carrying it (summed over responses)")
         print(f"{'change':>11} " + " ".join(f"{c:>10}" for c in costs_columns()), flush=True)
         for kind, columns in spent.items():
             count = max(1, len(results[kind]))
