@@ -100,6 +100,10 @@ def prometheus_sums(url: str) -> dict[str, float]:
     return values
 
 
+# How long one change, or one step of a change's set-up, may take. At 100,000 routes a new route took
+# three full pushes of 15-30 s each and the router's 55.6 MB of routes, and 120 s ended a run there.
+STEP_TIMEOUT = 300
+
 # The router's admin API runs on its main thread, which answers nothing while it applies a large push
 # (at 100,000 routes, tens of seconds): a slow answer is the router busy, not a failure.
 ADMIN_TIMEOUT = 300
@@ -179,7 +183,7 @@ def run(
                 before = settled(costs(tier))
                 t0 = time.perf_counter()
                 start()
-                while time.perf_counter() - t0 < 120:
+                while time.perf_counter() - t0 < STEP_TIMEOUT:
                     response = session.get(tier.router_url, headers={"Host": host}, timeout=10)
                     if done(response):
                         break
@@ -219,7 +223,7 @@ def run(
             # they were counted in the first scale up, a full push or two).
             for name in ("blue", "green"):
                 answers = lambda h=name: tier.get(f"{h}.apps.example.com").text.strip() == f"{h}-v1-0"  # noqa: E731
-                wait_until(answers, timeout=120, message=name)
+                wait_until(answers, timeout=STEP_TIMEOUT, message=name)
 
             def map_route(route_guid: str, capi: str, weight: int) -> None:
                 mapping = api.RouteMapping(capi_process_guid=capi, route_guid=route_guid, route_weight=weight)
@@ -239,7 +243,8 @@ def run(
                 scaled.stop()
                 host = f"new-{n}.apps.example.com"
                 tier.bbs.desire_lrp(f"new-{n}", http_routes=[{"hostnames": [host], "port": 8080}])
-                wait_until(lambda h=host: tier.get(h).status_code == 503, timeout=120, message="the route without backends")
+                without_backends = lambda h=host: tier.get(h).status_code == 503  # noqa: E731
+                wait_until(without_backends, timeout=STEP_TIMEOUT, message="the route without backends")
                 fresh = tier.cell.start_instance(f"new-{n}-0")
                 measure(
                     "new app",
@@ -257,7 +262,7 @@ def run(
                 host = f"weighted-{n}.apps.example.com"
                 stub.UpsertRoute(api.UpsertRouteRequest(route=api.Route(guid=f"w-{n}", host=host)))
                 map_route(f"w-{n}", "blue", 1)
-                wait_until(lambda h=host: tier.get(h).text.strip() == "blue-v1-0", timeout=120, message="blue")
+                wait_until(lambda h=host: tier.get(h).text.strip() == "blue-v1-0", timeout=STEP_TIMEOUT, message="blue")
                 measure("weights", host, lambda n=n: map_route(f"w-{n}", "green", 3), lambda r: r.text.strip() == "green-v1-0")
             print(f"  after the changes: {footprint(tier)}", flush=True)
             return timings, spent
