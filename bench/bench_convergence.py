@@ -133,7 +133,9 @@ def costs(tier: Tier) -> dict[str, float]:
 def footprint(tier: Tier) -> str:
     programs = {"router Envoy": "istio-router-envoy", "istiod": "pilot-discovery", "Copilot": "copilot"}
     sizes = ", ".join(f"{name} {rss_mib(tier.pid(program)):.0f} MiB" for name, program in programs.items())
-    return f"router clusters {tier.envoy.cluster_count()}; RSS: {sizes}"
+    admin = f"http://127.0.0.1:{tier.ports['router_admin_port']}/stats?filter=^cluster_manager.active_clusters$"
+    clusters = int(requests.get(admin, timeout=ADMIN_TIMEOUT).text.split(":")[1])  # the router may be busy applying
+    return f"router clusters {clusters}; RSS: {sizes}"
 
 
 def run(
