@@ -6,7 +6,8 @@ router's cluster count and the RSS of Envoy, istiod and Copilot are printed too,
 it cost (counters read before and after each change, averaged over the changes of a kind): istiod's
 full pushes (a new PushContext each), its xDS pushes by type, the time it spent building them and its
 debounce, the router's CDS/LDS/RDS updates and clusters added or changed, Copilot's responses to
-istiod. Asserts nothing.
+istiod, its time rebuilding hosts and from a snapshot change to each response that carried it. Asserts
+nothing.
 
     .venv/bin/python bench/bench_convergence.py [--routes 100 10000] [--changes 100] [-o OPS_FILE ...]
 
@@ -17,12 +18,16 @@ reports it RUNNING; until a response comes from it), "new app" (a new route's fi
 first 200), "new mapping" (Cloud Controller maps a new route to a running app, green; until green
 answers on it), "weights" (Cloud Controller maps green at weight 3 beside blue; until green answers).
 --setup-timeout bounds the start (every route in place) at each size; the bench stops if it is over.
+--keep-logs DIR copies the tier's logs (istiod's says when it read each kind and which pushes followed:
+"Received", "Push debounce stable") to DIR/<routes>/ once the tier stopped; PILOT_DISCOVERY=<path> picks
+the istiod binary (devtools.peers).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import signal
 import statistics
 import sys
@@ -59,6 +64,8 @@ COSTS = (
     ("E lds", "envoy", "listener_manager.lds.update_success"),
     ("E rds", "envoy", "rds_updates"),
     ("mcp", "copilot", "copilot_pushes_total"),
+    ("cp build s", "copilot", "copilot_publish_seconds_sum"),
+    ("cp send s", "copilot", "copilot_push_latency_seconds_sum"),
     ("inbound", "istiod", "pilot_inbound_updates"),
 )
 
@@ -93,6 +100,10 @@ def prometheus_sums(url: str) -> dict[str, float]:
     return values
 
 
+# How long one change, or one step of a change's set-up, may take. At 100,000 routes a new route took
+# three full pushes of 15-30 s each and the router's 55.6 MB of routes, and 120 s ended a run there.
+STEP_TIMEOUT = 300
+
 # The router's admin API runs on its main thread, which answers nothing while it applies a large push
 # (at 100,000 routes, tens of seconds): a slow answer is the router busy, not a failure.
 ADMIN_TIMEOUT = 300
@@ -122,11 +133,13 @@ def costs(tier: Tier) -> dict[str, float]:
 def footprint(tier: Tier) -> str:
     programs = {"router Envoy": "istio-router-envoy", "istiod": "pilot-discovery", "Copilot": "copilot"}
     sizes = ", ".join(f"{name} {rss_mib(tier.pid(program)):.0f} MiB" for name, program in programs.items())
-    return f"router clusters {tier.envoy.cluster_count()}; RSS: {sizes}"
+    admin = f"http://127.0.0.1:{tier.ports['router_admin_port']}/stats?filter=^cluster_manager.active_clusters$"
+    clusters = int(requests.get(admin, timeout=ADMIN_TIMEOUT).text.split(":")[1])  # the router may be busy applying
+    return f"router clusters {clusters}; RSS: {sizes}"
 
 
 def run(
-    routes: int, changes: int, ops_files: list[Path], setup_timeout: float, each: bool
+    routes: int, changes: int, ops_files: list[Path], setup_timeout: float, each: bool, keep_logs: Path | None = None
 ) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
     # The routes in place: Diego's listing when Copilot starts. Their instances report a TLS proxy port
     # nothing listens on (they are load, never asked for); the last route's instances are real.
@@ -172,7 +185,7 @@ def run(
                 before = settled(costs(tier))
                 t0 = time.perf_counter()
                 start()
-                while time.perf_counter() - t0 < 120:
+                while time.perf_counter() - t0 < STEP_TIMEOUT:
                     response = session.get(tier.router_url, headers={"Host": host}, timeout=10)
                     if done(response):
                         break
@@ -212,7 +225,7 @@ def run(
             # they were counted in the first scale up, a full push or two).
             for name in ("blue", "green"):
                 answers = lambda h=name: tier.get(f"{h}.apps.example.com").text.strip() == f"{h}-v1-0"  # noqa: E731
-                wait_until(answers, timeout=120, message=name)
+                wait_until(answers, timeout=STEP_TIMEOUT, message=name)
 
             def map_route(route_guid: str, capi: str, weight: int) -> None:
                 mapping = api.RouteMapping(capi_process_guid=capi, route_guid=route_guid, route_weight=weight)
@@ -232,7 +245,8 @@ def run(
                 scaled.stop()
                 host = f"new-{n}.apps.example.com"
                 tier.bbs.desire_lrp(f"new-{n}", http_routes=[{"hostnames": [host], "port": 8080}])
-                wait_until(lambda h=host: tier.get(h).status_code == 503, timeout=120, message="the route without backends")
+                without_backends = lambda h=host: tier.get(h).status_code == 503  # noqa: E731
+                wait_until(without_backends, timeout=STEP_TIMEOUT, message="the route without backends")
                 fresh = tier.cell.start_instance(f"new-{n}-0")
                 measure(
                     "new app",
@@ -250,7 +264,7 @@ def run(
                 host = f"weighted-{n}.apps.example.com"
                 stub.UpsertRoute(api.UpsertRouteRequest(route=api.Route(guid=f"w-{n}", host=host)))
                 map_route(f"w-{n}", "blue", 1)
-                wait_until(lambda h=host: tier.get(h).text.strip() == "blue-v1-0", timeout=120, message="blue")
+                wait_until(lambda h=host: tier.get(h).text.strip() == "blue-v1-0", timeout=STEP_TIMEOUT, message="blue")
                 measure("weights", host, lambda n=n: map_route(f"w-{n}", "green", 3), lambda r: r.text.strip() == "green-v1-0")
             print(f"  after the changes: {footprint(tier)}", flush=True)
             return timings, spent
@@ -258,6 +272,9 @@ def run(
             for instance in instances:
                 instance.stop()
             tier.stop()
+            if keep_logs is not None:
+                shutil.copytree(tier.layout.logs, keep_logs / str(routes), dirs_exist_ok=True)
+                print(f"  logs kept in {keep_logs / str(routes)}", flush=True)
 
 
 def main() -> None:
@@ -269,11 +286,14 @@ def main() -> None:
     parser.add_argument("--each", action="store_true", help="print every change: its time and what it cost")
     parser.add_argument("--setup-timeout", type=float, default=1800, help="seconds for the tier and every route to be in place")
     parser.add_argument("-o", "--ops-file", type=Path, action="append", default=[], help="ops-file over manifests/local.yml")
+    parser.add_argument("--keep-logs", type=Path, help="copy the tier's logs to DIR/<routes>/ once it stopped")
     args = parser.parse_args()
     ops = "".join(f" + {path}" for path in args.ops_file)
     print(f"the tier: manifests/local.yml{ops}, every other property at its job default", flush=True)
     for routes in args.routes:
-        results, spent = run(routes, args.changes, [path.resolve() for path in args.ops_file], args.setup_timeout, args.each)
+        results, spent = run(
+            routes, args.changes, [path.resolve() for path in args.ops_file], args.setup_timeout, args.each, args.keep_logs
+        )
         print(f"{'routes':>8} {'change':>11} {'count':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}", flush=True)
         for kind, values in results.items():
             values.sort()
@@ -284,7 +304,8 @@ def main() -> None:
                 flush=True,
             )
         print("  per change (mean): istiod full pushes, PushContext init s, xDS pushes by type, push build s,")
-        print("  debounce s; the router's (E) CDS updates, clusters added/modified, LDS, RDS updates; Copilot's MCP responses")
+        print("  debounce s; the router's (E) CDS updates, clusters added/modified, LDS, RDS updates; Copilot's MCP responses,")
+        print("  its time rebuilding hosts and from a snapshot change to each response carrying it (summed over responses)")
         print(f"{'change':>11} " + " ".join(f"{c:>10}" for c in costs_columns()), flush=True)
         for kind, columns in spent.items():
             count = max(1, len(results[kind]))

@@ -341,6 +341,21 @@ def test_a_change_to_several_kinds_is_pushed_in_push_order(client: AdsClient, st
     assert kinds.PUSH_ORDER.index(kinds.DESTINATION_RULE) < kinds.PUSH_ORDER.index(kinds.VIRTUAL_SERVICE)
 
 
+def test_each_response_of_a_change_says_how_many_more_follow(client: AdsClient, store: Store) -> None:
+    # istiod's build (change 8) keeps its debounce from pushing a change's first kinds alone while
+    # the others are still on their way.
+    everything(store, "first")
+    for kind in kinds.PUSH_ORDER:
+        client.send(kind.collection)
+        client.ack(client.recv())
+    everything(store, "second")
+    pushed = [client.recv() for _ in kinds.PUSH_ORDER]
+    count = len(kinds.PUSH_ORDER)
+    assert [r.control_plane.identifier for r in pushed] == [f"{mcp_server.FOLLOWING}{n}" for n in reversed(range(count))]
+    put(store, "cf/c", "c.example.com")  # one kind moves: nothing follows it
+    assert client.recv().control_plane.identifier == f"{mcp_server.FOLLOWING}0"
+
+
 def test_removals_reach_istiod_routes_first_and_destination_rules_last(store: Store) -> None:
     """An app going away: its routes leave first, its ServiceEntry before its DestinationRule (else istiod can
     build the host's cluster without TLS to the instances for a moment), even when the stream is busy and

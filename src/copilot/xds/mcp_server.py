@@ -12,6 +12,12 @@ order. A response istiod rejects (a NACK: a request with error_detail) is not an
 with istiod's message and reported to `on_nack`, once per rejected response (type and nonce) on a
 stream. Pushes are reported to `on_push`. Metrics are the caller's (main wires them): this package
 knows nothing of copilot.metrics.
+
+Batches: the responses one snapshot pushes go back to back, and each says in its control_plane
+identifier how many more of them follow (FOLLOWING, then a number). istiod reads one response after
+another; the release's istiod build (scripts/build-go-tools, change 8) does not take the time between
+them for quiet while more are announced, so a change of several kinds is one push. Stock istiod
+ignores the field.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from copilot.istio.kinds import PUSH_ORDER
-from copilot.xds.encoding import encode_response
+from copilot.xds.encoding import encode_response, length_delimited
 from copilot.xds.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,16 @@ log = logging.getLogger(__name__)
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 _CLOSE = object()
 _RANK = {kind.collection: rank for rank, kind in enumerate(PUSH_ORDER)}
+
+# DiscoveryResponse.control_plane (field 6), ControlPlane.identifier (field 1). The Go side of this
+# string is in scripts/build-go-tools (patch_istio_debounce_config_source): keep them equal.
+FOLLOWING = "copilot.cloudfoundry.org/responses-following="
+
+
+def following(count: int) -> bytes:
+    """The control_plane field that tells istiod `count` more responses of this batch follow."""
+    return length_delimited(6, length_delimited(1, f"{FOLLOWING}{count}".encode()))
+
 
 PushObserver = Callable[[str, int, float], None]  # (type_url, resource count, seconds since that type changed)
 NackObserver = Callable[[str], None]  # (type_url)
@@ -173,7 +189,8 @@ class McpServer:
     def _take(self, stream: _Stream, snapshot: Snapshot) -> Iterator[bytes]:
         """A new snapshot: fold in every snapshot already queued (bursts coalesce by themselves, with no
         fixed delay) up to the first barrier (sent whole, so removals keep kinds.REMOVAL_ORDER), then answer
-        the requests held for the first one and push each subscribed type that moved."""
+        the requests held for the first one and push each subscribed type that moved, each response
+        saying how many more of this batch follow."""
         pending: list[object] = []
         while not snapshot.barrier:
             try:
@@ -190,13 +207,15 @@ class McpServer:
             return
         stream.snapshot = snapshot
         waiting, stream.waiting = stream.waiting, {}
-        for type_url in push_order(set(waiting) | set(stream.sent_version)):
-            if type_url in waiting:
-                response = self._answer(stream, waiting[type_url])
-                if response is not None:
-                    yield response
-            elif snapshot.version(type_url) != stream.sent_version[type_url]:
-                yield self._response(stream, type_url)
+        batch = [
+            type_url
+            for type_url in push_order(set(waiting) | set(stream.sent_version))
+            if type_url in waiting or snapshot.version(type_url) != stream.sent_version[type_url]
+        ]
+        for position, type_url in enumerate(batch):
+            response = self._answer(stream, waiting[type_url]) if type_url in waiting else self._response(stream, type_url)
+            if response is not None:
+                yield response + following(len(batch) - 1 - position)
 
     def _answer(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest) -> bytes | None:
         type_url = request.type_url
