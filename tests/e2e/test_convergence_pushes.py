@@ -63,5 +63,7 @@ def test_routes_carry_no_deprecated_field(tier: Tier, apps, unique) -> None:
     actions = _route_actions(tier.envoy.config_dump())
     assert actions  # the host's routes are there
     assert [a for a in actions if "max_grpc_timeout" in a] == []
-    log = tier.log_path("istio-router", "envoy").read_text(errors="replace")
-    assert "Deprecated field" not in log
+    # Clusters with a SAN list (istiod's match_subject_alt_names: platform routes' tls_san, the route-service
+    # proxy) still log one each per cluster update; no route may.
+    log = tier.log_path("istio-router", "envoy").read_text(errors="replace").splitlines()
+    assert [line for line in log if "Deprecated field" in line and "RouteAction" in line] == []
