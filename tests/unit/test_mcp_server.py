@@ -356,6 +356,27 @@ def test_each_response_of_a_change_says_how_many_more_follow(client: AdsClient, 
     assert client.recv().control_plane.identifier == f"{mcp_server.FOLLOWING}0"
 
 
+
+def test_a_batch_announces_only_responses_it_sends(store: Store) -> None:
+    # A request held for the first snapshot that gets no response (here a NACK) must not be counted: a
+    # response announced and never sent would hold istiod's next full push until its debounce maximum.
+    server = serving(store)  # not released: the requests wait for the first snapshot
+    client = AdsClient(server.port)
+    try:
+        client.send(SE)
+        client.send(VS, error="rejected")  # last in push order
+        wait_until(lambda: server.stream_count() == 1, timeout=WAIT, message="the stream to be open")
+        (stream,) = server._streams
+        wait_until(lambda: len(stream.waiting) == 2, timeout=WAIT, message="both requests to wait")
+        store.release()
+        response = client.recv()
+        assert response.type_url == SE
+        assert response.control_plane.identifier == f"{mcp_server.FOLLOWING}0"
+        client.assert_quiet(0.3)
+    finally:
+        client.close()
+        server.stop(grace=0)
+
 def test_removals_reach_istiod_routes_first_and_destination_rules_last(store: Store) -> None:
     """An app going away: its routes leave first, its ServiceEntry before its DestinationRule (else istiod can
     build the host's cluster without TLS to the instances for a moment), even when the stream is busy and

@@ -207,17 +207,23 @@ class McpServer:
             return
         stream.snapshot = snapshot
         waiting, stream.waiting = stream.waiting, {}
+        # Decided before the first is sent, so that every count is exact: a response announced and never
+        # sent would hold istiod's next full push until its debounce maximum.
         batch = [
             type_url
             for type_url in push_order(set(waiting) | set(stream.sent_version))
-            if type_url in waiting or snapshot.version(type_url) != stream.sent_version[type_url]
+            if (self._answers(stream, waiting[type_url]) if type_url in waiting
+                else snapshot.version(type_url) != stream.sent_version[type_url])
         ]
         for position, type_url in enumerate(batch):
-            response = self._answer(stream, waiting[type_url]) if type_url in waiting else self._response(stream, type_url)
-            if response is not None:
-                yield response + following(len(batch) - 1 - position)
+            yield self._response(stream, type_url) + following(len(batch) - 1 - position)
 
     def _answer(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest) -> bytes | None:
+        return self._response(stream, request.type_url) if self._answers(stream, request) else None
+
+    def _answers(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest) -> bool:
+        """Whether a request gets a response: not a NACK (logged and reported here, once per rejected
+        response), not an ACK of an older response or of the newest one."""
         type_url = request.type_url
         if request.HasField("error_detail"):
             # Not answered: istiod keeps what it had, and the next change is pushed. Resending the same
@@ -239,14 +245,14 @@ class McpServer:
                         "error": request.error_detail.message,
                     },
                 )
-            return None
+            return False
         latest = stream.sent_nonce.get(type_url)
         if latest is not None and request.response_nonce:
             if request.response_nonce != latest:
-                return None  # an ACK of an older response; a newer one is on its way
+                return False  # an ACK of an older response; a newer one is on its way
             if stream.snapshot is not None and stream.snapshot.version(type_url) == stream.sent_version[type_url]:
-                return None  # an ACK of what we sent, and nothing newer
-        return self._response(stream, type_url)
+                return False  # an ACK of what we sent, and nothing newer
+        return True
 
     def _response(self, stream: _Stream, type_url: str) -> bytes:
         assert stream.snapshot is not None  # requests wait in stream.waiting until there is one
