@@ -148,8 +148,13 @@ def service_id(host: str, dest: Destination) -> str:
     TLS name and app guid (instance subsets). So it is stable while instances come and go, and every
     host routing to one process and port shares it. A platform destination (route registrar) groups
     registrations per host and path, so its backends may differ between hosts: its service is the host's."""
-    return _service_id(dest.process_guid, dest.container_port, dest.protocol, dest.tls_san, dest.app_guid,
-                       "" if dest.on_diego else host)
+    return _service_id(*_service_key(host, dest))
+
+
+def _service_key(host: str, dest: Destination) -> tuple[str, int, str, str, str, str]:
+    """What a service's content depends on apart from its backends (service_id): the one place it is listed."""
+    return (dest.process_guid, dest.container_port, dest.protocol, dest.tls_san, dest.app_guid,
+            "" if dest.on_diego else host)
 
 
 def _service_id(process_guid: str, container_port: int, protocol: str, tls_san: str, app_guid: str, host: str) -> str:
@@ -160,8 +165,7 @@ def _service_id(process_guid: str, container_port: int, protocol: str, tls_san: 
 def destination_service(settings: GatewaySettings, host: str, dest: Destination) -> Service:
     """The shared service a host's route to `dest` goes to."""
     integrity = _integrity(settings, dest)
-    name, service_host = _service_names(settings.namespace, dest.process_guid, dest.container_port, dest.protocol,
-                                        dest.tls_san, dest.app_guid, "" if dest.on_diego else host)
+    name, service_host = _service_names(settings.namespace, *_service_key(host, dest))
     return Service(name, service_host, IDENTITY_SERVICE_PORT if integrity else SERVICE_PORT, dest)
 
 
