@@ -50,22 +50,27 @@ class RouterAdmin:
         counts = (line.rsplit(":", 1) for line in stats.splitlines() if ":" in line)
         return {name.strip(): int(value) for name, value in counts if int(value)}
 
-    def route_clusters(self, host: str) -> list[str]:
-        """The clusters the routes of `host` name in this router's route configurations (each once, in
-        order): the services (one per process and port) Copilot's VirtualService for the host routes to."""
-        clusters: dict[str, None] = {}
+    def route_actions(self, host: str | None = None) -> list[dict]:
+        """The route actions (`RouteAction`, as JSON) of this router's route configurations, in order: of
+        the virtual hosts whose domains hold `host`, or of every virtual host."""
+        actions = []
         dump = self.config_dump()
         routes = next(c for c in dump["configs"] if c["@type"].endswith(".v3.RoutesConfigDump"))  # not Scoped...
         for config in routes.get("dynamic_route_configs", []):
             for virtual_host in config["route_config"].get("virtual_hosts", []):
-                if host not in virtual_host.get("domains", []):
-                    continue
-                for route in virtual_host.get("routes", []):
-                    action = route.get("route", {})
-                    if "cluster" in action:
-                        clusters[action["cluster"]] = None
-                    for weighted in action.get("weighted_clusters", {}).get("clusters", []):
-                        clusters[weighted["name"]] = None
+                if host is None or host in virtual_host.get("domains", []):
+                    actions += [route["route"] for route in virtual_host.get("routes", []) if "route" in route]
+        return actions
+
+    def route_clusters(self, host: str) -> list[str]:
+        """The clusters the routes of `host` name in this router's route configurations (each once, in
+        order): the services (one per process and port) Copilot's VirtualService for the host routes to."""
+        clusters: dict[str, None] = {}
+        for action in self.route_actions(host):
+            if "cluster" in action:
+                clusters[action["cluster"]] = None
+            for weighted in action.get("weighted_clusters", {}).get("clusters", []):
+                clusters[weighted["name"]] = None
         return list(clusters)
 
     def clusters(self) -> str:

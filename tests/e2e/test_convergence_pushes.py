@@ -43,16 +43,6 @@ def test_new_apps_first_instance_is_no_full_push(tier: Tier, apps, unique) -> No
     assert f"Full push, new service istio-system/{service}" not in _istiod_log(tier)
 
 
-def _route_actions(dump: dict) -> list[dict]:
-    """Every route action of the router's dynamic route configurations (admin config_dump)."""
-    actions = []
-    for section in dump["configs"]:
-        for config in section.get("dynamic_route_configs", []):
-            for vhost in config["route_config"].get("virtual_hosts", []):
-                actions += [route["route"] for route in vhost.get("routes", []) if "route" in route]
-    return actions
-
-
 def test_routes_carry_no_deprecated_field(tier: Tier, apps, unique) -> None:
     # Stock istiod sets RouteAction.max_grpc_timeout, which Envoy deprecated, on every route, and the router
     # logs a warning for each route it applies: two lines per host on every full push (istiod build change 9).
@@ -60,7 +50,7 @@ def test_routes_carry_no_deprecated_field(tier: Tier, apps, unique) -> None:
     tier.bbs.desire_lrp(f"{unique}-pg", http_routes=[{"hostnames": [host], "port": 8080}])
     apps.append(tier.start_instance(f"{unique}-pg", 0, f"{unique}-i0"))
     wait_until(lambda: tier.get(host).text.strip() == f"{unique}-i0", message="the route to serve")
-    actions = _route_actions(tier.envoy.config_dump())
+    actions = tier.envoy.route_actions()
     assert actions  # the host's routes are there
     assert [a for a in actions if "max_grpc_timeout" in a] == []
     # Clusters with a SAN list (istiod's match_subject_alt_names: platform routes' tls_san, the route-service
