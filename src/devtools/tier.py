@@ -50,17 +50,21 @@ class RouterAdmin:
         counts = (line.rsplit(":", 1) for line in stats.splitlines() if ":" in line)
         return {name.strip(): int(value) for name, value in counts if int(value)}
 
-    def route_actions(self, host: str | None = None) -> list[dict]:
-        """The route actions (`RouteAction`, as JSON) of this router's route configurations, in order: of
-        the virtual hosts whose domains hold `host`, or of every virtual host."""
-        actions = []
+    def routes(self, host: str | None = None) -> list[dict]:
+        """The routes (`Route`, as JSON) of this router's route configurations, in order: of the virtual
+        hosts whose domains hold `host`, or of every virtual host."""
+        found = []
         dump = self.config_dump()
         routes = next(c for c in dump["configs"] if c["@type"].endswith(".v3.RoutesConfigDump"))  # not Scoped...
         for config in routes.get("dynamic_route_configs", []):
             for virtual_host in config["route_config"].get("virtual_hosts", []):
                 if host is None or host in virtual_host.get("domains", []):
-                    actions += [route["route"] for route in virtual_host.get("routes", []) if "route" in route]
-        return actions
+                    found += virtual_host.get("routes", [])
+        return found
+
+    def route_actions(self, host: str | None = None) -> list[dict]:
+        """The route actions (`RouteAction`, as JSON) of `routes(host)`, in order."""
+        return [route["route"] for route in self.routes(host) if "route" in route]
 
     def route_clusters(self, host: str) -> list[str]:
         """The clusters the routes of `host` name in this router's route configurations (each once, in

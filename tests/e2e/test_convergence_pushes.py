@@ -57,3 +57,16 @@ def test_routes_carry_no_deprecated_field(tier: Tier, apps, unique) -> None:
     # proxy) still log one each per cluster update; no route may.
     log = tier.log_path("istio-router", "envoy").read_text(errors="replace").splitlines()
     assert [line for line in log if "Deprecated field" in line and "RouteAction" in line] == []
+
+
+def test_routes_carry_no_unread_fields(tier: Tier, apps, unique) -> None:
+    # Stock istiod puts filter metadata (istio.config, the VirtualService's path) and a tracing decorator on
+    # every route; nothing in the tier reads them (no telemetry filter, tracing off), and they were a quarter
+    # of the route configuration every full push rebuilds and the router applies (istiod build change 10).
+    host = f"{unique}.example.com"
+    tier.bbs.desire_lrp(f"{unique}-lean", http_routes=[{"hostnames": [host], "port": 8080}])
+    apps.append(tier.start_instance(f"{unique}-lean", 0, f"{unique}-i0"))
+    wait_until(lambda: tier.get(host).text.strip() == f"{unique}-i0", message="the route to serve")
+    routes = tier.envoy.routes(host)
+    assert [route["route"]["cluster"] for route in routes]  # the host's routes are there, with their clusters
+    assert [route for route in tier.envoy.routes() if "metadata" in route or "decorator" in route] == []
