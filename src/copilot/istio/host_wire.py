@@ -192,7 +192,6 @@ def _virtual_service(settings: GatewaySettings, host: str, routes: HostRoutes) -
             first.setdefault(service.name, service)
         services = list(first.values())
     for path in sorted(paths, key=_path_order) if len(paths) > 1 else paths:
-        dest = paths[path][0]
         service = by_path[path]
         target = targets.get(service.host)
         if target is None:  # HTTPRoute.route: one HTTPRouteDestination
