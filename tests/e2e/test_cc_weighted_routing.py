@@ -11,8 +11,10 @@ from copilot.protos import cc_copilot_pb2 as api
 from devtools.tier import Tier, wait_until
 
 
-def _process(tier: Tier, apps: list, diego_guid: str, host: str) -> None:
-    tier.bbs.desire_lrp(diego_guid, http_routes=[{"hostnames": [host], "port": 8080}])
+def _process(tier: Tier, apps: list, diego_guid: str, host: str, app_guid: str | None = None) -> None:
+    """A process with one instance (instance guid = process guid) of app `app_guid` (its log guid, by
+    default the process guid), its own DesiredLRP route on `host`."""
+    tier.bbs.desire_lrp(diego_guid, http_routes=[{"hostnames": [host], "port": 8080}], log_guid=app_guid)
     apps.append(tier.start_instance(diego_guid, 0, diego_guid))
 
 
@@ -66,6 +68,34 @@ def test_weights_split_traffic_and_follow_changes(tier: Tier, apps, unique) -> N
     )
     wait_until(lambda: set(_split(tier, host, 50)) == {green}, timeout=10, message="all traffic to green")
     assert set(_split(tier, host, 300)) == {green}
+
+
+def test_each_answer_of_a_weighted_route_names_the_app_that_gave_it(tier: Tier, apps, unique) -> None:
+    """X-CF-ApplicationID comes from the endpoint the router picked (its app guid label), not from the
+    route: on a route weighted over two apps, each request carries the id of the app that got it."""
+    stub = tier.cc_stub()
+    host = f"{unique}.example.com"
+    blue, green = f"{unique}-blue-v1", f"{unique}-green-v1"
+    app_of = {blue: f"{unique}-blue-app", green: f"{unique}-green-app"}
+    for diego, app_guid in app_of.items():
+        _process(tier, apps, diego, f"{diego}.example.com", app_guid)
+    stub.UpsertRoute(api.UpsertRouteRequest(route=api.Route(guid=f"{unique}-route", host=host)))
+    for diego in app_of:
+        association = api.CapiDiegoProcessAssociation(capi_process_guid=f"{diego}-capi", diego_process_guids=[diego])
+        stub.UpsertCapiDiegoProcessAssociation(
+            api.UpsertCapiDiegoProcessAssociationRequest(capi_diego_process_association=association)
+        )
+        _map(stub, f"{unique}-route", f"{diego}-capi", 1)
+    wait_until(lambda: len(_split(tier, host, 40)) == 2, timeout=20, message="both apps to serve the route")
+
+    seen: collections.Counter = collections.Counter()
+    with requests.Session() as session:
+        for _ in range(100):
+            headers = session.get(
+                tier.router_url + "/headers", headers={"Host": host, "X-CF-ApplicationID": "spoofed"}, timeout=5
+            ).json()
+            seen[(headers["x-cf-instanceid"], headers.get("x-cf-applicationid"))] += 1
+    assert set(seen) == {(blue, app_of[blue]), (green, app_of[green])}, seen
 
 
 def test_internal_route_is_not_reachable_through_the_router(tier: Tier, apps, unique) -> None:

@@ -16,10 +16,11 @@ def test_registered_platform_route_serves_then_expires(tier: Tier, apps, unique)
     registration = {"host": host, "address": "127.0.0.1", "port": vm.port, "source": "api/0", "ttl_seconds": 2}
     assert tier.register([registration]).status_code == 200
     wait_until(lambda: tier.get(host).text.strip() == f"{unique}-api-vm", message="the platform route")
-    # A platform component is no app instance: no X-CF-InstanceID / Index, not even empty, and a client's are dropped.
-    sent = {"X-CF-InstanceID": "spoofed", "X-CF-InstanceIndex": "7"}
+    # A platform component is no app instance: no X-CF-ApplicationID, X-CF-InstanceID / Index, not even
+    # empty, and a client's are dropped.
+    sent = {"X-CF-ApplicationID": "spoofed", "X-CF-InstanceID": "spoofed", "X-CF-InstanceIndex": "7"}
     seen = requests.get(f"{tier.router_url}/headers", headers={"Host": host, **sent}, timeout=5).json()
-    assert {k: v for k, v in seen.items() if k.startswith("x-cf-instance")} == {}
+    assert {k: v for k, v in seen.items() if k.startswith(("x-cf-instance", "x-cf-application"))} == {}
     # Not renewed: it expires.
     wait_until(lambda: tier.get(host).status_code == 404, timeout=15, message="the registration to expire")
 

@@ -8,9 +8,11 @@ import re
 import pytest
 from google.protobuf import json_format
 
+from copilot import invalid_input
 from copilot.istio import kinds
 from copilot.istio.builder import (
     APP_INSTANCE_HEADER,
+    APPLICATION_ID_LABEL,
     IDENTITY_SERVICE_PORT,
     INSTANCE_GUID_LABEL,
     INSTANCE_INDEX_LABEL,
@@ -144,11 +146,13 @@ def test_router_objects_answer_unknown_routes_and_carry_the_router_filter() -> N
     set_headers = {m["append"]["header"]["key"]: m["append"]["header"]["value"] for m in mutations if "append" in m}
     assert set_headers["x-vcap-request-id"] == "%REQ(x-request-id)%"  # gorouter's request id, Envoy's x-request-id
     assert set_headers["x-request-start"] == "%START_TIME(%s%3f)%"  # epoch milliseconds, as gorouter sends it
-    # the instance headers come from the picked endpoint's metadata, after a client's values are dropped
+    # the app and instance headers come from the picked endpoint's metadata, after a client's values are dropped
+    assert set_headers["x-cf-applicationid"] == "%UPSTREAM_METADATA(copilot.cloudfoundry.org:application-id)%"
     assert set_headers["x-cf-instanceid"] == "%UPSTREAM_METADATA(copilot.cloudfoundry.org:instance-id)%"
     assert set_headers["x-cf-instanceindex"] == "%UPSTREAM_METADATA(copilot.cloudfoundry.org:instance-index)%"
     order = [m.get("remove") or m["append"]["header"]["key"] for m in mutations]
-    assert order.index("x-cf-instanceid") < order.index("x-cf-instanceid", order.index("x-cf-instanceid") + 1)
+    for header in ("x-cf-applicationid", "x-cf-instanceid", "x-cf-instanceindex"):
+        assert order.index(header) < order.index(header, order.index(header) + 1)  # removed, then set
     wrapped = patches[1]["patch"]["value"]["typed_config"]
     session = wrapped["extension_config"]["typed_config"]["session_state"]["typed_config"]["cookie"]
     assert session == {"name": "__VCAP_ID__", "path": "/"}  # the instance a sticky session goes back to
@@ -162,7 +166,7 @@ def test_router_objects_answer_unknown_routes_and_carry_the_router_filter() -> N
         "set-cookie", r"(.*[,])?\s*(JSESSIONID)=.*")
     dropped = patches[2]["patch"]["value"]["typed_config"]["mutations"]["request_mutations"]
     assert [m["remove"] for m in dropped] == list(CLIENT_HEADERS_DROPPED)
-    assert "x-cf-applicationid" in CLIENT_HEADERS_DROPPED  # only the route sets it
+    assert "x-cf-applicationid" in CLIENT_HEADERS_DROPPED  # only the router sets it, from the endpoint
     mappers = patches[3]["patch"]["value"]["typed_config"]["local_reply_config"]["mappers"]
     assert {
         flag: m["headers_to_add"][0]["header"]["value"] for m in mappers for flag in m["filter"]["response_flag_filter"]["flags"]
@@ -186,16 +190,16 @@ def test_sticky_cookie_names_are_checked() -> None:
         session_cookie_regex((), ",")
 
 
-def test_app_instances_get_identity_labels_and_the_app_id_header() -> None:
+def test_app_instances_get_identity_and_app_id_labels() -> None:
     routes = HostRoutes("a.example.com", {"": [app("web", Backend("10.0.0.1", 61001, 0, "guid-0", 0),
                                                         Backend("10.0.0.2", 61002, 0, "guid-1", 1))]})
     vs, dr, se = host(SETTINGS, routes)
     assert [dict(e.labels) for e in se.endpoints] == [
-        {INSTANCE_GUID_LABEL: "guid-0", INSTANCE_INDEX_LABEL: "0"},
-        {INSTANCE_GUID_LABEL: "guid-1", INSTANCE_INDEX_LABEL: "1"},
+        {APPLICATION_ID_LABEL: "app-guid", INSTANCE_GUID_LABEL: "guid-0", INSTANCE_INDEX_LABEL: "0"},
+        {APPLICATION_ID_LABEL: "app-guid", INSTANCE_GUID_LABEL: "guid-1", INSTANCE_INDEX_LABEL: "1"},
     ]
     [route] = vs.http
-    assert dict(route.route[0].headers.request.set) == {"X-CF-ApplicationID": "app-guid"}
+    assert not route.route[0].headers.request.set  # X-CF-ApplicationID comes from the endpoint, not the route
     assert list(dr.subsets) == []  # its routes use the service's cluster; no per-instance subsets by default
     assert _reached(route.route[0].destination, dr, se) == ["10.0.0.1:61001", "10.0.0.2:61002"]
 
@@ -205,6 +209,35 @@ def test_unsafe_identities_are_left_out() -> None:
     vs, _, se = host(SETTINGS, routes)
     assert dict(se.endpoints[0].labels) == {}
     assert not vs.http[0].route[0].headers.request.set
+
+
+@pytest.mark.parametrize("app_guid", ["a:b", "x" * 64, "-starts-with-a-dash", "has space"])
+def test_an_app_guid_istiod_refuses_as_a_label_is_counted_and_the_route_kept(app_guid: str) -> None:
+    """istiod validates endpoint labels: an app guid that is no label value gets no label (the route works,
+    without X-CF-ApplicationID), counted once in copilot_invalid_input_total{source="builder",field="app_guid"}."""
+    invalid_input.forget()
+    counter = invalid_input.INVALID_INPUT.labels("builder", "app_guid")
+    before = counter._value.get()
+    routes = HostRoutes("a.example.com", {"": [app("web", Backend("10.0.0.1", 61001, 0, "guid-0", 0), app_guid=app_guid)]})
+    vs, _, se = host(SETTINGS, routes)
+    assert dict(se.endpoints[0].labels) == {INSTANCE_GUID_LABEL: "guid-0", INSTANCE_INDEX_LABEL: "0"}
+    assert [d.destination.host for d in vs.http[0].route] == [se.hosts[0]]
+    assert counter._value.get() == before + 1
+    host(SETTINGS, routes)  # rebuilt: not counted again
+    assert counter._value.get() == before + 1
+
+
+def test_a_weighted_route_s_endpoints_name_each_their_own_app() -> None:
+    """Each destination of a weighted route is its own service; its endpoints carry its app guid, so the
+    header names the app that answered."""
+    blue = app("blue", Backend("10.0.0.1", 61001, 0, "b0", 0), app_guid="blue-app")
+    green = app("green", Backend("10.0.0.2", 61002, 0, "g0", 0), app_guid="green-app")
+    routes = HostRoutes("a.example.com", {"": [blue, green]})
+    labels = [dict(se.endpoints[0].labels) for _, se in services(SETTINGS, routes).values()]
+    apps = {endpoint[INSTANCE_GUID_LABEL]: endpoint[APPLICATION_ID_LABEL] for endpoint in labels}
+    assert apps == {"b0": "blue-app", "g0": "green-app"}
+    [vs] = [o.spec for o in build_host(SETTINGS, routes) if o.kind is kinds.VIRTUAL_SERVICE]
+    assert [(d.weight, dict(d.headers.request.set)) for d in vs.http[0].route] == [(50, {}), (50, {})]
 
 
 def test_instance_routing_adds_a_route_and_subset_per_instance() -> None:

@@ -70,6 +70,7 @@ def test_router_objects_add_the_proxy_service_and_the_loopback_gateway() -> None
     assert list(proxy.spec.hosts) == [ROUTE_SERVICE_PROXY_HOST] and proxy.spec.resolution == pb.ServiceEntry.STATIC
     assert [(p.number, p.protocol) for p in proxy.spec.ports] == [(7070, "HTTP")]
     assert [e.address for e in proxy.spec.endpoints] == ["127.0.0.1"]
+    assert not proxy.spec.endpoints[0].labels  # so the router sets no X-CF-ApplicationID on requests to the proxy
     # Off: neither exists.
     assert set(o.name for o in build_router_objects(dataclasses.replace(SETTINGS, route_services=None))) == {
         "cf/ingress", "cf/cf-unknown-route", "cf/cf-router"}
@@ -94,7 +95,7 @@ def test_a_bound_route_goes_through_the_proxy_and_comes_back_to_the_app() -> Non
     # 2. Verified requests, on the loopback Gateway only: the app, X-Forwarded-Proto restored.
     assert [(m.uri.exact, m.uri.prefix, list(m.gateways)) for m in verified.match] == [(e, p, [INTERNAL]) for e, p in uris]
     assert [(d.destination.host, d.destination.subset) for d in verified.route] == [(_service("web"), "")]
-    assert dict(verified.route[0].headers.request.set) == {"X-CF-ApplicationID": "app-guid"}
+    assert not verified.route[0].headers.request.set  # X-CF-ApplicationID: from the app's endpoint (router filter)
     assert dict(verified.headers.request.set) == {"x-forwarded-proto": "%REQ(x-cf-rs-forwarded-proto)%"}
     # 3. Everything else of the route, on the router's Gateway: the proxy, told about the route.
     assert [(m.uri.exact, m.uri.prefix, list(m.gateways)) for m in to_proxy.match] == [(e, p, ["cf/ingress"]) for e, p in uris]

@@ -65,6 +65,8 @@ COMMON_HOSTS = {
     "unicode zone and path": HostRoutes("u.example.com", {"": [process(zone="zone-é€")], "/café": [process(zone="zone-é€")]}),
     "upper-case host": HostRoutes("Upper.Example.COM.", {"": [process()]}),
     "app guid not a header value": HostRoutes("bad-app.example.com", {"": [process(app_guid="bad app guid")]}),
+    "app guid a header value but no label": HostRoutes("colon-app.example.com", {"": [process(app_guid="app:guid")]}),
+    "app guid of 63 characters": HostRoutes("long-app.example.com", {"": [process(app_guid="a" * 63)]}),
     "no app guid": HostRoutes("no-app.example.com", {"": [process(app_guid="")], "/b": [process(app_guid="")]}),
     "http2 process": HostRoutes("h2.example.com", {"": [process(protocol="http2")]}),  # common only while HTTP/2 is off
     "bad endpoint": HostRoutes(

@@ -38,6 +38,7 @@ from copilot.istio.kinds import (
     Kind,
 )
 from copilot.istio.router_filter import (
+    APPLICATION_ID_KEY,
     ENDPOINT_METADATA,
     IDENTITY_SERVICE_PORT,
     INSTANCE_ID_KEY,
@@ -77,7 +78,9 @@ SUBSET_LABEL = "cf-subset"
 INSTANCE_LABEL = "cf-instance"
 # istiod (with the change scripts/build-go-tools makes) copies these endpoint labels into the Envoy
 # endpoint's metadata (see router_filter.ENDPOINT_METADATA), from which the router filter sets
-# X-CF-InstanceID / X-CF-InstanceIndex on the request to the instance.
+# X-CF-ApplicationID, X-CF-InstanceID and X-CF-InstanceIndex on the request to the instance. Every
+# endpoint of a service has the same app guid (it is part of the service's key, _service_key).
+APPLICATION_ID_LABEL = f"{ENDPOINT_METADATA}/{APPLICATION_ID_KEY}"
 INSTANCE_GUID_LABEL = f"{ENDPOINT_METADATA}/{INSTANCE_ID_KEY}"
 INSTANCE_INDEX_LABEL = f"{ENDPOINT_METADATA}/{INSTANCE_INDEX_KEY}"
 APP_INSTANCE_HEADER = "x-cf-app-instance"
@@ -584,6 +587,7 @@ def build_service(settings: GatewaySettings, service: Service) -> list[IstioObje
         # Each part replaces what the base set there (its outlier detection stays).
         for part, value in policy.ListFields():
             getattr(dr.traffic_policy, part.name).CopyFrom(value)
+    app_id = application_label(dest)
     for backend in _routable_backends(settings, dest):
         if not _endpoint_ok(backend.address, backend.tls_port if integrity else backend.port):
             continue
@@ -592,6 +596,8 @@ def build_service(settings: GatewaySettings, service: Service) -> list[IstioObje
         endpoint = se.endpoints.add(address=backend.address, locality=backend.availability_zone)
         endpoint.ports[SERVICE_PORT_NAME] = backend.tls_port if integrity else backend.port
         labels = endpoint.labels
+        if app_id:
+            labels[APPLICATION_ID_LABEL] = app_id
         if backend.instance_guid and _LABEL_VALUE_RE.fullmatch(backend.instance_guid):
             labels[INSTANCE_GUID_LABEL] = backend.instance_guid
             labels[INSTANCE_INDEX_LABEL] = str(backend.index)
@@ -607,8 +613,25 @@ def build_service(settings: GatewaySettings, service: Service) -> list[IstioObje
     return [IstioObject(DESTINATION_RULE, service.name, dr), IstioObject(SERVICE_ENTRY, service.name, se)]
 
 
+def application_label(dest: Destination) -> str:
+    """The value of a destination's endpoints' APPLICATION_ID_LABEL: its app guid, or "" when it has none
+    (a platform route) or istiod would refuse it as a label value; such a guid is counted and logged once
+    (copilot_invalid_input_total{source="builder",field="app_guid"}), and its routes work without
+    X-CF-ApplicationID."""
+    app_guid = dest.app_guid
+    if not app_guid or _LABEL_VALUE_RE.fullmatch(app_guid):
+        return app_guid
+    if invalid_input.first_sight("builder", "app_guid", (dest.process_guid[:64], app_guid[:64])):
+        log.warning(
+            "app guid is not a label value: no X-CF-ApplicationID for its routes (reported once)",
+            extra={"process_guid": dest.process_guid, "app_guid": app_guid[:256]},
+        )
+    return ""
+
+
 def _add_route_targets(route: pb.HTTPRoute, settings: GatewaySettings, host: str, destinations: list[Destination]) -> None:
-    """A route's destinations: each one's service (weighted when several), with X-CF-ApplicationID."""
+    """A route's destinations: each one's service (weighted when several). X-CF-ApplicationID comes from
+    the endpoint the router picks (application_label), not from the route."""
     targets = _route_targets(destinations)
     for dest, weight in targets:
         service = destination_service(settings, host, dest)
@@ -618,8 +641,6 @@ def _add_route_targets(route: pb.HTTPRoute, settings: GatewaySettings, host: str
         destination.port.number = service.port
         if len(targets) > 1:
             target.weight = weight
-        if _HEADER_VALUE_RE.fullmatch(dest.app_guid):
-            target.headers.request.set["X-CF-ApplicationID"] = dest.app_guid
 
 
 def _integrity(settings: GatewaySettings, dest: Destination) -> bool:
@@ -775,14 +796,13 @@ def _add_instance_routes(
             if uri is not None:
                 match.uri.CopyFrom(uri)
         service = destination_service(settings, host, dest)
-        target = route.route.add(
+        route.route.add(
             destination=pb.Destination(
                 host=service.host,
                 subset=instance_subset_name(dest.process_guid, dest.container_port, backend.instance_guid),
                 port=pb.PortSelector(number=service.port),
             )
         )
-        target.headers.request.set["X-CF-ApplicationID"] = dest.app_guid
     route = vs.http.add(name=f"{path or '/'} unknown instance")
     for uri in path_matches:
         match = route.match.add(headers={APP_INSTANCE_HEADER: pb.StringMatch()})  # present

@@ -35,8 +35,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from copilot.istio.builder import (
-    _HEADER_VALUE_RE,
     _LABEL_VALUE_RE,
+    APPLICATION_ID_LABEL,
     INSTANCE_GUID_LABEL,
     INSTANCE_INDEX_LABEL,
     SERVICE_PORT_NAME,
@@ -49,6 +49,7 @@ from copilot.istio.builder import (
     _Identity,
     _integrity,
     _routable_backends,
+    application_label,
     build_host_parts,
     build_service,
     destination_service,
@@ -61,8 +62,6 @@ from copilot.protos import istio_networking_pb2 as pb
 from copilot.settings import GatewaySettings
 from copilot.xds.encoding import VARINTS, varint
 
-APPLICATION_ID_HEADER = "X-CF-ApplicationID"
-
 
 def _tag(field_number: int, wire_type: int = 2) -> bytes:
     return varint(field_number << 3 | wire_type)
@@ -73,26 +72,24 @@ def _field(tag: bytes, payload: bytes) -> bytes:
     return tag + varint(len(payload)) + payload
 
 
-_LEN1, _LEN2, _LEN3, _LEN5, _LEN6, _LEN7, _LEN17 = (_tag(n) for n in (1, 2, 3, 5, 6, 7, 17))
+_LEN1, _LEN2, _LEN3, _LEN5, _LEN6, _LEN17 = (_tag(n) for n in (1, 2, 3, 5, 6, 17))
 _NUM1, _NUM2 = _tag(1, 0), _tag(2, 0)
 _V = VARINTS
 
 # VirtualService: hosts 1, gateways 2, http 3. HTTPRoute: match 1, route 2, name 17.
-# HTTPMatchRequest: uri 1. StringMatch: exact 1, prefix 2. HTTPRouteDestination: destination 1,
-# headers 7. Destination: host 1, port 3. PortSelector: number 1. Headers: request 1.
-# HeaderOperations: set 1 (map<string, string>).
-_APPLICATION_ID_KEY = _field(_LEN1, APPLICATION_ID_HEADER.encode())
+# HTTPMatchRequest: uri 1. StringMatch: exact 1, prefix 2. HTTPRouteDestination: destination 1.
+# Destination: host 1, port 3. PortSelector: number 1.
 # DestinationRule: host 1, then the cached traffic policy (2). ServiceEntry: hosts 1, then the cached
 # ports, location and resolution (3 to 5), endpoints 6. WorkloadEntry: address 1, ports 2
 # (map<string, uint32>), labels 3 (map<string, string>), locality 5.
 _PORT_KEY = _field(_LEN1, SERVICE_PORT_NAME.encode())
-_GUID_KEY, _INDEX_KEY, _TLS_HOSTNAME_KEY = (
-    _field(_LEN1, key.encode()) for key in (INSTANCE_GUID_LABEL, INSTANCE_INDEX_LABEL, TLS_HOSTNAME_LABEL)
+_APP_KEY, _GUID_KEY, _INDEX_KEY, _TLS_HOSTNAME_KEY = (
+    _field(_LEN1, key.encode()) for key in (APPLICATION_ID_LABEL, INSTANCE_GUID_LABEL, INSTANCE_INDEX_LABEL, TLS_HOSTNAME_LABEL)
 )
 _GUID_KEY_LENGTH, _INDEX_KEY_LENGTH, _TLS_HOSTNAME_KEY_LENGTH = len(_GUID_KEY), len(_INDEX_KEY), len(_TLS_HOSTNAME_KEY)
 _ROOT_NAME = _field(_LEN17, b"/")  # HTTPRoute.name of the root route
 # The endpoint labels are written in this order: it must be the keys' sorted order (map entries).
-_LABEL_ORDER = (INSTANCE_GUID_LABEL, INSTANCE_INDEX_LABEL, TLS_HOSTNAME_LABEL)
+_LABEL_ORDER = (APPLICATION_ID_LABEL, INSTANCE_GUID_LABEL, INSTANCE_INDEX_LABEL, TLS_HOSTNAME_LABEL)
 if sorted(key.encode() for key in _LABEL_ORDER) != [key.encode() for key in _LABEL_ORDER]:
     raise RuntimeError(f"endpoint label keys {_LABEL_ORDER} are not written in map-entry order")
 
@@ -182,7 +179,7 @@ def _virtual_service(settings: GatewaySettings, host: str, routes: HostRoutes) -
     pieces = _pieces(settings.ref)
     raw_host = host.encode()
     parts = [_LEN1, _V[len(raw_host)], raw_host, pieces.gateways]
-    targets: dict[tuple[str, str], bytes] = {}
+    targets: dict[str, bytes] = {}
     paths = routes.paths
     if len(paths) == 1:
         [(path, [dest])] = paths.items()
@@ -195,16 +192,14 @@ def _virtual_service(settings: GatewaySettings, host: str, routes: HostRoutes) -
             first.setdefault(service.name, service)
         services = list(first.values())
     for path in sorted(paths, key=_path_order) if len(paths) > 1 else paths:
-        dest = paths[path][0]
         service = by_path[path]
-        target = targets.get((service.host, dest.app_guid))
+        target = targets.get(service.host)
         if target is None:  # HTTPRoute.route: one HTTPRouteDestination
             svc = service.host.encode()
             selector = _NUM1 + _V[service.port]  # PortSelector{number}
             destination = _LEN1 + _V[len(svc)] + svc + _LEN3 + _V[len(selector)] + selector
             destination = _LEN1 + _V[len(destination)] + destination  # HTTPRouteDestination.destination
-            target = destination + _application_id(dest.app_guid)
-            target = targets[(service.host, dest.app_guid)] = _LEN2 + _V[len(target)] + target
+            target = targets[service.host] = _LEN2 + _V[len(destination)] + destination
         if path:
             raw = path.encode()
             exact = _LEN1 + _V[len(raw)] + raw  # StringMatch{exact}
@@ -225,21 +220,12 @@ def _path_order(path: str) -> tuple[int, str]:
     return -len(path), path
 
 
-def _application_id(app_guid: str) -> bytes:
-    """The target's headers: request set X-CF-ApplicationID, when the app guid can be a header value."""
-    if not _HEADER_VALUE_RE.fullmatch(app_guid):
-        return b""
-    value = app_guid.encode()
-    entry = _APPLICATION_ID_KEY + _LEN2 + _V[len(value)] + value  # the map entry {key, value}
-    operations = _LEN1 + _V[len(entry)] + entry  # HeaderOperations{set}
-    headers = _LEN1 + _V[len(operations)] + operations  # Headers{request}
-    return _LEN7 + _V[len(headers)] + headers
-
-
 def _endpoints(settings: GatewaySettings, service: Service, integrity: bool) -> bytes:
     """The ServiceEntry's endpoints: each routable instance with its port and labels, and its zone."""
     dest = service.destination
     port_key = len(_PORT_KEY) + 1  # the ports entry {key "http", value}: its length before the value's varint
+    app_id = application_label(dest).encode()
+    app_label = _field(_LEN3, _APP_KEY + _field(_LEN2, app_id)) if app_id else b""  # the same on every endpoint
     parts = []
     for backend in _routable_backends(settings, dest):
         port = backend.tls_port if integrity else backend.port
@@ -247,7 +233,7 @@ def _endpoints(settings: GatewaySettings, service: Service, integrity: bool) -> 
             continue
         address = backend.address.encode()
         number = _V[port]
-        entry = [_LEN1, _V[len(address)], address, _LEN2, _V[port_key + len(number)], _PORT_KEY, _NUM2, number]
+        entry = [_LEN1, _V[len(address)], address, _LEN2, _V[port_key + len(number)], _PORT_KEY, _NUM2, number, app_label]
         guid = backend.instance_guid
         if guid and _LABEL_VALUE_RE.fullmatch(guid):
             raw = guid.encode()

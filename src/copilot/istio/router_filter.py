@@ -7,12 +7,15 @@ managers (context GATEWAY, selected by the Gateway's labels):
 
 1. An upstream header_mutation on the router filter (`Router.upstream_http_filters`, run per attempt,
    after the load balancer picked an instance, for every cluster): `X-Request-Start` (ms since the
-   epoch at the request's start), `X-Vcap-Request-Id` (Envoy's request id), and `X-CF-InstanceID` /
-   `X-CF-InstanceIndex` from the picked endpoint's metadata (client-sent values are dropped first).
-   Copilot labels each app instance's endpoint `copilot.cloudfoundry.org/instance-id` and
-   `/instance-index`; istiod (with the change scripts/build-go-tools makes) copies labels under that
-   prefix into the endpoint's filter metadata namespace ENDPOINT_METADATA. No script runs per request.
-   Route-level headers cannot do this: they are evaluated before an endpoint is chosen.
+   epoch at the request's start), `X-Vcap-Request-Id` (Envoy's request id), and `X-CF-ApplicationID`,
+   `X-CF-InstanceID` / `X-CF-InstanceIndex` from the picked endpoint's metadata (client-sent values are
+   dropped first). Copilot labels each app instance's endpoint `copilot.cloudfoundry.org/application-id`
+   (its app guid), `/instance-id` and `/instance-index`; istiod (with the change scripts/build-go-tools
+   makes) copies labels under that prefix into the endpoint's filter metadata namespace
+   ENDPOINT_METADATA. No script runs per request. Route-level headers cannot do the instance headers
+   (they are evaluated before an endpoint is chosen); the app's id is read there too, so no route
+   carries a header of its own (a weighted route names the app that answered), and a route service
+   (the route-service proxy's endpoint has no labels) gets none, as from gorouter.
 2. Sticky sessions: Envoy's stateful_session filter with a `__VCAP_ID__` cookie naming the instance;
    requests carrying it go to that instance while it is in the cluster, else to another one (re-pinned).
    A matcher around it (no script) skips it from the response on unless the request carried a session
@@ -63,6 +66,7 @@ _HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mut
 ENDPOINT_METADATA = "copilot.cloudfoundry.org"
 INSTANCE_ID_KEY = "instance-id"
 INSTANCE_INDEX_KEY = "instance-index"
+APPLICATION_ID_KEY = "application-id"
 _DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 # Transport socket names of the HTTP/1.1-only TLS contexts: Envoy picks the socket by its type, and
 # each differs from istiod's (envoy.transport_sockets.tls) and from the other so a patch replaces it.
@@ -133,7 +137,8 @@ def _add_http1_only_tls(ef: pb.EnvoyFilter, http1: Http1Only) -> None:
         )
 
 # Headers only the router or Copilot's routes may set: dropped from what a client sent, before routing
-# (X-CF-ApplicationID is set per route; the x-cf-rs-* ones tell the route-service proxy about a route).
+# (X-CF-ApplicationID is set from the picked endpoint, above, and dropped before routing too so the
+# route-service proxy never sees a client's; the x-cf-rs-* ones tell the route-service proxy about a route).
 CLIENT_HEADERS_DROPPED = (
     "x-cf-applicationid",
     "x-cf-rs-route-host",
@@ -241,9 +246,12 @@ def build_router_filter(
                     "request_mutations": [
                         # The route-service proxy's X-Forwarded-Proto for the app's route: used, then dropped.
                         {"remove": "x-cf-rs-forwarded-proto"},
-                        # Set from the instance's metadata, or absent (a platform route's backend has none).
+                        # Set from the instance's metadata, or absent (a platform route's backend has none,
+                        # nor has the route-service proxy: a route service gets no X-CF-ApplicationID).
+                        {"remove": "x-cf-applicationid"},
                         {"remove": "x-cf-instanceid"},
                         {"remove": "x-cf-instanceindex"},
+                        _set("x-cf-applicationid", f"%UPSTREAM_METADATA({ENDPOINT_METADATA}:{APPLICATION_ID_KEY})%"),
                         _set("x-cf-instanceid", f"%UPSTREAM_METADATA({ENDPOINT_METADATA}:{INSTANCE_ID_KEY})%"),
                         _set("x-cf-instanceindex", f"%UPSTREAM_METADATA({ENDPOINT_METADATA}:{INSTANCE_INDEX_KEY})%"),
                         _set("x-request-start", "%START_TIME(%s%3f)%"),
