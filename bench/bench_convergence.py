@@ -15,8 +15,10 @@ nothing.
 
 Changes: "scale up" (a third instance of a running app: its cell starts it first, as Diego does, then BBS
 reports it RUNNING; until a response comes from it), "new app" (a new route's first instance, until the
-first 200), "new mapping" (Cloud Controller maps a new route to a running app, green; until green
-answers on it), "weights" (Cloud Controller maps green at weight 3 beside blue; until green answers).
+first 200), "app removal" (that app's DesiredLRP removed, its instance already gone: its routes,
+ServiceEntry and DestinationRule leave; until the router answers 404), "new mapping" (Cloud Controller
+maps a new route to a running app, green; until green answers on it), "weights" (Cloud Controller maps
+green at weight 3 beside blue; until green answers).
 --setup-timeout bounds the start (every route in place) at each size; the bench stops if it is over.
 --keep-logs DIR copies the tier's logs (istiod's says when it read each kind and which pushes followed:
 "Received", "Push debounce stable") to DIR/<routes>/ once the tier stopped; PILOT_DISCOVERY=<path> picks
@@ -158,7 +160,7 @@ def run(
             for index in range(INSTANCES_PER_ROUTE):
                 bbs.start_instance(f"bg-{i}", index, **template, instance_guid=f"bg-{i}-{index}")
 
-    timings: dict[str, list[float]] = {"scale up": [], "new app": [], "new mapping": [], "weights": []}
+    timings: dict[str, list[float]] = {"scale up": [], "new app": [], "app removal": [], "new mapping": [], "weights": []}
     spent: dict[str, dict[str, float]] = {kind: dict.fromkeys(costs_columns(), 0.0) for kind in timings}
     with tempfile.TemporaryDirectory() as workdir:
         print(f"  {routes} routes: the tier in {workdir} (logs there)", flush=True)
@@ -255,8 +257,13 @@ def run(
                     lambda r: r.status_code == 200,
                 )
                 tier.bbs.remove_instance(f"new-{n}", 0)
-                tier.bbs.remove_desired_lrp(f"new-{n}")
                 fresh.stop()
+                measure(
+                    "app removal",
+                    host,
+                    lambda n=n: tier.bbs.remove_desired_lrp(f"new-{n}"),
+                    lambda r: r.status_code == 404,
+                )
                 host = f"mapped-{n}.apps.example.com"
                 stub.UpsertRoute(api.UpsertRouteRequest(route=api.Route(guid=f"m-{n}", host=host)))
                 mapped = lambda n=n: map_route(f"m-{n}", "green", 1)  # noqa: E731

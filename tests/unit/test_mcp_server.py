@@ -403,6 +403,22 @@ def test_removals_reach_istiod_routes_first_and_destination_rules_last(store: St
         server.stop(grace=0)
 
 
+def test_a_removals_steps_are_one_batch(client: AdsClient, store: Store) -> None:
+    # Each step of a removal is sent whole, in REMOVAL_ORDER, and every response says how many more of the
+    # removal follow, so istiod (build change 8) takes the routes', ServiceEntry's and DestinationRule's
+    # removal in one full push instead of one per kind.
+    everything(store, "app")
+    for kind in kinds.PUSH_ORDER:
+        client.send(kind.collection)
+        client.ack(client.recv())
+    store.apply([], [(kind, "cf/app") for kind in kinds.PUSH_ORDER])
+    pushed = [client.recv() for _ in kinds.PUSH_ORDER]
+    assert [r.type_url for r in pushed] == [kind.collection for kind in kinds.REMOVAL_ORDER]
+    count = len(kinds.PUSH_ORDER)
+    assert [r.control_plane.identifier for r in pushed] == [f"{mcp_server.FOLLOWING}{n}" for n in reversed(range(count))]
+    client.assert_quiet()
+
+
 def test_every_stream_gets_the_push(server: McpServer, store: Store) -> None:
     clients = [AdsClient(server.port) for _ in range(3)]
     try:

@@ -4,7 +4,8 @@ The server is handed immutable snapshots (`serve(snapshot)`, wired to Store.watc
 stream from the newest one it holds; it never calls back into the store. Every type istiod asks for is
 answered (empty when we hold none), each response carries the full set for its type, and a new snapshot
 is pushed to every stream for each subscribed type whose version moved, in kinds.PUSH_ORDER; queued
-snapshots are folded into the newest, but never past a barrier (removals go kind by kind, REMOVAL_ORDER).
+snapshots are folded into the newest, but never past a barrier (removals go kind by kind, REMOVAL_ORDER,
+each step sent whole, all steps of one removal in one batch).
 
 Readiness: until the first snapshot arrives, a stream's requests are kept unanswered (istiod waits; a
 restarted Copilot never tells it that the world is empty); the first snapshot answers them, in push
@@ -16,8 +17,9 @@ knows nothing of copilot.metrics.
 Batches: the responses one snapshot pushes go back to back, and each says in its control_plane
 identifier how many more of them follow (FOLLOWING, then a number). istiod reads one response after
 another; the release's istiod build (scripts/build-go-tools, change 8) does not take the time between
-them for quiet while more are announced, so a change of several kinds is one push. Stock istiod
-ignores the field.
+them for quiet while more are announced, so a change of several kinds is one push, a removal's steps
+too (the routes, then the ServiceEntry, then the DestinationRule: one push, not one per kind). Stock
+istiod ignores the field.
 """
 
 from __future__ import annotations
@@ -82,6 +84,12 @@ class _Stream:
 # minutes (every 100,000 of each kind at 100,000 routes). Accepted as often as istiod's own server accepts
 # its clients' pings (half its interval).
 MIN_PING_INTERVAL_MS = 15_000
+
+# A removal's steps (Store.apply: one snapshot per kind of kinds.REMOVAL_ORDER, every one but the last a
+# barrier) are handed over one right after the other; a stream waits this long for the next step of a
+# barrier, and takes at most MAX_STEPS snapshots into one batch.
+STEP_WAIT = 2.0
+MAX_STEPS = 16
 
 
 class McpServer:
@@ -187,36 +195,64 @@ class McpServer:
             log.info("mcp stream closed", extra={"peer": stream.peer})
 
     def _take(self, stream: _Stream, snapshot: Snapshot) -> Iterator[bytes]:
-        """A new snapshot: fold in every snapshot already queued (bursts coalesce by themselves, with no
-        fixed delay) up to the first barrier (sent whole, so removals keep kinds.REMOVAL_ORDER), then answer
-        the requests held for the first one and push each subscribed type that moved, each response
-        saying how many more of this batch follow."""
-        pending: list[object] = []
-        while not snapshot.barrier:
-            try:
-                queued = stream.inbox.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(queued, Snapshot):
-                snapshot = queued if queued.serial > snapshot.serial else snapshot
-            else:
-                pending.append(queued)
-        for queued in pending:
-            stream.inbox.put(queued)
-        if stream.snapshot is not None and snapshot.serial <= stream.snapshot.serial:
+        """A new snapshot: the steps to send (_steps: a removal's steps, each sent whole in
+        kinds.REMOVAL_ORDER, and the newest snapshot queued after them folded into the last), then answer
+        the requests held for the first one and push each subscribed type that moved, step by step, each
+        response saying how many more of this batch follow: a removal's steps are one batch, so istiod
+        takes them in one push."""
+        steps = self._steps(stream, snapshot)
+        if stream.snapshot is not None:
+            steps = [step for step in steps if step.serial > stream.snapshot.serial]
+        if not steps:
             return
-        stream.snapshot = snapshot
         waiting, stream.waiting = stream.waiting, {}
         # Decided before the first is sent, so that every count is exact: a response announced and never
         # sent would hold istiod's next full push until its debounce maximum.
-        batch = [
-            type_url
-            for type_url in push_order(set(waiting) | set(stream.sent_version))
-            if (self._answers(stream, waiting[type_url]) if type_url in waiting
-                else snapshot.version(type_url) != stream.sent_version[type_url])
-        ]
-        for position, type_url in enumerate(batch):
+        stream.snapshot = steps[0]
+        versions = dict(stream.sent_version)
+        batch: list[tuple[Snapshot, str]] = []
+        for step in steps:
+            for type_url in push_order(set(waiting) | set(versions)):
+                if type_url in waiting:
+                    answered = self._answers(stream, waiting.pop(type_url))
+                else:
+                    answered = step.version(type_url) != versions[type_url]
+                if answered:
+                    batch.append((step, type_url))
+                    versions[type_url] = step.version(type_url)
+        for position, (step, type_url) in enumerate(batch):
+            stream.snapshot = step
             yield self._response(stream, type_url) + following(len(batch) - 1 - position)
+        stream.snapshot = steps[-1]
+
+    def _steps(self, stream: _Stream, snapshot: Snapshot) -> list[Snapshot]:
+        """The snapshots one batch sends, in order. Snapshots queued after a non-barrier one are folded into
+        it (bursts coalesce by themselves, with no fixed delay); a barrier (a removal step, kinds.REMOVAL_ORDER)
+        is sent whole, and the store hands over the next step of its apply right after it, so that one is
+        waited for (at most STEP_WAIT) and joins the batch. At most MAX_STEPS steps; requests met on the way
+        are put back."""
+        steps, put_back = [snapshot], []
+        try:
+            while len(steps) < MAX_STEPS:
+                last = steps[-1]
+                try:
+                    queued = stream.inbox.get(timeout=STEP_WAIT) if last.barrier else stream.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if queued is _CLOSE:
+                    put_back.append(queued)
+                    break
+                if not isinstance(queued, Snapshot):
+                    put_back.append(queued)
+                elif queued.serial > last.serial:
+                    if last.barrier:
+                        steps.append(queued)
+                    else:
+                        steps[-1] = queued
+        finally:
+            for item in put_back:
+                stream.inbox.put(item)
+        return steps
 
     def _answer(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest) -> bytes | None:
         return self._response(stream, request.type_url) if self._answers(stream, request) else None
