@@ -246,4 +246,3 @@ class BbsSlice:
     def _notify(self) -> None:
         for callback in self._watchers:
             callback()
-
