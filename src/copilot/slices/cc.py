@@ -114,6 +114,12 @@ class CcSlice:
                 dict(self._associations),
             )
 
+    def known(self) -> CCState:
+        """The routes and associations held (copies of the dicts; the routes and guid tuples are
+        immutable), for a BulkSync to take what it repeats from; no mappings."""
+        with self.lock:
+            return CCState(dict(self._routes), {}, dict(self._associations))
+
     def take_touched(self, diego_guids: Iterable[str]) -> tuple[Set[str], Set[str]]:
         """(external hosts, internal hosts) touched since the last call, with those of the routes mapped
         to `diego_guids` (Diego processes whose routes or instances changed); the caller's to keep."""
