@@ -8,7 +8,11 @@ RSS from /proc/self/status. The server wires the views to a real Publisher (the 
 back only after the Istio objects are rebuilt, as in `copilot`), and by default first loads a matching
 BBS slice (one DesiredLRP with 2 instances per CC process) so the CC routes have backends.
 
-    .venv/bin/python bench/bench_bulk_sync.py [--routes 100000] [--no-bbs] [--syncs 2]
+With `--released` the store is released after the BBS load, as Copilot's is once istiod is served, and
+a watcher keeps the last snapshot as an MCP stream does: a full rebuild then holds the resources it
+replaces until its new snapshot is out (without it they are freed as they are replaced).
+
+    .venv/bin/python bench/bench_bulk_sync.py [--routes 100000] [--no-bbs] [--syncs 2] [--released]
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from copilot.publisher import Publisher  # noqa: E402
 from copilot.settings import GatewaySettings  # noqa: E402
 from copilot.sources.cc_api import CloudControllerCopilot, serve  # noqa: E402
 from copilot.views import Views  # noqa: E402
+from copilot.xds.snapshot import Snapshot  # noqa: E402
 from copilot.xds.store import Store  # noqa: E402
 from devtools.certs import make_ca  # noqa: E402
 
@@ -71,7 +76,7 @@ def _maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_server(pki: Path, routes: int, bbs: bool) -> None:
+def run_server(pki: Path, routes: int, bbs: bool, released: bool = False) -> None:
     views, snapshot = Views(), Store()
     publisher = Publisher(views, snapshot, GatewaySettings())
     started = time.perf_counter()
@@ -98,6 +103,10 @@ def run_server(pki: Path, routes: int, bbs: bool) -> None:
         del processes, instances
         publisher.publish()
     bbs_load = time.perf_counter() - started
+    held: list[Snapshot] = []  # the last snapshot released, as an MCP stream holds it
+    if released:
+        snapshot.watch(lambda latest: held.__setitem__(slice(None), [latest]))
+        snapshot.release()
     publishes: list[float] = []
 
     def on_change() -> None:
@@ -152,10 +161,11 @@ def main() -> None:
     parser.add_argument("--routes", type=int, default=100_000, help="routes; as many mappings and associations")
     parser.add_argument("--no-bbs", action="store_true", help="no BBS slice on the server (CC routes without backends)")
     parser.add_argument("--syncs", type=int, default=2, help="identical syncs in a row (CC repeats every 30 s)")
+    parser.add_argument("--released", action="store_true", help="the store released, its last snapshot held (istiod served)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        run_server(args.serve, args.routes, not args.no_bbs)
+        run_server(args.serve, args.routes, not args.no_bbs, args.released)
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,6 +177,8 @@ def main() -> None:
         command = [sys.executable, __file__, "--serve", str(pki), "--routes", str(args.routes)]
         if args.no_bbs:
             command.append("--no-bbs")
+        if args.released:
+            command.append("--released")
         child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             ready = json.loads(child.stdout.readline())
@@ -201,6 +213,7 @@ def main() -> None:
     print(f"BulkSync over gRPC + mutual TLS on loopback, 64 KiB chunks; Copilot server in a subprocess (pid {child.pid})")
     print(f"  request:            {n} routes, {n} mappings, {n} associations (1 Diego process each)")
     print(f"  server BBS slice:   {'none' if args.no_bbs else f'{n} DesiredLRPs x 2 instances'}")
+    print(f"  store:              {'released, its last snapshot held' if args.released else 'not released'}")
     print(f"  payload:            {len(payload):,} bytes ({len(payload) / 2**20:.1f} MiB, {-(-len(payload) // CHUNK)} chunks)")
     print(f"  client build+serialize: {build:.2f} s (not in the wall time)")
     for k, (wall, got) in enumerate(zip(walls, received, strict=True), 1):

@@ -212,6 +212,7 @@ def test_bulk_sync_is_all_valid_or_refused_naming_the_entry(request: api.BulkSyn
     assert set(state.routes) == {r.guid for r in request.routes}
     assert set(state.mappings) == {(m.route_guid, m.capi_process_guid) for m in request.route_mappings}
     assert set(state.associations) == {a.capi_process_guid for a in request.capi_diego_process_associations}
+    assert bulk_state(request, state) == state  # taken from what the slice holds, the same state
 
 
 # ---------------------------------------------------------------- the bounds, at and past their edge
@@ -277,3 +278,19 @@ def test_a_bulk_sync_list_longer_than_its_bound_is_refused_before_its_entries_ar
     with pytest.raises(InvalidRoute) as refused:
         bulk_state(request)
     assert str(refused.value) == f"{repeated}: {MAX_BULK_ENTRIES + 1} entries, more than {MAX_BULK_ENTRIES}"
+
+
+def test_a_repeated_bulk_sync_takes_what_it_repeats_from_the_slice() -> None:
+    request = api.BulkSyncRequest(
+        routes=[api.Route(guid="r1", host="a.example.com"), api.Route(guid="r2", host="b.example.com")],
+        route_mappings=[api.RouteMapping(route_guid="r1", capi_process_guid="c1", route_weight=1)],
+        capi_diego_process_associations=[api.CapiDiegoProcessAssociation(capi_process_guid="c1", diego_process_guids=["d1"])],
+    )
+    known = bulk_state(request)
+    request.routes[1].host = "moved.example.com"
+    again = bulk_state(request, known)
+    assert again.routes["r1"] is known.routes["r1"]  # equal: the slice's own object
+    assert again.routes["r2"].host == "moved.example.com"  # changed: the new one
+    assert again.associations["c1"] is known.associations["c1"]
+    [(route_guid, capi_guid)] = again.mappings
+    assert route_guid is again.routes["r1"].guid and capi_guid is next(iter(known.associations))

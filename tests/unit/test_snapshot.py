@@ -4,12 +4,15 @@ deletions, readiness (nothing leaves before `release()`), immutable released sna
 from __future__ import annotations
 
 import random
+import threading
+
+import pytest
 
 from copilot.istio import kinds
 from copilot.istio.kinds import IstioObject
 from copilot.protos import istio_networking_pb2 as pb
 from copilot.xds.snapshot import EMPTY_VERSION, Snapshot
-from copilot.xds.store import Store, serialize
+from copilot.xds.store import BATCH, Store, serialize
 
 VS, SE = kinds.VIRTUAL_SERVICE, kinds.SERVICE_ENTRY
 
@@ -261,3 +264,59 @@ def test_a_serialized_object_is_applied_as_the_object_itself() -> None:
     via.apply(serialize(o) for o in objects(3))
     assert via.version(VS) == direct.version(VS) and via.names(VS) == direct.names(VS)
     assert via.get(VS, "ns/host-1") == vs("h1.example.com")
+
+
+# ---------------------------------------------------------------- an apply stored in batches
+
+
+def test_a_snapshot_taken_during_an_apply_is_the_one_before_it() -> None:
+    store, seen = released()
+    store.apply(objects(3))
+    before = seen[-1]
+    during: list[Snapshot] = []
+
+    def upserts():
+        for i in range(2 * BATCH + 10):  # more than one batch is stored before the snapshot is taken
+            if i == 2 * BATCH + 5:
+                during.append(store.snapshot())
+                store.watch(during.append)  # a stream connecting meanwhile
+            yield IstioObject(VS if i % 2 else SE, f"ns/more-{i}", vs(f"m{i}.example.com"))
+
+    store.apply(upserts(), [(VS, "ns/host-0")])
+    for snapshot in during[:2]:
+        assert snapshot.resources(VS.collection).names() == before.resources(VS.collection).names()
+        assert snapshot.version(VS.collection) == before.version(VS.collection)
+        assert SE.collection not in snapshot.kinds  # a kind the apply created is not there before its end
+    after = store.snapshot()
+    assert len(after.resources(VS.collection).names()) == 3 - 1 + BATCH + 5
+    assert len(after.resources(SE.collection).names()) == BATCH + 5
+    assert during[2:] == seen[-1:] and after.version(SE.collection) == seen[-1].version(SE.collection)
+
+
+def test_upserts_that_raise_end_the_apply_with_what_they_gave() -> None:
+    store, seen = released()
+
+    def upserts():
+        yield from objects(BATCH + 1)
+        raise RuntimeError("a bug in a builder")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        store.apply(upserts(), [(VS, "ns/host-0")])  # the deletion never comes: the list may be incomplete
+    assert len(seen[-1].resources(VS.collection).names()) == BATCH + 1
+    store.apply(objects(1))  # the store is not left applying
+    assert len(store.names(VS)) == BATCH + 1
+
+
+def test_release_during_an_apply_waits_for_its_end() -> None:
+    store, seen = Store(), []
+    store.watch(seen.append)
+    releaser = threading.Thread(target=store.release)
+
+    def upserts():
+        yield from objects(BATCH + 1)  # one batch is stored before the releaser starts
+        releaser.start()
+        yield from objects(BATCH + 2)[BATCH + 1 :]
+
+    store.apply(upserts())
+    releaser.join()
+    assert [len(s.resources(VS.collection).names()) for s in seen] == [BATCH + 2]

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Set
 
 from copilot.model import HttpRoute, Instance, ProcessRoutes
+from copilot.slices.index import GuidIndex
 
 # An instance within its process: (index, instance guid, presence), presence as BBS's ORDINARY=0,
 # EVACUATING=1, SUSPECT=2 (an evacuating copy has its instance's guid).
@@ -40,8 +41,8 @@ class BbsSlice:
         self.lock = threading.RLock()
         self._desired: dict[str, ProcessRoutes] = {}
         self._instances: dict[str, dict[InstanceKey, Instance]] = defaultdict(dict)
-        self._hosts: dict[str, set[str]] = defaultdict(set)  # host -> process guids routing to it
-        self._tcp_ports: dict[int, set[str]] = defaultdict(set)  # external port -> process guids routing it
+        self._hosts: GuidIndex[str] = GuidIndex()  # host -> process guids routing to it
+        self._tcp_ports: GuidIndex[int] = GuidIndex()  # external port -> process guids routing it
         # Per process with many HTTP routes, its routes by host: a host's view reads its own routes, not
         # all of them (an app with 1,000 route hosts would otherwise cost 1,000 x 1,000 per event).
         self._routes_by_host: dict[str, dict[str, list[HttpRoute]]] = {}
@@ -116,11 +117,11 @@ class BbsSlice:
     # ---- reading
     def hosts(self) -> set[str]:
         with self.lock:
-            return set(self._hosts)  # a key goes with its last process
+            return self._hosts.keys()  # a key goes with its last process
 
     def tcp_ports(self) -> set[int]:
         with self.lock:
-            return set(self._tcp_ports)
+            return self._tcp_ports.keys()
 
     def take_touched(self) -> tuple[Set[str], Set[int], Set[str]]:
         """(hosts, TCP ports, process guids) touched since the last call (the caller's to keep)."""
@@ -133,11 +134,11 @@ class BbsSlice:
 
     def processes_of_host(self, host: str) -> Iterable[str]:
         """The process guids routing `host` (call with `lock` held)."""
-        return self._hosts.get(host, ())
+        return self._hosts.get(host)
 
     def processes_of_port(self, port: int) -> Iterable[str]:
         """The process guids routing router TCP port `port` (call with `lock` held)."""
-        return self._tcp_ports.get(port, ())
+        return self._tcp_ports.get(port)
 
     def routes(self, process_guid: str) -> ProcessRoutes | None:
         """A process's routes (call with `lock` held; ProcessRoutes is immutable)."""
@@ -216,21 +217,21 @@ class BbsSlice:
 
     def _index(self, guid: str, routes: ProcessRoutes) -> None:
         for route in routes.http:
-            self._hosts[route.host].add(guid)
+            self._hosts.add(route.host, guid)
         if len(routes.http) > INDEXED_ROUTES:
             by_host: dict[str, list[HttpRoute]] = defaultdict(list)
             for route in routes.http:
                 by_host[route.host].append(route)
             self._routes_by_host[guid] = dict(by_host)
         for tcp in routes.tcp:
-            self._tcp_ports[tcp.external_port].add(guid)
+            self._tcp_ports.add(tcp.external_port, guid)
 
     def _unindex(self, guid: str, routes: ProcessRoutes | None) -> None:
         self._routes_by_host.pop(guid, None)
         for route in routes.http if routes else ():
-            _discard(self._hosts, route.host, guid)
+            self._hosts.discard(route.host, guid)
         for tcp in routes.tcp if routes else ():
-            _discard(self._tcp_ports, tcp.external_port, guid)
+            self._tcp_ports.discard(tcp.external_port, guid)
 
     def _touch_process(self, guid: str) -> None:
         self._touch(self._desired.get(guid))
@@ -245,12 +246,3 @@ class BbsSlice:
     def _notify(self) -> None:
         for callback in self._watchers:
             callback()
-
-
-def _discard(index: dict, key: object, guid: str) -> None:
-    """Drops `guid` from `index[key]`, and the key once nobody is left."""
-    guids = index.get(key)
-    if guids is not None:
-        guids.discard(guid)
-        if not guids:
-            del index[key]

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Set
 
 from copilot.model import CCRoute, CCState
 from copilot.slices.bbs import NOTHING
+from copilot.slices.index import GuidIndex
 
 
 class CcSlice:
@@ -24,10 +25,10 @@ class CcSlice:
         self._routes: dict[str, CCRoute] = {}
         self._weights: dict[str, dict[str, int]] = defaultdict(dict)  # route guid -> CC process guid -> weight
         self._associations: dict[str, tuple[str, ...]] = {}  # CC process guid -> Diego process guids
-        self._external: dict[str, set[str]] = defaultdict(set)  # external host -> CC route guids
-        self._internal: dict[str, set[str]] = defaultdict(set)  # internal host -> CC route guids
-        self._routes_by_capi: dict[str, set[str]] = defaultdict(set)
-        self._capi_by_diego: dict[str, set[str]] = defaultdict(set)
+        self._external: GuidIndex[str] = GuidIndex()  # external host -> CC route guids
+        self._internal: GuidIndex[str] = GuidIndex()  # internal host -> CC route guids
+        self._routes_by_capi: GuidIndex[str] = GuidIndex()  # CC process guid -> route guids mapped to it
+        self._capi_by_diego: GuidIndex[str] = GuidIndex()  # Diego process guid -> CC process guids
         self._touched_external: set[str] = set()
         self._touched_internal: set[str] = set()
 
@@ -40,7 +41,7 @@ class CcSlice:
             if old is not None:
                 self._unindex_route(old)
             self._routes[route.guid] = route
-            (self._internal if route.internal else self._external)[route.host].add(route.guid)
+            (self._internal if route.internal else self._external).add(route.host, route.guid)
             self._touch_route(route.guid)
 
     def delete_route(self, guid: str) -> None:
@@ -54,7 +55,7 @@ class CcSlice:
             if self._weights[route_guid].get(capi_guid) == weight:
                 return
             self._weights[route_guid][capi_guid] = weight
-            self._routes_by_capi[capi_guid].add(route_guid)
+            self._routes_by_capi.add(capi_guid, route_guid)
             self._touch_route(route_guid)
 
     def unmap_route(self, route_guid: str, capi_guid: str) -> None:
@@ -64,7 +65,7 @@ class CcSlice:
                 return
             if not weights:
                 del self._weights[route_guid]
-            self._routes_by_capi[capi_guid].discard(route_guid)
+            self._routes_by_capi.discard(capi_guid, route_guid)
             self._touch_route(route_guid)
 
     def upsert_association(self, capi_guid: str, diego_guids: tuple[str, ...]) -> None:
@@ -73,18 +74,18 @@ class CcSlice:
             if old == diego_guids:
                 return
             for guid in old:
-                self._capi_by_diego[guid].discard(capi_guid)
+                self._capi_by_diego.discard(guid, capi_guid)
             self._associations[capi_guid] = diego_guids
             for guid in diego_guids:
-                self._capi_by_diego[guid].add(capi_guid)
-            for route_guid in self._routes_by_capi.get(capi_guid, ()):
+                self._capi_by_diego.add(guid, capi_guid)
+            for route_guid in self._routes_by_capi.get(capi_guid):
                 self._touch_route(route_guid)
 
     def delete_association(self, capi_guid: str) -> None:
         with self.lock:
             for guid in self._associations.pop(capi_guid, ()):
-                self._capi_by_diego[guid].discard(capi_guid)
-            for route_guid in self._routes_by_capi.get(capi_guid, ()):
+                self._capi_by_diego.discard(guid, capi_guid)
+            for route_guid in self._routes_by_capi.get(capi_guid):
                 self._touch_route(route_guid)
 
     def replace(self, state: CCState) -> None:
@@ -113,13 +114,19 @@ class CcSlice:
                 dict(self._associations),
             )
 
+    def known(self) -> CCState:
+        """The routes and associations held (copies of the dicts; the routes and guid tuples are
+        immutable), for a BulkSync to take what it repeats from; no mappings."""
+        with self.lock:
+            return CCState(dict(self._routes), {}, dict(self._associations))
+
     def take_touched(self, diego_guids: Iterable[str]) -> tuple[Set[str], Set[str]]:
         """(external hosts, internal hosts) touched since the last call, with those of the routes mapped
         to `diego_guids` (Diego processes whose routes or instances changed); the caller's to keep."""
         with self.lock:
             for guid in diego_guids:
-                for capi_guid in self._capi_by_diego.get(guid, ()):
-                    for route_guid in self._routes_by_capi.get(capi_guid, ()):
+                for capi_guid in self._capi_by_diego.get(guid):
+                    for route_guid in self._routes_by_capi.get(capi_guid):
                         self._touch_route(route_guid)
             if not (self._touched_external or self._touched_internal):
                 return NOTHING, NOTHING
@@ -130,11 +137,11 @@ class CcSlice:
     def hosts(self, *, internal: bool = False) -> set[str]:
         """The external (or internal) hosts of CC's routes."""
         with self.lock:
-            return set(self._internal if internal else self._external)  # a host goes with its last route
+            return (self._internal if internal else self._external).keys()  # a host goes with its last route
 
     def routes_of_host(self, host: str, *, internal: bool = False) -> list[CCRoute]:
         """The CC routes of an external (or internal) host, by guid (call with `lock` held)."""
-        guids = (self._internal if internal else self._external).get(host, ())
+        guids = (self._internal if internal else self._external).get(host)
         return [self._routes[guid] for guid in sorted(guids)]
 
     def mapped_processes(self, route_guid: str) -> list[tuple[int, tuple[str, ...]]]:
@@ -150,10 +157,5 @@ class CcSlice:
             (self._touched_internal if route.internal else self._touched_external).add(route.host)
 
     def _unindex_route(self, route: CCRoute) -> None:
-        index = self._internal if route.internal else self._external
-        guids = index.get(route.host)
-        if guids is not None:
-            guids.discard(route.guid)
-            if not guids:
-                del index[route.host]
+        (self._internal if route.internal else self._external).discard(route.host, route.guid)
         (self._touched_internal if route.internal else self._touched_external).add(route.host)

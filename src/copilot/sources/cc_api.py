@@ -8,6 +8,7 @@ ResourceExhausted) and a whole BulkSync (MAX_BULK_SYNC_BYTES in at most MAX_BULK
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -91,15 +92,23 @@ class CloudControllerCopilot(api_grpc.CloudControllerCopilotServicer):
             if len(chunks) == MAX_BULK_SYNC_CHUNKS:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"chunk: bulk sync exceeds {MAX_BULK_SYNC_CHUNKS} chunks")
             chunks.append(chunk.chunk)
+        # Each stage's input is let go once the next is made (the chunks, their join, the parsed request,
+        # the validated state: some 100 MiB at 100,000 routes), before the publish the sync asks for.
+        payload = b"".join(chunks)
+        del chunks
         try:
-            request = api.BulkSyncRequest.FromString(b"".join(chunks))
+            request = api.BulkSyncRequest.FromString(payload)
         except DecodeError:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"chunk: the {received} bytes received are not a BulkSyncRequest")
-        state = _valid(context, lambda: bulk_state(request))
+        del payload
+        state = _valid(context, functools.partial(bulk_state, request, self._cc.known()))
+        del request
         self._cc.replace(state)
+        counts = {"routes": len(state.routes), "mappings": len(state.mappings)}
+        del state
         self.bulk_synced.set()
         self._on_change()
-        log.info("bulk sync applied", extra={"bytes": received, "routes": len(state.routes), "mappings": len(state.mappings)})
+        log.info("bulk sync applied", extra={"bytes": received, **counts})
         return api.BulkSyncResponse(total_bytes_received=received)
 
     def ListCfRoutes(self, request, context):  # noqa: N802
@@ -125,23 +134,37 @@ class CloudControllerCopilot(api_grpc.CloudControllerCopilotServicer):
         )
 
 
-def bulk_state(request: api.BulkSyncRequest) -> CCState:
-    """Validates a whole BulkSync; the first problem found rejects all of it."""
+def bulk_state(request: api.BulkSyncRequest, known: CCState | None = None) -> CCState:
+    """Validates a whole BulkSync; the first problem found rejects all of it. A route or association equal
+    to one in `known` (what the slice holds) is taken from there: a sync that changes little (Cloud
+    Controller repeats it every 30 s) then holds little more than the slice beside it (at 100,000
+    routes 18 MiB instead of 82)."""
     cc_validation.entries(len(request.routes), "routes")
     cc_validation.entries(len(request.route_mappings), "route_mappings")
     cc_validation.entries(len(request.capi_diego_process_associations), "capi_diego_process_associations")
+    known_routes = known.routes if known is not None else {}
+    known_associations = known.associations if known is not None else {}
     routes = {}
     for i, message in enumerate(request.routes):
         route = cc_validation.route(message, f"routes[{i}]")
+        old = known_routes.get(route.guid)
+        if old == route:
+            route = old  # its guid too: the key below is the slice's string
         routes[route.guid] = route
+    # Each guid read from the request is a new string: one string per guid for all three lists (the
+    # slice would keep a route guid and a CC process guid two or three times each).
+    one = {guid: guid for guid in routes}
+    one.update((guid, guid) for guid in known_associations)
+    same = one.setdefault
     mappings = {}
     for i, message in enumerate(request.route_mappings):
         route_guid, capi_guid, weight = cc_validation.mapping(message, f"route_mappings[{i}]")
-        mappings[(route_guid, capi_guid)] = weight
+        mappings[(same(route_guid, route_guid), same(capi_guid, capi_guid))] = weight
     associations = {}
     for i, message in enumerate(request.capi_diego_process_associations):
         capi_guid, diego_guids = cc_validation.association(message, f"capi_diego_process_associations[{i}]")
-        associations[capi_guid] = diego_guids
+        old_guids = known_associations.get(capi_guid)
+        associations[same(capi_guid, capi_guid)] = old_guids if old_guids == diego_guids else diego_guids
     return CCState(routes, mappings, associations)
 
 
