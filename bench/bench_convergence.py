@@ -20,6 +20,7 @@ ServiceEntry and DestinationRule leave; until the router answers 404), "new mapp
 maps a new route to a running app, green; until green answers on it), "weights" (Cloud Controller maps
 green at weight 3 beside blue; until green answers).
 --setup-timeout bounds the start (every route in place) at each size; the bench stops if it is over.
+--each prints every change as it is timed, with the time (UTC) it started, to line up with the logs.
 --keep-logs DIR copies the tier's logs (istiod's says when it read each kind and which pushes followed:
 "Received", "Push debounce stable") to DIR/<routes>/ once the tier stopped; PILOT_DISCOVERY=<path> picks
 the istiod binary (devtools.peers).
@@ -185,6 +186,8 @@ def run(
                 quiet again) into spent[kind]. It starts once the previous change (and the set-up of
                 this one) settled."""
                 before = settled(costs(tier))
+                wall = time.time()
+                began = time.strftime("%H:%M:%S", time.gmtime(wall)) + f".{int(wall * 1000) % 1000:03d}Z"
                 t0 = time.perf_counter()
                 start()
                 while time.perf_counter() - t0 < STEP_TIMEOUT:
@@ -197,7 +200,8 @@ def run(
                     spent[kind][column] += after[column] - before[column]
                 if each:
                     cost = ", ".join(f"{c} {after[c] - before[c]:g}" for c in ("full", "cds", "eds", "rds", "E rds"))
-                    print(f"    {kind} {len(timings[kind])}: {timings[kind][-1] * 1000:.0f} ms ({cost})", flush=True)
+                    took = f"{timings[kind][-1] * 1000:.0f} ms"
+                    print(f"    {kind} {len(timings[kind])}, from {began}: {took} ({cost})", flush=True)
 
             def settled(before: dict[str, float]) -> dict[str, float]:
                 """The counters once istiod and the router were quiet for `quiet_window()` (later pushes
