@@ -358,6 +358,20 @@ class Destination:
         """Whether the backends are Diego app instances (not platform VMs a route registrar registered)."""
         return not self.process_guid.startswith(PLATFORM_PROCESS_PREFIX)
 
+    def content(self) -> tuple:
+        """Every field as a hashable tuple (HostRoutes.fingerprint): one entry per field, in field order."""
+        return (
+            self.process_guid,
+            self.container_port,
+            self.weight,
+            self.protocol,
+            tuple(self.backends),
+            self.tls_san,
+            self.app_guid,
+            self.route_service_url,
+            self.isolation_segment,
+        )
+
 
 @dataclass(frozen=True, order=True, slots=True)
 class Registration:
@@ -389,6 +403,14 @@ class HostRoutes:
     # path ("" for the root) -> weighted destinations, in a stable order; weights are relative (the
     # builder turns them into Istio's percentages, for the destinations a router actually routes)
     paths: dict[str, list[Destination]]
+
+    def fingerprint(self) -> int:
+        """A hash of everything the view holds (host, paths in order, every field of every destination):
+        two views with one fingerprint are equal but for a collision of 64-bit hashes (strings' are keyed
+        per process; a tuple's hash changes whenever one element's does, so a change of one port, weight
+        or backend never collides). The publisher skips a host whose view has the fingerprint of the one
+        its objects were last built from."""
+        return hash((self.host, tuple((path, tuple(d.content() for d in ds)) for path, ds in self.paths.items())))
 
 
 @dataclass
