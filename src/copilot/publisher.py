@@ -8,15 +8,13 @@ built once per publish however many of its hosts are rebuilt, and deleted once n
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from copilot import metrics
+from copilot import gc_pause, metrics
 from copilot.istio.builder import (
     GatewaySettings,
     HostParts,
@@ -140,7 +138,7 @@ class Publisher:
 
     def publish(self, *, everything: bool = False) -> int:
         """Rebuilds what changed since the last call (or everything); returns the number of hosts rebuilt."""
-        with self._lock, _cyclic_gc_paused():
+        with self._lock, gc_pause.paused():
             started = time.perf_counter()
             dirty = self._views.take_dirty()
             work: list[tuple[ViewKind, _Builds, list[Key]]] = []
@@ -279,23 +277,6 @@ class _PublishServices:
     everything: bool = False  # every key rebuilt, even one whose view did not change
     done: dict[str, bool | ValueError] = field(default_factory=dict)
     released: set[str] = field(default_factory=set)
-
-
-@contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector paused for one publish. A full rebuild allocates millions of
-    short-lived objects (messages, bytes) that reference counting frees; each batch of them would start
-    a collection, and the collections of the oldest generation walk the whole heap (every view and
-    stored resource) to find nothing: a fifth of a full rebuild at 100,000 hosts. Cycles made meanwhile,
-    by any thread, are collected as usual once the publish is over."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _route_service_urls(routes: HostRoutes | None) -> list[str]:
