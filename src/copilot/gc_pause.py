@@ -1,6 +1,6 @@
 """Python's cyclic garbage collector paused while Copilot takes in or builds a whole state: `paused()`.
 
-A full rebuild or a BulkSync at 100,000 routes allocates millions of objects, short-lived ones
+A full rebuild, a BBS listing or a BulkSync at 100,000 routes allocates millions of objects, short-lived ones
 (messages, bytes) that reference counting frees and long-lived ones (the slice's routes, the stored
 resources); every 700 allocations start a collection, and those of the oldest generation walk the whole
 heap (every view, instance and stored resource) to find nothing: 1.8 s of the first BulkSync at
