@@ -198,7 +198,7 @@ class Publisher:
         try:
             built = builds.build(view)
             if isinstance(built, HostParts):
-                used = tuple(service.name for service in built.services)  # each once (HostParts)
+                used = tuple([service.name for service in built.services])  # each once (HostParts)
                 built = [*built.objects, *self._services_of(built, services)]  # type: ignore[list-item]
         except ValueError as error:
             # One bad view never blocks the others; what it had before stays served (its services too).
