@@ -428,3 +428,27 @@ def test_a_refused_host_is_built_again_when_touched_with_the_same_view(setup, mo
     views.bbs.remove_instance("p", 0, 0, "p-0")  # and leaves it as it was refused
     publisher.publish()
     assert routed(snapshot, VS) == [name("a.example.com")]
+
+
+def test_a_host_going_from_two_services_to_one_and_none_releases_each(setup) -> None:
+    views, snapshot, publisher = setup
+    views.bbs.upsert_process("p", process("a.example.com"))
+    views.bbs.upsert_process("q", process("q.example.com"))
+    views.cc.upsert_route(CCRoute("r-a", "a.example.com"))
+    for capi, diego in (("capi-p", "p"), ("capi-q", "q")):
+        views.cc.map_route("r-a", capi, 1)
+        views.cc.upsert_association(capi, (diego,))
+    publisher.publish()
+    both = service_names(snapshot, "a.example.com")
+    [q_service] = service_names(snapshot, "q.example.com")
+    assert len(both) == 2 and q_service in both
+    views.bbs.remove_process("q")  # q.example.com goes; a keeps p and q's service (q has no instances)
+    publisher.publish()
+    assert snapshot.names(SE) == sorted(both)
+    views.cc.unmap_route("r-a", "capi-q")  # a: p alone
+    publisher.publish()
+    assert snapshot.names(SE) == [s for s in both if s != q_service]
+    views.bbs.remove_process("p")
+    views.cc.delete_route("r-a")
+    publisher.publish()
+    assert snapshot.names(SE) == []
