@@ -409,9 +409,9 @@ class HostRoutes:
     def fingerprint(self) -> int:
         """A hash of everything the view holds (host, paths in order, every field of every destination):
         two views with one fingerprint are equal but for a collision of 64-bit hashes (strings' are keyed
-        per process; a tuple's hash changes whenever one element's does, so a change of one port, weight
-        or backend never collides). The publisher skips a host whose view has the fingerprint of the one
-        its objects were last built from."""
+        per process; a tuple's hash changes whenever one element's does, so a change of one number alone,
+        a port, a weight, an index, never collides). The publisher skips a host whose view has the
+        fingerprint of the one its objects were last built from."""
         return hash((self.host, tuple((path, tuple(d.content() for d in ds)) for path, ds in self.paths.items())))
 
 
