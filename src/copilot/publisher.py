@@ -8,15 +8,13 @@ built once per publish however many of its hosts are rebuilt, and deleted once n
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from copilot import metrics
+from copilot import gc_pause, metrics
 from copilot.istio.builder import (
     GatewaySettings,
     HostParts,
@@ -101,9 +99,15 @@ class Publisher:
         self.last_publish_seconds = 0.0
         # The shared services: the ones each host's last accepted build routes to, and per service how
         # many hosts use it (deleted at 0).
-        # A tuple each (each name once; a tuple costs a third of a frozenset, for every host of 100,000).
-        self._host_services: dict[str, tuple[str, ...]] = {}
+        # A tuple each (each name once; a tuple costs a third of a frozenset, for every host of 100,000),
+        # and one service as its bare name (nearly every host: 6 MiB less at 100,000 hosts than 1-tuples,
+        # which pays for most of the fingerprints below).
+        self._host_services: dict[str, str | tuple[str, ...]] = {}
         self._service_users: dict[str, int] = {}
+        # Per host, the fingerprint of the view its objects were last built from (HostRoutes.fingerprint):
+        # a host touched but with the same view is not rebuilt (Cloud Controller's first BulkSync maps
+        # nearly every host to the processes its DesiredLRP routes already go to: the same view).
+        self._built_views: dict[str, int] = {}
         rs = gateway.route_services
         # Route services' internal lookup: a host's routes depend on its route service's host too.
         self._lookup = InternalLookup(views.host_routes, rs.internal_lookup_allowlist) if rs and rs.internal_lookup else None
@@ -135,8 +139,9 @@ class Publisher:
         self._emit(build_router_objects(gateway), [])
 
     def publish(self, *, everything: bool = False) -> int:
-        """Rebuilds what changed since the last call (or everything); returns the number of hosts rebuilt."""
-        with self._lock, _cyclic_gc_paused():
+        """Rebuilds what changed since the last call (or everything); returns the number of hosts touched
+        (each rebuilt, or left as it is if its view is the one it was built from)."""
+        with self._lock, gc_pause.paused():
             started = time.perf_counter()
             dirty = self._views.take_dirty()
             work: list[tuple[ViewKind, _Builds, list[Key]]] = []
@@ -151,18 +156,19 @@ class Publisher:
                     rebuilt = len(keys)
                 work.append((kind, builds, sorted(keys)))  # type: ignore[type-var] - one kind's keys are alike
             deletions: list[tuple[Kind, str]] = []
-            self._emit(self._built(work, deletions), deletions)
+            self._emit(self._built(work, deletions, everything), deletions)
             self.last_publish_seconds = time.perf_counter() - started
             return rebuilt
 
     def _built(
-        self, work: list[tuple[ViewKind, _Builds, list[Key]]], deletions: list[tuple[Kind, str]]
+        self, work: list[tuple[ViewKind, _Builds, list[Key]]], deletions: list[tuple[Kind, str]], everything: bool
     ) -> Iterator[IstioObject | EncodedObject]:
         """The objects of every key in `work`, each key built as its objects are taken, so a full rebuild
         never holds 100k hosts' worth of protobuf messages; what a key no longer has goes to `deletions`,
         which is complete once this is exhausted. A service is built once however many hosts use it,
-        and deleted only if no host uses it once every key was rebuilt (a host may take it over)."""
-        services = _PublishServices()
+        and deleted only if no host uses it once every key was rebuilt (a host may take it over). A host
+        whose view did not change since its last build is skipped, unless `everything`."""
+        services = _PublishServices(everything)
         for kind, builds, keys in work:
             for key in keys:
                 yield from self._rebuild(kind, builds, key, deletions, services)
@@ -174,8 +180,18 @@ class Publisher:
         self, kind: ViewKind, builds: _Builds, key: Key, deletions: list[tuple[Kind, str]], services: _PublishServices
     ) -> list[IstioObject] | list[EncodedObject]:
         view = self._views.view(kind, key)
-        if self._lookup is not None and kind is ViewKind.HOST:
-            self._lookup.record(key, _route_service_urls(view))  # type: ignore[arg-type] - hosts
+        fingerprint = None
+        if kind is ViewKind.HOST:
+            bound = None
+            if self._lookup is not None:
+                bound = _route_service_urls(view)  # type: ignore[arg-type] - a host's view
+                self._lookup.record(key, bound)  # type: ignore[arg-type] - hosts
+            if view is None:
+                self._built_views.pop(key, None)  # type: ignore[call-overload] - hosts
+            elif not bound:  # a host bound to a route service depends on that host's view too (InternalLookup)
+                fingerprint = view.fingerprint()  # type: ignore[union-attr] - a host's view
+                if not services.everything and self._built_views.get(key) == fingerprint:  # type: ignore[call-overload]
+                    return []  # built from this very view: its objects and services are what it would get
         if view is None:
             deletions.extend(builds.owned(key))
             if kind is ViewKind.HOST:
@@ -185,16 +201,22 @@ class Publisher:
         try:
             built = builds.build(view)
             if isinstance(built, HostParts):
-                used = tuple(service.name for service in built.services)  # each once (HostParts)
+                used = tuple([service.name for service in built.services])  # each once (HostParts)
                 built = [*built.objects, *self._services_of(built, services)]  # type: ignore[list-item]
         except ValueError as error:
             # One bad view never blocks the others; what it had before stays served (its services too).
             self.rejected_hosts += 1
             metrics.HOSTS_REJECTED.inc()
             log.warning(builds.skipped, extra={builds.field: key, "error": str(error)})
+            if kind is ViewKind.HOST:
+                self._built_views.pop(key, None)  # type: ignore[call-overload] - hosts
             return []
         if kind is ViewKind.HOST:
             self._use_services(key, used, services)  # type: ignore[arg-type] - hosts
+            if fingerprint is None:
+                self._built_views.pop(key, None)  # type: ignore[call-overload] - hosts
+            else:
+                self._built_views[key] = fingerprint  # type: ignore[index] - hosts
         if builds.partial:  # router shards: a host (or port) may need fewer objects than before, or none
             emitted = {(obj.kind, obj.name) for obj in built}
             deletions.extend(owned for owned in builds.owned(key) if owned not in emitted)
@@ -225,7 +247,8 @@ class Publisher:
     def _use_services(self, host: str, used: tuple[str, ...], services: _PublishServices) -> None:
         """Records the services a host's accepted build routes to; one no host uses any more is released
         (deleted at the end of the publish unless a later host takes it)."""
-        before = self._host_services.get(host, ())
+        held = self._host_services.get(host, ())
+        before = (held,) if isinstance(held, str) else held
         if used == before:
             return
         users = self._service_users
@@ -239,7 +262,7 @@ class Publisher:
                     del users[name]
                     services.released.add(name)
         if used:
-            self._host_services[host] = used
+            self._host_services[host] = used[0] if len(used) == 1 else used
         else:
             self._host_services.pop(host, None)
 
@@ -252,28 +275,12 @@ class Publisher:
 
 @dataclass
 class _PublishServices:
-    """The shared services of one publish: per service, True once its objects went out or the error
-    refusing it; and those released by their last host."""
+    """One publish's state: whether it rebuilds every key; per shared service, True once its objects went
+    out or the error refusing it; and the services released by their last host."""
 
+    everything: bool = False  # every key rebuilt, even one whose view did not change
     done: dict[str, bool | ValueError] = field(default_factory=dict)
     released: set[str] = field(default_factory=set)
-
-
-@contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector paused for one publish. A full rebuild allocates millions of
-    short-lived objects (messages, bytes) that reference counting frees; each batch of them would start
-    a collection, and the collections of the oldest generation walk the whole heap (every view and
-    stored resource) to find nothing: a fifth of a full rebuild at 100,000 hosts. Cycles made meanwhile,
-    by any thread, are collected as usual once the publish is over."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _route_service_urls(routes: HostRoutes | None) -> list[str]:

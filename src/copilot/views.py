@@ -36,6 +36,7 @@ from copilot.slices.cc import CcSlice
 from copilot.slices.registrar import RegistrarSlice
 
 Key = str | int  # a hostname, or a router TCP port
+_DEFAULT_PORT = HttpRoute("", "", 8080)  # what a CC route goes to on a process without HTTP routes
 
 
 class Views:
@@ -77,19 +78,28 @@ class Views:
         """The routes of one external host with their backends, or None when nothing routes it."""
         bbs, cc = self.bbs, self.cc
         with bbs.lock, cc.lock, self.registrar.lock:
+            # Precedence: where Cloud Controller maps a host+path, its mappings (and weights) replace what
+            # DesiredLRPs say for that host+path; elsewhere the DesiredLRP routes stand. (CC's first, so
+            # a replaced DesiredLRP route costs no destination; the paths keep the order they had when
+            # DesiredLRP routes came first and CC's replaced them.)
+            mapped: dict[str, list[Destination]] = {}
+            for cc_route in cc.routes_of_host(host):
+                destinations = self._cc_destinations(cc_route)
+                if destinations:
+                    mapped[cc_route.path] = destinations
             paths: dict[str, list[Destination]] = defaultdict(list)
             services: dict[str, str] = {}
             for guid in sorted(bbs.processes_of_host(host)):
                 for route in bbs.http_routes(guid, host):
-                    paths[route.path].append(self._destination(guid, route))
+                    path = route.path
+                    if path in mapped:
+                        paths.setdefault(path, mapped[path])
+                    else:
+                        paths[path].append(self._destination(guid, route))
                     if route.route_service_url:
-                        services.setdefault(route.path, route.route_service_url)
-            # Precedence: where Cloud Controller maps a host+path, its mappings (and weights) replace what
-            # DesiredLRPs say for that host+path; elsewhere the DesiredLRP routes stand.
-            for cc_route in cc.routes_of_host(host):
-                destinations = self._cc_destinations(cc_route)
-                if destinations:
-                    paths[cc_route.path] = destinations
+                        services.setdefault(path, route.route_service_url)
+            for path, destinations in mapped.items():
+                paths[path] = destinations
             # Platform routes join whatever else serves the host+path, as NATS registrations did in gorouter.
             for path, destination in self._registered_destinations(host):
                 paths[path].append(destination)
@@ -163,15 +173,16 @@ class Views:
         return destinations
 
     def _process_route(self, diego_guid: str, route: CCRoute) -> HttpRoute:
-        """The container port, protocol and isolation segment a Diego process serves a CC route with:
-        those of its own route for that host+path if it has one, else of its first HTTP route, else
-        8080, http1 and shared."""
+        """The route whose container port, protocol and isolation segment a Diego process serves a CC
+        route with (all `_destination` takes of it): its own route for that host+path if it has one, else
+        its first HTTP route, else 8080, http1 and shared."""
         routes = self.bbs.routes(diego_guid)
         http = routes.http if routes else ()
-        found = next((c for c in http if c.host == route.host and c.path == route.path), http[0] if http else None)
-        if found is None:
-            return HttpRoute(route.host, route.path, 8080)
-        return HttpRoute(route.host, route.path, found.container_port, found.protocol, isolation_segment=found.isolation_segment)
+        if not http:
+            return _DEFAULT_PORT
+        if len(http) == 1:  # nearly every process: its one route, whether for this host+path or not
+            return http[0]
+        return next((c for c in http if c.host == route.host and c.path == route.path), http[0])
 
     def _destination(self, guid: str, route: HttpRoute, *, container: bool = False) -> Destination:
         backends = set()  # one instance listed twice (ordinary and evacuating) is one backend

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -9,6 +11,8 @@ from hypothesis import strategies as st
 from copilot.model import (
     SSH_PORT,
     Backend,
+    Destination,
+    HostRoutes,
     Instance,
     InvalidRoute,
     PortMapping,
@@ -287,3 +291,40 @@ def test_normalized_weights_are_scale_invariant(weights: list[int], factor: int)
 @given(st.lists(st.integers(min_value=1, max_value=10_000), min_size=100, max_size=300))
 def test_many_destinations_all_get_weight_one(weights: list[int]) -> None:
     assert normalize_weights(weights) == [1] * len(weights)
+
+
+def _view() -> HostRoutes:
+    backends = [Backend("10.0.0.1", 61000, 61001, "g-0", 0, "z1"), Backend("10.0.0.2", 61000, 61001, "g-1", 1, "z1")]
+    return HostRoutes("a.example.com", {"": [Destination("p", 8080, 1, "http1", backends, "", "app", "", "")]})
+
+
+def _other(value: object) -> object:
+    """A value of the same type as `value` that differs from it."""
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, int):
+        return value + 1
+    return [*value, Backend("10.0.0.3", 61000)]  # backends
+
+
+def test_a_view_fingerprint_changes_with_every_field_of_every_destination() -> None:
+    """The publisher skips a host whose view has its last build's fingerprint: a change of any field
+    (a field added later too) must change it."""
+    assert _view().fingerprint() == _view().fingerprint()
+    for f in dataclasses.fields(Destination):
+        view = _view()
+        [dest] = view.paths[""]
+        setattr(dest, f.name, _other(getattr(dest, f.name)))
+        assert view.fingerprint() != _view().fingerprint(), f.name
+    for name in Backend._fields:
+        view = _view()
+        [dest] = view.paths[""]
+        dest.backends[1] = dest.backends[1]._replace(**{name: _other(getattr(dest.backends[1], name))})
+        assert view.fingerprint() != _view().fingerprint(), name
+    view = _view()
+    view.paths["/p"] = view.paths.pop("")  # the path
+    assert view.fingerprint() != _view().fingerprint()
+    assert HostRoutes("b.example.com", _view().paths).fingerprint() != _view().fingerprint()
+    view = _view()
+    view.paths[""].append(Destination("q", 8080))  # another destination
+    assert view.fingerprint() != _view().fingerprint()

@@ -343,7 +343,7 @@ def test_a_refused_host_keeps_its_shared_service_and_the_others_are_undisturbed(
 
     monkeypatch.setattr(publisher_module, "build_host_encoded", refusing)
     views.bbs.upsert_process("p", process("b.example.com"))  # b unmapped; a (refused) keeps what it had
-    views.bbs.upsert_process("p", process("a.example.com"))
+    views.bbs.upsert_process("p", ProcessRoutes(http=(HttpRoute("a.example.com", "", 8081),)))  # a's view changes
     publisher.publish()
     assert publisher.rejected_hosts == 1
     assert routed(snapshot, VS) == [name("a.example.com")]
@@ -373,3 +373,82 @@ def test_a_service_that_cannot_be_built_refuses_each_host_using_it_only(setup, m
     publisher.publish(everything=True)
     assert routed(snapshot, VS) == sorted(name(h) for h in ("a.example.com", "b.example.com", "c.example.com"))
     assert len(snapshot.names(SE)) == 2
+
+
+def test_a_host_whose_view_did_not_change_is_not_rebuilt(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cloud Controller mapping a host to the process its DesiredLRP route already goes to (its first
+    BulkSync, for nearly every host) touches the host but leaves its view as it was: nothing is built
+    again; a change of its view (CC's weights, an instance) is built, and `everything` builds it anyway."""
+    views, snapshot, publisher = setup
+    views.bbs.upsert_process("p", process("a.example.com"))
+    views.bbs.upsert_process("q", process("b.example.com"))
+    views.bbs.upsert_instance(0, instance("p"))
+    publisher.publish()
+    before = {kind: snapshot.version(kind) for kind in (VS, DR, SE)}
+    build_host = publisher_module.build_host_encoded
+    built: list[str] = []
+
+    def counting(g, routes, i):  # type: ignore[no-untyped-def]
+        built.append(routes.host)
+        return build_host(g, routes, i)
+
+    monkeypatch.setattr(publisher_module, "build_host_encoded", counting)
+    views.cc.upsert_route(CCRoute("r-a", "a.example.com"))
+    views.cc.map_route("r-a", "capi-p", 1)
+    views.cc.upsert_association("capi-p", ("p",))
+    assert publisher.publish() == 1  # touched
+    assert built == []  # but its view is the one built before
+    assert {kind: snapshot.version(kind) for kind in (VS, DR, SE)} == before
+    views.cc.map_route("r-a", "capi-q", 3)
+    views.cc.upsert_association("capi-q", ("q",))
+    publisher.publish()
+    assert built == ["a.example.com"]  # weighted between p and q now
+    assert service_names(snapshot, "b.example.com")[0] in service_names(snapshot, "a.example.com")
+    views.bbs.upsert_instance(0, instance("q", 1, "10.0.0.2"))  # b's (and a's) backends
+    publisher.publish()
+    assert built == ["a.example.com", "a.example.com", "b.example.com"]
+    publisher.publish(everything=True)
+    assert built[3:] == ["a.example.com", "b.example.com"]
+
+
+def test_a_refused_host_is_built_again_when_touched_with_the_same_view(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    views, snapshot, publisher = setup
+    views.bbs.upsert_process("p", process("a.example.com"))
+    build_host = publisher_module.build_host_encoded
+
+    def refusing(g, routes, i):  # type: ignore[no-untyped-def]
+        raise ValueError("refused")
+
+    monkeypatch.setattr(publisher_module, "build_host_encoded", refusing)
+    publisher.publish()
+    assert publisher.rejected_hosts == 1
+    assert routed(snapshot, VS) == []
+    monkeypatch.setattr(publisher_module, "build_host_encoded", build_host)
+    views.bbs.upsert_instance(0, instance("p"))  # touches a
+    views.bbs.remove_instance("p", 0, 0, "p-0")  # and leaves it as it was refused
+    publisher.publish()
+    assert routed(snapshot, VS) == [name("a.example.com")]
+
+
+def test_a_host_going_from_two_services_to_one_and_none_releases_each(setup) -> None:
+    views, snapshot, publisher = setup
+    views.bbs.upsert_process("p", process("a.example.com"))
+    views.bbs.upsert_process("q", process("q.example.com"))
+    views.cc.upsert_route(CCRoute("r-a", "a.example.com"))
+    for capi, diego in (("capi-p", "p"), ("capi-q", "q")):
+        views.cc.map_route("r-a", capi, 1)
+        views.cc.upsert_association(capi, (diego,))
+    publisher.publish()
+    both = service_names(snapshot, "a.example.com")
+    [q_service] = service_names(snapshot, "q.example.com")
+    assert len(both) == 2 and q_service in both
+    views.bbs.remove_process("q")  # q.example.com goes; a keeps p and q's service (q has no instances)
+    publisher.publish()
+    assert snapshot.names(SE) == sorted(both)
+    views.cc.unmap_route("r-a", "capi-q")  # a: p alone
+    publisher.publish()
+    assert snapshot.names(SE) == [s for s in both if s != q_service]
+    views.bbs.remove_process("p")
+    views.cc.delete_route("r-a")
+    publisher.publish()
+    assert snapshot.names(SE) == []

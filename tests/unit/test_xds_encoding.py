@@ -33,6 +33,7 @@ def response(store: Store, kind: kinds.Kind = VS, nonce: str = "7") -> discovery
 def test_a_response_is_the_discovery_response_protobuf_would_write() -> None:
     store = Store()
     specs = {f"cf/app-{i}": vs(f"app-{i}.example.com", subset="x" * (i * 70)) for i in range(4)}  # lengths over 127
+    specs["cf/app-long"] = vs("long.example.com", subset="y" * 70_000)  # lengths over 65,535: past the varint table
     store.apply(IstioObject(VS, name, spec) for name, spec in specs.items())
     snapshot = store.snapshot().resources(VS.collection)
     expected = discovery_pb2.DiscoveryResponse(version_info=snapshot.version, type_url=VS.collection, nonce="7")

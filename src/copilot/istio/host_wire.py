@@ -227,26 +227,34 @@ def _endpoints(settings: GatewaySettings, service: Service, integrity: bool) -> 
     app_id = application_label(dest).encode()
     app_label = _field(_LEN3, _APP_KEY + _field(_LEN2, app_id)) if app_id else b""  # the same on every endpoint
     parts = []
-    for backend in _routable_backends(settings, dest):
-        port = backend.tls_port if integrity else backend.port
-        if not _endpoint_ok(backend.address, port):
+    for address, plain_port, tls_port, guid, index, zone in _routable_backends(settings, dest):
+        port = tls_port if integrity else plain_port
+        if not _endpoint_ok(address, port):
             continue
-        address = backend.address.encode()
+        raw_address = address.encode()
         number = _V[port]
-        entry = [_LEN1, _V[len(address)], address, _LEN2, _V[port_key + len(number)], _PORT_KEY, _NUM2, number, app_label]
-        guid = backend.instance_guid
+        entry = [_LEN1, _V[len(raw_address)], raw_address, _LEN2, _V[port_key + len(number)], _PORT_KEY, _NUM2, number, app_label]
         if guid and _LABEL_VALUE_RE.fullmatch(guid):
             raw = guid.encode()
             value = _LEN2 + _V[len(raw)] + raw
-            index = str(backend.index).encode()
-            index_value = _LEN2 + _V[len(index)] + index
-            entry += (_LEN3, _V[_GUID_KEY_LENGTH + len(value)], _GUID_KEY, value)
-            entry += (_LEN3, _V[_INDEX_KEY_LENGTH + len(index_value)], _INDEX_KEY, index_value)
+            index_label = _INDEX_LABELS[index] if 0 <= index < _INDEXED else _index_label(index)
+            entry += (_LEN3, _V[_GUID_KEY_LENGTH + len(value)], _GUID_KEY, value, index_label)
             if integrity:
                 entry += (_LEN3, _V[_TLS_HOSTNAME_KEY_LENGTH + len(value)], _TLS_HOSTNAME_KEY, value)
-        if backend.availability_zone:
-            zone = backend.availability_zone.encode()
-            entry += (_LEN5, _V[len(zone)], zone)
+        if zone:
+            raw_zone = zone.encode()
+            entry += (_LEN5, _V[len(raw_zone)], raw_zone)
         body = b"".join(entry)
         parts += (_LEN6, _V[len(body)], body)
     return b"".join(parts)
+
+
+def _index_label(index: int) -> bytes:
+    """The instance-index label entry of an endpoint (WorkloadEntry.labels), written whole."""
+    raw = str(index).encode()
+    value = _LEN2 + _V[len(raw)] + raw
+    return _LEN3 + _V[_INDEX_KEY_LENGTH + len(value)] + _INDEX_KEY + value
+
+
+_INDEXED = 1024  # instance indexes whose label entry is written once, here
+_INDEX_LABELS = [_index_label(index) for index in range(_INDEXED)]

@@ -142,6 +142,8 @@ class CcSlice:
     def routes_of_host(self, host: str, *, internal: bool = False) -> list[CCRoute]:
         """The CC routes of an external (or internal) host, by guid (call with `lock` held)."""
         guids = (self._internal if internal else self._external).get(host)
+        if not guids:
+            return []  # a host only DesiredLRPs route (every host before Cloud Controller's first sync)
         return [self._routes[guid] for guid in sorted(guids)]
 
     def mapped_processes(self, route_guid: str) -> list[tuple[int, tuple[str, ...]]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
@@ -77,7 +78,11 @@ class _KindState:
         return node, leaf
 
     def put(self, name: str, resource: Resource) -> bool:
-        n, node, i, leaf = self._locate(name)
+        # _locate, written out: a full rebuild puts 300,000 resources at 100,000 hosts
+        n = bisect_right(self.keys, name) - 1
+        node = self.nodes[n]
+        i = bisect_right(node.keys, name) - 1
+        leaf = node.leaves[i]
         old = leaf.get(name)
         if old is not None and old.digest == resource.digest:
             return False
@@ -162,13 +167,19 @@ class Store:
             self._applying = True
         changed: set[_KindState] = set()
         now = time.monotonic()
-        batch: list[Serialized] = []
+        batch: list[tuple[Kind, str, Resource]] = []
+        add, resource = batch.append, encoding.resource
         try:
             for obj in upserts:
-                batch.append(obj if isinstance(obj, Serialized) else serialize(obj))
+                if type(obj) is EncodedObject:  # serialize(), written out for the common host's objects
+                    kind, name, body = obj  # type: ignore[misc] - an EncodedObject
+                    add((kind, name, resource(kind, name, body)))
+                else:
+                    add(obj if isinstance(obj, Serialized) else serialize(obj))  # type: ignore[arg-type]
                 if len(batch) == BATCH:
                     self._put(batch, changed)
                     batch = []
+                    add = batch.append
             deleted: dict[Kind, list[str]] = {}
             for kind, name in deletions:
                 deleted.setdefault(kind, []).append(name)
@@ -180,13 +191,15 @@ class Store:
         del batch
         self._finish(changed, deleted, now)
 
-    def _put(self, batch: list[Serialized], changed: set[_KindState]) -> None:
+    def _put(self, batch: list[tuple[Kind, str, Resource]], changed: set[_KindState]) -> None:
         """Stores a batch of an apply's upserts; `changed` collects the kinds that changed."""
         with self._lock:
-            for item in batch:
-                state = self._state(item.kind)
-                if state.put(item.name, item.resource):
-                    changed.add(state)
+            last, state = None, None
+            for kind, name, resource in batch:
+                if kind is not last:
+                    last, state = kind, self._state(kind)
+                if state.put(name, resource):  # type: ignore[union-attr] - set with `last`
+                    changed.add(state)  # type: ignore[arg-type]
 
     def _finish(self, upserted: set[_KindState], deleted: dict[Kind, list[str]], now: float) -> None:
         """An apply's deletions, step by step, and its snapshots; ends the apply."""
