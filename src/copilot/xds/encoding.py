@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable
 
 from copilot.istio.kinds import Kind
 from copilot.xds.snapshot import KindSnapshot, Resource
@@ -96,25 +97,14 @@ def resource(kind: Kind, name: str, body: bytes) -> Resource:
     spec_head, typed = _spec_head(kind)
     name_bytes = name.encode()
     raw = hashlib.blake2b(name_bytes + typed + body, digest_size=16).digest()  # as _digest
-    table = VARINTS
     name_length, body_length = len(name_bytes), len(body)
     try:
-        value = table[body_length]
-        # Any{type_url, value = the spec}
-        spec_length = len(spec_head) + len(value) + body_length
-        spec_header = table[spec_length]
-        # Metadata{name, version}: the version is 32 hex digits
-        name_header = table[name_length]
-        meta_length = _META_FIXED + len(name_header) + name_length
-        meta_header = table[meta_length]
-        # Resource{metadata, body = the Any}
-        mcp_length = 2 + len(meta_header) + meta_length + len(spec_header) + spec_length
-        mcp_header = table[mcp_length]
-        # Any{type_url, value = the Resource}, the DiscoveryResponse's `resources` field
-        wrapped_header = table[_MCP_FIXED + len(mcp_header) + mcp_length]
-    except IndexError:  # a length of 64 KiB or more: past the table
-        value, spec_header, name_header, meta_header, mcp_header, wrapped_header = _long_headers(
-            spec_head, name_length, body_length
+        value, spec_header, name_header, meta_header, mcp_header, wrapped_header = _headers(
+            spec_head, name_length, body_length, _TABLE_LOOKUP
+        )
+    except IndexError:  # a length of 64 KiB or more: past the varint table
+        value, spec_header, name_header, meta_header, mcp_header, wrapped_header = _headers(
+            spec_head, name_length, body_length, varint
         )
     encoded = b"".join(
         (
@@ -139,17 +129,23 @@ def resource(kind: Kind, name: str, body: bytes) -> Resource:
     return Resource(int.from_bytes(raw, "big"), encoded, len(encoded) - body_length)
 
 
-def _long_headers(spec_head: bytes, name_length: int, body_length: int) -> tuple[bytes, ...]:
-    """resource's length headers, for any lengths (the table stops at 65535)."""
-    value = varint(body_length)
-    spec_length = len(spec_head) + len(value) + body_length
-    spec_header = varint(spec_length)
-    name_header = varint(name_length)
-    meta_length = _META_FIXED + len(name_header) + name_length
-    meta_header = varint(meta_length)
-    mcp_length = 2 + len(meta_header) + meta_length + len(spec_header) + spec_length
-    mcp_header = varint(mcp_length)
-    return value, spec_header, name_header, meta_header, mcp_header, varint(_MCP_FIXED + len(mcp_header) + mcp_length)
+_TABLE_LOOKUP = VARINTS.__getitem__  # IndexError past the table
+
+
+def _headers(spec_head: bytes, name_length: int, body_length: int, header: Callable[[int], bytes]) -> tuple[bytes, ...]:
+    """resource's length headers, each nested message's length worked out from its parts' lengths:
+    (the spec's value, the spec Any, the name, Metadata, Resource, the wrapping Any). `header` writes a
+    length: the varint table's lookup (lengths up to 65535) or varint()."""
+    value = header(body_length)
+    spec_length = len(spec_head) + len(value) + body_length  # Any{type_url, value = the spec}
+    spec_header = header(spec_length)
+    name_header = header(name_length)
+    meta_length = _META_FIXED + len(name_header) + name_length  # Metadata{name, version: 32 hex digits}
+    meta_header = header(meta_length)
+    mcp_length = 2 + len(meta_header) + meta_length + len(spec_header) + spec_length  # Resource{metadata, body}
+    mcp_header = header(mcp_length)
+    # Any{type_url, value = the Resource}, the DiscoveryResponse's `resources` field
+    return value, spec_header, name_header, meta_header, mcp_header, header(_MCP_FIXED + len(mcp_header) + mcp_length)
 
 
 def encode_response(resources: KindSnapshot, type_url: str, nonce: str) -> bytes:
