@@ -16,7 +16,9 @@ nothing.
 Changes: "scale up" (a third instance of a running app: its cell starts it first, as Diego does, then BBS
 reports it RUNNING; until a response comes from it), "new app" (a new route's first instance, until the
 first 200), "app removal" (that app's DesiredLRP removed, its instance already gone: its routes,
-ServiceEntry and DestinationRule leave; until the router answers 404), "new mapping" (Cloud Controller
+until the router answers 404), "app's service" (from the same removal until its ServiceEntry and
+DestinationRule left, the router's cluster gone: copilot's mcp.service_removal_delay_seconds later, that
+push's cost counted here, not in the next change), "new mapping" (Cloud Controller
 maps a new route to a running app, green; until green answers on it), "weights" (Cloud Controller maps
 green at weight 3 beside blue; until green answers).
 --setup-timeout bounds the start (every route in place) at each size; the bench stops if it is over.
@@ -124,6 +126,20 @@ def envoy_stats(admin_port: int) -> dict[str, float]:
     return values
 
 
+def active_clusters(tier: Tier) -> int:
+    """The router's cluster count, waiting for a busy router (its admin API) as long as ADMIN_TIMEOUT."""
+    admin = tier.ports["router_admin_port"]
+    page = requests.get(f"http://127.0.0.1:{admin}/stats?filter=^cluster_manager.active_clusters$", timeout=ADMIN_TIMEOUT)
+    return int(page.text.split(":")[1])
+
+
+def fewer_clusters(tier: Tier, than: int) -> bool:
+    """Whether the router holds fewer than `than` clusters, asked 10 times a second at most (its admin API
+    shares the main thread with applying xDS)."""
+    time.sleep(0.1)
+    return active_clusters(tier) < than
+
+
 def costs(tier: Tier) -> dict[str, float]:
     pages = {
         "istiod": prometheus_sums(f"http://127.0.0.1:{tier.ports['istiod_monitoring_port']}/metrics"),
@@ -161,7 +177,9 @@ def run(
             for index in range(INSTANCES_PER_ROUTE):
                 bbs.start_instance(f"bg-{i}", index, **template, instance_guid=f"bg-{i}-{index}")
 
-    timings: dict[str, list[float]] = {"scale up": [], "new app": [], "app removal": [], "new mapping": [], "weights": []}
+    timings: dict[str, list[float]] = {
+        "scale up": [], "new app": [], "app removal": [], "app's service": [], "new mapping": [], "weights": []
+    }
     spent: dict[str, dict[str, float]] = {kind: dict.fromkeys(costs_columns(), 0.0) for kind in timings}
     with tempfile.TemporaryDirectory() as workdir:
         print(f"  {routes} routes: the tier in {workdir} (logs there)", flush=True)
@@ -181,20 +199,19 @@ def run(
             print(f"  {footprint(tier)}", flush=True)
             session = requests.Session()
 
-            def measure(kind: str, host: str, start, done) -> None:
-                """Times one change into timings[kind]; what it cost (until istiod and the router were
-                quiet again) into spent[kind]. It starts once the previous change (and the set-up of
-                this one) settled."""
+            def measure(kind: str, start, until, since: float | None = None) -> float:
+                """Times one change into timings[kind]: from `start()` (or `since`, a perf_counter of an
+                earlier start) until `until()`; what it cost (until istiod and the router were quiet again)
+                into spent[kind]. It starts once the previous change (and the set-up of this one) settled.
+                Returns when it started."""
                 before = settled(costs(tier))
                 wall = time.time()
                 began = time.strftime("%H:%M:%S", time.gmtime(wall)) + f".{int(wall * 1000) % 1000:03d}Z"
                 t0 = time.perf_counter()
                 start()
-                while time.perf_counter() - t0 < STEP_TIMEOUT:
-                    response = session.get(tier.router_url, headers={"Host": host}, timeout=10)
-                    if done(response):
-                        break
-                timings[kind].append(time.perf_counter() - t0)
+                while time.perf_counter() - t0 < STEP_TIMEOUT and not until():
+                    pass
+                timings[kind].append(time.perf_counter() - (t0 if since is None else since))
                 after = settled(before)
                 for column in spent[kind]:
                     spent[kind][column] += after[column] - before[column]
@@ -202,6 +219,11 @@ def run(
                     cost = ", ".join(f"{c} {after[c] - before[c]:g}" for c in ("full", "cds", "eds", "rds", "E rds"))
                     took = f"{timings[kind][-1] * 1000:.0f} ms"
                     print(f"    {kind} {len(timings[kind])}, from {began}: {took} ({cost})", flush=True)
+                return t0
+
+            def answered(host: str, done):
+                """`until` for measure: the router's answer for `host` is what `done` looks for."""
+                return lambda: done(session.get(tier.router_url, headers={"Host": host}, timeout=10))
 
             def settled(before: dict[str, float]) -> dict[str, float]:
                 """The counters once istiod and the router were quiet for `quiet_window()` (later pushes
@@ -243,9 +265,8 @@ def run(
                 scaled = tier.cell.start_instance(guid)
                 measure(
                     "scale up",
-                    f"bg-{last}.apps.example.com",
                     lambda s=scaled: tier.bbs.start_instance(f"bg-{last}", 2, **s.net_info()),
-                    lambda r, g=guid: r.text.strip() == g,
+                    answered(f"bg-{last}.apps.example.com", lambda r, g=guid: r.text.strip() == g),
                 )
                 tier.bbs.remove_instance(f"bg-{last}", 2)
                 scaled.stop()
@@ -256,27 +277,30 @@ def run(
                 fresh = tier.cell.start_instance(f"new-{n}-0")
                 measure(
                     "new app",
-                    host,
                     lambda n=n, f=fresh: tier.bbs.start_instance(f"new-{n}", 0, **f.net_info()),
-                    lambda r: r.status_code == 200,
+                    answered(host, lambda r: r.status_code == 200),
                 )
                 tier.bbs.remove_instance(f"new-{n}", 0)
                 fresh.stop()
-                measure(
+                clusters = active_clusters(tier)
+                removed = measure(
                     "app removal",
-                    host,
                     lambda n=n: tier.bbs.remove_desired_lrp(f"new-{n}"),
-                    lambda r: r.status_code == 404,
+                    answered(host, lambda r: r.status_code == 404),
                 )
+                # Its service (the router's cluster) goes mcp.service_removal_delay_seconds later: timed
+                # from the same removal, its push counted here, not in the next change.
+                measure("app's service", lambda: None, lambda c=clusters: fewer_clusters(tier, c), since=removed)
                 host = f"mapped-{n}.apps.example.com"
                 stub.UpsertRoute(api.UpsertRouteRequest(route=api.Route(guid=f"m-{n}", host=host)))
                 mapped = lambda n=n: map_route(f"m-{n}", "green", 1)  # noqa: E731
-                measure("new mapping", host, mapped, lambda r: r.text.strip() == "green-v1-0")
+                measure("new mapping", mapped, answered(host, lambda r: r.text.strip() == "green-v1-0"))
                 host = f"weighted-{n}.apps.example.com"
                 stub.UpsertRoute(api.UpsertRouteRequest(route=api.Route(guid=f"w-{n}", host=host)))
                 map_route(f"w-{n}", "blue", 1)
                 wait_until(lambda h=host: tier.get(h).text.strip() == "blue-v1-0", timeout=STEP_TIMEOUT, message="blue")
-                measure("weights", host, lambda n=n: map_route(f"w-{n}", "green", 3), lambda r: r.text.strip() == "green-v1-0")
+                green = answered(host, lambda r: r.text.strip() == "green-v1-0")
+                measure("weights", lambda n=n: map_route(f"w-{n}", "green", 3), green)
             print(f"  after the changes: {footprint(tier)}", flush=True)
             return timings, spent
         finally:

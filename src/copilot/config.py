@@ -57,6 +57,7 @@ def parse(data: object) -> Config:
         tls = mcp.section("tls")
         mcp_tls = TLSServerConfig(cert=tls.file("cert"), key=tls.file("key"))
         tls.done()
+    service_removal_delay = mcp.number("service_removal_delay_seconds", default(Config, "service_removal_delay"), minimum=0)
     mcp.done()
     health = root.optional_section("health")
     health_listen = health.address("listen", default(Config, "health_listen"))
@@ -77,6 +78,7 @@ def parse(data: object) -> Config:
         bbs=bbs,
         mcp_listen=mcp_listen,
         mcp_tls=mcp_tls,
+        service_removal_delay=service_removal_delay,
         health_listen=health_listen,
         gateway=gateway,
         log_level=log_level,

@@ -43,8 +43,8 @@ class Copilot:
         self.store.watch(self.mcp.serve)
         # Each source writes its own slice and asks the publisher thread for a publish (`request`).
         self.views = Views()
-        self.publisher = Publisher(self.views, self.store, config.gateway)
-        self.publish_loop = PublishLoop(self.publisher.publish)
+        self.publisher = Publisher(self.views, self.store, config.gateway, service_removal_delay=config.service_removal_delay)
+        self.publish_loop = PublishLoop(self.publisher.publish, self.publisher.due)
         request = self.publish_loop.request
         self.watcher: BBSWatcher | None = None
         if config.bbs is not None:

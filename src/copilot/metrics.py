@@ -23,6 +23,11 @@ PUSH_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=REGISTRY,
 )
+UNUSED_SERVICES = Gauge(
+    "copilot_unused_services",
+    "Shared services (a DestinationRule and a ServiceEntry each) no route uses any more, kept until their delayed removal",
+    registry=REGISTRY,
+)
 PUBLISH_SECONDS = Histogram(
     "copilot_publish_seconds",
     "Time to rebuild the Istio objects of changed hosts",

@@ -4,7 +4,10 @@ object built and every name no longer needed to `_emit`, on the publisher's own 
 
 It owns the shared services (builder.destination_service: one DestinationRule and ServiceEntry per
 destination, whatever number of route hosts route to it): which hosts use which service, each service
-built once per publish however many of its hosts are rebuilt, and deleted once no host uses it."""
+built once per publish however many of its hosts are rebuilt, and deleted once no host uses it: at
+once, or, with a removal delay, in one later publish with every other service left unused by then (the
+route goes at once with its host's VirtualService; only the service's deletion, which costs istiod a
+new service index for every route, waits and is batched)."""
 
 from __future__ import annotations
 
@@ -41,8 +44,10 @@ class PublishLoop:
     answers Cloud Controller without waiting for 100k hosts to be rebuilt); requests that arrive while
     a publish runs are folded into the next one, so there is never more than one publish pending."""
 
-    def __init__(self, publish: Callable[[], object]) -> None:
+    def __init__(self, publish: Callable[[], object], due: Callable[[], float | None] = lambda: None) -> None:
+        """`due`: seconds until a publish is wanted without a request (Publisher.due), or None."""
         self._publish = publish
+        self._due = due
         self._wanted = threading.Event()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
@@ -63,7 +68,7 @@ class PublishLoop:
 
     def _run(self) -> None:
         while True:
-            self._wanted.wait()
+            self._wanted.wait(self._due())  # or until a delayed service removal is due
             if self._stopped:
                 return
             self._wanted.clear()
@@ -90,7 +95,17 @@ class _Builds:
 class Publisher:
     """Owns the path views -> builder -> `_emit`; one publish at a time."""
 
-    def __init__(self, views: Views, store: Store, gateway: GatewaySettings) -> None:
+    def __init__(
+        self,
+        views: Views,
+        store: Store,
+        gateway: GatewaySettings,
+        *,
+        service_removal_delay: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`service_removal_delay`: seconds a service no host uses any more is kept before it is deleted
+        (0: at once, in the publish that left it unused)."""
         self._views = views
         self._store = store
         self._gateway = gateway
@@ -104,6 +119,11 @@ class Publisher:
         # which pays for most of the fingerprints below).
         self._host_services: dict[str, str | tuple[str, ...]] = {}
         self._service_users: dict[str, int] = {}
+        # The services no host uses, kept until their removal is due: name -> when (clock) its last host
+        # left it, oldest first (each is added when released, so insertion order is time order).
+        self._removal_delay = service_removal_delay
+        self._clock = clock
+        self._unused: dict[str, float] = {}
         # Per host, the fingerprint of the view its objects were last built from (HostRoutes.fingerprint):
         # a host touched but with the same view is not rebuilt (Cloud Controller's first BulkSync maps
         # nearly every host to the processes its DesiredLRP routes already go to: the same view).
@@ -172,9 +192,27 @@ class Publisher:
         for kind, builds, keys in work:
             for key in keys:
                 yield from self._rebuild(kind, builds, key, deletions, services)
+        now = self._clock()
+        if self._unused and self._unused[next(iter(self._unused))] + self._removal_delay <= now:
+            # The oldest is due: every service left unused by an earlier publish goes with it, in one push.
+            deletions.extend(kind_name for name in sorted(self._unused) for kind_name in service_object_names(name))
+            self._unused.clear()
         for name in sorted(services.released):
-            if name not in self._service_users:
+            if name in self._service_users:
+                continue  # a later host took it over
+            if self._removal_delay > 0:
+                self._unused[name] = now
+            else:
                 deletions.extend(service_object_names(name))
+        metrics.UNUSED_SERVICES.set(len(self._unused))
+
+    def due(self) -> float | None:
+        """Seconds until the next delayed service removal is due (0 if it is), or None if none is waiting."""
+        with self._lock:
+            if not self._unused:
+                return None
+            oldest = self._unused[next(iter(self._unused))]
+            return max(0.0, oldest + self._removal_delay - self._clock())
 
     def _rebuild(
         self, kind: ViewKind, builds: _Builds, key: Key, deletions: list[tuple[Kind, str]], services: _PublishServices
@@ -255,6 +293,7 @@ class Publisher:
         for name in used:
             if name not in before:
                 users[name] = users.get(name, 0) + 1
+                self._unused.pop(name, None)  # used again before its removal was due: it stays
         for name in before:
             if name not in used:
                 users[name] -= 1

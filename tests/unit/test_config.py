@@ -71,6 +71,8 @@ def test_defaults() -> None:
     assert config.bbs is None
     assert config.mcp_listen == "127.0.0.1:15030"
     assert config.mcp_tls is None
+    assert config.service_removal_delay == 10.0
+    assert parse({"mcp": {"service_removal_delay_seconds": 0}}).service_removal_delay == 0
     assert config.health_listen == "127.0.0.1:8787"
     assert config.gateway.ref == "istio-system/cf-ingress"
     assert config.log_level == "info"
@@ -119,6 +121,8 @@ def test_missing_required_key_is_named(files: dict[str, str], key: str) -> None:
         ("bbs.reconcile_interval_seconds", 0.5, "out of range"),
         ("bbs.reconcile_interval_seconds", "30", "must be a number"),
         ("bbs.max_backoff_seconds", True, "must be a number"),
+        ("mcp.service_removal_delay_seconds", -1, "out of range"),
+        ("mcp.service_removal_delay_seconds", "10s", "must be a number"),
         ("mcp.listen", "15010", "must be host:port"),
         ("mcp.listen", ":15010", "must be host:port"),
         ("mcp.listen", "127.0.0.1:http", "must be host:port"),

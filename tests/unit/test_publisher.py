@@ -4,6 +4,7 @@ publish and deleted when their last host stops using them."""
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -452,3 +453,101 @@ def test_a_host_going_from_two_services_to_one_and_none_releases_each(setup) -> 
     views.cc.delete_route("r-a")
     publisher.publish()
     assert snapshot.names(SE) == []
+
+
+class Clock:
+    """The publisher's clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def delayed(delay: float = 10.0) -> tuple[Views, Store, Publisher, Clock]:
+    views, snapshot, clock = Views(), Store(), Clock()
+    return views, snapshot, Publisher(views, snapshot, SETTINGS, service_removal_delay=delay, clock=clock), clock
+
+
+def test_with_a_removal_delay_the_route_goes_at_once_and_its_service_when_due() -> None:
+    views, snapshot, publisher, clock = delayed()
+    views.bbs.upsert_process("p", process("a.example.com"))
+    views.bbs.upsert_instance(0, instance("p"))
+    publisher.publish()
+    service = service_names(snapshot, "a.example.com")
+    assert publisher.due() is None  # nothing waits
+    views.bbs.remove_process("p")
+    publisher.publish()
+    assert routed(snapshot, VS) == []  # the route is gone in the same publish
+    assert snapshot.names(DR) == snapshot.names(SE) == service  # its service waits
+    assert publisher_module.metrics.UNUSED_SERVICES._value.get() == 1
+    clock.now += 4
+    assert publisher.due() == 6
+    versions = {kind: snapshot.version(kind) for kind in (DR, SE)}
+    publisher.publish()  # a publish before it is due keeps it
+    assert snapshot.names(SE) == service and {kind: snapshot.version(kind) for kind in (DR, SE)} == versions
+    clock.now += 6
+    assert publisher.due() == 0
+    publisher.publish()  # nothing dirty: the publish the loop makes when the removal is due
+    assert snapshot.names(DR) == snapshot.names(SE) == []
+    assert publisher.due() is None
+    assert publisher_module.metrics.UNUSED_SERVICES._value.get() == 0
+
+
+def test_a_service_used_again_within_the_delay_stays_and_is_released_afresh() -> None:
+    views, snapshot, publisher, clock = delayed()
+    views.bbs.upsert_process("p", process())
+    views.bbs.upsert_instance(0, instance("p"))
+    cc_route(views, "r1", "one.example.com", ("p", 1))
+    publisher.publish()
+    service = service_names(snapshot, "one.example.com")
+    views.cc.unmap_route("r1", "p")
+    publisher.publish()
+    assert routed(snapshot, VS) == [] and snapshot.names(SE) == service
+    clock.now += 5
+    cc_route(views, "r2", "two.example.com", ("p", 1))  # another route to the same process
+    publisher.publish()
+    assert service_names(snapshot, "two.example.com") == service
+    assert publisher.due() is None  # in use: no removal waits
+    clock.now += 60
+    publisher.publish()
+    assert snapshot.names(SE) == service
+    assert endpoints(snapshot, "two.example.com") == ["10.0.0.1:61000"]
+    views.cc.unmap_route("r2", "p")
+    publisher.publish()
+    assert publisher.due() == 10  # a full delay from this release, not from the first
+    clock.now += 10
+    publisher.publish()
+    assert snapshot.names(SE) == []
+
+
+def test_services_left_unused_before_the_oldest_is_due_go_with_it_in_one_publish() -> None:
+    """Removals are batched: once the oldest unused service is due, every service released by an earlier
+    publish goes in the same publish; one released by that publish itself waits its own delay."""
+    views, snapshot, publisher, clock = delayed()
+    for guid in ("p", "q", "r"):
+        views.bbs.upsert_process(guid, process(f"{guid}.example.com"))
+    publisher.publish()
+    [p, q, r] = (service_names(snapshot, f"{guid}.example.com")[0] for guid in ("p", "q", "r"))
+    views.bbs.remove_process("p")
+    publisher.publish()
+    clock.now += 8
+    views.bbs.remove_process("q")
+    publisher.publish()
+    assert snapshot.names(SE) == sorted([p, q, r])
+    clock.now += 2  # p is due
+    views.bbs.remove_process("r")
+    publisher.publish()
+    assert snapshot.names(SE) == [r]  # p and q went together; r was released by this very publish
+    assert publisher.due() == 10
+
+
+def test_the_publish_loop_publishes_when_a_removal_is_due_without_a_request() -> None:
+    published = threading.Event()
+    answers = iter([0.0])
+    loop = publisher_module.PublishLoop(published.set, lambda: next(answers, None))
+    try:
+        assert published.wait(timeout=10)  # no request() was made
+    finally:
+        loop.stop()
