@@ -329,22 +329,22 @@ def main() -> None:
         results, spent = run(
             routes, args.changes, [path.resolve() for path in args.ops_file], args.setup_timeout, args.each, args.keep_logs
         )
-        print(f"{'routes':>8} {'change':>11} {'count':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}", flush=True)
+        print(f"{'routes':>8} {'change':>13} {'count':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}", flush=True)
         for kind, values in results.items():
             values.sort()
             p99 = values[math.ceil(len(values) * 0.99) - 1]  # nearest rank: the largest of fewer than 100
             print(
-                f"{routes:>8} {kind:>11} {len(values):>6} {statistics.median(values) * 1000:>8.1f} {p99 * 1000:>8.1f} "
+                f"{routes:>8} {kind:>13} {len(values):>6} {statistics.median(values) * 1000:>8.1f} {p99 * 1000:>8.1f} "
                 f"{values[-1] * 1000:>8.1f}",
                 flush=True,
             )
         print("  per change (mean): istiod full pushes, PushContext init s, xDS pushes by type, push build s,")
         print("  debounce s; the router's (E) CDS updates, clusters added/modified, LDS, RDS updates; Copilot's MCP responses,")
         print("  its time rebuilding hosts and from a snapshot change to each response carrying it (summed over responses)")
-        print(f"{'change':>11} " + " ".join(f"{c:>10}" for c in costs_columns()), flush=True)
+        print(f"{'change':>13} " + " ".join(f"{c:>10}" for c in costs_columns()), flush=True)
         for kind, columns in spent.items():
             count = max(1, len(results[kind]))
-            print(f"{kind:>11} " + " ".join(f"{v / count:>10.2f}" for v in columns.values()), flush=True)
+            print(f"{kind:>13} " + " ".join(f"{v / count:>10.2f}" for v in columns.values()), flush=True)
 
 
 def costs_columns() -> list[str]:

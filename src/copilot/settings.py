@@ -239,7 +239,7 @@ class Config:
     mcp_tls: TLSServerConfig | None = None
     # Seconds a service no route uses is kept before its deletion (copilot.publisher; job property
     # mcp.service_removal_delay_seconds).
-    service_removal_delay: float = 10.0
+    service_removal_delay: float = 30.0
     health_listen: str = "127.0.0.1:8787"
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     log_level: str = "info"

@@ -71,7 +71,7 @@ def test_defaults() -> None:
     assert config.bbs is None
     assert config.mcp_listen == "127.0.0.1:15030"
     assert config.mcp_tls is None
-    assert config.service_removal_delay == 10.0
+    assert config.service_removal_delay == 30.0
     assert parse({"mcp": {"service_removal_delay_seconds": 0}}).service_removal_delay == 0
     assert config.health_listen == "127.0.0.1:8787"
     assert config.gateway.ref == "istio-system/cf-ingress"
