@@ -202,9 +202,9 @@ def run(
             def measure(kind: str, start, until, since: float | None = None) -> float:
                 """Times one change into timings[kind]: from `start()` (or `since`, a perf_counter of an
                 earlier start) until `until()`; what it cost (until istiod and the router were quiet again)
-                into spent[kind]. It starts once the previous change (and the set-up of this one) settled.
-                Returns when it started."""
-                before = settled(costs(tier))
+                into spent[kind]. It starts once the previous change (and the set-up of this one) settled,
+                or at once if it follows an earlier start (whose measure settled). Returns when it started."""
+                before = settled(costs(tier)) if since is None else costs(tier)
                 wall = time.time()
                 began = time.strftime("%H:%M:%S", time.gmtime(wall)) + f".{int(wall * 1000) % 1000:03d}Z"
                 t0 = time.perf_counter()
