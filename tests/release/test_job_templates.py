@@ -220,7 +220,8 @@ def test_copilot_config_from_properties(pki, tmp_path):
     rendered = render("copilot", properties, tmp_path)
     config = yaml.safe_load(rendered["config/copilot.yml"].read_text())
     assert config["mcp"] == {"listen": "0.0.0.0:9009", "tls": {"cert": "/var/vcap/jobs/copilot/config/certs/mcp/server.crt",
-                                                               "key": "/var/vcap/jobs/copilot/config/certs/mcp/server.key"}}
+                                                               "key": "/var/vcap/jobs/copilot/config/certs/mcp/server.key"},
+                             "service_removal_delay_seconds": 30}
     assert config["gateway"] == {"namespace": "cf", "name": "gw", "selector": {"istio": "ingress"}, "http_port": 8081,
                                  "router_shards": [{"name": "all", "routing_table_sharding_mode": "all",
                                                     "isolation_segments": []}],
@@ -273,6 +274,7 @@ def test_pilot_flags_and_env(pki, tmp_path):
         "PILOT_ENABLE_EDS_DEBOUNCE": "false",
         # A router's EDS request names every cluster: 4 MiB (istiod's default) is too small at 100,000 hosts.
         "ISTIO_GPRC_MAXRECVMSGSIZE": "33554432",
+        "GOGC": "100",
     }
     assert process["hooks"]["pre_start"] == "/var/vcap/jobs/pilot-discovery/bin/wait-for-copilot"
     env = yaml.safe_load(render("pilot-discovery", {"eds_debounce": True}, tmp_path / "d", links={"copilot": copilot_link()})[
@@ -295,6 +297,18 @@ def test_pilot_keepalive_timeout_must_be_a_positive_go_duration(tmp_path):
     for n, bad in enumerate(("300", "0s", "5 m", "-1m", "")):
         with pytest.raises(Exception, match="keepalive_timeout: .* is not a positive Go duration"):
             render("pilot-discovery", {"keepalive_timeout": bad}, tmp_path / f"bad{n}", links={"copilot": copilot_link()})
+
+
+def test_pilot_gc_percent_is_istiods_gogc_and_must_be_a_whole_number(tmp_path):
+    def env(properties, where):
+        bpm = render("pilot-discovery", properties, tmp_path / where, links={"copilot": copilot_link()})["config/bpm.yml"]
+        return yaml.safe_load(bpm.read_text())["processes"][0]["env"]
+
+    assert env({}, "default")["GOGC"] == "100"  # Go's own default, written out
+    assert env({"gc_percent": 400}, "raised")["GOGC"] == "400"
+    for n, bad in enumerate((0, 10, "200", 150.5, "off")):
+        with pytest.raises(Exception, match="gc_percent: .* must be a whole number of at least 25"):
+            env({"gc_percent": bad}, f"bad{n}")
 
 
 def test_pilot_plaintext_xds_listens_on_loopback_only(pki, tmp_path):
