@@ -194,6 +194,34 @@ def test_events_are_applied_without_a_resync(make_harness, wait_until) -> None:
     assert metrics.BBS_SYNCS._value.get() == syncs
 
 
+def test_events_apply_while_a_listing_is_translated_and_are_not_undone_by_it(
+    harness: Harness, wait_until, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconcile's translation takes seconds at 100,000 routes: events are applied meanwhile (none waits
+    for the listing), and the listing, older than them, is applied with them applied again on top."""
+    start(harness, wait_until)
+    double, table = harness.double, harness.table
+    double.desire_lrp("pg", http_routes=route(HOST), instances=2)
+    double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    wait_until(lambda: served(table) == [("10.0.0.1", 61000)], message="instance 0 to serve")
+    translate = bbs_watcher.translate_listing
+    during: list[list[tuple[str, int]]] = []
+
+    def translating(desired, actual):
+        if not during:  # the next reconcile's listing: it holds instance 0 only
+            double.start_instance("pg", 1, address="10.0.0.2", host_port=61001)
+            double.remove_instance("pg", 0)
+            wait_until(lambda: served(table) == [("10.0.0.2", 61001)], message="the events, mid-translation")
+            during.append(served(table))
+        return translate(desired, actual)
+
+    monkeypatch.setattr(bbs_watcher, "translate_listing", translating)
+    syncs = metrics.BBS_SYNCS._value.get()
+    wait_until(lambda: metrics.BBS_SYNCS._value.get() > syncs, message="a reconcile")
+    assert during == [[("10.0.0.2", 61001)]]
+    assert served(table) == [("10.0.0.2", 61001)]  # not instance 0 of the older listing
+
+
 def test_survives_malformed_events(harness: Harness, wait_until) -> None:
     start(harness, wait_until)
     errors = metrics.BBS_ERRORS.labels("malformed_event")._value.get()

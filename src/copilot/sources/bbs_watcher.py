@@ -1,6 +1,7 @@
 """Keeps the BBS slice (copilot.slices.bbs) current: subscribe to events, list everything, apply each event,
 reconcile with a full listing periodically and after every reconnect. BBS unreachable: keep serving
-what we have, retry with backoff, report staleness.
+what we have, retry with backoff, report staleness. Events never wait for a listing (seconds to take
+and translate at 100,000 routes): those applied meanwhile are applied again on top of it.
 
 Nothing BBS sends can stop the watcher: any exception in subscribing, listing, reading or applying
 an event ends the current stream; the loop backs off, resubscribes and re-lists. `live` (and so the
@@ -116,8 +117,10 @@ class BBSWatcher:
         )
         self._stop = threading.Event()
         self._wake = threading.Event()  # the reconcile loop recomputes when it lists next (a hold began, stop)
-        self._lock = threading.Lock()  # one of {full sync, event application} at a time
-        self._events_applied = 0
+        self._lock = threading.Lock()  # one of {a listing's application, an event's} at a time
+        # While a listing is taken: the events applied since it was asked for, to apply again on top of it.
+        self._since_listing: list[Event] | None = None
+        self._listing = threading.Lock()  # one listing at a time (the event loop's first, the reconcile's)
         self._stream: EventStream | None = None
         self._confirmed_at: float | None = None  # monotonic time BBS last confirmed our state; None = never
         self._heard_at: float | None = None  # monotonic time BBS last answered (listing, ping, event)
@@ -284,19 +287,24 @@ class BBSWatcher:
 
     def sync(self) -> bool:
         """Lists BBS and makes the slice match, unless the listing is held (a mass withdrawal: the module
-        docstring); retried if events landed while listing. Returns whether the listing was applied."""
-        for _ in range(3):
-            seen = self._events_applied
-            desired = self._client.desired_lrp_routing_infos()
-            actual = self._client.actual_lrps()
+        docstring). Returns whether the listing was applied. Events keep being applied while BBS is
+        listed and the listing translated (seconds at 100,000 routes, which no event waits for); those
+        are applied again on top of the listing, in order, so none is undone by a listing taken before
+        it (each event states its LRP's whole state, so one the listing already holds changes nothing)."""
+        with self._listing:
             with self._lock:
-                if self._events_applied != seen:
-                    continue
-                applied = self._replace(desired, actual)
-                break
-        else:
-            with self._lock:
-                applied = self._replace(desired, actual)
+                self._since_listing = []
+            try:
+                with gc_pause.paused():  # a listing: 300,000 objects at 100,000 routes, which the slice keeps
+                    desired = self._client.desired_lrp_routing_infos()
+                    actual = self._client.actual_lrps()
+                    processes, instances = translate_listing(desired, actual)
+                    with self._lock:
+                        later, self._since_listing = self._since_listing, None
+                        applied = self._replace(processes, instances, later or [])
+            finally:
+                with self._lock:
+                    self._since_listing = None
         self._confirmed_at = self._heard_at = time.monotonic()
         self.synced.set()
         if applied:
@@ -304,14 +312,16 @@ class BBSWatcher:
             self._on_change()
         return applied
 
-    def _replace(self, desired: list[bbs_pb2.DesiredLRP], actual: list[bbs_pb2.ActualLRP]) -> bool:
-        with gc_pause.paused():  # a listing: 300,000 objects at 100,000 routes, which the slice keeps
-            processes, instances = translate_listing(desired, actual)
-            if self._held(self._withdrawal(processes, instances)):
-                return False
-            self._bbs.replace(processes, instances)
-            self._process_guids = set(processes)
-            return True
+    def _replace(self, processes: dict, instances: dict[str, dict[InstanceKey, Instance]], later: list[Event]) -> bool:
+        """The slice made what a translated listing says, then the events applied since it was asked for
+        applied again (call with the lock held)."""
+        if self._held(self._withdrawal(processes, instances)):
+            return False
+        self._bbs.replace(processes, instances)
+        self._process_guids = set(processes)
+        for event in later:
+            self._apply_locked(event)
+        return True
 
     # ---- the withdrawal guard (call with the lock held)
     def _withdrawal(self, processes: dict, instances: dict[str, dict[InstanceKey, Instance]]) -> Withdrawal:
@@ -380,17 +390,21 @@ class BBSWatcher:
                 log.debug("BBS event skipped", extra={"error": str(item)})
             return
         with self._lock:
-            self._events_applied += 1
-            apply_event(self._bbs, item)
-            if item.type in ("desired_lrp_created", "desired_lrp_changed", "desired_lrp_removed"):
-                desired = item.message.after if item.type == "desired_lrp_changed" else item.message.desired_lrp
-                if item.type == "desired_lrp_removed":
-                    self._process_guids.discard(desired.process_guid)
-                else:
-                    self._process_guids.add(desired.process_guid)
+            self._apply_locked(item)
+            if self._since_listing is not None:
+                self._since_listing.append(item)  # applied again on top of the listing being taken
         self._heard_at = time.monotonic()
         metrics.BBS_EVENTS.labels(item.type).inc()
         self._on_change()
+
+    def _apply_locked(self, item: Event) -> None:
+        apply_event(self._bbs, item)
+        if item.type in ("desired_lrp_created", "desired_lrp_changed", "desired_lrp_removed"):
+            desired = item.message.after if item.type == "desired_lrp_changed" else item.message.desired_lrp
+            if item.type == "desired_lrp_removed":
+                self._process_guids.discard(desired.process_guid)
+            else:
+                self._process_guids.add(desired.process_guid)
 
 
 def _close(stream: EventStream) -> None:
