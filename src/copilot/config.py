@@ -57,7 +57,9 @@ def parse(data: object) -> Config:
         tls = mcp.section("tls")
         mcp_tls = TLSServerConfig(cert=tls.file("cert"), key=tls.file("key"))
         tls.done()
-    service_removal_delay = mcp.number("service_removal_delay_seconds", default(Config, "service_removal_delay"), minimum=0)
+    service_removal_delay = mcp.number(
+        "service_removal_delay_seconds", default(Config, "service_removal_delay"), minimum=0, maximum=3600
+    )
     mcp.done()
     health = root.optional_section("health")
     health_listen = health.address("listen", default(Config, "health_listen"))

@@ -5,9 +5,9 @@ object built and every name no longer needed to `_emit`, on the publisher's own 
 It owns the shared services (builder.destination_service: one DestinationRule and ServiceEntry per
 destination, whatever number of route hosts route to it): which hosts use which service, each service
 built once per publish however many of its hosts are rebuilt, and deleted once no host uses it: at
-once, or, with a removal delay, in one later publish with every other service left unused by then (the
-route goes at once with its host's VirtualService; only the service's deletion, which costs istiod a
-new service index for every route, waits and is batched)."""
+once, or, with a removal delay, at least that much later, in one publish with the others left unused
+in a window after it (the route goes at once with its host's VirtualService; only the service's
+deletion, which costs istiod a new service index for every route, waits and is batched)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,12 @@ from copilot.views import Key, Views
 from copilot.xds.store import Store
 
 log = logging.getLogger(__name__)
+
+# How often the publish loop looks at whether a delayed service removal is due when nothing asked it to.
+_RECHECK_SECONDS = 5.0
+# A service is kept at least the removal delay and at most this much of it longer: those left unused
+# within that window after the oldest go in its push (a mass deletion is one push, not one per second).
+_REMOVAL_WINDOW = 0.2
 
 
 class PublishLoop:
@@ -68,7 +74,12 @@ class PublishLoop:
 
     def _run(self) -> None:
         while True:
-            self._wanted.wait(self._due())  # or until a delayed service removal is due
+            due = self._due()
+            # Until asked, or until a delayed service removal is due; with none due, the wait is looked at
+            # again now and then (a publish on another thread, publish_now, may have left one).
+            timeout = _RECHECK_SECONDS if due is None else min(due, _RECHECK_SECONDS)
+            if not self._wanted.wait(timeout) and (due is None or due > timeout):
+                continue  # woke only to look again
             if self._stopped:
                 return
             self._wanted.clear()
@@ -104,8 +115,8 @@ class Publisher:
         service_removal_delay: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`service_removal_delay`: seconds a service no host uses any more is kept before it is deleted
-        (0: at once, in the publish that left it unused)."""
+        """`service_removal_delay`: seconds a service no host uses any more is kept at least before it is
+        deleted (0: at once, in the publish that left it unused), at most a fifth longer (_REMOVAL_WINDOW)."""
         self._views = views
         self._store = store
         self._gateway = gateway
@@ -193,10 +204,12 @@ class Publisher:
             for key in keys:
                 yield from self._rebuild(kind, builds, key, deletions, services)
         now = self._clock()
-        if self._unused and self._unused[next(iter(self._unused))] + self._removal_delay <= now:
-            # The oldest is due: every service left unused by an earlier publish goes with it, in one push.
-            deletions.extend(kind_name for name in sorted(self._unused) for kind_name in service_object_names(name))
-            self._unused.clear()
+        if self._unused and self._unused[next(iter(self._unused))] + self._removal_delay * (1 + _REMOVAL_WINDOW) <= now:
+            # The oldest is due (with its window): every service unused for the whole delay goes with it.
+            due = [name for name, since in self._unused.items() if since + self._removal_delay <= now]
+            for name in due:
+                del self._unused[name]
+            deletions.extend(kind_name for name in sorted(due) for kind_name in service_object_names(name))
         for name in sorted(services.released):
             if name in self._service_users:
                 continue  # a later host took it over
@@ -212,7 +225,7 @@ class Publisher:
             if not self._unused:
                 return None
             oldest = self._unused[next(iter(self._unused))]
-            return max(0.0, oldest + self._removal_delay - self._clock())
+            return max(0.0, oldest + self._removal_delay * (1 + _REMOVAL_WINDOW) - self._clock())
 
     def _rebuild(
         self, kind: ViewKind, builds: _Builds, key: Key, deletions: list[tuple[Kind, str]], services: _PublishServices

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,8 @@ class Section:
         value = self.get(name, object, default, "a number")
         if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
             raise ConfigError(f"{self.key(name)}: must be {'an integer' if integer else 'a number'}")
+        if not math.isfinite(value):  # YAML's .nan and .inf pass every bound below
+            raise ConfigError(f"{self.key(name)}: must be a finite number")
         if (
             (minimum is not None and value < minimum)
             or (maximum is not None and value > maximum)

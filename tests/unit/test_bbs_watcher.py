@@ -531,6 +531,36 @@ def holds(outcome: str) -> float:
     return metrics.BBS_WITHDRAWAL_HOLDS.labels(outcome)._value.get()
 
 
+def test_what_events_brought_in_while_a_listing_was_taken_is_no_withdrawal(
+    make_harness, wait_until, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Instances and apps that events created while a listing was translated are missing from that older
+    listing: they are not counted as withdrawn (three new instances beside one would look like a BBS
+    that lost its state to the guard), and the listing is applied."""
+    harness = make_harness(withdrawal_hold_fraction=0.5, withdrawal_hold_minimum=2, withdrawal_hold_seconds=30)
+    double, table = harness.double, harness.table
+    double.desire_lrp("pg", http_routes=route(HOST), instances=1)
+    double.start_instance("pg", 0, address="10.0.0.1", host_port=61000)
+    start(harness, wait_until)
+    translate = bbs_watcher.translate_listing
+    during: list[bool] = []
+
+    def translating(desired, actual):
+        if not during:
+            double.desire_lrp("late", http_routes=route("late.example.com"), instances=3)
+            for index in range(3):
+                double.start_instance("late", index, address=f"10.0.1.{index}", host_port=62000 + index)
+            wait_until(lambda: len(served(table, "late.example.com")) == 3, message="the new instances, mid-translation")
+            during.append(True)
+        return translate(desired, actual)
+
+    monkeypatch.setattr(bbs_watcher, "translate_listing", translating)
+    syncs, held = metrics.BBS_SYNCS._value.get(), holds("held")
+    wait_until(lambda: metrics.BBS_SYNCS._value.get() > syncs, message="the reconcile's listing applied")
+    assert not harness.watcher.withdrawal_held and holds("held") == held
+    assert len(served(table, "late.example.com")) == 3 and served(table) == [("10.0.0.1", 61000)]
+
+
 def test_a_bbs_restarted_with_its_state_loses_nothing(make_harness, wait_until) -> None:
     harness = make_harness(withdrawal_hold_fraction=0.5, withdrawal_hold_minimum=2, withdrawal_hold_seconds=30)
     backends = fill(harness.double, apps=3, instances=2)

@@ -471,6 +471,7 @@ def delayed(delay: float = 10.0) -> tuple[Views, Store, Publisher, Clock]:
 
 
 def test_with_a_removal_delay_the_route_goes_at_once_and_its_service_when_due() -> None:
+    """A service is kept at least the delay (10 s here) and at most a fifth longer (12 s)."""
     views, snapshot, publisher, clock = delayed()
     views.bbs.upsert_process("p", process("a.example.com"))
     views.bbs.upsert_instance(0, instance("p"))
@@ -483,11 +484,14 @@ def test_with_a_removal_delay_the_route_goes_at_once_and_its_service_when_due() 
     assert snapshot.names(DR) == snapshot.names(SE) == service  # its service waits
     assert publisher_module.metrics.UNUSED_SERVICES._value.get() == 1
     clock.now += 4
-    assert publisher.due() == 6
+    assert publisher.due() == 8
     versions = {kind: snapshot.version(kind) for kind in (DR, SE)}
     publisher.publish()  # a publish before it is due keeps it
     assert snapshot.names(SE) == service and {kind: snapshot.version(kind) for kind in (DR, SE)} == versions
-    clock.now += 6
+    clock.now += 6  # the delay has passed, the window not
+    publisher.publish()
+    assert snapshot.names(SE) == service
+    clock.now += 2
     assert publisher.due() == 0
     publisher.publish()  # nothing dirty: the publish the loop makes when the removal is due
     assert snapshot.names(DR) == snapshot.names(SE) == []
@@ -516,15 +520,15 @@ def test_a_service_used_again_within_the_delay_stays_and_is_released_afresh() ->
     assert endpoints(snapshot, "two.example.com") == ["10.0.0.1:61000"]
     views.cc.unmap_route("r2", "p")
     publisher.publish()
-    assert publisher.due() == 10  # a full delay from this release, not from the first
-    clock.now += 10
+    assert publisher.due() == 12  # a full delay (and window) from this release, not from the first
+    clock.now += 12
     publisher.publish()
     assert snapshot.names(SE) == []
 
 
-def test_services_left_unused_before_the_oldest_is_due_go_with_it_in_one_publish() -> None:
-    """Removals are batched: once the oldest unused service is due, every service released by an earlier
-    publish goes in the same publish; one released by that publish itself waits its own delay."""
+def test_services_left_unused_within_the_window_go_with_the_oldest_in_one_publish() -> None:
+    """Removals are batched: once the oldest unused service is due (delay and window), every service
+    unused for the whole delay by then goes in the same publish; later ones wait their own turn."""
     views, snapshot, publisher, clock = delayed()
     for guid in ("p", "q", "r"):
         views.bbs.upsert_process(guid, process(f"{guid}.example.com"))
@@ -532,15 +536,20 @@ def test_services_left_unused_before_the_oldest_is_due_go_with_it_in_one_publish
     [p, q, r] = (service_names(snapshot, f"{guid}.example.com")[0] for guid in ("p", "q", "r"))
     views.bbs.remove_process("p")
     publisher.publish()
-    clock.now += 8
-    views.bbs.remove_process("q")
+    clock.now += 1.5
+    views.bbs.remove_process("q")  # within p's window
+    publisher.publish()
+    clock.now += 6.5
+    views.bbs.remove_process("r")  # not
     publisher.publish()
     assert snapshot.names(SE) == sorted([p, q, r])
-    clock.now += 2  # p is due
-    views.bbs.remove_process("r")
+    clock.now += 4  # p is due
     publisher.publish()
-    assert snapshot.names(SE) == [r]  # p and q went together; r was released by this very publish
-    assert publisher.due() == 10
+    assert snapshot.names(SE) == [r]  # p and q went together; r has 6 s of its delay left
+    assert publisher.due() == 8  # r's delay and window
+    clock.now += 8
+    publisher.publish()
+    assert snapshot.names(SE) == []
 
 
 def test_the_publish_loop_publishes_when_a_removal_is_due_without_a_request() -> None:
@@ -549,5 +558,18 @@ def test_the_publish_loop_publishes_when_a_removal_is_due_without_a_request() ->
     loop = publisher_module.PublishLoop(published.set, lambda: next(answers, None))
     try:
         assert published.wait(timeout=10)  # no request() was made
+    finally:
+        loop.stop()
+
+
+def test_the_publish_loop_looks_again_when_nothing_was_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A publish on another thread (the first one, publish_now) may leave a removal waiting while the loop
+    waits with none due: it looks again, and publishes once one is due, without a request."""
+    monkeypatch.setattr(publisher_module, "_RECHECK_SECONDS", 0.05)
+    published = threading.Event()
+    answers = iter([None, None, 0.0])
+    loop = publisher_module.PublishLoop(published.set, lambda: next(answers, None))
+    try:
+        assert published.wait(timeout=10)
     finally:
         loop.stop()

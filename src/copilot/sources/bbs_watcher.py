@@ -39,6 +39,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from copilot import gc_pause, metrics
@@ -315,7 +316,7 @@ class BBSWatcher:
     def _replace(self, processes: dict, instances: dict[str, dict[InstanceKey, Instance]], later: list[Event]) -> bool:
         """The slice made what a translated listing says, then the events applied since it was asked for
         applied again (call with the lock held)."""
-        if self._held(self._withdrawal(processes, instances)):
+        if self._held(self._withdrawal(processes, instances, *_introduced(later))):
             return False
         self._bbs.replace(processes, instances)
         self._process_guids = set(processes)
@@ -324,13 +325,21 @@ class BBSWatcher:
         return True
 
     # ---- the withdrawal guard (call with the lock held)
-    def _withdrawal(self, processes: dict, instances: dict[str, dict[InstanceKey, Instance]]) -> Withdrawal:
+    def _withdrawal(
+        self,
+        processes: dict,
+        instances: dict[str, dict[InstanceKey, Instance]],
+        new_processes: AbstractSet[str] = frozenset(),
+        new_instances: AbstractSet[str] = frozenset(),
+    ) -> Withdrawal:
+        """What the listing would withdraw; what events applied while it was taken brought in (`new_...`)
+        the listing may predate, so it does not count."""
         serving = self._bbs.serving_instance_guids()
         listed = {i.instance_guid for by_key in instances.values() for i in by_key.values() if i.serving and i.instance_guid}
         return Withdrawal(
-            instances=len(serving - listed),
+            instances=len(serving - listed - new_instances),
             known_instances=len(serving),
-            processes=len(self._process_guids - processes.keys()),
+            processes=len(self._process_guids - processes.keys() - new_processes),
             known_processes=len(self._process_guids),
         )
 
@@ -405,6 +414,23 @@ class BBSWatcher:
                 self._process_guids.discard(desired.process_guid)
             else:
                 self._process_guids.add(desired.process_guid)
+
+
+def _introduced(events: list[Event]) -> tuple[set[str], set[str]]:
+    """The process guids and instance guids that `events` created or changed."""
+    processes: set[str] = set()
+    instances: set[str] = set()
+    for event in events:
+        message = event.message
+        if event.type == "desired_lrp_created":
+            processes.add(message.desired_lrp.process_guid)
+        elif event.type == "desired_lrp_changed":
+            processes.add(message.after.process_guid)
+        elif event.type == "actual_lrp_instance_created":
+            instances.add(message.actual_lrp.actual_lrp_instance_key.instance_guid)
+        elif event.type == "actual_lrp_instance_changed":
+            instances.add(message.actual_lrp_instance_key.instance_guid)
+    return processes, instances
 
 
 def _close(stream: EventStream) -> None:
