@@ -126,18 +126,11 @@ def envoy_stats(admin_port: int) -> dict[str, float]:
     return values
 
 
-def active_clusters(tier: Tier) -> int:
-    """The router's cluster count, waiting for a busy router (its admin API) as long as ADMIN_TIMEOUT."""
-    admin = tier.ports["router_admin_port"]
-    page = requests.get(f"http://127.0.0.1:{admin}/stats?filter=^cluster_manager.active_clusters$", timeout=ADMIN_TIMEOUT)
-    return int(page.text.split(":")[1])
-
-
 def fewer_clusters(tier: Tier, than: int) -> bool:
     """Whether the router holds fewer than `than` clusters, asked 10 times a second at most (its admin API
     shares the main thread with applying xDS)."""
     time.sleep(0.1)
-    return active_clusters(tier) < than
+    return tier.envoy.cluster_count(timeout=ADMIN_TIMEOUT) < than
 
 
 def costs(tier: Tier) -> dict[str, float]:
@@ -152,8 +145,7 @@ def costs(tier: Tier) -> dict[str, float]:
 def footprint(tier: Tier) -> str:
     programs = {"router Envoy": "istio-router-envoy", "istiod": "pilot-discovery", "Copilot": "copilot"}
     sizes = ", ".join(f"{name} {rss_mib(tier.pid(program)):.0f} MiB" for name, program in programs.items())
-    admin = f"http://127.0.0.1:{tier.ports['router_admin_port']}/stats?filter=^cluster_manager.active_clusters$"
-    clusters = int(requests.get(admin, timeout=ADMIN_TIMEOUT).text.split(":")[1])  # the router may be busy applying
+    clusters = tier.envoy.cluster_count(timeout=ADMIN_TIMEOUT)  # the router may be busy applying
     return f"router clusters {clusters}; RSS: {sizes}"
 
 
@@ -282,7 +274,7 @@ def run(
                 )
                 tier.bbs.remove_instance(f"new-{n}", 0)
                 fresh.stop()
-                clusters = active_clusters(tier)
+                clusters = tier.envoy.cluster_count(timeout=ADMIN_TIMEOUT)
                 removed = measure(
                     "app removal",
                     lambda n=n: tier.bbs.remove_desired_lrp(f"new-{n}"),

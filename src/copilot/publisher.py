@@ -204,7 +204,7 @@ class Publisher:
             for key in keys:
                 yield from self._rebuild(kind, builds, key, deletions, services)
         now = self._clock()
-        if self._unused and self._unused[next(iter(self._unused))] + self._removal_delay * (1 + _REMOVAL_WINDOW) <= now:
+        if self._unused and self._oldest_due_at() <= now:
             # The oldest is due (with its window): every service unused for the whole delay goes with it.
             due = [name for name, since in self._unused.items() if since + self._removal_delay <= now]
             for name in due:
@@ -224,8 +224,11 @@ class Publisher:
         with self._lock:
             if not self._unused:
                 return None
-            oldest = self._unused[next(iter(self._unused))]
-            return max(0.0, oldest + self._removal_delay * (1 + _REMOVAL_WINDOW) - self._clock())
+            return max(0.0, self._oldest_due_at() - self._clock())
+
+    def _oldest_due_at(self) -> float:
+        """When (clock) the oldest unused service's removal is due, its window included (some must wait)."""
+        return self._unused[next(iter(self._unused))] + self._removal_delay * (1 + _REMOVAL_WINDOW)
 
     def _rebuild(
         self, kind: ViewKind, builds: _Builds, key: Key, deletions: list[tuple[Kind, str]], services: _PublishServices

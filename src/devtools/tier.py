@@ -81,8 +81,9 @@ class RouterAdmin:
         """The admin /clusters page: a line per cluster and endpoint statistic (`name::address::stat::value`)."""
         return requests.get(f"http://127.0.0.1:{self.port}/clusters", timeout=5).text
 
-    def cluster_count(self) -> int:
-        stats = requests.get(f"http://127.0.0.1:{self.port}/stats?filter=^cluster_manager.active_clusters$", timeout=5)
+    def cluster_count(self, timeout: float = 5) -> int:
+        """The router's clusters; `timeout` seconds for its admin API (busy while it applies a large push)."""
+        stats = requests.get(f"http://127.0.0.1:{self.port}/stats?filter=^cluster_manager.active_clusters$", timeout=timeout)
         return int(stats.text.split(":")[1])
 
 
