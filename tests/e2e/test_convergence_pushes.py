@@ -1,8 +1,11 @@
 """What a change costs istiod and the router, as the release ships them (issue 14, convergence): the
 router speaks incremental (delta) xDS with istiod, and a new app's first instance reaches the routers
-as an endpoint update of its one cluster, not a full push of every route (istiod build change 6)."""
+as an endpoint update of its one cluster, not a full push of every route (istiod build change 6); a
+push of VirtualServices alone rebuilds the routes of those that changed, not of every one (change 12)."""
 
 from __future__ import annotations
+
+import re
 
 from devtools.tier import Tier, wait_until
 
@@ -70,3 +73,36 @@ def test_routes_carry_no_unread_fields(tier: Tier, apps, unique) -> None:
     routes = tier.envoy.routes(host)
     assert [route["route"]["cluster"] for route in routes]  # the host's routes are there, with their clusters
     assert [route for route in tier.envoy.routes() if "metadata" in route or "decorator" in route] == []
+
+
+_GATEWAY_ROUTES = re.compile(r"gateway routes (\S+) for \S+: (\d+) VirtualServices reused, (\d+) built")
+
+
+def test_a_changed_virtual_service_is_built_again_and_the_others_are_reused(tier: Tier, apps, unique) -> None:
+    # istiod build change 12 keeps each VirtualService's gateway routes while its spec and what they were
+    # built from (services, DestinationRules, ...) are unchanged. A host that moves from blue to green
+    # changes its VirtualService twice under the same name; a stale copy would keep sending it to blue.
+    blue, green = f"{unique}-blue", f"{unique}-green"
+    moving, staying = f"{unique}.example.com", f"{unique}-green.example.com"
+    tier.bbs.desire_lrp(blue, http_routes=[{"hostnames": [moving], "port": 8080}])
+    tier.bbs.desire_lrp(green, http_routes=[{"hostnames": [staying], "port": 8080}])
+    apps.append(tier.start_instance(blue, 0, f"{unique}-b0"))
+    apps.append(tier.start_instance(green, 0, f"{unique}-g0"))
+    wait_until(lambda: tier.get(moving).text.strip() == f"{unique}-b0", message="blue to serve its host")
+    wait_until(lambda: tier.get(staying).text.strip() == f"{unique}-g0", message="green to serve its host")
+    mark = len(_istiod_log(tier))
+
+    # green's service exists: each step is a push of the host's VirtualService alone
+    tier.bbs.desire_lrp(green, http_routes=[{"hostnames": [staying, moving], "port": 8080}])
+    wait_until(lambda: tier.get(moving).text.strip() == f"{unique}-g0", message="the host to reach green as well")
+    tier.bbs.desire_lrp(blue, http_routes=[])
+    wait_until(
+        lambda: {tier.get(moving).text.strip() for _ in range(10)} == {f"{unique}-g0"},
+        message="the host to reach green alone",
+    )
+    assert tier.get(staying).text.strip() == f"{unique}-g0"
+
+    builds = [(name, int(reused), int(built)) for name, reused, built in _GATEWAY_ROUTES.findall(_istiod_log(tier)[mark:])]
+    assert builds, "istiod logged no gateway route configuration build"
+    # the pushes of the moved host's VirtualService reused the others' routes (green's host among them)
+    assert [b for b in builds if b[1] >= 1 and b[2] >= 1], builds
