@@ -1,12 +1,14 @@
 """What a change costs istiod and the router, as the release ships them (issue 14, convergence): the
 router speaks incremental (delta) xDS with istiod, and a new app's first instance reaches the routers
 as an endpoint update of its one cluster, not a full push of every route (istiod build change 6); a
-push of VirtualServices alone rebuilds the routes of those that changed, not of every one (change 12)."""
+push of VirtualServices alone rebuilds the routes of those that changed, not of every one (change 12),
+and builds the router no clusters (change 13)."""
 
 from __future__ import annotations
 
 import re
 
+from copilot.istio.builder import object_name
 from devtools.tier import Tier, wait_until
 
 
@@ -106,3 +108,34 @@ def test_a_changed_virtual_service_is_built_again_and_the_others_are_reused(tier
     assert builds, "istiod logged no gateway route configuration build"
     # the pushes of the moved host's VirtualService reused the others' routes (green's host among them)
     assert [b for b in builds if b[1] >= 1 and b[2] >= 1], builds
+
+
+def _push_of(log: str, virtual_service: str) -> str:
+    """The router's part of istiod's full push of one VirtualService alone: from that push's "XDS: Pushing"
+    line (its version ends in the push's number, which the debounce line names) to the router's RDS push
+    after it (a connection's pushes are generated one after another: CDS, then LDS, then RDS)."""
+    alone = rf"Push debounce stable\[(\d+)\] 1 for config VirtualService/istio-system/{re.escape(virtual_service)}:"
+    debounce = re.search(alone, log)
+    assert debounce, f"istiod logged no push of {virtual_service} alone"
+    pushing = re.search(rf"XDS: Pushing .*Version:\S+/{debounce.group(1)}\n", log[debounce.end() :])
+    assert pushing, f"istiod logged no push {debounce.group(1)}"
+    rest = log[debounce.end() + pushing.end() :]
+    rds = re.search(r"RDS: PUSH for node:\S+", rest)
+    assert rds, f"push {debounce.group(1)} sent the router no routes"
+    return rest[: rds.end()]
+
+
+def test_a_virtual_service_change_builds_the_router_no_clusters(tier: Tier, apps, unique) -> None:
+    # istiod build change 13: a router's clusters are every service it sees, whatever the routes, so a push
+    # of VirtualServices alone builds and sends it routes, not clusters (stock istiod built all its clusters).
+    process, host, added = f"{unique}-pg", f"{unique}.example.com", f"{unique}-www.example.com"
+    tier.bbs.desire_lrp(process, http_routes=[{"hostnames": [host], "port": 8080}])
+    apps.append(tier.start_instance(process, 0, f"{unique}-i0"))
+    wait_until(lambda: tier.get(host).text.strip() == f"{unique}-i0", message="the app to serve its host")
+
+    # the app's service exists: a second host for it is a new VirtualService alone
+    tier.bbs.desire_lrp(process, http_routes=[{"hostnames": [host, added], "port": 8080}])
+    wait_until(lambda: tier.get(added).text.strip() == f"{unique}-i0", message="the new host to reach the app")
+    push = _push_of(_istiod_log(tier), object_name(added))
+    assert "LDS: PUSH" in push or "RDS: PUSH" in push
+    assert "CDS: PUSH" not in push, push
